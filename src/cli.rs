@@ -1,0 +1,353 @@
+//! The `herald` command line: `serve`, and small clients (`publish`, `tail`) for trying it out
+//! and for scripts. `anyhow` lives here, at the binary's edge.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A real-time event hub: publish once; deliver over SSE, WebSocket and webhooks from one durable, ordered log."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded storage in ./herald-data unless told otherwise).
+    Serve(ServeArgs),
+    /// Publish one event and print its seq.
+    Publish(PublishArgs),
+    /// Print events of channels as they arrive, one envelope JSON per line; reconnects and
+    /// resumes on its own after a disconnect.
+    Tail(TailArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one.
+    #[arg(long, env = "HERALD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory for the embedded log [default: ./herald-data].
+    #[arg(long, env = "HERALD_DATA")]
+    data: Option<PathBuf>,
+    /// Config file (TOML) [default: ./herald.toml when present].
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Run as a cluster node sharing this Redis (redis://host:6379).
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    redis: Option<String>,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Herald's base URL.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API key, sent as `Authorization: Bearer`.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// Channel name, e.g. `orders` or `user:42`.
+    channel: String,
+    /// Event data: JSON (`'{"total":3}'`, `42`); anything that is not JSON is sent as a string.
+    data: String,
+    /// Event type, e.g. `order.created` (becomes the SSE `event:` name).
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Idempotency key: publishing the same id again returns the original seq.
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// Channels or patterns (`user:*`) to follow.
+    #[arg(required = true)]
+    channels: Vec<String>,
+    /// Start after this seq (replays history first); default: live events only.
+    #[arg(long)]
+    since: Option<u64>,
+    /// Exit after printing this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Publish(args) => publish(args).await,
+            Command::Tail(args) => tail(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(data) = args.data {
+        config.server.data = data;
+    }
+    if let Some(redis) = args.redis {
+        config.redis.url = redis;
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    crate::server::serve(config, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("signal received");
+    shutdown.cancel();
+}
+
+fn client(args: &ClientArgs) -> anyhow::Result<(reqwest::Client, reqwest::header::HeaderMap)> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().context("API key")?,
+        );
+    }
+    Ok((reqwest::Client::builder().build()?, headers))
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let (http, headers) = client(&args.client)?;
+    let data: serde_json::Value =
+        serde_json::from_str(&args.data).unwrap_or(serde_json::Value::String(args.data.clone()));
+    let mut body = serde_json::json!({"channel": args.channel, "data": data});
+    if let Some(kind) = args.kind {
+        body["type"] = kind.into();
+    }
+    if let Some(id) = args.id {
+        body["id"] = id.into();
+    }
+    let url = format!("{}/v1/events", args.client.server.trim_end_matches('/'));
+    let response = http
+        .post(&url)
+        .headers(headers)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{status}: {text}");
+    }
+    println!("{text}");
+    Ok(())
+}
+
+async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let (http, headers) = client(&args.client)?;
+    let mut url = reqwest::Url::parse(&format!(
+        "{}/v1/sse",
+        args.client.server.trim_end_matches('/')
+    ))?;
+    for channel in &args.channels {
+        url.query_pairs_mut().append_pair("channel", channel);
+    }
+    let mut cursor = args.since;
+    let mut printed = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut request = http.get(url.clone()).headers(headers.clone());
+        if let Some(c) = cursor {
+            request = request.header("Last-Event-ID", c.to_string());
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                backoff = Duration::from_millis(100);
+                let mut reader = SseReader::default();
+                let mut body = response.bytes_stream();
+                while let Some(chunk) = body.next().await {
+                    let Ok(chunk) = chunk else { break };
+                    for event in reader.push(&chunk) {
+                        if let Some(id) = event.id {
+                            cursor = Some(id);
+                        }
+                        if event.name.as_deref() == Some("reset") {
+                            eprintln!("herald: events were trimmed by retention: {}", event.data);
+                            continue;
+                        }
+                        println!("{}", event.data);
+                        printed += 1;
+                        if args.count.is_some_and(|n| printed >= n) {
+                            return Ok(());
+                        }
+                    }
+                }
+                eprintln!(
+                    "herald: stream ended; resuming after {}",
+                    cursor.map_or("now".into(), |c| c.to_string())
+                );
+            }
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                if status.is_client_error() {
+                    bail!("{status}: {text}");
+                }
+                eprintln!("herald: {status}: {text}; retrying");
+            }
+            Err(e) => eprintln!("herald: {e}; retrying in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<u64>,
+    pub name: Option<String>,
+    pub data: String,
+}
+
+/// An incremental `text/event-stream` parser (the HTML5 rules that Herald's frames use:
+/// `id`, `event`, `data`, comments, blank-line dispatch).
+#[derive(Debug, Default)]
+pub struct SseReader {
+    buffer: Vec<u8>,
+    current: SseEvent,
+    has_data: bool,
+}
+
+impl SseReader {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]);
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            if line.is_empty() {
+                if self.has_data {
+                    out.push(std::mem::take(&mut self.current));
+                } else {
+                    self.current = SseEvent::default();
+                }
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => self.current.id = value.parse().ok(),
+                "event" => self.current.name = Some(value.to_string()),
+                "data" => {
+                    if self.has_data {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_reader_splits_frames_across_chunks() {
+        let mut r = SseReader::default();
+        assert!(r.push(b"retry: 2000\n\nid: 4\nevent: t\nda").is_empty());
+        let got = r.push(b"ta: {\"a\":1}\n\n: heartbeat\n\ndata: x\n\n");
+        assert_eq!(
+            got,
+            vec![
+                SseEvent {
+                    id: Some(4),
+                    name: Some("t".into()),
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    id: None,
+                    name: None,
+                    data: "x".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

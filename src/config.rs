@@ -1,0 +1,243 @@
+//! Configuration: `herald.toml`, overridden by `HERALD_*` environment variables, overridden by
+//! command-line flags. Every key has a default, so Herald starts with no file at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub webhooks: WebhooksConfig,
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    /// SSE comment / WebSocket ping interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// SSE `retry:` hint sent to EventSource clients.
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
+    /// Events buffered per subscription before its connection counts as slow.
+    pub send_queue: usize,
+    /// Serve `/v1/ws/echo` for the Autobahn conformance suite.
+    pub ws_echo: bool,
+    pub allowed_origins: Vec<String>,
+    /// How long shutdown waits for connections to finish before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            data: PathBuf::from("./herald-data"),
+            heartbeat: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(2),
+            send_queue: 1024,
+            ws_echo: false,
+            allowed_origins: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledge after fsync.
+    Fsync,
+    /// Acknowledge once written to the OS (survives a process crash, not a power cut).
+    Os,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub durability: Durability,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    pub max_events: u64,
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub trim_interval: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            durability: Durability::Fsync,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_events: 10_000_000,
+            dedup_window: Duration::from_secs(24 * 3600),
+            trim_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest event `data`, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one batch publish.
+    pub max_batch: usize,
+    /// Largest HTTP request body.
+    pub max_body_bytes: usize,
+    /// Most subscriptions one WebSocket connection may hold.
+    pub max_subscriptions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_event_bytes: 65_536,
+            max_batch: 1000,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_subscriptions: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub api_keys: Vec<String>,
+    pub jwt_secret: String,
+    pub jwt_public_key: String,
+    pub public_channels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub retry_schedule: Vec<humantime_serde::Serde<Duration>>,
+    pub allow_private: bool,
+    pub allow_hosts: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let h = 3600;
+        WebhooksConfig {
+            timeout: Duration::from_secs(15),
+            retry_schedule: [5, 300, 1800, 2 * h, 5 * h, 10 * h, 10 * h]
+                .into_iter()
+                .map(|s| Duration::from_secs(s).into())
+                .collect(),
+            allow_private: false,
+            allow_hosts: Vec::new(),
+            disable_after: Duration::from_secs(5 * 24 * h),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+const SECTIONS: [&str; 6] = ["server", "log", "limits", "auth", "webhooks", "redis"];
+
+/// Maps `HERALD_<SECTION>_<KEY>` to `section.key`; the short forms `HERALD_LISTEN`,
+/// `HERALD_DATA` and `HERALD_API_KEY` are handled in [`Config::load`].
+fn env_key(key: &str) -> Option<String> {
+    let lower = key.to_ascii_lowercase();
+    SECTIONS.iter().find_map(|section| {
+        lower
+            .strip_prefix(section)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .map(|rest| format!("{section}.{rest}"))
+    })
+}
+
+impl Config {
+    /// Loads defaults, then `file` (or `./herald.toml` when present), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => figment = figment.merge(Toml::file("herald.toml")),
+        }
+        let sectioned = Env::prefixed("HERALD_")
+            .filter_map(|k| env_key(k.as_str()).map(Into::into))
+            .split(".");
+        figment = figment.merge(sectioned);
+        if let Ok(v) = std::env::var("HERALD_LISTEN") {
+            figment = figment.merge(("server.listen", v));
+        }
+        if let Ok(v) = std::env::var("HERALD_DATA") {
+            figment = figment.merge(("server.data", v));
+        }
+        if let Ok(v) = std::env::var("HERALD_API_KEY") {
+            let keys: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+            figment = figment.merge(("auth.api_keys", keys));
+        }
+        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_keys_map_to_sections() {
+        assert_eq!(
+            env_key("SERVER_SEND_QUEUE").as_deref(),
+            Some("server.send_queue")
+        );
+        assert_eq!(env_key("LOG_DURABILITY").as_deref(), Some("log.durability"));
+        assert_eq!(env_key("URL"), None);
+    }
+
+    #[test]
+    fn toml_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        std::fs::write(
+            &path,
+            "[server]\nheartbeat = \"250ms\"\n[log]\ndurability = \"os\"\nmax_events = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.server.heartbeat, Duration::from_millis(250));
+        assert_eq!(c.log.durability, Durability::Os);
+        assert_eq!(c.log.max_events, 5);
+        assert_eq!(c.limits.max_event_bytes, 65_536);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        std::fs::write(&path, "[server]\nlisten_on = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+}

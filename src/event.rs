@@ -1,0 +1,344 @@
+//! The event model: channel names, patterns, and the envelope every transport carries.
+//!
+//! An [`Event`] is encoded once, when the log commits it; every transport then shares the same
+//! bytes (cloning an `Event` handle is a refcount bump). Nothing here does I/O.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+/// Longest channel name, pattern, event type or publisher id we accept.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Why a channel name, pattern or event field was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("channel name must be 1-200 characters of A-Z a-z 0-9 _ . : @ / -, got {0:?}")]
+    Channel(String),
+    #[error("pattern must be 1-200 characters of A-Z a-z 0-9 _ . : @ / - and *, got {0:?}")]
+    Pattern(String),
+}
+
+fn valid_name_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'@' | b'/' | b'-')
+}
+
+/// Checks a channel name against `^[A-Za-z0-9_.:@/-]{1,200}$`.
+pub fn validate_channel(name: &str) -> Result<(), NameError> {
+    let ok = !name.is_empty() && name.len() <= MAX_NAME_LEN && name.bytes().all(valid_name_char);
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::Channel(truncate(name)))
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// A channel name that may hold `*` (any run of characters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pattern(Box<str>);
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Self, NameError> {
+        let ok = !text.is_empty()
+            && text.len() <= MAX_NAME_LEN
+            && text.bytes().all(|c| c == b'*' || valid_name_char(c));
+        if ok {
+            Ok(Pattern(text.into()))
+        } else {
+            Err(NameError::Pattern(truncate(text)))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_literal(&self) -> bool {
+        !self.0.contains('*')
+    }
+
+    /// Glob match where `*` is the only wildcard. Hand-written because glob crates give `/`
+    /// and `?`/`[` special meanings that channel names must not have. Linear-time greedy
+    /// matching with backtracking to the last star.
+    pub fn matches(&self, name: &str) -> bool {
+        let (p, s) = (self.0.as_bytes(), name.as_bytes());
+        let (mut pi, mut si) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while si < s.len() {
+            if pi < p.len() && p[pi] == b'*' {
+                star = Some((pi, si));
+                pi += 1;
+            } else if pi < p.len() && p[pi] == s[si] {
+                pi += 1;
+                si += 1;
+            } else if let Some((sp, ss)) = star {
+                pi = sp + 1;
+                si = ss + 1;
+                star = Some((sp, ss + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|&c| c == b'*')
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a subscriber or a history read wants: exact channels and patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    channels: BTreeSet<Box<str>>,
+    patterns: Vec<Pattern>,
+}
+
+impl Filter {
+    /// Builds a filter from names that are channels or, when they hold `*`, patterns.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, NameError> {
+        let mut filter = Filter::default();
+        for name in names {
+            let pattern = Pattern::parse(name)?;
+            if pattern.is_literal() {
+                filter.channels.insert(pattern.0);
+            } else if !filter.patterns.contains(&pattern) {
+                filter.patterns.push(pattern);
+            }
+        }
+        Ok(filter)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.patterns.is_empty()
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(|c| &**c)
+    }
+
+    pub fn has_patterns(&self) -> bool {
+        !self.patterns.is_empty()
+    }
+
+    pub fn matches(&self, channel: &str) -> bool {
+        self.channels.contains(channel) || self.patterns.iter().any(|p| p.matches(channel))
+    }
+}
+
+/// An event as a publisher hands it in, validated, before it has a seq.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub channel: String,
+    pub kind: Option<String>,
+    pub data: Box<RawValue>,
+    pub id: Option<String>,
+}
+
+/// A committed event. Immutable; shared by every subscriber through `Arc<Event>`.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    pub channel: Box<str>,
+    pub kind: Option<Box<str>>,
+    pub time_ms: u64,
+    envelope: Bytes,
+    sse_frame: OnceLock<Bytes>,
+    ws_text: OnceLock<Utf8Bytes>,
+}
+
+impl Event {
+    /// Builds the envelope for a new event. Called once per event, by the log's writer.
+    pub fn encode(seq: u64, time_ms: u64, new: &NewEvent) -> Event {
+        let mut out = Vec::with_capacity(96 + new.channel.len() + new.data.get().len());
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"channel\":");
+        push_json_str(&mut out, &new.channel);
+        if let Some(kind) = &new.kind {
+            out.extend_from_slice(b",\"type\":");
+            push_json_str(&mut out, kind);
+        }
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(new.data.get().as_bytes());
+        out.extend_from_slice(b",\"time\":\"");
+        out.extend_from_slice(format_time(time_ms).as_bytes());
+        out.push(b'"');
+        if let Some(id) = &new.id {
+            out.extend_from_slice(b",\"id\":");
+            push_json_str(&mut out, id);
+        }
+        out.push(b'}');
+        Event::from_parts(
+            seq,
+            new.channel.as_str().into(),
+            new.kind.as_deref().map(Into::into),
+            time_ms,
+            Bytes::from(out),
+        )
+    }
+
+    /// Rebuilds an event from stored parts (the envelope is taken as is).
+    pub fn from_parts(
+        seq: u64,
+        channel: Box<str>,
+        kind: Option<Box<str>>,
+        time_ms: u64,
+        envelope: Bytes,
+    ) -> Event {
+        Event {
+            seq,
+            channel,
+            kind,
+            time_ms,
+            envelope,
+            sse_frame: OnceLock::new(),
+            ws_text: OnceLock::new(),
+        }
+    }
+
+    /// The envelope JSON: byte-identical on every transport and in history.
+    pub fn envelope(&self) -> &Bytes {
+        &self.envelope
+    }
+
+    /// The complete SSE frame (`id`, `event`, `data`, blank line), built on first use and shared.
+    pub fn sse_frame(&self) -> Bytes {
+        self.sse_frame
+            .get_or_init(|| {
+                let mut out = Vec::with_capacity(self.envelope.len() + 48);
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(self.seq.to_string().as_bytes());
+                if let Some(kind) = &self.kind {
+                    out.extend_from_slice(b"\nevent: ");
+                    out.extend_from_slice(kind.as_bytes());
+                }
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(&self.envelope);
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            })
+            .clone()
+    }
+
+    /// The WebSocket text payload `{"op":"event",...envelope fields}`, built on first use and
+    /// shared: cloning it is a refcount bump, so no subscriber re-encodes.
+    pub fn ws_text(&self) -> Utf8Bytes {
+        self.ws_text
+            .get_or_init(|| {
+                // The envelope always starts with `{"seq":`; splice `"op":"event",` after `{`.
+                let body = std::str::from_utf8(&self.envelope[1..]).unwrap_or("}");
+                Utf8Bytes::from(format!("{{\"op\":\"event\",{body}"))
+            })
+            .clone()
+    }
+}
+
+/// Shared handle to a committed event.
+pub type EventRef = Arc<Event>;
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str to a Vec cannot fail.
+    serde_json::to_writer(&mut *out, s).expect("string serializes");
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC with milliseconds, as the envelope's `time`.
+pub fn format_time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_match(pattern: &str, name: &str, expected: bool) {
+        let p = Pattern::parse(pattern).unwrap();
+        assert_eq!(p.matches(name), expected, "{pattern} ~ {name}");
+    }
+
+    #[test]
+    fn pattern_matching() {
+        for (p, n, e) in [
+            ("*", "orders", true),
+            ("user:*", "user:42", true),
+            ("user:*", "user:", true),
+            ("user:*", "users:1", false),
+            ("*:42", "user:42", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+            ("a*a", "a", false),
+            ("chat/*/msgs", "chat/room-1/msgs", true),
+            ("orders", "orders", true),
+            ("orders", "orders2", false),
+            ("**", "", true),
+        ] {
+            check_match(p, n, e);
+        }
+    }
+
+    #[test]
+    fn channel_names() {
+        for ok in [
+            "orders",
+            "user:42",
+            "chat/room-1",
+            "a@b.c_d-e",
+            &"x".repeat(200),
+        ] {
+            assert_eq!(validate_channel(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "has space", "star*", "ü", &"x".repeat(201), "a\nb"] {
+            assert!(validate_channel(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn envelope_is_canonical() {
+        let new = NewEvent {
+            channel: "orders".into(),
+            kind: Some("order.created".into()),
+            data: RawValue::from_string("{\"a\": 1}".into()).unwrap(),
+            id: Some("k\"1".into()),
+        };
+        let ev = Event::encode(42, 1_764_072_000_123, &new);
+        assert_eq!(
+            std::str::from_utf8(ev.envelope()).unwrap(),
+            r#"{"seq":42,"channel":"orders","type":"order.created","data":{"a": 1},"time":"2025-11-25T12:00:00.123Z","id":"k\"1"}"#
+        );
+        let sse = ev.sse_frame();
+        assert!(sse.starts_with(b"id: 42\nevent: order.created\ndata: {\"seq\":42,"));
+        assert!(sse.ends_with(b"}\n\n"));
+        assert!(ev
+            .ws_text()
+            .as_str()
+            .starts_with(r#"{"op":"event","seq":42,"channel""#));
+    }
+
+    #[test]
+    fn filter_mixes_channels_and_patterns() {
+        let f = Filter::parse(["orders", "user:*"]).unwrap();
+        assert!(f.matches("orders") && f.matches("user:7"));
+        assert!(!f.matches("order") && !f.matches("other"));
+        assert!(Filter::parse(["bad name"]).is_err());
+    }
+}

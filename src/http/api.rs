@@ -1,0 +1,318 @@
+//! The JSON API: publish (single and atomic batch), history, health.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::{parse_cursor, query_pairs, ApiError, AppState};
+use crate::config::LimitsConfig;
+use crate::event::{validate_channel, Filter, NewEvent, MAX_NAME_LEN};
+use crate::log::Appended;
+
+/// An event as a publisher sends it (HTTP body or WebSocket `publish`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    pub channel: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub data: Box<RawValue>,
+    pub id: Option<String>,
+}
+
+impl EventIn {
+    /// Validates names and sizes; the result is ready for the log.
+    pub fn validate(self, limits: &LimitsConfig) -> Result<NewEvent, ApiError> {
+        validate_channel(&self.channel)?;
+        if let Some(kind) = &self.kind {
+            // The type becomes the SSE `event:` line, so it must stay one clean token.
+            if validate_channel(kind).is_err() {
+                return Err(ApiError::bad_request(
+                    "invalid_type",
+                    "type must be 1-200 characters of A-Z a-z 0-9 _ . : @ / -",
+                ));
+            }
+        }
+        if let Some(id) = &self.id {
+            if id.is_empty() || id.len() > MAX_NAME_LEN || id.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(
+                    "invalid_id",
+                    "id must be 1-200 characters with no control characters",
+                ));
+            }
+        }
+        let size = self.data.get().len();
+        if size > limits.max_event_bytes {
+            return Err(ApiError::too_large(
+                "event_too_large",
+                format!(
+                    "event data is {size} bytes; the limit is {} bytes",
+                    limits.max_event_bytes
+                ),
+            ));
+        }
+        Ok(NewEvent {
+            channel: self.channel,
+            kind: self.kind,
+            data: self.data,
+            id: self.id,
+        })
+    }
+}
+
+/// Maps a serde_json error to `invalid_json` (not JSON at all) or `invalid_event` (JSON of the
+/// wrong shape: missing field, wrong type, unknown field).
+pub fn json_error(e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+        }
+        Category::Data => {
+            ApiError::bad_request("invalid_event", format!("event has the wrong shape: {e}"))
+        }
+    }
+}
+
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    to_bytes(body, limit).await.map_err(|e| {
+        let too_big = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_big {
+            ApiError::too_large(
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })
+}
+
+/// Parses a publish body: one event object or a non-empty array (an atomic batch).
+fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<(Vec<NewEvent>, bool), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<EventIn> = serde_json::from_slice(body).map_err(json_error)?;
+            if items.is_empty() {
+                return Err(ApiError::bad_request(
+                    "empty_batch",
+                    "a batch must hold at least one event",
+                ));
+            }
+            if items.len() > limits.max_batch {
+                return Err(ApiError::too_large(
+                    "batch_too_large",
+                    format!(
+                        "batch holds {} events; the limit is {}",
+                        items.len(),
+                        limits.max_batch
+                    ),
+                ));
+            }
+            let events = items
+                .into_iter()
+                .map(|e| e.validate(limits))
+                .collect::<Result<_, _>>()?;
+            Ok((events, true))
+        }
+        Some(b'{') => {
+            let item: EventIn = serde_json::from_slice(body).map_err(json_error)?;
+            Ok((vec![item.validate(limits)?], false))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_json",
+            "body must be a JSON object (one event) or array (a batch)",
+        )),
+        None => Err(ApiError::bad_request(
+            "invalid_json",
+            "body is empty; send a JSON event",
+        )),
+    }
+}
+
+/// `POST /v1/events`: 201 once durable; 200 when every event was a duplicate `id`.
+pub async fn publish(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let limits = &app.config.limits;
+    let body = read_body(body, limits.max_body_bytes).await?;
+    let (events, batch) = parse_publish(&body, limits)?;
+    let results = app.hub.publish(events).await?;
+    let status = if results.iter().all(|a: &Appended| a.duplicate) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let body = if batch {
+        json!({"seqs": results.iter().map(|a| a.seq).collect::<Vec<_>>()})
+    } else {
+        json!({"seq": results[0].seq})
+    };
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// Largest page a history read returns.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// `GET /v1/events?channel=C&after=N&limit=L` -> `{"events":[...],"next":N}`.
+pub async fn history(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query.as_deref())?;
+    let mut after = 0;
+    let mut limit = 100;
+    let mut channels = Vec::new();
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "channel" => channels.push(value.as_str()),
+            "after" => after = parse_cursor(value, "after")?,
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=MAX_HISTORY_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_limit",
+                            format!("limit must be 1-{MAX_HISTORY_LIMIT}"),
+                        )
+                    })?
+            }
+            _ => {}
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "give at least one channel=NAME (or a pattern with *)",
+        ));
+    }
+    let filter = Filter::parse(channels)?;
+    let log = app.hub.log().clone();
+    let page = tokio::task::spawn_blocking(move || log.read(&filter, after, limit))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    // Envelopes are spliced in as stored: history is byte-identical to what transports carry.
+    let mut out = Vec::with_capacity(
+        64 + page
+            .events
+            .iter()
+            .map(|e| e.envelope().len() + 1)
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, event) in page.events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(event.envelope());
+    }
+    out.extend_from_slice(format!("],\"next\":{}", page.next).as_bytes());
+    if let Some(oldest) = page.reset {
+        out.extend_from_slice(format!(",\"reset\":{{\"oldest\":{oldest}}}").as_bytes());
+    }
+    out.push(b'}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+pub async fn healthz() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Ready while accepting work; 503 once shutdown has begun, so balancers stop routing here.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.shutdown.is_cancelled() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server is shutting down",
+        )
+        .into_response()
+    } else {
+        let b = app.hub.log().bounds();
+        axum::Json(json!({"status": "ready", "head": b.head, "oldest": b.oldest})).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str, expected: Result<usize, (&str, u16)>) {
+        let got = parse_publish(
+            body.as_bytes(),
+            &LimitsConfig {
+                max_batch: 3,
+                max_event_bytes: 10,
+                ..Default::default()
+            },
+        );
+        match (got, expected) {
+            (Ok((events, _)), Ok(n)) => assert_eq!(events.len(), n, "{body}"),
+            (Err(e), Err((code, status))) => {
+                assert_eq!(
+                    (e.code, e.status.as_u16()),
+                    (code, status),
+                    "{body}: {}",
+                    e.message
+                )
+            }
+            (got, want) => panic!("{body}: got {:?}, want {want:?}", got.map(|(e, _)| e.len())),
+        }
+    }
+
+    #[test]
+    fn publish_bodies() {
+        check(r#"{"channel":"a","data":1}"#, Ok(1));
+        check(
+            r#"[{"channel":"a","data":1},{"channel":"b","type":"t","data":{},"id":"x"}]"#,
+            Ok(2),
+        );
+        check("", Err(("invalid_json", 400)));
+        check("{", Err(("invalid_json", 400)));
+        check("42", Err(("invalid_json", 400)));
+        check("[]", Err(("empty_batch", 400)));
+        check(r#"{"channel":"a"}"#, Err(("invalid_event", 400)));
+        check(r#"{"channel":5,"data":1}"#, Err(("invalid_event", 400)));
+        check(
+            r#"{"channel":"a","data":1,"extra":2}"#,
+            Err(("invalid_event", 400)),
+        );
+        check(
+            r#"{"channel":"a b","data":1}"#,
+            Err(("invalid_channel", 400)),
+        );
+        check(
+            r#"{"channel":"a*","data":1}"#,
+            Err(("invalid_channel", 400)),
+        );
+        check(
+            r#"{"channel":"a","type":"x\ny","data":1}"#,
+            Err(("invalid_type", 400)),
+        );
+        check(
+            r#"{"channel":"a","id":"","data":1}"#,
+            Err(("invalid_id", 400)),
+        );
+        check(
+            r#"{"channel":"a","data":"0123456789"}"#,
+            Err(("event_too_large", 413)),
+        );
+        check(
+            r#"[{"channel":"a","data":1},{"channel":"a","data":1},{"channel":"a","data":1},{"channel":"a","data":1}]"#,
+            Err(("batch_too_large", 413)),
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Server-Sent Events (`GET /v1/sse`): frames are the events' pre-encoded SSE bytes, written
+//! straight into the response body; nothing is serialized per subscriber.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures_util::stream;
+use tokio_util::sync::CancellationToken;
+
+use super::{parse_cursor, query_pairs, ApiError, AppState, Connection};
+use crate::event::Filter;
+use crate::hub::{Item, Subscription, SubscriptionError};
+
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// `GET /v1/sse?channel=C[&channel=D][&last_event_id=N]`.
+pub async fn stream(
+    State(app): State<AppState>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query.as_deref())?;
+    let channels: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "channel")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "give at least one channel=NAME (or a pattern with *)",
+        ));
+    }
+    let filter = Filter::parse(channels)?;
+    // EventSource sends Last-Event-ID on reconnect while the URL keeps its original query, so
+    // the header is the newer cursor and wins.
+    let since = match headers.get("last-event-id") {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_cursor", "Last-Event-ID must be a sequence number")
+            })?;
+            Some(parse_cursor(text, "Last-Event-ID")?)
+        }
+        None => match pairs.iter().find(|(k, _)| k == "last_event_id") {
+            Some((_, v)) => Some(parse_cursor(v, "last_event_id")?),
+            None => None,
+        },
+    };
+    // A slow consumer cancels the connection's kill token: its socket is likely full, so the
+    // only sure way to free the server's buffers is to drop the connection.
+    let subscription = app.hub.subscribe(filter, since, conn.kill.clone());
+    let server = &app.config.server;
+    let body = Body::from_stream(frames(
+        subscription,
+        server.heartbeat,
+        server.sse_retry,
+        app.shutdown.clone(),
+    ));
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct StreamState {
+    subscription: Subscription,
+    heartbeat: tokio::time::Interval,
+    shutdown: CancellationToken,
+    preamble: Option<Bytes>,
+}
+
+/// The body: `retry:` first, then events and heartbeats until shutdown or a lag.
+fn frames(
+    subscription: Subscription,
+    heartbeat: Duration,
+    retry: Duration,
+    shutdown: CancellationToken,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = StreamState {
+        subscription,
+        heartbeat,
+        shutdown,
+        preamble: Some(Bytes::from(format!("retry: {}\n\n", retry.as_millis()))),
+    };
+    stream::unfold(state, |mut s| async move {
+        if let Some(preamble) = s.preamble.take() {
+            return Some((Ok(preamble), s));
+        }
+        let frame = tokio::select! {
+            _ = s.shutdown.cancelled() => return None,
+            _ = s.heartbeat.tick() => Bytes::from_static(HEARTBEAT),
+            item = s.subscription.next() => match item {
+                Ok(Item::Event(event)) => event.sse_frame(),
+                Ok(Item::Reset { oldest }) => reset_frame(oldest),
+                Err(SubscriptionError::Lagged) => return None,
+                Err(SubscriptionError::Log(e)) => {
+                    tracing::error!(error = %e, "SSE subscription failed");
+                    return None;
+                }
+            },
+        };
+        Some((Ok(frame), s))
+    })
+}
+
+/// `event: reset` with an `id` just before the oldest retained event, so EventSource's own
+/// reconnect resumes from there instead of reporting the same gap again.
+fn reset_frame(oldest: u64) -> Bytes {
+    Bytes::from(format!(
+        "id: {}\nevent: reset\ndata: {{\"oldest\":{oldest}}}\n\n",
+        oldest.saturating_sub(1)
+    ))
+}

@@ -1,0 +1,444 @@
+//! WebSocket (`GET /v1/ws`): JSON text frames with an `op`, one task per connection.
+//!
+//! The task owns the socket and every subscription of the connection, so there is no extra
+//! task per direction. Events go out as their pre-encoded text (a refcount bump each), fed in
+//! batches and flushed once per batch.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, FuturesUnordered, SplitSink};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio_stream::StreamMap;
+use tokio_util::sync::CancellationToken;
+
+use super::api::EventIn;
+use super::{parse_cursor, query_pairs, ApiError, AppState};
+use crate::event::Filter;
+use crate::hub::{Item, Subscription, SubscriptionError};
+
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_INTERNAL: u16 = 1011;
+pub const CLOSE_SLOW: u16 = 4008;
+
+/// Most events written before one flush.
+const WRITE_BATCH: usize = 64;
+/// Most publishes awaiting their ack on one connection; past it the reader waits.
+const MAX_IN_FLIGHT: usize = 256;
+/// How long a close frame may take to leave; a stuck peer is then just dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn max_message(app: &AppState) -> usize {
+    app.config.limits.max_event_bytes + 16 * 1024
+}
+
+/// `GET /v1/ws[?channel=C&since=N]`.
+pub async fn upgrade(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query.as_deref())?;
+    let since = match pairs.iter().find(|(k, _)| k == "since") {
+        Some((_, v)) => Some(parse_cursor(v, "since")?),
+        None => None,
+    };
+    let mut initial = Vec::new();
+    for (_, channel) in pairs.iter().filter(|(k, _)| k == "channel") {
+        initial.push((channel.clone(), Filter::parse([channel.as_str()])?));
+    }
+    let upgrade =
+        upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let limit = max_message(&app);
+    let guard = app.tasks.token();
+    Ok(upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| async move {
+            let _guard = guard;
+            Session::new(app, socket).run(initial, since).await;
+        }))
+}
+
+/// A client message. Every field but `op` is optional here and checked per op.
+#[derive(Deserialize)]
+struct ClientMessage {
+    op: String,
+    channel: Option<String>,
+    since: Option<u64>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    data: Option<Box<RawValue>>,
+    id: Option<String>,
+    #[serde(rename = "ref")]
+    _ref: Option<Value>,
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+type ItemStream = BoxStream<'static, Result<Item, SubscriptionError>>;
+
+struct Session {
+    app: AppState,
+    sink: Sink,
+    stream: futures_util::stream::SplitStream<WebSocket>,
+    subs: StreamMap<String, ItemStream>,
+    acks: FuturesUnordered<BoxFuture<'static, Message>>,
+    /// Shared by every subscription of the connection: one lag closes it with 4008.
+    lagged: CancellationToken,
+}
+
+/// Why the session ends, and the close frame it sends.
+struct Close(u16, &'static str);
+
+impl Session {
+    fn new(app: AppState, socket: WebSocket) -> Session {
+        let (sink, stream) = socket.split();
+        Session {
+            app,
+            sink,
+            stream,
+            subs: StreamMap::new(),
+            acks: FuturesUnordered::new(),
+            lagged: CancellationToken::new(),
+        }
+    }
+
+    async fn run(mut self, initial: Vec<(String, Filter)>, since: Option<u64>) {
+        let head = self.app.hub.log().bounds().head;
+        let close = async {
+            self.send(json!({"op": "welcome", "head": head})).await?;
+            for (channel, filter) in initial {
+                self.add_subscription(channel.clone(), filter, since);
+                self.send(json!({"op": "subscribed", "channel": channel}))
+                    .await?;
+            }
+            self.serve().await
+        }
+        .await;
+        if let Err(Close(code, reason)) = close {
+            self.close(code, reason).await;
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), Close> {
+        let heartbeat = self.app.config.server.heartbeat;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let shutdown = self.app.shutdown.clone();
+        let lagged = self.lagged.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Close(CLOSE_GOING_AWAY, "server shutting down")),
+                _ = lagged.cancelled() => return Err(Close(CLOSE_SLOW, "slow consumer: reconnect with since")),
+                _ = ping.tick() => self.feed_flush(Message::Ping(Default::default())).await?,
+                Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.feed_flush(ack).await?,
+                Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
+                    self.write_items(channel, item).await?;
+                }
+                message = self.stream.next() => match message {
+                    None => return Ok(()),
+                    Some(Ok(message)) => self.on_message(message).await?,
+                    Some(Err(e)) => return Err(receive_error(e)),
+                },
+            }
+        }
+    }
+
+    /// Writes one item and whatever else is ready (up to a batch), then flushes once.
+    async fn write_items(
+        &mut self,
+        channel: String,
+        first: Result<Item, SubscriptionError>,
+    ) -> Result<(), Close> {
+        let mut next = Some((channel, first));
+        let mut written = 0;
+        while let Some((channel, item)) = next.take() {
+            let message = match item {
+                Ok(Item::Event(event)) => Message::Text(event.ws_text()),
+                Ok(Item::Reset { oldest }) => {
+                    text(json!({"op": "reset", "channel": channel, "oldest": oldest}))
+                }
+                Err(SubscriptionError::Lagged) => {
+                    return Err(Close(CLOSE_SLOW, "slow consumer: reconnect with since"))
+                }
+                Err(SubscriptionError::Log(e)) => {
+                    tracing::error!(error = %e, "WebSocket subscription failed");
+                    return Err(Close(CLOSE_INTERNAL, "internal error"));
+                }
+            };
+            self.sink
+                .feed(message)
+                .await
+                .map_err(|_| Close(CLOSE_NORMAL, ""))?;
+            written += 1;
+            if written < WRITE_BATCH {
+                next = self.subs.next().now_or_never().flatten();
+            }
+        }
+        self.flush().await
+    }
+
+    async fn feed_flush(&mut self, message: Message) -> Result<(), Close> {
+        self.sink
+            .feed(message)
+            .await
+            .map_err(|_| Close(CLOSE_NORMAL, ""))?;
+        self.flush().await
+    }
+
+    /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
+    /// (a peer that stops reading would otherwise hold the task here forever).
+    async fn flush(&mut self) -> Result<(), Close> {
+        tokio::select! {
+            r = self.sink.flush() => r.map_err(|_| Close(CLOSE_NORMAL, "")),
+            _ = self.lagged.cancelled() => Err(Close(CLOSE_SLOW, "slow consumer: reconnect with since")),
+            _ = self.app.shutdown.cancelled() => Err(Close(CLOSE_GOING_AWAY, "server shutting down")),
+        }
+    }
+
+    async fn send(&mut self, value: Value) -> Result<(), Close> {
+        self.feed_flush(text(value)).await
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Close> {
+        match message {
+            Message::Text(body) => self.on_text(body).await,
+            Message::Binary(_) => {
+                self.send(error(
+                    None,
+                    "unsupported_frame",
+                    "binary frames are not supported; send JSON text frames",
+                ))
+                .await
+            }
+            Message::Close(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, body: Utf8Bytes) -> Result<(), Close> {
+        let value: Value = match serde_json::from_str(body.as_str()) {
+            Ok(v) => v,
+            Err(e) => {
+                return self
+                    .send(error(
+                        None,
+                        "invalid_json",
+                        &format!("message is not valid JSON: {e}"),
+                    ))
+                    .await
+            }
+        };
+        let reference = value.get("ref").cloned();
+        let message: ClientMessage = match serde_json::from_value(value) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .send(error(
+                        reference.as_ref(),
+                        "invalid_message",
+                        &format!("message has the wrong shape: {e}"),
+                    ))
+                    .await
+            }
+        };
+        let reply = match message.op.as_str() {
+            "subscribe" => self.on_subscribe(message, reference.as_ref()),
+            "unsubscribe" => self.on_unsubscribe(message, reference.as_ref()),
+            "publish" => return self.on_publish(message, reference).await,
+            "ping" => with_ref(json!({"op": "pong"}), reference.as_ref()),
+            other => error(
+                reference.as_ref(),
+                "unknown_op",
+                &format!(
+                    "unknown op {:?}; expected subscribe, unsubscribe, publish or ping",
+                    truncate(other)
+                ),
+            ),
+        };
+        self.send(reply).await
+    }
+
+    fn on_subscribe(&mut self, m: ClientMessage, reference: Option<&Value>) -> Value {
+        let Some(channel) = m.channel else {
+            return error(reference, "missing_channel", "subscribe needs a channel");
+        };
+        let filter = match Filter::parse([channel.as_str()]) {
+            Ok(f) => f,
+            Err(e) => return error(reference, "invalid_channel", &e.to_string()),
+        };
+        if !self.subs.contains_key(&channel)
+            && self.subs.len() >= self.app.config.limits.max_subscriptions
+        {
+            let limit = self.app.config.limits.max_subscriptions;
+            return error(
+                reference,
+                "too_many_subscriptions",
+                &format!("a connection may hold at most {limit} subscriptions"),
+            );
+        }
+        // Subscribing again replaces the old subscription (say, to resume from a new `since`).
+        self.add_subscription(channel.clone(), filter, m.since);
+        with_ref(json!({"op": "subscribed", "channel": channel}), reference)
+    }
+
+    fn on_unsubscribe(&mut self, m: ClientMessage, reference: Option<&Value>) -> Value {
+        let Some(channel) = m.channel else {
+            return error(reference, "missing_channel", "unsubscribe needs a channel");
+        };
+        if self.subs.remove(&channel).is_none() {
+            return error(
+                reference,
+                "not_subscribed",
+                &format!("not subscribed to {:?}", truncate(&channel)),
+            );
+        }
+        with_ref(json!({"op": "unsubscribed", "channel": channel}), reference)
+    }
+
+    async fn on_publish(
+        &mut self,
+        m: ClientMessage,
+        reference: Option<Value>,
+    ) -> Result<(), Close> {
+        let (Some(channel), Some(data)) = (m.channel, m.data) else {
+            return self
+                .send(error(
+                    reference.as_ref(),
+                    "invalid_event",
+                    "publish needs a channel and data",
+                ))
+                .await;
+        };
+        let input = EventIn {
+            channel,
+            kind: m.kind,
+            data,
+            id: m.id,
+        };
+        let event = match input.validate(&self.app.config.limits) {
+            Ok(e) => e,
+            Err(e) => {
+                return self
+                    .send(error(reference.as_ref(), e.code, &e.message))
+                    .await
+            }
+        };
+        while self.acks.len() >= MAX_IN_FLIGHT {
+            if let Some(ack) = self.acks.next().await {
+                self.feed_flush(ack).await?;
+            }
+        }
+        let hub = self.app.hub.clone();
+        self.acks.push(
+            async move {
+                match hub.publish(vec![event]).await {
+                    Ok(results) => text(with_ref(
+                        json!({"op": "ack", "seq": results[0].seq}),
+                        reference.as_ref(),
+                    )),
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        text(error(reference.as_ref(), e.code, &e.message))
+                    }
+                }
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+
+    fn add_subscription(&mut self, channel: String, filter: Filter, since: Option<u64>) {
+        let subscription = self.app.hub.subscribe(filter, since, self.lagged.clone());
+        self.subs.insert(channel, items(subscription));
+    }
+
+    /// Sends a close frame (bounded in time), then reads until the peer's close or EOF so the
+    /// closing handshake completes cleanly.
+    async fn close(mut self, code: u16, reason: &'static str) {
+        self.subs = StreamMap::new();
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let sent =
+            tokio::time::timeout(CLOSE_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await;
+        if matches!(sent, Ok(Ok(()))) {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                while let Some(Ok(_)) = self.stream.next().await {}
+            })
+            .await;
+        }
+    }
+}
+
+fn items(subscription: Subscription) -> ItemStream {
+    futures_util::stream::unfold(subscription, |mut s| async move {
+        let item = s.next().await;
+        Some((item, s))
+    })
+    .boxed()
+}
+
+fn receive_error(e: axum::Error) -> Close {
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
+        Close(CLOSE_TOO_BIG, "message too big")
+    } else {
+        Close(CLOSE_PROTOCOL, "protocol error")
+    }
+}
+
+fn text(value: Value) -> Message {
+    Message::Text(value.to_string().into())
+}
+
+fn with_ref(mut value: Value, reference: Option<&Value>) -> Value {
+    if let (Some(r), Some(obj)) = (reference, value.as_object_mut()) {
+        obj.insert("ref".into(), r.clone());
+    }
+    value
+}
+
+fn error(reference: Option<&Value>, code: &str, message: &str) -> Value {
+    with_ref(
+        json!({"op": "error", "code": code, "message": message}),
+        reference,
+    )
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// `GET /v1/ws/echo` (only with `server.ws_echo`): echoes every message, through the same
+/// stack and limits as `/v1/ws`, for the Autobahn conformance suite.
+pub async fn echo(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> impl IntoResponse {
+    let limit = max_message(&app).max(16 * 1024 * 1024);
+    let guard = app.tasks.token();
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |mut socket| async move {
+            let _guard = guard;
+            // Keep reading after a Close so the library can finish the closing handshake.
+            while let Some(Ok(message)) = socket.recv().await {
+                let reply = match message {
+                    Message::Text(t) => Message::Text(t),
+                    Message::Binary(b) => Message::Binary(b),
+                    _ => continue,
+                };
+                if socket.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        })
+}

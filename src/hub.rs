@@ -1,0 +1,322 @@
+//! Fan-out: live subscriptions by channel and pattern, and resume (history, then live).
+//!
+//! The log's writer calls [`Hub::committed`] with each committed group, in seq order; the hub
+//! pushes a refcounted [`EventRef`] into every matching subscription's bounded queue with
+//! `try_send`. It never waits on a subscriber: a full queue marks that subscription lagged
+//! and its connection is closed, to resume from its cursor. Transports never read the log
+//! themselves; they hold a [`Subscription`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{EventRef, Filter, NewEvent};
+use crate::log::{Appended, CommitListener, Log, LogError};
+
+/// Events read from the log per catch-up page.
+const PAGE: usize = 512;
+
+pub struct Hub {
+    log: Arc<dyn Log>,
+    registry: RwLock<Registry>,
+    /// Last seq handed to subscribers. Read under the registry's write lock, it splits every
+    /// event into "in the log before registration" and "will be queued live".
+    dispatched: AtomicU64,
+    next_id: AtomicU64,
+    queue_len: usize,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_channel: HashMap<Box<str>, Vec<Arc<Sink>>>,
+    /// Subscriptions with at least one pattern; tested against every event's channel.
+    patterned: Vec<Arc<Sink>>,
+}
+
+/// The hub's end of one subscription.
+struct Sink {
+    id: u64,
+    filter: Arc<Filter>,
+    tx: mpsc::Sender<EventRef>,
+    /// Cancelled when the queue overflowed; the subscription then ends with [`Lagged`].
+    lagged: CancellationToken,
+}
+
+/// What a subscription yields, in seq order.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Event(EventRef),
+    /// Events after the cursor were trimmed by retention; delivery continues from `oldest`.
+    Reset {
+        oldest: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The subscriber fell `send_queue` events behind and was dropped; resume from its cursor.
+    #[error("subscriber fell too far behind")]
+    Lagged,
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl Hub {
+    pub fn new(log: Arc<dyn Log>, queue_len: usize) -> Arc<Hub> {
+        let head = log.bounds().head;
+        let hub = Arc::new(Hub {
+            log: log.clone(),
+            registry: RwLock::default(),
+            dispatched: AtomicU64::new(head),
+            next_id: AtomicU64::new(1),
+            queue_len: queue_len.max(1),
+        });
+        log.set_listener(hub.clone());
+        hub
+    }
+
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    /// Publishes through the log; resolves once durable.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
+        self.log.append(events).await
+    }
+
+    /// Starts a subscription. With `since`, it first replays every retained matching event
+    /// after that seq, then goes live with no gap and no duplicate at the hand-over. Without,
+    /// it is live only. `lagged` is cancelled if it falls behind (callers may share one token
+    /// per connection).
+    pub fn subscribe(
+        self: &Arc<Self>,
+        filter: Filter,
+        since: Option<u64>,
+        lagged: CancellationToken,
+    ) -> Subscription {
+        let mut sub = Subscription {
+            hub: self.clone(),
+            filter: Arc::new(filter),
+            cursor: since.unwrap_or(0),
+            state: State::CatchUp,
+            fill_to: None,
+            buffer: VecDeque::new(),
+            lagged,
+        };
+        if since.is_none() {
+            sub.register_live_only();
+        }
+        sub
+    }
+
+    fn register(
+        &self,
+        filter: &Arc<Filter>,
+        lagged: &CancellationToken,
+    ) -> (u64, mpsc::Receiver<EventRef>, u64) {
+        let (tx, rx) = mpsc::channel(self.queue_len);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sink = Arc::new(Sink {
+            id,
+            filter: filter.clone(),
+            tx,
+            lagged: lagged.clone(),
+        });
+        let mut reg = self.registry.write().expect("hub registry lock");
+        if filter.has_patterns() {
+            reg.patterned.push(sink);
+        } else {
+            for channel in filter.channels() {
+                reg.by_channel
+                    .entry(channel.into())
+                    .or_default()
+                    .push(sink.clone());
+            }
+        }
+        let head = self.dispatched.load(Ordering::Acquire);
+        (id, rx, head)
+    }
+
+    fn unregister(&self, id: u64, filter: &Filter) {
+        let mut reg = self.registry.write().expect("hub registry lock");
+        reg.remove(id, filter);
+    }
+
+    /// Number of live subscriptions (for metrics and tests).
+    pub fn subscriptions(&self) -> usize {
+        let reg = self.registry.read().expect("hub registry lock");
+        reg.patterned.len() + reg.by_channel.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+impl Registry {
+    fn remove(&mut self, id: u64, filter: &Filter) {
+        if filter.has_patterns() {
+            self.patterned.retain(|s| s.id != id);
+        } else {
+            for channel in filter.channels() {
+                if let Some(list) = self.by_channel.get_mut(channel) {
+                    list.retain(|s| s.id != id);
+                    if list.is_empty() {
+                        self.by_channel.remove(channel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl CommitListener for Hub {
+    fn committed(&self, events: &[EventRef]) {
+        let Some(last) = events.last() else { return };
+        let mut dropped: Vec<(u64, Arc<Filter>)> = Vec::new();
+        {
+            let reg = self.registry.read().expect("hub registry lock");
+            for event in events {
+                let exact = reg.by_channel.get(&*event.channel).into_iter().flatten();
+                let patterned = reg
+                    .patterned
+                    .iter()
+                    .filter(|s| s.filter.matches(&event.channel));
+                for sink in exact.chain(patterned) {
+                    // A lagged sink must get nothing more: a later event slipping in would
+                    // hide the gap from the subscriber.
+                    if sink.lagged.is_cancelled() {
+                        continue;
+                    }
+                    match sink.tx.try_send(event.clone()) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            sink.lagged.cancel();
+                            dropped.push((sink.id, sink.filter.clone()));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            dropped.push((sink.id, sink.filter.clone()));
+                        }
+                    }
+                }
+            }
+            self.dispatched.store(last.seq, Ordering::Release);
+        }
+        if !dropped.is_empty() {
+            let mut reg = self.registry.write().expect("hub registry lock");
+            for (id, filter) in dropped {
+                reg.remove(id, &filter);
+            }
+        }
+    }
+}
+
+enum State {
+    /// Reading history page by page, not yet registered.
+    CatchUp,
+    Live {
+        id: u64,
+        rx: mpsc::Receiver<EventRef>,
+    },
+    Ended,
+}
+
+/// One subscriber's ordered view of the log: history after its cursor, then live events.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    filter: Arc<Filter>,
+    /// Seq of the last event read into `buffer` or delivered; events at or below it are skipped.
+    cursor: u64,
+    state: State,
+    /// Set on registration: history must be read up to this seq before live events.
+    fill_to: Option<u64>,
+    buffer: VecDeque<Item>,
+    lagged: CancellationToken,
+}
+
+impl Subscription {
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    fn register_live_only(&mut self) {
+        let (id, rx, head) = self.hub.register(&self.filter, &self.lagged);
+        self.cursor = head;
+        self.state = State::Live { id, rx };
+    }
+
+    /// The next item in seq order. Cancel-safe: every state change happens after an await
+    /// completes, so dropping the future loses nothing.
+    pub async fn next(&mut self) -> Result<Item, SubscriptionError> {
+        loop {
+            if let Some(item) = self.buffer.pop_front() {
+                return Ok(item);
+            }
+            if let Some(until) = self.fill_to {
+                // Registered: first read what committed between the last history page and
+                // the registration, so the hand-over has no gap and no duplicate.
+                if self.cursor >= until || self.read_page(Some(until)).await? {
+                    self.cursor = self.cursor.max(until);
+                    self.fill_to = None;
+                }
+                continue;
+            }
+            match &mut self.state {
+                State::Ended => return Err(SubscriptionError::Lagged),
+                State::CatchUp => {
+                    if self.read_page(None).await? {
+                        let (id, rx, head) = self.hub.register(&self.filter, &self.lagged);
+                        self.state = State::Live { id, rx };
+                        self.fill_to = Some(head);
+                    }
+                }
+                State::Live { rx, .. } => match rx.recv().await {
+                    Some(event) if event.seq > self.cursor => {
+                        self.cursor = event.seq;
+                        return Ok(Item::Event(event));
+                    }
+                    Some(_) => continue,
+                    None => {
+                        self.end();
+                        return Err(SubscriptionError::Lagged);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads one page after the cursor (up to `until`, if set) into the buffer. Returns
+    /// whether the read reached the end (the head, or `until`).
+    async fn read_page(&mut self, until: Option<u64>) -> Result<bool, SubscriptionError> {
+        let log = self.hub.log.clone();
+        let filter = self.filter.clone();
+        let after = self.cursor;
+        let page = tokio::task::spawn_blocking(move || log.read(&filter, after, PAGE))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))??;
+        if let Some(oldest) = page.reset {
+            self.buffer.push_back(Item::Reset { oldest });
+        }
+        let limit = until.unwrap_or(u64::MAX);
+        for event in page.events {
+            if event.seq > limit {
+                return Ok(true);
+            }
+            self.cursor = event.seq;
+            self.buffer.push_back(Item::Event(event));
+        }
+        self.cursor = self.cursor.max(page.next.min(limit));
+        Ok(page.end || page.next >= limit)
+    }
+
+    fn end(&mut self) {
+        if let State::Live { id, .. } = std::mem::replace(&mut self.state, State::Ended) {
+            self.hub.unregister(id, &self.filter);
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.end();
+    }
+}

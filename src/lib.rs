@@ -1,0 +1,21 @@
+//! Herald: a real-time event hub. An event comes in once, lands in one durable, ordered log
+//! with a sequence number, and goes out to every subscriber over SSE and WebSocket; the seq
+//! is the one cursor that resumes any of them with nothing lost.
+//!
+//! # Layout
+//! - [`event`]: channel names, patterns, and the envelope, encoded once per event.
+//! - [`log`]: the durable log: seq assignment, group commit, idempotency, retention. The
+//!   only owner of order and durability.
+//! - [`hub`]: fan-out from the log's commits to live subscriptions, and resume (history, then
+//!   live, with no gap or duplicate at the hand-over).
+//! - [`http`]: the router and the transports: the JSON API, SSE, WebSocket.
+//! - [`server`]: the accept loop and lifecycle (bind, drain, shutdown).
+//! - [`config`], [`cli`]: configuration and the `herald` command line.
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod hub;
+pub mod log;
+pub mod server;

@@ -1,0 +1,668 @@
+//! The embedded log on fjall (an LSM store with a checksummed journal and atomic cross-partition
+//! batches). fjall was chosen over redb because its journal maps one-to-one onto our durability
+//! policies: `PersistMode::SyncAll` for `fsync`, `PersistMode::Buffer` (in the OS, safe from a
+//! process crash) for `os`, and because its append-heavy write path suits a log.
+//!
+//! One writer thread owns every write. It drains whatever publishes are waiting, writes them in
+//! one batch, persists once (group commit), then acknowledges them all and hands the events to
+//! the listener, so seq order, commit order and delivery order are the same order.
+//!
+//! Layout (partitions):
+//! - `events`: seq (u64 BE) -> record (time, channel, type, envelope)
+//! - `by_channel`: channel 0x00 seq (BE) -> empty; the per-channel index for history reads
+//! - `dedup`: publisher id -> seq (BE) + time ms (BE)
+//! - `meta`: `head` (last seq ever assigned, so seqs are never reused even after trimming),
+//!   `oldest` (first retained seq)
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
+use crate::config::{Durability, LogConfig};
+use crate::event::{now_ms, Event, EventRef, Filter, NewEvent};
+
+/// Publishes waiting for the writer; a full queue makes publishers wait (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+/// Most requests folded into one commit.
+const MAX_GROUP: usize = 512;
+/// Most events deleted per retention batch, so a trim never stalls publishes for long.
+const TRIM_CHUNK: usize = 10_000;
+/// Most log entries a pattern read examines per page, so a rare pattern cannot scan forever.
+const SCAN_BUDGET: usize = 20_000;
+
+enum Command {
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+    },
+    Trim,
+}
+
+#[derive(Clone)]
+struct Store {
+    keyspace: Keyspace,
+    events: PartitionHandle,
+    by_channel: PartitionHandle,
+    dedup: PartitionHandle,
+    meta: PartitionHandle,
+}
+
+pub struct EmbeddedLog {
+    store: Store,
+    oldest: Arc<AtomicU64>,
+    head: Arc<AtomicU64>,
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    listener: Arc<RwLock<Option<Arc<dyn CommitListener>>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir` and starts its writer thread and retention timer.
+    pub fn open(dir: &Path, config: &LogConfig) -> Result<Arc<EmbeddedLog>, LogError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogError::Storage(format!("{}: {e}", dir.display())))?;
+        let keyspace = fjall::Config::new(dir).open()?;
+        let open = |name: &str| keyspace.open_partition(name, PartitionCreateOptions::default());
+        let store = Store {
+            events: open("events")?,
+            by_channel: open("by_channel")?,
+            dedup: open("dedup")?,
+            meta: open("meta")?,
+            keyspace: keyspace.clone(),
+        };
+        let head = read_u64(&store.meta, b"head")?
+            .or(store.events.last_key_value()?.map(|(k, _)| be_u64(&k)))
+            .unwrap_or(0);
+        let oldest = read_u64(&store.meta, b"oldest")?
+            .or(store.events.first_key_value()?.map(|(k, _)| be_u64(&k)))
+            .unwrap_or(head + 1);
+        let oldest = Arc::new(AtomicU64::new(oldest));
+        let head = Arc::new(AtomicU64::new(head));
+        let listener: Arc<RwLock<Option<Arc<dyn CommitListener>>>> = Arc::default();
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            assigned: head.load(Ordering::Acquire),
+            store: store.clone(),
+            config: config.clone(),
+            oldest: oldest.clone(),
+            head: head.clone(),
+            listener: listener.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("herald-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::Storage(e.to_string()))?;
+        spawn_trim_timer(tx.clone(), config.trim_interval);
+        Ok(Arc::new(EmbeddedLog {
+            store,
+            oldest,
+            head,
+            tx: Mutex::new(Some(tx)),
+            listener,
+            writer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Command>> {
+        self.tx.lock().expect("log sender lock").clone()
+    }
+}
+
+fn spawn_trim_timer(tx: mpsc::Sender<Command>, every: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let tx = tx.downgrade();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+        loop {
+            tick.tick().await;
+            let Some(tx) = tx.upgrade() else { return };
+            // Skip a tick rather than queue trims behind a busy writer.
+            let _ = tx.try_send(Command::Trim);
+        }
+    });
+}
+
+impl Log for EmbeddedLog {
+    fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'static, Result<Vec<Appended>, LogError>> {
+        let tx = self.sender();
+        async move {
+            let tx = tx.ok_or(LogError::Closed)?;
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::Append { events, reply })
+                .await
+                .map_err(|_| LogError::Closed)?;
+            rx.await.map_err(|_| LogError::Closed)?
+        }
+        .boxed()
+    }
+
+    fn read(&self, filter: &Filter, after: u64, limit: usize) -> Result<Page, LogError> {
+        let s = &self.store;
+        // Only durable events are visible: a subscriber must never see a seq that a crash
+        // could take back and reuse. `head` moves only after the writer's sync.
+        let head = self.head.load(Ordering::Acquire);
+        let instant = s.keyspace.instant();
+        let events = s.events.snapshot_at(instant);
+        let meta = s.meta.snapshot_at(instant);
+        let oldest = match meta.get(b"oldest")? {
+            Some(v) => be_u64(&v),
+            None => events
+                .first_key_value()?
+                .map(|(k, _)| be_u64(&k))
+                .unwrap_or(head + 1),
+        };
+        let mut page = Page {
+            reset: (after.saturating_add(1) < oldest && after < head).then_some(oldest),
+            ..Page::default()
+        };
+        let after = after.max(oldest.saturating_sub(1));
+        let limit = limit.max(1);
+        if after >= head {
+            page.end = true;
+            page.next = after;
+            return Ok(page);
+        }
+        if filter.has_patterns() {
+            // A pattern can match any channel: scan the log itself, bounded per page.
+            let mut scanned = 0;
+            let mut last = after;
+            let mut iter = events.range(seq_key(after.saturating_add(1))..);
+            page.end = true;
+            for item in iter.by_ref() {
+                let (k, v) = item?;
+                let seq = be_u64(&k);
+                if seq > head {
+                    break;
+                }
+                last = seq;
+                scanned += 1;
+                let record = Record::decode(&v)?;
+                if filter.matches(record.channel) {
+                    page.events.push(Arc::new(record.into_event(seq, &v)));
+                }
+                if page.events.len() >= limit || scanned >= SCAN_BUDGET {
+                    page.end = false;
+                    break;
+                }
+            }
+            page.next = if page.end { head.max(after) } else { last };
+        } else {
+            // Exact channels: merge the per-channel index ranges by seq.
+            let index = s.by_channel.snapshot_at(instant);
+            let mut seqs = Vec::new();
+            let mut complete = true;
+            for channel in filter.channels() {
+                let mut n = 0;
+                let from = index_key(channel, after.saturating_add(1));
+                let to = index_key(channel, head);
+                for item in index.range(from..=to) {
+                    let (k, _) = item?;
+                    seqs.push(be_u64(&k[k.len() - 8..]));
+                    n += 1;
+                    if n > limit {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            seqs.sort_unstable();
+            seqs.dedup();
+            if seqs.len() > limit {
+                complete = false;
+                seqs.truncate(limit);
+            }
+            for seq in &seqs {
+                if let Some(v) = events.get(seq_key(*seq))? {
+                    let record = Record::decode(&v)?;
+                    page.events.push(Arc::new(record.into_event(*seq, &v)));
+                }
+            }
+            page.end = complete;
+            page.next = match (complete, seqs.last()) {
+                (true, _) => head.max(after),
+                (false, Some(last)) => *last,
+                (false, None) => after,
+            };
+        }
+        Ok(page)
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            oldest: self.oldest.load(Ordering::Acquire),
+            head: self.head.load(Ordering::Acquire),
+        }
+    }
+
+    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+        *self.listener.write().expect("listener lock") = Some(listener);
+    }
+
+    fn close(&self) {
+        self.tx.lock().expect("log sender lock").take();
+        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The writer thread's state. Only this thread writes to the store.
+struct Writer {
+    store: Store,
+    /// Last seq assigned and committed (visible in the store, maybe not yet synced).
+    assigned: u64,
+    config: LogConfig,
+    oldest: Arc<AtomicU64>,
+    head: Arc<AtomicU64>,
+    listener: Arc<RwLock<Option<Arc<dyn CommitListener>>>>,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Appended>, LogError>>;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut group: Vec<(Vec<NewEvent>, Reply)> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut trim = false;
+            let mut next = Some(first);
+            while let Some(cmd) = next {
+                match cmd {
+                    Command::Append { events, reply } => group.push((events, reply)),
+                    Command::Trim => trim = true,
+                }
+                next = if group.len() < MAX_GROUP {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !group.is_empty() {
+                self.commit(&mut group);
+            }
+            if trim {
+                if let Err(e) = self.trim() {
+                    tracing::error!(error = %e, "retention trim failed");
+                }
+            }
+        }
+        // Everything queued has been committed; make sure it is on disk before exiting.
+        if let Err(e) = self.store.keyspace.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %e, "final log sync failed");
+        }
+    }
+
+    fn persist_mode(&self) -> PersistMode {
+        match self.config.durability {
+            Durability::Fsync => PersistMode::SyncAll,
+            Durability::Os => PersistMode::Buffer,
+        }
+    }
+
+    /// Writes every waiting request in one batch, persists once, then acknowledges.
+    fn commit(&mut self, group: &mut Vec<(Vec<NewEvent>, Reply)>) {
+        let s = &self.store;
+        let now = now_ms();
+        let window_ms = self.config.dedup_window.as_millis() as u64;
+        let mut batch = s.keyspace.batch();
+        let mut next = self.assigned + 1;
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut committed: Vec<EventRef> = Vec::new();
+        let mut results: Vec<Result<Vec<Appended>, LogError>> = Vec::with_capacity(group.len());
+        for (events, _) in group.iter() {
+            let mut out = Vec::with_capacity(events.len());
+            for new in events {
+                if let Some(id) = &new.id {
+                    let original = match seen.get(id) {
+                        Some(seq) => Some(*seq),
+                        None => match self.dedup_lookup(id, now, window_ms) {
+                            Ok(found) => found,
+                            Err(e) => {
+                                tracing::error!(error = %e, "dedup lookup failed");
+                                None
+                            }
+                        },
+                    };
+                    if let Some(seq) = original {
+                        out.push(Appended {
+                            seq,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+                let seq = next;
+                next += 1;
+                let event = Event::encode(seq, now, new);
+                batch.insert(&s.events, seq_key(seq), Record::encode(&event));
+                batch.insert(&s.by_channel, index_key(&new.channel, seq), []);
+                if let Some(id) = &new.id {
+                    let mut v = seq.to_be_bytes().to_vec();
+                    v.extend_from_slice(&now.to_be_bytes());
+                    batch.insert(&s.dedup, id.as_bytes(), v);
+                    seen.insert(id.clone(), seq);
+                }
+                out.push(Appended {
+                    seq,
+                    duplicate: false,
+                });
+                committed.push(Arc::new(event));
+            }
+            results.push(Ok(out));
+        }
+        let last = next - 1;
+        if !committed.is_empty() {
+            batch.insert(&s.meta, b"head", last.to_be_bytes());
+            if let Err(e) = batch.commit() {
+                // Nothing was applied: the seqs are free again and every publisher hears why.
+                tracing::error!(error = %e, "log commit failed");
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(LogError::Storage(e.to_string())));
+                }
+                return;
+            }
+            // The batch is applied from here on, so its seqs are used whatever the sync says;
+            // a failed sync only withholds the acknowledgement (and visibility to readers).
+            self.assigned = last;
+            if let Err(e) = s.keyspace.persist(self.persist_mode()) {
+                tracing::error!(error = %e, "log sync failed");
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(LogError::Storage(e.to_string())));
+                }
+                return;
+            }
+            self.head.store(last, Ordering::Release);
+            if let Some(listener) = self.listener.read().expect("listener lock").as_ref() {
+                listener.committed(&committed);
+            }
+        }
+        for ((_, reply), result) in group.drain(..).zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn dedup_lookup(&self, id: &str, now: u64, window_ms: u64) -> Result<Option<u64>, LogError> {
+        Ok(self.store.dedup.get(id.as_bytes())?.and_then(|v| {
+            let (seq, at) = (be_u64(&v[..8]), be_u64(&v[8..16]));
+            (now.saturating_sub(at) <= window_ms).then_some(seq)
+        }))
+    }
+
+    /// Applies retention by count and age, oldest first, in bounded atomic chunks. Each chunk
+    /// moves `oldest` in the same batch, so a reader's snapshot never sees a half-trimmed log.
+    fn trim(&self) -> Result<(), LogError> {
+        let s = &self.store;
+        let now = now_ms();
+        let cutoff = now.saturating_sub(self.config.retention.as_millis() as u64);
+        loop {
+            let head = self.head.load(Ordering::Acquire);
+            let oldest = self.oldest.load(Ordering::Acquire);
+            let count = (head + 1).saturating_sub(oldest);
+            let excess = count.saturating_sub(self.config.max_events);
+            let mut batch = s.keyspace.batch();
+            let mut deleted = 0usize;
+            let mut new_oldest = oldest;
+            for item in s.events.range(seq_key(oldest)..) {
+                let (k, v) = item?;
+                let record = Record::decode(&v)?;
+                if deleted as u64 >= excess && record.time_ms >= cutoff {
+                    break;
+                }
+                let seq = be_u64(&k);
+                batch.remove(&s.events, seq_key(seq));
+                batch.remove(&s.by_channel, index_key(record.channel, seq));
+                new_oldest = seq + 1;
+                deleted += 1;
+                if deleted >= TRIM_CHUNK {
+                    break;
+                }
+            }
+            if deleted == 0 {
+                break;
+            }
+            batch.insert(&s.meta, b"oldest", new_oldest.to_be_bytes());
+            batch.commit()?;
+            self.oldest.store(new_oldest, Ordering::Release);
+            tracing::debug!(deleted, oldest = new_oldest, "retention trimmed the log");
+            if deleted < TRIM_CHUNK {
+                break;
+            }
+        }
+        self.sweep_dedup(now)
+    }
+
+    /// Forgets publisher ids older than the dedup window.
+    fn sweep_dedup(&self, now: u64) -> Result<(), LogError> {
+        let s = &self.store;
+        let window_ms = self.config.dedup_window.as_millis() as u64;
+        let mut batch = s.keyspace.batch();
+        for item in s.dedup.iter() {
+            let (k, v) = item?;
+            if now.saturating_sub(be_u64(&v[8..16])) > window_ms {
+                batch.remove(&s.dedup, k);
+            }
+            if batch.len() >= TRIM_CHUNK {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// The stored form of an event: what history needs without parsing JSON.
+/// `[version u8][time_ms u64][channel_len u16][channel][type_len u16][type][envelope]`
+struct Record<'a> {
+    time_ms: u64,
+    channel: &'a str,
+    kind: Option<&'a str>,
+    envelope_at: usize,
+}
+
+impl<'a> Record<'a> {
+    const VERSION: u8 = 1;
+
+    fn encode(event: &Event) -> Vec<u8> {
+        let kind = event.kind.as_deref().unwrap_or("");
+        let mut out =
+            Vec::with_capacity(13 + event.channel.len() + kind.len() + event.envelope().len());
+        out.push(Self::VERSION);
+        out.extend_from_slice(&event.time_ms.to_be_bytes());
+        out.extend_from_slice(&(event.channel.len() as u16).to_be_bytes());
+        out.extend_from_slice(event.channel.as_bytes());
+        out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(event.envelope());
+        out
+    }
+
+    fn decode(bytes: &'a [u8]) -> Result<Record<'a>, LogError> {
+        let corrupt = || LogError::Storage("corrupt event record".into());
+        if bytes.len() < 13 || bytes[0] != Self::VERSION {
+            return Err(corrupt());
+        }
+        let time_ms = be_u64(&bytes[1..9]);
+        let clen = u16::from_be_bytes([bytes[9], bytes[10]]) as usize;
+        let cend = 11 + clen;
+        let tlen_at = bytes.get(cend..cend + 2).ok_or_else(corrupt)?;
+        let tlen = u16::from_be_bytes([tlen_at[0], tlen_at[1]]) as usize;
+        let tend = cend + 2 + tlen;
+        if bytes.len() < tend {
+            return Err(corrupt());
+        }
+        let text =
+            |r: std::ops::Range<usize>| std::str::from_utf8(&bytes[r]).map_err(|_| corrupt());
+        Ok(Record {
+            time_ms,
+            channel: text(11..cend)?,
+            kind: (tlen > 0).then(|| text(cend + 2..tend)).transpose()?,
+            envelope_at: tend,
+        })
+    }
+
+    fn into_event(self, seq: u64, raw: &[u8]) -> Event {
+        Event::from_parts(
+            seq,
+            self.channel.into(),
+            self.kind.map(Into::into),
+            self.time_ms,
+            Bytes::copy_from_slice(&raw[self.envelope_at..]),
+        )
+    }
+}
+
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn index_key(channel: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(channel.len() + 9);
+    k.extend_from_slice(channel.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn read_u64(p: &PartitionHandle, key: &[u8]) -> Result<Option<u64>, LogError> {
+    Ok(p.get(key)?.filter(|v| v.len() == 8).map(|v| be_u64(&v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn new(channel: &str, id: Option<&str>) -> NewEvent {
+        NewEvent {
+            channel: channel.into(),
+            kind: None,
+            data: RawValue::from_string("1".into()).unwrap(),
+            id: id.map(Into::into),
+        }
+    }
+
+    fn config() -> LogConfig {
+        LogConfig {
+            durability: Durability::Os,
+            ..LogConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn append_read_and_reopen_continue_the_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), &config()).unwrap();
+        let r = log
+            .append(vec![new("a", None), new("b", None), new("a", None)])
+            .await
+            .unwrap();
+        assert_eq!(r.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let page = log.read(&Filter::parse(["a"]).unwrap(), 0, 10).unwrap();
+        assert_eq!(
+            page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert!(page.end);
+        assert_eq!(page.next, 3);
+        let page = log.read(&Filter::parse(["*"]).unwrap(), 1, 1).unwrap();
+        assert_eq!(page.events[0].seq, 2);
+        assert!(!page.end);
+        log.close();
+        drop(log);
+        let log = EmbeddedLog::open(dir.path(), &config()).unwrap();
+        assert_eq!(log.bounds(), Bounds { oldest: 1, head: 3 });
+        let r = log.append(vec![new("a", None)]).await.unwrap();
+        assert_eq!(r[0].seq, 4);
+        log.close();
+    }
+
+    #[tokio::test]
+    async fn duplicate_ids_return_the_original_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), &config()).unwrap();
+        let first = log.append(vec![new("a", Some("k1"))]).await.unwrap();
+        let again = log
+            .append(vec![new("a", Some("k1")), new("a", Some("k2"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            first[0],
+            Appended {
+                seq: 1,
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            again[0],
+            Appended {
+                seq: 1,
+                duplicate: true
+            }
+        );
+        assert_eq!(
+            again[1],
+            Appended {
+                seq: 2,
+                duplicate: false
+            }
+        );
+        log.close();
+    }
+
+    #[tokio::test]
+    async fn retention_by_count_trims_oldest_and_reports_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            max_events: 3,
+            trim_interval: Duration::from_millis(20),
+            ..config()
+        };
+        let log = EmbeddedLog::open(dir.path(), &cfg).unwrap();
+        for _ in 0..10 {
+            log.append(vec![new("a", None)]).await.unwrap();
+        }
+        for _ in 0..200 {
+            if log.bounds().oldest == 8 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            log.bounds(),
+            Bounds {
+                oldest: 8,
+                head: 10
+            }
+        );
+        let page = log.read(&Filter::parse(["a"]).unwrap(), 2, 10).unwrap();
+        assert_eq!(page.reset, Some(8));
+        assert_eq!(
+            page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+        log.close();
+        // Trimming never lets seqs be reused.
+        let log = EmbeddedLog::open(dir.path(), &cfg).unwrap();
+        assert_eq!(log.append(vec![new("a", None)]).await.unwrap()[0].seq, 11);
+        log.close();
+    }
+}

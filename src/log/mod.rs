@@ -1,0 +1,88 @@
+//! The durable, ordered event log: the one source of truth for seq order.
+//!
+//! Owns durability (acknowledge only once stored by policy), seq assignment, idempotency and
+//! retention. It never knows who is subscribed: after each commit it hands the committed events
+//! to a [`CommitListener`] (the hub), in seq order.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::event::{EventRef, Filter, NewEvent};
+
+pub use embedded::EmbeddedLog;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("the log is shutting down")]
+    Closed,
+}
+
+impl From<fjall::Error> for LogError {
+    fn from(e: fjall::Error) -> Self {
+        LogError::Storage(e.to_string())
+    }
+}
+
+impl From<fjall::LsmError> for LogError {
+    fn from(e: fjall::LsmError) -> Self {
+        LogError::Storage(e.to_string())
+    }
+}
+
+/// Result of appending one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// The event's `id` was seen within the dedup window: nothing new was written and `seq`
+    /// is the original one.
+    pub duplicate: bool,
+}
+
+/// One page of a history read.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub events: Vec<EventRef>,
+    /// Cursor to continue from: every matching event `<= next` has been returned.
+    pub next: u64,
+    /// The read reached the head of the log as of the read.
+    pub end: bool,
+    /// Events after the requested cursor were already trimmed; the oldest retained seq.
+    pub reset: Option<u64>,
+}
+
+/// The retained range: `oldest..=head` (empty when `oldest > head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub oldest: u64,
+    pub head: u64,
+}
+
+/// Receives each committed group of events, in seq order, on the log's writer.
+/// Must not block: it runs on the commit path.
+pub trait CommitListener: Send + Sync {
+    fn committed(&self, events: &[EventRef]);
+}
+
+/// A durable, ordered log. The embedded store implements it; the Redis log will too.
+pub trait Log: Send + Sync + 'static {
+    /// Appends `events` atomically (all or none); resolves once durable by the configured
+    /// policy, with one result per event in order.
+    fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'static, Result<Vec<Appended>, LogError>>;
+
+    /// Reads up to `limit` events matching `filter` with seq > `after`, in seq order, from one
+    /// consistent snapshot. Blocking: call it off the async runtime.
+    fn read(&self, filter: &Filter, after: u64, limit: usize) -> Result<Page, LogError>;
+
+    fn bounds(&self) -> Bounds;
+
+    /// Sets who hears about commits. Called once, before the first append.
+    fn set_listener(&self, listener: Arc<dyn CommitListener>);
+
+    /// Finishes pending appends and stops the writer.
+    fn close(&self);
+}

@@ -1,0 +1,140 @@
+//! The server's lifecycle: open the log, bind, accept connections, shut down cleanly.
+//!
+//! We run our own accept loop over hyper instead of `axum::serve` so every connection carries
+//! a kill switch (a slow SSE consumer's socket is dropped at once) and shutdown can drain
+//! each connection gracefully and then wait for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::Config;
+use crate::http::{app, AppState, Connection};
+use crate::hub::Hub;
+use crate::log::{EmbeddedLog, Log, LogError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("cannot open the event log: {0}")]
+    Log(#[from] LogError),
+    #[error(
+        "refusing to listen on {0} with no API keys: anyone could publish. Set auth.api_keys \
+         (or HERALD_API_KEY), or listen on a loopback address such as 127.0.0.1"
+    )]
+    OpenOnPublicAddress(SocketAddr),
+    #[error("redis mode is not available yet (redis.url is set)")]
+    RedisUnsupported,
+}
+
+/// Runs Herald until `shutdown` is cancelled, then drains and returns.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let listen = config.server.listen;
+    if config.auth.api_keys.is_empty() && !listen.ip().is_loopback() {
+        return Err(ServeError::OpenOnPublicAddress(listen));
+    }
+    if !config.redis.url.is_empty() {
+        return Err(ServeError::RedisUnsupported);
+    }
+    let log: Arc<dyn Log> = EmbeddedLog::open(&config.server.data, &config.log)?;
+    let hub = Hub::new(log.clone(), config.server.send_queue);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServeError::Bind(listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(listen, e))?;
+    let grace = config.server.shutdown_grace;
+    if config.auth.api_keys.is_empty() {
+        tracing::warn!("no API keys configured: running open, which is only allowed on loopback");
+    }
+    let bounds = log.bounds();
+    tracing::info!(data = %config.server.data.display(), head = bounds.head, "event log open");
+    let tasks = TaskTracker::new();
+    let state = AppState {
+        hub,
+        config: Arc::new(config),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    };
+    let router = app(state);
+    tracing::info!("listening on http://{addr}");
+
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let router = router.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(serve_connection(stream, peer, router, shutdown, grace));
+            }
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("connections still open after {grace:?}; closing anyway");
+    }
+    // Every accepted publish has been answered or dropped with its connection; the writer
+    // commits whatever is still queued before it stops.
+    tokio::task::spawn_blocking(move || log.close()).await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn = Connection {
+        peer,
+        kill: CancellationToken::new(),
+    };
+    let kill = conn.kill.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        router.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // Slowloris guard: a client gets this long to send its request headers.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = kill.cancelled() => return,
+        _ = shutdown.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = connection => {}
+        _ = kill.cancelled() => {}
+        _ = tokio::time::sleep(grace) => {}
+    }
+}
