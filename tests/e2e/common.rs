@@ -1,0 +1,277 @@
+//! Test harness: starts the real `herald` binary on a free port with a temp data dir, and
+//! speaks to it over real sockets (reqwest for HTTP and SSE, tokio-tungstenite for WebSocket).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::cli::{SseEvent, SseReader};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous bound for any single wait, so a broken server fails a test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Herald {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Herald {
+    /// Starts Herald with default settings plus `toml` (a herald.toml fragment).
+    pub fn start(toml: &str) -> Herald {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let (child, addr, stderr) = spawn(&data, &config);
+        Herald { child: Some(child), addr, data, config, _dir: dir, stderr }
+    }
+
+    /// Starts again on the same data directory and config (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        self.restart_on(0);
+    }
+
+    /// Restarts on a given port (0: any free one).
+    pub fn restart_on(&mut self, port: u16) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        let (child, addr, stderr) = spawn_on(port, &self.data, &self.config);
+        self.child = Some(child);
+        self.addr = addr;
+        self.stderr = stderr;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "herald did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident set size of the server process, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(data: &Path, config: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    spawn_on(0, data, config)
+}
+
+fn spawn_on(port: u16, data: &Path, config: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .env("HERALD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if std::env::var_os("HERALD_TEST_LOG").is_some() {
+                eprintln!("[herald] {line}");
+            }
+            if tx.send(line).is_err() {
+                // Nobody listens any more; keep draining so the server never blocks on stderr.
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("herald did not log `listening on`");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let addr = rest.split_whitespace().next().expect("address").parse().expect("socket address");
+            return (child, addr, rx);
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(WAIT).build().expect("client")
+}
+
+/// POSTs `body` to /v1/events; returns the status and the JSON reply.
+pub async fn publish(h: &Herald, body: Value) -> (u16, Value) {
+    let r = http().post(h.url("/v1/events")).json(&body).send().await.expect("publish");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json reply"))
+}
+
+/// Publishes one event and returns its seq, asserting a 201.
+pub async fn publish_one(h: &Herald, channel: &str, data: Value) -> u64 {
+    let (status, reply) = publish(h, serde_json::json!({"channel": channel, "data": data})).await;
+    assert_eq!(status, 201, "{reply}");
+    reply["seq"].as_u64().expect("seq")
+}
+
+/// Asserts an error reply: status, code, and that the message is a non-empty explanation.
+pub fn assert_error(status: u16, reply: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{reply}");
+    assert_eq!(reply["error"]["code"], want_code, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or("");
+    assert!(message.len() > 10, "message should explain the error: {reply}");
+}
+
+/// A raw SSE reader over a real HTTP response.
+pub struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    reader: SseReader,
+    pending: std::collections::VecDeque<SseEvent>,
+    pub raw: Vec<u8>,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Sse {
+    pub async fn connect(h: &Herald, query: &str, last_event_id: Option<u64>) -> Sse {
+        let mut req = reqwest::Client::new().get(h.url(&format!("/v1/sse?{query}")));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let response = tokio::time::timeout(WAIT, req.send()).await.expect("SSE connect timeout").expect("SSE connect");
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        Sse {
+            body: Box::pin(response.bytes_stream()),
+            reader: SseReader::default(),
+            pending: Default::default(),
+            raw: Vec::new(),
+            headers,
+        }
+    }
+
+    /// The next event (heartbeats are comments, skipped); None when the stream ended.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        self.next_within(WAIT).await.expect("timed out waiting for an SSE event")
+    }
+
+    /// Like `next`, but `Err` on timeout.
+    pub async fn next_within(&mut self, wait: Duration) -> Result<Option<SseEvent>, ()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return Err(()),
+                Ok(Some(Ok(chunk))) => {
+                    self.raw.extend_from_slice(&chunk);
+                    self.pending.extend(self.reader.push(&chunk));
+                }
+                Ok(_) => return Ok(None),
+            }
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn ws_connect(h: &Herald, query: &str) -> Ws {
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(h.ws_url(&format!("/v1/ws{query}"))))
+        .await
+        .expect("WS connect timeout")
+        .expect("WS connect");
+    ws
+}
+
+pub async fn ws_send(ws: &mut Ws, value: Value) {
+    ws.send(Message::Text(value.to_string().into())).await.expect("WS send");
+}
+
+/// What a WebSocket read produced.
+#[derive(Debug)]
+pub enum WsRead {
+    Json(Value),
+    Closed(Option<(u16, String)>),
+}
+
+/// Next JSON text message or the close (pings and pongs skipped).
+pub async fn ws_read(ws: &mut Ws) -> WsRead {
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next()).await.expect("timed out waiting for a WS message");
+        match message {
+            Some(Ok(Message::Text(t))) => return WsRead::Json(serde_json::from_str(t.as_str()).expect("server sent JSON")),
+            Some(Ok(Message::Close(frame))) => {
+                return WsRead::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return WsRead::Closed(None),
+        }
+    }
+}
+
+pub async fn ws_json(ws: &mut Ws) -> Value {
+    match ws_read(ws).await {
+        WsRead::Json(v) => v,
+        WsRead::Closed(c) => panic!("expected a message, connection closed: {c:?}"),
+    }
+}
+
+/// Reads JSON messages until one has `op`, returning it (others are collected into `skipped`).
+pub async fn ws_until_op(ws: &mut Ws, op: &str, skipped: &mut Vec<Value>) -> Value {
+    loop {
+        let v = ws_json(ws).await;
+        if v["op"] == op {
+            return v;
+        }
+        skipped.push(v);
+    }
+}

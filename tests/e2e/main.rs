@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `herald` binary, real sockets. One test binary (one link) for
+//! all of them; each test starts its own server on a free port with its own data directory.
+
+mod api;
+mod cli;
+mod common;
+mod durability;
+mod resume;
+mod slow;
+mod sse;
+mod ws;

@@ -1,0 +1,130 @@
+//! Server-Sent Events over a real HTTP response, read as raw `text/event-stream` bytes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn frames_headers_and_live_delivery() {
+    let h = Herald::start("");
+    let mut sse = Sse::connect(&h, "channel=orders", None).await;
+    assert_eq!(sse.headers["content-type"], "text/event-stream");
+    assert_eq!(sse.headers["cache-control"], "no-cache");
+    assert_eq!(sse.headers["x-accel-buffering"], "no");
+    // A live-only subscription is registered before the response headers are sent.
+    let (status, _) = publish(&h, json!({"channel": "orders", "type": "order.created", "data": {"n": 1}})).await;
+    assert_eq!(status, 201);
+    publish_one(&h, "other", json!(0)).await;
+    publish_one(&h, "orders", json!(2)).await;
+
+    let first = sse.next().await.unwrap();
+    assert_eq!(first.id, Some(1));
+    assert_eq!(first.name.as_deref(), Some("order.created"));
+    let envelope: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(envelope["seq"], 1);
+    assert_eq!(envelope["data"], json!({"n": 1}));
+    let second = sse.next().await.unwrap();
+    assert_eq!((second.id, second.name), (Some(3), None));
+
+    let raw = String::from_utf8(sse.raw.clone()).unwrap();
+    assert!(raw.starts_with("retry: "), "{raw}");
+    assert!(raw.contains("id: 1\nevent: order.created\ndata: {\"seq\":1,\"channel\":\"orders\""), "{raw}");
+    assert!(raw.contains("id: 3\ndata: {\"seq\":3,"), "{raw}");
+
+    // The SSE data is byte-identical to the history envelope.
+    let history = http().get(h.url("/v1/events?channel=orders")).send().await.unwrap().text().await.unwrap();
+    assert!(history.contains(&first.data), "{history}");
+}
+
+#[tokio::test]
+async fn resumes_from_last_event_id_header_or_query() {
+    let h = Herald::start("");
+    for i in 1..=5 {
+        publish_one(&h, "c", json!(i)).await;
+    }
+    let mut by_header = Sse::connect(&h, "channel=c&last_event_id=1", Some(3)).await;
+    assert_eq!(by_header.next().await.unwrap().id, Some(4), "header wins over the query");
+    assert_eq!(by_header.next().await.unwrap().id, Some(5));
+    let mut by_query = Sse::connect(&h, "channel=c&last_event_id=2", None).await;
+    for want in 3..=5 {
+        assert_eq!(by_query.next().await.unwrap().id, Some(want));
+    }
+    // Then live, with no duplicate at the hand-over.
+    publish_one(&h, "c", json!(6)).await;
+    assert_eq!(by_query.next().await.unwrap().id, Some(6));
+    assert_eq!(by_header.next().await.unwrap().id, Some(6));
+}
+
+#[tokio::test]
+async fn several_channels_and_patterns_in_seq_order() {
+    let h = Herald::start("");
+    for (i, channel) in ["a", "user:1", "b", "user:2", "a", "zzz"].iter().enumerate() {
+        publish_one(&h, channel, json!(i)).await;
+    }
+    let mut sse = Sse::connect(&h, "channel=a&channel=user:*", Some(0)).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(sse.next().await.unwrap().id.unwrap());
+    }
+    assert_eq!(got, vec![1, 2, 4, 5]);
+    publish_one(&h, "b", json!(0)).await;
+    publish_one(&h, "user:9", json!(0)).await;
+    assert_eq!(sse.next().await.unwrap().id, Some(8));
+}
+
+#[tokio::test]
+async fn heartbeat_comments_keep_idle_streams_alive() {
+    let h = Herald::start("[server]\nheartbeat = \"100ms\"\n");
+    let mut sse = Sse::connect(&h, "channel=quiet", None).await;
+    assert!(sse.next_within(Duration::from_millis(600)).await.is_err(), "no events expected");
+    let raw = String::from_utf8(sse.raw.clone()).unwrap();
+    assert!(raw.matches(": heartbeat\n\n").count() >= 2, "{raw:?}");
+}
+
+#[tokio::test]
+async fn reset_when_retention_dropped_part_of_the_gap() {
+    let h = Herald::start("[log]\nmax_events = 3\ntrim_interval = \"50ms\"\n");
+    for i in 1..=10 {
+        publish_one(&h, "r", json!(i)).await;
+    }
+    // Wait for retention to run.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r: Value = http().get(h.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        if r["oldest"] == 8 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "retention did not run: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sse = Sse::connect(&h, "channel=r", Some(2)).await;
+    let reset = sse.next().await.unwrap();
+    assert_eq!(reset.name.as_deref(), Some("reset"));
+    assert_eq!(serde_json::from_str::<Value>(&reset.data).unwrap(), json!({"oldest": 8}));
+    assert_eq!(reset.id, Some(7), "reset moves EventSource's cursor past the gap");
+    for want in 8..=10 {
+        assert_eq!(sse.next().await.unwrap().id, Some(want));
+    }
+}
+
+#[tokio::test]
+async fn bad_sse_requests_get_clear_errors() {
+    let h = Herald::start("");
+    for (query, header, code) in [
+        ("channel=a", Some("abc"), "invalid_cursor"),
+        ("channel=a", Some("-4"), "invalid_cursor"),
+        ("channel=a&last_event_id=1.5", None, "invalid_cursor"),
+        ("", None, "missing_channel"),
+        ("channel=bad%20name", None, "invalid_channel"),
+    ] {
+        let mut req = http().get(h.url(&format!("/v1/sse?{query}")));
+        if let Some(v) = header {
+            req = req.header("Last-Event-ID", v);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        assert_error(status, &r.json().await.unwrap(), 400, code);
+    }
+}
