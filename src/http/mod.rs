@@ -92,7 +92,10 @@ impl IntoResponse for ApiError {
         if self.code == "body_too_large" {
             // The rest of the body was never read, so this connection cannot carry another
             // request; say so, or a pooling client would reuse it and fail.
-            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
         }
         response
     }

@@ -7,12 +7,24 @@ use crate::common::*;
 #[tokio::test]
 async fn publish_single_and_batch_then_read_history() {
     let h = Herald::start("");
-    let (status, reply) = publish(&h, json!({"channel": "orders", "type": "order.created", "data": {"id": 7}})).await;
+    let (status, reply) = publish(
+        &h,
+        json!({"channel": "orders", "type": "order.created", "data": {"id": 7}}),
+    )
+    .await;
     assert_eq!((status, reply.clone()), (201, json!({"seq": 1})));
-    let (status, reply) = publish(&h, json!([{"channel": "orders", "data": 1}, {"channel": "user:42", "data": "x"}])).await;
+    let (status, reply) = publish(
+        &h,
+        json!([{"channel": "orders", "data": 1}, {"channel": "user:42", "data": "x"}]),
+    )
+    .await;
     assert_eq!((status, reply), (201, json!({"seqs": [2, 3]})));
 
-    let r = http().get(h.url("/v1/events?channel=orders")).send().await.unwrap();
+    let r = http()
+        .get(h.url("/v1/events?channel=orders"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let page: serde_json::Value = r.json().await.unwrap();
     let events = page["events"].as_array().unwrap();
@@ -26,13 +38,21 @@ async fn publish_single_and_batch_then_read_history() {
     assert_eq!(page["next"], 3);
 
     // Patterns, several channels, and paging with after/limit.
-    let page: serde_json::Value =
-        http().get(h.url("/v1/events?channel=user:*&channel=orders&after=1&limit=1")).send().await.unwrap().json().await.unwrap();
+    let page: serde_json::Value = http()
+        .get(h.url("/v1/events?channel=user:*&channel=orders&after=1&limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
     assert_eq!(page["events"][0]["seq"], 2);
     let next = page["next"].as_u64().unwrap();
     let page: serde_json::Value = http()
-        .get(h.url(&format!("/v1/events?channel=user:*&channel=orders&after={next}&limit=10")))
+        .get(h.url(&format!(
+            "/v1/events?channel=user:*&channel=orders&after={next}&limit=10"
+        )))
         .send()
         .await
         .unwrap()
@@ -47,10 +67,25 @@ async fn publish_single_and_batch_then_read_history() {
 async fn data_is_kept_byte_for_byte() {
     let h = Herald::start("");
     let body = r#"{"channel":"raw","data":{"b": 1.50, "a":[ true ,null]}}"#;
-    let r = http().post(h.url("/v1/events")).body(body).send().await.unwrap();
+    let r = http()
+        .post(h.url("/v1/events"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let text = http().get(h.url("/v1/events?channel=raw")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains(r#""data":{"b": 1.50, "a":[ true ,null]}"#), "{text}");
+    let text = http()
+        .get(h.url("/v1/events?channel=raw"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#""data":{"b": 1.50, "a":[ true ,null]}"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -61,7 +96,14 @@ async fn same_id_within_window_returns_original_seq() {
     assert_eq!((s1, s2), (201, 200));
     assert_eq!(r1, r2);
     // Only one event exists.
-    let page: serde_json::Value = http().get(h.url("/v1/events?channel=pay")).send().await.unwrap().json().await.unwrap();
+    let page: serde_json::Value = http()
+        .get(h.url("/v1/events?channel=pay"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
     assert_eq!(page["events"][0]["id"], "charge-1");
 }
@@ -70,7 +112,11 @@ async fn same_id_within_window_returns_original_seq() {
 async fn batch_is_atomic_all_or_none() {
     let h = Herald::start("");
     // One bad event refuses the whole batch: nothing is written.
-    let (status, reply) = publish(&h, json!([{"channel": "a", "data": 1}, {"channel": "bad name", "data": 2}])).await;
+    let (status, reply) = publish(
+        &h,
+        json!([{"channel": "a", "data": 1}, {"channel": "bad name", "data": 2}]),
+    )
+    .await;
     assert_error(status, &reply, 400, "invalid_channel");
     assert_eq!(publish_one(&h, "a", json!(3)).await, 1);
 }
@@ -86,10 +132,22 @@ async fn bad_input_gets_clear_errors() {
         (r#"{"data":1}"#, 400, "invalid_event"),
         (r#"{"channel":"a"}"#, 400, "invalid_event"),
         (r#"{"channel":["a"],"data":1}"#, 400, "invalid_event"),
-        (r#"{"channel":"a","data":1,"surprise":true}"#, 400, "invalid_event"),
-        (r#"{"channel":"no spaces","data":1}"#, 400, "invalid_channel"),
+        (
+            r#"{"channel":"a","data":1,"surprise":true}"#,
+            400,
+            "invalid_event",
+        ),
+        (
+            r#"{"channel":"no spaces","data":1}"#,
+            400,
+            "invalid_channel",
+        ),
         (r#"{"channel":"","data":1}"#, 400, "invalid_channel"),
-        (r#"{"channel":"a","type":"bad\ntype","data":1}"#, 400, "invalid_type"),
+        (
+            r#"{"channel":"a","type":"bad\ntype","data":1}"#,
+            400,
+            "invalid_type",
+        ),
         ("[]", 400, "empty_batch"),
         (
             r#"[{"channel":"a","data":1},{"channel":"a","data":1},{"channel":"a","data":1},{"channel":"a","data":1}]"#,
@@ -98,7 +156,12 @@ async fn bad_input_gets_clear_errors() {
         ),
     ];
     for (body, status, code) in cases {
-        let r = client.post(h.url("/v1/events")).body(body).send().await.unwrap();
+        let r = client
+            .post(h.url("/v1/events"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let got_status = r.status().as_u16();
         let reply: serde_json::Value = r.json().await.unwrap();
         assert_error(got_status, &reply, status, code);
@@ -107,10 +170,21 @@ async fn bad_input_gets_clear_errors() {
     let big = "x".repeat(70_000);
     let (status, reply) = publish(&h, json!({"channel": "a", "data": big})).await;
     assert_error(status, &reply, 413, "event_too_large");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("65536"));
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("65536"));
     // Oversize body.
-    let huge = format!(r#"{{"channel":"a","data":"{}"}}"#, "y".repeat(9 * 1024 * 1024));
-    let r = client.post(h.url("/v1/events")).body(huge).send().await.unwrap();
+    let huge = format!(
+        r#"{{"channel":"a","data":"{}"}}"#,
+        "y".repeat(9 * 1024 * 1024)
+    );
+    let r = client
+        .post(h.url("/v1/events"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 413, "body_too_large");
 
@@ -122,12 +196,21 @@ async fn bad_input_gets_clear_errors() {
         ("?channel=a&limit=0", "invalid_limit"),
         ("?channel=bad%20name", "invalid_channel"),
     ] {
-        let r = client.get(h.url(&format!("/v1/events{query}"))).send().await.unwrap();
+        let r = client
+            .get(h.url(&format!("/v1/events{query}")))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         assert_error(status, &r.json().await.unwrap(), 400, code);
     }
     let r = client.get(h.url("/nope")).send().await.unwrap();
-    assert_error(r.status().as_u16(), &r.json().await.unwrap(), 404, "not_found");
+    assert_error(
+        r.status().as_u16(),
+        &r.json().await.unwrap(),
+        404,
+        "not_found",
+    );
     // The server is still fine.
     assert_eq!(publish_one(&h, "a", json!(1)).await, 1);
 }
@@ -137,6 +220,13 @@ async fn health_and_readiness() {
     let h = Herald::start("");
     let r = http().get(h.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r: serde_json::Value = http().get(h.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let r: serde_json::Value = http()
+        .get(h.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["status"], "ready");
 }

@@ -18,15 +18,37 @@ fn herald(args: &[&str], server: &Herald) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_then_tail_with_since() {
     let h = Herald::start("");
-    let out = herald(&["publish", "orders", r#"{"total":3}"#, "--type", "order.created", "--id", "o-1"], &h);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = herald(
+        &[
+            "publish",
+            "orders",
+            r#"{"total":3}"#,
+            "--type",
+            "order.created",
+            "--id",
+            "o-1",
+        ],
+        &h,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"seq":1}"#);
     let out = herald(&["publish", "orders", "plain text"], &h);
     assert!(out.status.success());
 
     let out = herald(&["tail", "orders", "--since", "0", "--count", "2"], &h);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["type"], "order.created");
     assert_eq!(lines[0]["data"]["total"], 3);
@@ -58,10 +80,21 @@ async fn tail_resumes_after_a_server_restart() {
     h.restart_on(port);
     publish_one(&h, "t", serde_json::json!(2)).await;
     publish_one(&h, "t", serde_json::json!(3)).await;
-    let out = tokio::task::spawn_blocking(move || tail.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::task::spawn_blocking(move || tail.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert_eq!(seqs, vec![1, 2, 3], "no loss, no duplicate across the restart");
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3],
+        "no loss, no duplicate across the restart"
+    );
 }

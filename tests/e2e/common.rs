@@ -35,7 +35,14 @@ impl Herald {
         let config = dir.path().join("herald.toml");
         std::fs::write(&config, toml).expect("write config");
         let (child, addr, stderr) = spawn(&data, &config);
-        Herald { child: Some(child), addr, data, config, _dir: dir, stderr }
+        Herald {
+            child: Some(child),
+            addr,
+            data,
+            config,
+            _dir: dir,
+            stderr,
+        }
     }
 
     /// Starts again on the same data directory and config (after `kill9` or `terminate`).
@@ -73,21 +80,28 @@ impl Herald {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success());
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "herald did not exit after SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "herald did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Resident set size of the server process, in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -109,6 +123,8 @@ fn spawn(data: &Path, config: &Path) -> (Child, SocketAddr, mpsc::Receiver<Strin
     spawn_on(0, data, config)
 }
 
+// The child is returned to `Herald`, whose Drop kills and reaps it.
+#[allow(clippy::zombie_processes)]
 fn spawn_on(port: u16, data: &Path, config: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -139,19 +155,32 @@ fn spawn_on(port: u16, data: &Path, config: &Path) -> (Child, SocketAddr, mpsc::
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .expect("herald did not log `listening on`");
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().expect("address").parse().expect("socket address");
+            let addr = rest
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .parse()
+                .expect("socket address");
             return (child, addr, rx);
         }
     }
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(WAIT).build().expect("client")
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("client")
 }
 
 /// POSTs `body` to /v1/events; returns the status and the JSON reply.
 pub async fn publish(h: &Herald, body: Value) -> (u16, Value) {
-    let r = http().post(h.url("/v1/events")).json(&body).send().await.expect("publish");
+    let r = http()
+        .post(h.url("/v1/events"))
+        .json(&body)
+        .send()
+        .await
+        .expect("publish");
     let status = r.status().as_u16();
     (status, r.json().await.expect("json reply"))
 }
@@ -168,7 +197,10 @@ pub fn assert_error(status: u16, reply: &Value, want_status: u16, want_code: &st
     assert_eq!(status, want_status, "{reply}");
     assert_eq!(reply["error"]["code"], want_code, "{reply}");
     let message = reply["error"]["message"].as_str().unwrap_or("");
-    assert!(message.len() > 10, "message should explain the error: {reply}");
+    assert!(
+        message.len() > 10,
+        "message should explain the error: {reply}"
+    );
 }
 
 /// A raw SSE reader over a real HTTP response.
@@ -186,7 +218,10 @@ impl Sse {
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
-        let response = tokio::time::timeout(WAIT, req.send()).await.expect("SSE connect timeout").expect("SSE connect");
+        let response = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("SSE connect timeout")
+            .expect("SSE connect");
         assert_eq!(response.status(), 200);
         let headers = response.headers().clone();
         Sse {
@@ -200,7 +235,9 @@ impl Sse {
 
     /// The next event (heartbeats are comments, skipped); None when the stream ended.
     pub async fn next(&mut self) -> Option<SseEvent> {
-        self.next_within(WAIT).await.expect("timed out waiting for an SSE event")
+        self.next_within(WAIT)
+            .await
+            .expect("timed out waiting for an SSE event")
     }
 
     /// Like `next`, but `Err` on timeout.
@@ -225,15 +262,20 @@ impl Sse {
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub async fn ws_connect(h: &Herald, query: &str) -> Ws {
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(h.ws_url(&format!("/v1/ws{query}"))))
-        .await
-        .expect("WS connect timeout")
-        .expect("WS connect");
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(h.ws_url(&format!("/v1/ws{query}"))),
+    )
+    .await
+    .expect("WS connect timeout")
+    .expect("WS connect");
     ws
 }
 
 pub async fn ws_send(ws: &mut Ws, value: Value) {
-    ws.send(Message::Text(value.to_string().into())).await.expect("WS send");
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .expect("WS send");
 }
 
 /// What a WebSocket read produced.
@@ -246,9 +288,13 @@ pub enum WsRead {
 /// Next JSON text message or the close (pings and pongs skipped).
 pub async fn ws_read(ws: &mut Ws) -> WsRead {
     loop {
-        let message = tokio::time::timeout(WAIT, ws.next()).await.expect("timed out waiting for a WS message");
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a WS message");
         match message {
-            Some(Ok(Message::Text(t))) => return WsRead::Json(serde_json::from_str(t.as_str()).expect("server sent JSON")),
+            Some(Ok(Message::Text(t))) => {
+                return WsRead::Json(serde_json::from_str(t.as_str()).expect("server sent JSON"))
+            }
             Some(Ok(Message::Close(frame))) => {
                 return WsRead::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
             }

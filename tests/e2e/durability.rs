@@ -44,11 +44,15 @@ async fn sigkill_loses_no_acknowledged_event() {
                 } else {
                     json!({"channel": format!("c{p}"), "data": {"p": p, "i": i, "k": 0}})
                 };
-                let Ok(r) = client.post(&url).json(&body).send().await else { return };
+                let Ok(r) = client.post(&url).json(&body).send().await else {
+                    return;
+                };
                 if r.status() != 201 {
                     return;
                 }
-                let Ok(reply) = r.json::<Value>().await else { return };
+                let Ok(reply) = r.json::<Value>().await else {
+                    return;
+                };
                 let mut acked = acked.lock().unwrap();
                 if batch {
                     for (k, seq) in reply["seqs"].as_array().unwrap().iter().enumerate() {
@@ -63,7 +67,10 @@ async fn sigkill_loses_no_acknowledged_event() {
     // Let publishes flow, then kill mid-stream.
     let deadline = tokio::time::Instant::now() + WAIT;
     while acked.lock().unwrap().len() < 400 {
-        assert!(tokio::time::Instant::now() < deadline, "publishing too slow");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing too slow"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     h.kill9();
@@ -73,9 +80,14 @@ async fn sigkill_loses_no_acknowledged_event() {
     let acked = acked.lock().unwrap().clone();
     h.restart();
     let events = read_all(&h).await;
-    let stored: BTreeMap<u64, &Value> = events.iter().map(|e| (e["seq"].as_u64().unwrap(), e)).collect();
+    let stored: BTreeMap<u64, &Value> = events
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e))
+        .collect();
     for (seq, data) in &acked {
-        let event = stored.get(seq).unwrap_or_else(|| panic!("acknowledged seq {seq} lost"));
+        let event = stored
+            .get(seq)
+            .unwrap_or_else(|| panic!("acknowledged seq {seq} lost"));
         assert_eq!(&event["data"], data, "seq {seq} has other bytes");
     }
     // Seqs are contiguous from 1: nothing half-written or skipped shows.
@@ -101,7 +113,12 @@ async fn sigterm_closes_clients_drains_and_exits_zero() {
         .map(|i| {
             let url = url.clone();
             tokio::spawn(async move {
-                let r = http().post(url).json(&json!({"channel": "t", "data": {"race": i}})).send().await.ok()?;
+                let r = http()
+                    .post(url)
+                    .json(&json!({"channel": "t", "data": {"race": i}}))
+                    .send()
+                    .await
+                    .ok()?;
                 (r.status() == 201).then_some(())?;
                 r.json::<Value>().await.ok()?["seq"].as_u64()
             })
@@ -140,5 +157,9 @@ async fn sigterm_closes_clients_drains_and_exits_zero() {
         assert!(seqs.contains(seq), "acknowledged {seq} lost over SIGTERM");
     }
     let next = publish_one(&h, "t", json!("again")).await;
-    assert_eq!(next, seqs.last().copied().unwrap_or(0) + 1, "the seq continues where it stopped");
+    assert_eq!(
+        next,
+        seqs.last().copied().unwrap_or(0) + 1,
+        "the seq continues where it stopped"
+    );
 }

@@ -48,7 +48,13 @@ impl Subscriber {
 
 /// Connects, reads a random number of events, drops the connection, resumes from the last
 /// seq seen; stops once it has seen the final seq of its channels.
-async fn run_subscriber(h_url: String, ws_url: String, sub: Subscriber, seed: u64, mut done: watch::Receiver<Option<Log>>) -> Vec<u64> {
+async fn run_subscriber(
+    h_url: String,
+    ws_url: String,
+    sub: Subscriber,
+    seed: u64,
+    mut done: watch::Receiver<Option<Log>>,
+) -> Vec<u64> {
     let mut rng = Rng(seed);
     let mut got: Vec<u64> = Vec::new();
     let mut reconnects = 0;
@@ -60,7 +66,12 @@ async fn run_subscriber(h_url: String, ws_url: String, sub: Subscriber, seed: u6
             Transport::Ws => ws_session(&ws_url, &sub, cursor, budget, &mut got, &mut done).await,
         };
         if finished {
-            assert!(reconnects > 3, "{:?} {:?} should have resumed several times", sub.transport, sub.names);
+            assert!(
+                reconnects > 3,
+                "{:?} {:?} should have resumed several times",
+                sub.transport,
+                sub.names
+            );
             return got;
         }
         reconnects += 1;
@@ -72,12 +83,25 @@ type Log = std::sync::Arc<Vec<(u64, String)>>;
 
 fn finished(sub: &Subscriber, got: &[u64], done: &watch::Receiver<Option<Log>>) -> bool {
     let borrowed = done.borrow();
-    let Some(log) = borrowed.as_ref() else { return false };
-    let last = log.iter().rev().find(|(_, c)| sub.wants(c)).map_or(0, |(s, _)| *s);
+    let Some(log) = borrowed.as_ref() else {
+        return false;
+    };
+    let last = log
+        .iter()
+        .rev()
+        .find(|(_, c)| sub.wants(c))
+        .map_or(0, |(s, _)| *s);
     got.last().copied().unwrap_or(0) >= last
 }
 
-async fn sse_session(base: &str, sub: &Subscriber, cursor: u64, budget: usize, got: &mut Vec<u64>, done: &mut watch::Receiver<Option<Log>>) -> bool {
+async fn sse_session(
+    base: &str,
+    sub: &Subscriber,
+    cursor: u64,
+    budget: usize,
+    got: &mut Vec<u64>,
+    done: &mut watch::Receiver<Option<Log>>,
+) -> bool {
     let query: Vec<String> = sub.names.iter().map(|n| format!("channel={n}")).collect();
     let response = http()
         .get(format!("{base}/v1/sse?{}", query.join("&")))
@@ -110,10 +134,20 @@ async fn sse_session(base: &str, sub: &Subscriber, cursor: u64, budget: usize, g
     }
 }
 
-async fn ws_session(base: &str, sub: &Subscriber, cursor: u64, budget: usize, got: &mut Vec<u64>, done: &mut watch::Receiver<Option<Log>>) -> bool {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{base}/v1/ws?channel={}&since={cursor}", sub.names[0]))
-        .await
-        .expect("WS connect");
+async fn ws_session(
+    base: &str,
+    sub: &Subscriber,
+    cursor: u64,
+    budget: usize,
+    got: &mut Vec<u64>,
+    done: &mut watch::Receiver<Option<Log>>,
+) -> bool {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "{base}/v1/ws?channel={}&since={cursor}",
+        sub.names[0]
+    ))
+    .await
+    .expect("WS connect");
     let mut read = 0;
     loop {
         if finished(sub, got, done) {
@@ -147,18 +181,42 @@ async fn resume_is_lossless_while_publishes_race() {
     let h = Herald::start("[log]\ndurability = \"os\"\n");
     let (done_tx, done_rx) = watch::channel(None);
     let subscribers = vec![
-        Subscriber { transport: Transport::Sse, names: vec!["race:a"] },
-        Subscriber { transport: Transport::Sse, names: vec!["race:*"] },
-        Subscriber { transport: Transport::Sse, names: vec!["race:a", "race:c"] },
-        Subscriber { transport: Transport::Ws, names: vec!["race:b"] },
-        Subscriber { transport: Transport::Ws, names: vec!["race:*"] },
-        Subscriber { transport: Transport::Ws, names: vec!["race:c"] },
+        Subscriber {
+            transport: Transport::Sse,
+            names: vec!["race:a"],
+        },
+        Subscriber {
+            transport: Transport::Sse,
+            names: vec!["race:*"],
+        },
+        Subscriber {
+            transport: Transport::Sse,
+            names: vec!["race:a", "race:c"],
+        },
+        Subscriber {
+            transport: Transport::Ws,
+            names: vec!["race:b"],
+        },
+        Subscriber {
+            transport: Transport::Ws,
+            names: vec!["race:*"],
+        },
+        Subscriber {
+            transport: Transport::Ws,
+            names: vec!["race:c"],
+        },
     ];
     let mut subs = Vec::new();
     for (i, sub) in subscribers.into_iter().enumerate() {
         let names = sub.names.clone();
         let transport = sub.transport;
-        let task = tokio::spawn(run_subscriber(h.url(""), h.ws_url(""), sub, 0x9e37_79b9 + i as u64 * 7919, done_rx.clone()));
+        let task = tokio::spawn(run_subscriber(
+            h.url(""),
+            h.ws_url(""),
+            sub,
+            0x9e37_79b9 + i as u64 * 7919,
+            done_rx.clone(),
+        ));
         subs.push((transport, names, task));
     }
     let mut publishers = Vec::new();
@@ -186,7 +244,14 @@ async fn resume_is_lossless_while_publishes_race() {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let page: Value = http().get(h.url(&format!("/v1/events?channel=*&after={after}&limit=1000"))).send().await.unwrap().json().await.unwrap();
+        let page: Value = http()
+            .get(h.url(&format!("/v1/events?channel=*&after={after}&limit=1000")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let events = page["events"].as_array().unwrap().clone();
         if events.is_empty() {
             break;
@@ -195,8 +260,15 @@ async fn resume_is_lossless_while_publishes_race() {
         all.extend(events);
     }
     assert_eq!(all.len(), EVENTS);
-    let log: Vec<(u64, String)> =
-        all.iter().map(|e| (e["seq"].as_u64().unwrap(), e["channel"].as_str().unwrap().to_string())).collect();
+    let log: Vec<(u64, String)> = all
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["channel"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     done_tx.send(Some(std::sync::Arc::new(log))).unwrap();
 
     for (transport, names, task) in subs {
@@ -210,7 +282,16 @@ async fn resume_is_lossless_while_publishes_race() {
             .await
             .expect("subscriber did not finish")
             .unwrap();
-        assert_eq!(got.len(), expected.len(), "{transport:?} {:?}: count (dup or loss)", sub.names);
-        assert_eq!(got, expected, "{transport:?} {:?}: exact seqs in order", sub.names);
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "{transport:?} {:?}: count (dup or loss)",
+            sub.names
+        );
+        assert_eq!(
+            got, expected,
+            "{transport:?} {:?}: exact seqs in order",
+            sub.names
+        );
     }
 }

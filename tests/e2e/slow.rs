@@ -19,8 +19,15 @@ async fn flood(h: &Herald, channel: &str, events: usize, peak_rss: &AtomicU64) {
     let client = http();
     let filler = "x".repeat(EVENT_BYTES - 40);
     for b in 0..events / BATCH {
-        let batch: Vec<Value> = (0..BATCH).map(|i| json!({"channel": channel, "data": {"n": b * BATCH + i, "pad": filler}})).collect();
-        let r = client.post(h.url("/v1/events")).json(&batch).send().await.unwrap();
+        let batch: Vec<Value> = (0..BATCH)
+            .map(|i| json!({"channel": channel, "data": {"n": b * BATCH + i, "pad": filler}}))
+            .collect();
+        let r = client
+            .post(h.url("/v1/events"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201);
         peak_rss.fetch_max(h.rss_kib(), Ordering::Relaxed);
     }
@@ -31,7 +38,12 @@ async fn reader(url: String, until: u64) -> Vec<u64> {
     let mut got: Vec<u64> = Vec::new();
     while got.last().copied().unwrap_or(0) < until {
         let cursor = got.last().copied().unwrap_or(0);
-        let response = http().get(format!("{url}/v1/sse?channel=flood")).header("Last-Event-ID", cursor.to_string()).send().await.unwrap();
+        let response = http()
+            .get(format!("{url}/v1/sse?channel=flood"))
+            .header("Last-Event-ID", cursor.to_string())
+            .send()
+            .await
+            .unwrap();
         let mut reader = herald::cli::SseReader::default();
         let mut body = response.bytes_stream();
         while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
@@ -56,9 +68,19 @@ async fn stalled_clients_are_dropped_and_memory_stays_bounded() {
     let mut slow_ws = ws_connect(&h, "?channel=flood").await;
     // Slow SSE: a raw socket that sends the request and never reads.
     let mut slow_sse = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    slow_sse.write_all(b"GET /v1/sse?channel=flood HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    slow_sse
+        .write_all(b"GET /v1/sse?channel=flood HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     // A normal subscriber on the same channel.
-    let head: Value = http().get(h.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let head: Value = http()
+        .get(h.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let first = head["head"].as_u64().unwrap() + 1;
     let last = first + PHASE_EVENTS as u64 - 1;
     let normal = tokio::spawn(reader(h.url(""), last));
@@ -67,8 +89,14 @@ async fn stalled_clients_are_dropped_and_memory_stays_bounded() {
     let peak = Arc::new(AtomicU64::new(baseline));
     flood(&h, "flood", PHASE_EVENTS, &peak).await;
     let growth_mib = peak.load(Ordering::Relaxed).saturating_sub(baseline) / 1024;
-    eprintln!("slow consumers: RSS baseline {} MiB, peak growth {growth_mib} MiB over 50 MiB of events", baseline / 1024);
-    assert!(growth_mib < 40, "server memory grew {growth_mib} MiB while 50 MiB flowed to stalled clients");
+    eprintln!(
+        "slow consumers: RSS baseline {} MiB, peak growth {growth_mib} MiB over 50 MiB of events",
+        baseline / 1024
+    );
+    assert!(
+        growth_mib < 40,
+        "server memory grew {growth_mib} MiB while 50 MiB flowed to stalled clients"
+    );
 
     // The stalled WS client, reading at last, finds what fit in the socket, then close 4008.
     let mut events = 0;
@@ -79,7 +107,10 @@ async fn stalled_clients_are_dropped_and_memory_stays_bounded() {
             WsRead::Closed(close) => break close,
         }
     };
-    assert!(events < PHASE_EVENTS, "the stalled client cannot have received everything");
+    assert!(
+        events < PHASE_EVENTS,
+        "the stalled client cannot have received everything"
+    );
     let (code, reason) = close.expect("a close frame, not just a dropped connection");
     assert_eq!(code, 4008, "{reason}");
 
@@ -95,11 +126,20 @@ async fn stalled_clients_are_dropped_and_memory_stays_bounded() {
         }
     })
     .await;
-    assert!(eof.is_ok(), "the server should have ended the stalled SSE stream");
-    assert!(received < PHASE_EVENTS * EVENT_BYTES, "stalled SSE client got {received} bytes");
+    assert!(
+        eof.is_ok(),
+        "the server should have ended the stalled SSE stream"
+    );
+    assert!(
+        received < PHASE_EVENTS * EVENT_BYTES,
+        "stalled SSE client got {received} bytes"
+    );
 
     // The normal subscriber got every event, in order, once.
-    let got = tokio::time::timeout(Duration::from_secs(120), normal).await.expect("normal subscriber stalled").unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(120), normal)
+        .await
+        .expect("normal subscriber stalled")
+        .unwrap();
     let got: Vec<u64> = got.into_iter().filter(|s| *s >= first).collect();
     assert_eq!(got, (first..=last).collect::<Vec<_>>());
 }

@@ -14,7 +14,11 @@ async fn frames_headers_and_live_delivery() {
     assert_eq!(sse.headers["cache-control"], "no-cache");
     assert_eq!(sse.headers["x-accel-buffering"], "no");
     // A live-only subscription is registered before the response headers are sent.
-    let (status, _) = publish(&h, json!({"channel": "orders", "type": "order.created", "data": {"n": 1}})).await;
+    let (status, _) = publish(
+        &h,
+        json!({"channel": "orders", "type": "order.created", "data": {"n": 1}}),
+    )
+    .await;
     assert_eq!(status, 201);
     publish_one(&h, "other", json!(0)).await;
     publish_one(&h, "orders", json!(2)).await;
@@ -30,11 +34,21 @@ async fn frames_headers_and_live_delivery() {
 
     let raw = String::from_utf8(sse.raw.clone()).unwrap();
     assert!(raw.starts_with("retry: "), "{raw}");
-    assert!(raw.contains("id: 1\nevent: order.created\ndata: {\"seq\":1,\"channel\":\"orders\""), "{raw}");
+    assert!(
+        raw.contains("id: 1\nevent: order.created\ndata: {\"seq\":1,\"channel\":\"orders\""),
+        "{raw}"
+    );
     assert!(raw.contains("id: 3\ndata: {\"seq\":3,"), "{raw}");
 
     // The SSE data is byte-identical to the history envelope.
-    let history = http().get(h.url("/v1/events?channel=orders")).send().await.unwrap().text().await.unwrap();
+    let history = http()
+        .get(h.url("/v1/events?channel=orders"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(history.contains(&first.data), "{history}");
 }
 
@@ -45,7 +59,11 @@ async fn resumes_from_last_event_id_header_or_query() {
         publish_one(&h, "c", json!(i)).await;
     }
     let mut by_header = Sse::connect(&h, "channel=c&last_event_id=1", Some(3)).await;
-    assert_eq!(by_header.next().await.unwrap().id, Some(4), "header wins over the query");
+    assert_eq!(
+        by_header.next().await.unwrap().id,
+        Some(4),
+        "header wins over the query"
+    );
     assert_eq!(by_header.next().await.unwrap().id, Some(5));
     let mut by_query = Sse::connect(&h, "channel=c&last_event_id=2", None).await;
     for want in 3..=5 {
@@ -60,7 +78,10 @@ async fn resumes_from_last_event_id_header_or_query() {
 #[tokio::test]
 async fn several_channels_and_patterns_in_seq_order() {
     let h = Herald::start("");
-    for (i, channel) in ["a", "user:1", "b", "user:2", "a", "zzz"].iter().enumerate() {
+    for (i, channel) in ["a", "user:1", "b", "user:2", "a", "zzz"]
+        .iter()
+        .enumerate()
+    {
         publish_one(&h, channel, json!(i)).await;
     }
     let mut sse = Sse::connect(&h, "channel=a&channel=user:*", Some(0)).await;
@@ -78,7 +99,10 @@ async fn several_channels_and_patterns_in_seq_order() {
 async fn heartbeat_comments_keep_idle_streams_alive() {
     let h = Herald::start("[server]\nheartbeat = \"100ms\"\n");
     let mut sse = Sse::connect(&h, "channel=quiet", None).await;
-    assert!(sse.next_within(Duration::from_millis(600)).await.is_err(), "no events expected");
+    assert!(
+        sse.next_within(Duration::from_millis(600)).await.is_err(),
+        "no events expected"
+    );
     let raw = String::from_utf8(sse.raw.clone()).unwrap();
     assert!(raw.matches(": heartbeat\n\n").count() >= 2, "{raw:?}");
 }
@@ -92,18 +116,35 @@ async fn reset_when_retention_dropped_part_of_the_gap() {
     // Wait for retention to run.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let r: Value = http().get(h.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        let r: Value = http()
+            .get(h.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if r["oldest"] == 8 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "retention did not run: {r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut sse = Sse::connect(&h, "channel=r", Some(2)).await;
     let reset = sse.next().await.unwrap();
     assert_eq!(reset.name.as_deref(), Some("reset"));
-    assert_eq!(serde_json::from_str::<Value>(&reset.data).unwrap(), json!({"oldest": 8}));
-    assert_eq!(reset.id, Some(7), "reset moves EventSource's cursor past the gap");
+    assert_eq!(
+        serde_json::from_str::<Value>(&reset.data).unwrap(),
+        json!({"oldest": 8})
+    );
+    assert_eq!(
+        reset.id,
+        Some(7),
+        "reset moves EventSource's cursor past the gap"
+    );
     for want in 8..=10 {
         assert_eq!(sse.next().await.unwrap().id, Some(want));
     }

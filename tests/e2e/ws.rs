@@ -14,12 +14,30 @@ async fn welcome_subscribe_since_publish_ack_ping_unsubscribe() {
     let mut ws = ws_connect(&h, "").await;
     assert_eq!(ws_json(&mut ws).await, json!({"op": "welcome", "head": 2}));
 
-    ws_send(&mut ws, json!({"op": "subscribe", "channel": "orders", "since": 1, "ref": "s1"})).await;
-    assert_eq!(ws_json(&mut ws).await, json!({"op": "subscribed", "channel": "orders", "ref": "s1"}));
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "orders", "since": 1, "ref": "s1"}),
+    )
+    .await;
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"op": "subscribed", "channel": "orders", "ref": "s1"})
+    );
     let event = ws_json(&mut ws).await;
-    assert_eq!((event["op"].clone(), event["seq"].clone(), event["data"].clone()), (json!("event"), json!(2), json!(2)));
+    assert_eq!(
+        (
+            event["op"].clone(),
+            event["seq"].clone(),
+            event["data"].clone()
+        ),
+        (json!("event"), json!(2), json!(2))
+    );
 
-    ws_send(&mut ws, json!({"op": "publish", "channel": "orders", "type": "t", "data": {"x": 1}, "ref": "c1"})).await;
+    ws_send(
+        &mut ws,
+        json!({"op": "publish", "channel": "orders", "type": "t", "data": {"x": 1}, "ref": "c1"}),
+    )
+    .await;
     let mut seen = Vec::new();
     let ack = ws_until_op(&mut ws, "ack", &mut seen).await;
     assert_eq!(ack, json!({"op": "ack", "ref": "c1", "seq": 3}));
@@ -32,7 +50,14 @@ async fn welcome_subscribe_since_publish_ack_ping_unsubscribe() {
     assert_eq!(rest[0]["type"], "t");
 
     // The WS event carries exactly the envelope's fields, byte for byte after `op`.
-    let history = http().get(h.url("/v1/events?channel=orders&after=2")).send().await.unwrap().text().await.unwrap();
+    let history = http()
+        .get(h.url("/v1/events?channel=orders&after=2"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let envelope = serde_json::to_string(&rest[0]).unwrap();
     let mut fields: Value = serde_json::from_str(&envelope).unwrap();
     fields.as_object_mut().unwrap().remove("op");
@@ -42,11 +67,22 @@ async fn welcome_subscribe_since_publish_ack_ping_unsubscribe() {
     ws_send(&mut ws, json!({"op": "ping", "ref": 7})).await;
     assert_eq!(ws_json(&mut ws).await, json!({"op": "pong", "ref": 7}));
 
-    ws_send(&mut ws, json!({"op": "unsubscribe", "channel": "orders", "ref": "u"})).await;
-    assert_eq!(ws_json(&mut ws).await, json!({"op": "unsubscribed", "channel": "orders", "ref": "u"}));
+    ws_send(
+        &mut ws,
+        json!({"op": "unsubscribe", "channel": "orders", "ref": "u"}),
+    )
+    .await;
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"op": "unsubscribed", "channel": "orders", "ref": "u"})
+    );
     publish_one(&h, "orders", json!(4)).await;
     ws_send(&mut ws, json!({"op": "ping"})).await;
-    assert_eq!(ws_json(&mut ws).await, json!({"op": "pong"}), "no event after unsubscribe");
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"op": "pong"}),
+        "no event after unsubscribe"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +93,10 @@ async fn subscribe_by_query_string_and_pattern() {
     publish_one(&h, "user:2", json!("c")).await;
     let mut ws = ws_connect(&h, "?channel=user:*&since=0").await;
     assert_eq!(ws_json(&mut ws).await["op"], "welcome");
-    assert_eq!(ws_json(&mut ws).await, json!({"op": "subscribed", "channel": "user:*"}));
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"op": "subscribed", "channel": "user:*"})
+    );
     assert_eq!(ws_json(&mut ws).await["seq"], 1);
     assert_eq!(ws_json(&mut ws).await["seq"], 3);
     publish_one(&h, "user:3", json!("d")).await;
@@ -72,12 +111,30 @@ async fn bad_messages_get_errors_with_ref_and_the_connection_survives() {
     let cases = vec![
         (json!({"op": "dance", "ref": "r1"}), "unknown_op"),
         (json!({"op": "subscribe", "ref": "r2"}), "missing_channel"),
-        (json!({"op": "subscribe", "channel": "no spaces", "ref": "r3"}), "invalid_channel"),
-        (json!({"op": "subscribe", "channel": "a", "since": "x", "ref": "r4"}), "invalid_message"),
-        (json!({"op": "unsubscribe", "channel": "never", "ref": "r5"}), "not_subscribed"),
-        (json!({"op": "publish", "channel": "a", "ref": "r6"}), "invalid_event"),
-        (json!({"op": "publish", "channel": "a b", "data": 1, "ref": "r7"}), "invalid_channel"),
-        (json!({"op": "publish", "channel": "a", "data": "x".repeat(66_000), "ref": "r8"}), "event_too_large"),
+        (
+            json!({"op": "subscribe", "channel": "no spaces", "ref": "r3"}),
+            "invalid_channel",
+        ),
+        (
+            json!({"op": "subscribe", "channel": "a", "since": "x", "ref": "r4"}),
+            "invalid_message",
+        ),
+        (
+            json!({"op": "unsubscribe", "channel": "never", "ref": "r5"}),
+            "not_subscribed",
+        ),
+        (
+            json!({"op": "publish", "channel": "a", "ref": "r6"}),
+            "invalid_event",
+        ),
+        (
+            json!({"op": "publish", "channel": "a b", "data": 1, "ref": "r7"}),
+            "invalid_channel",
+        ),
+        (
+            json!({"op": "publish", "channel": "a", "data": "x".repeat(66_000), "ref": "r8"}),
+            "event_too_large",
+        ),
         (json!({"ref": "r9"}), "invalid_message"),
     ];
     for (message, code) in cases {
@@ -91,16 +148,25 @@ async fn bad_messages_get_errors_with_ref_and_the_connection_survives() {
     }
     ws_send(&mut ws, json!({"op": "subscribe", "channel": "one"})).await;
     ws_send(&mut ws, json!({"op": "subscribe", "channel": "two"})).await;
-    ws_send(&mut ws, json!({"op": "subscribe", "channel": "three", "ref": 3})).await;
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "three", "ref": 3}),
+    )
+    .await;
     ws_json(&mut ws).await;
     ws_json(&mut ws).await;
     let reply = ws_json(&mut ws).await;
-    assert_eq!((reply["code"].clone(), reply["ref"].clone()), (json!("too_many_subscriptions"), json!(3)));
+    assert_eq!(
+        (reply["code"].clone(), reply["ref"].clone()),
+        (json!("too_many_subscriptions"), json!(3))
+    );
 
     ws.send(Message::Text("{oops".into())).await.unwrap();
     let reply = ws_json(&mut ws).await;
     assert_eq!(reply["code"], "invalid_json");
-    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     let reply = ws_json(&mut ws).await;
     assert_eq!(reply["code"], "unsupported_frame");
     ws_send(&mut ws, json!({"op": "ping"})).await;
@@ -112,7 +178,10 @@ async fn oversize_message_closes_with_1009() {
     let h = Herald::start("");
     let mut ws = ws_connect(&h, "").await;
     ws_json(&mut ws).await;
-    let huge = format!(r#"{{"op":"publish","channel":"a","data":"{}"}}"#, "z".repeat(200_000));
+    let huge = format!(
+        r#"{{"op":"publish","channel":"a","data":"{}"}}"#,
+        "z".repeat(200_000)
+    );
     ws.send(Message::Text(huge.into())).await.unwrap();
     match ws_read(&mut ws).await {
         WsRead::Closed(Some((code, reason))) => {
@@ -126,12 +195,16 @@ async fn oversize_message_closes_with_1009() {
 #[tokio::test]
 async fn bad_query_is_refused_before_upgrade() {
     let h = Herald::start("");
-    for (query, code) in [("?channel=a&since=x", "invalid_cursor"), ("?channel=a%20b", "invalid_channel")] {
+    for (query, code) in [
+        ("?channel=a&since=x", "invalid_cursor"),
+        ("?channel=a%20b", "invalid_channel"),
+    ] {
         let r = tokio_tungstenite::connect_async(h.ws_url(&format!("/v1/ws{query}"))).await;
         match r {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 400);
-                let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+                let body: Value =
+                    serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
                 assert_eq!(body["error"]["code"], code);
             }
             other => panic!("expected HTTP 400, got {other:?}"),
