@@ -134,6 +134,13 @@ pub struct WebhooksConfig {
     pub allow_hosts: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub disable_after: Duration,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    #[serde(with = "humantime_serde")]
+    pub rotation_overlap: Duration,
+    /// Deliveries in flight, over all endpoints.
+    pub max_in_flight: usize,
+    /// Deliveries in flight per endpoint (ordered endpoints always have one).
+    pub max_in_flight_per_endpoint: usize,
 }
 
 impl Default for WebhooksConfig {
@@ -148,6 +155,9 @@ impl Default for WebhooksConfig {
             allow_private: false,
             allow_hosts: Vec::new(),
             disable_after: Duration::from_secs(5 * 24 * h),
+            rotation_overlap: Duration::from_secs(24 * h),
+            max_in_flight: 256,
+            max_in_flight_per_endpoint: 16,
         }
     }
 }

@@ -19,3 +19,4 @@ pub mod http;
 pub mod hub;
 pub mod log;
 pub mod server;
+pub mod webhook;

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::http::{app, AppState, Connection};
 use crate::hub::Hub;
 use crate::log::{EmbeddedLog, Log, LogError};
+use crate::webhook::{WebhookError, WebhookStore, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -32,6 +33,8 @@ pub enum ServeError {
          (or HERALD_API_KEY), or listen on a loopback address such as 127.0.0.1"
     )]
     OpenOnPublicAddress(SocketAddr),
+    #[error("cannot start webhooks: {0}")]
+    Webhooks(#[from] WebhookError),
     #[error("redis mode is not available yet (redis.url is set)")]
     RedisUnsupported,
 }
@@ -45,8 +48,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     if !config.redis.url.is_empty() {
         return Err(ServeError::RedisUnsupported);
     }
-    let log: Arc<dyn Log> = EmbeddedLog::open(&config.server.data, &config.log)?;
+    let embedded = EmbeddedLog::open(&config.server.data, &config.log)?;
+    let webhook_store = WebhookStore::open(embedded.keyspace())?;
+    let log: Arc<dyn Log> = embedded;
     let hub = Hub::new(log.clone(), config.server.send_queue);
+    let webhooks = Webhooks::start(webhook_store, hub.clone(), config.webhooks.clone(), config.log.retention, shutdown.clone())?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| ServeError::Bind(listen, e))?;
@@ -62,6 +69,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let tasks = TaskTracker::new();
     let state = AppState {
         hub,
+        webhooks: webhooks.clone(),
+        metrics,
         config: Arc::new(config),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
@@ -93,6 +102,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("connections still open after {grace:?}; closing anyway");
     }
+    webhooks.close(grace).await;
     // Every accepted publish has been answered or dropped with its connection; the writer
     // commits whatever is still queued before it stops.
     tokio::task::spawn_blocking(move || log.close()).await.ok();

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod sse;
+pub mod webhooks;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -20,12 +22,16 @@ use crate::config::Config;
 use crate::event::NameError;
 use crate::hub::Hub;
 use crate::log::LogError;
+use crate::webhook::Webhooks;
 
 /// What every handler shares. Cloning is a few refcount bumps.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    pub webhooks: Arc<Webhooks>,
     pub config: Arc<Config>,
+    /// Renders `/metrics`; None when another recorder owns the process (embedding).
+    pub metrics: Option<PrometheusHandle>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Tracks upgraded WebSocket sessions so shutdown can wait for their close handshakes.
@@ -47,6 +53,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", post(api::publish).get(api::history))
         .route("/v1/sse", get(sse::stream))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/replay", post(webhooks::replay))
+        .route("/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate))
+        .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz));
     if state.config.server.ws_echo {

@@ -71,7 +71,9 @@ impl EmbeddedLog {
     pub fn open(dir: &Path, config: &LogConfig) -> Result<Arc<EmbeddedLog>, LogError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| LogError::Storage(format!("{}: {e}", dir.display())))?;
-        let keyspace = fjall::Config::new(dir).open()?;
+        // Background sync each second covers state written beside the log without an explicit
+        // persist (webhook queue bookkeeping, retention); the log itself persists per commit.
+        let keyspace = fjall::Config::new(dir).fsync_ms(Some(1000)).open()?;
         let open = |name: &str| keyspace.open_partition(name, PartitionCreateOptions::default());
         let store = Store {
             events: open("events")?,
@@ -111,6 +113,11 @@ impl EmbeddedLog {
             listener,
             writer: Mutex::new(Some(handle)),
         }))
+    }
+
+    /// The store itself, for other durable state that lives beside the log (webhooks).
+    pub fn keyspace(&self) -> Keyspace {
+        self.store.keyspace.clone()
     }
 
     fn sender(&self) -> Option<mpsc::Sender<Command>> {
@@ -237,6 +244,16 @@ impl Log for EmbeddedLog {
             };
         }
         Ok(page)
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<EventRef>, LogError> {
+        if seq == 0 || seq > self.head.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match self.store.events.get(seq_key(seq))? {
+            Some(v) => Ok(Some(Arc::new(Record::decode(&v)?.into_event(seq, &v)))),
+            None => Ok(None),
+        }
     }
 
     fn bounds(&self) -> Bounds {

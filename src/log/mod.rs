@@ -78,6 +78,10 @@ pub trait Log: Send + Sync + 'static {
     /// consistent snapshot. Blocking: call it off the async runtime.
     fn read(&self, filter: &Filter, after: u64, limit: usize) -> Result<Page, LogError>;
 
+    /// One durable event by seq (None if never written, not yet durable, or trimmed).
+    /// Blocking, like `read`.
+    fn get(&self, seq: u64) -> Result<Option<EventRef>, LogError>;
+
     fn bounds(&self) -> Bounds;
 
     /// Sets who hears about commits. Called once, before the first append.

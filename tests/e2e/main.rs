@@ -8,4 +8,5 @@ mod durability;
 mod resume;
 mod slow;
 mod sse;
+mod webhooks;
 mod ws;

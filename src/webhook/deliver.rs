@@ -1,0 +1,138 @@
+//! One HTTP delivery attempt: POST the envelope, signed, and classify what came back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::guard::{GuardedResolver, Policy};
+use super::sign::{signature_header, Secret};
+
+/// Response bodies kept in the attempt log are cut to this many bytes.
+pub const MAX_RESPONSE_BODY: usize = 4096;
+/// Longest `Retry-After` we honour; beyond it the regular schedule applies.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// What one attempt produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+    pub retry_after: Option<Duration>,
+    pub body: Option<String>,
+}
+
+impl Outcome {
+    pub fn delivered(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    pub fn gone(&self) -> bool {
+        self.status == Some(410)
+    }
+
+    fn failed(error: String, started: Instant) -> Outcome {
+        Outcome { status: None, error: Some(error), duration: started.elapsed(), retry_after: None, body: None }
+    }
+}
+
+/// A message ready to send to one endpoint.
+pub struct Message<'a> {
+    pub url: &'a str,
+    pub webhook_id: &'a str,
+    pub body: Bytes,
+    pub secrets: Vec<&'a Secret>,
+}
+
+/// The HTTP client for all deliveries: guarded DNS, no redirects, a timeout per attempt.
+pub struct Deliverer {
+    client: reqwest::Client,
+    policy: Arc<Policy>,
+}
+
+impl Deliverer {
+    pub fn new(policy: Policy, timeout: Duration) -> Deliverer {
+        let policy = Arc::new(policy);
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(32)
+            .user_agent(concat!("herald-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("HTTP client");
+        Deliverer { client, policy }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub async fn send(&self, message: Message<'_>, timestamp: u64) -> Outcome {
+        let started = Instant::now();
+        // IP-literal URLs never reach the resolver, so they are checked here.
+        if let Err(e) = self.policy.check_url(message.url) {
+            return Outcome::failed(e.to_string(), started);
+        }
+        let signature = signature_header(&message.secrets, message.webhook_id, timestamp, &message.body);
+        let request = self
+            .client
+            .post(message.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", message.webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(message.body);
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Outcome::failed(describe(&e), started),
+        };
+        let status = response.status().as_u16();
+        let retry_after = match status {
+            429 | 503 => response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)),
+            _ => None,
+        };
+        let body = read_prefix(response).await;
+        Outcome { status: Some(status), error: None, duration: started.elapsed(), retry_after, body: Some(body) }
+    }
+}
+
+/// Reads at most `MAX_RESPONSE_BODY` bytes of the body, then stops.
+async fn read_prefix(response: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = MAX_RESPONSE_BODY - out.len();
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= MAX_RESPONSE_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A one-line reason, including the guard's refusal when that is the cause.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

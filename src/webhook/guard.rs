@@ -1,0 +1,182 @@
+//! SSRF guard: webhook URLs must not reach loopback, private, link-local, unique-local or cloud
+//! metadata addresses unless the operator allows it. Checked on the resolved addresses at
+//! delivery time, inside the HTTP client's resolver, so a DNS answer that changes between check
+//! and connect (rebinding) cannot slip through.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GuardError {
+    #[error("webhook URLs must be http or https, got {0:?}")]
+    Scheme(String),
+    #[error("invalid webhook URL: {0}")]
+    Url(String),
+    #[error("refused: {host} resolves to {addr}, a {kind} address (set webhooks.allow_private or webhooks.allow_hosts to allow it)")]
+    Forbidden { host: String, addr: IpAddr, kind: &'static str },
+}
+
+/// Which destinations are allowed.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub allow_private: bool,
+    /// Hosts (names or IP literals) allowed even when they resolve to forbidden addresses.
+    pub allow_hosts: Vec<String>,
+}
+
+impl Policy {
+    fn host_allowed(&self, host: &str) -> bool {
+        self.allow_private || self.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// Checks what can be checked without DNS: scheme, and IP-literal hosts.
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, GuardError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| GuardError::Url(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(GuardError::Scheme(parsed.scheme().to_string()));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Err(GuardError::Url("the URL has no host".into())),
+        };
+        if let Some(ip) = host {
+            self.check_addr(&parsed.host_str().unwrap_or_default().to_string(), ip)?;
+        }
+        Ok(parsed)
+    }
+
+    pub fn check_addr(&self, host: &str, addr: IpAddr) -> Result<(), GuardError> {
+        match forbidden_kind(addr) {
+            Some(kind) if !self.host_allowed(host) && !self.host_allowed(&addr.to_string()) => {
+                Err(GuardError::Forbidden { host: host.to_string(), addr, kind })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Classifies addresses a webhook must not reach by default.
+pub fn forbidden_kind(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(ip) => v4_kind(ip),
+        IpAddr::V6(ip) => {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return v4_kind(v4);
+            }
+            let seg = ip.segments();
+            if ip.is_loopback() {
+                Some("loopback")
+            } else if ip.is_unspecified() {
+                Some("unspecified")
+            } else if seg[0] & 0xfe00 == 0xfc00 {
+                Some("unique-local")
+            } else if seg[0] & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if ip.is_multicast() {
+                Some("multicast")
+            } else if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+                Some("cloud metadata")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) {
+        Some("cloud metadata")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if ip.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
+        Some("private")
+    } else if ip.is_unspecified() || o[0] == 0 {
+        Some("unspecified")
+    } else if ip.is_broadcast() || ip.is_multicast() {
+        Some("broadcast or multicast")
+    } else {
+        None
+    }
+}
+
+/// The HTTP client's resolver: system DNS, then the policy on every answer.
+pub struct GuardedResolver {
+    pub policy: Arc<Policy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut allowed = Vec::new();
+            let mut refusal = None;
+            for addr in addrs {
+                match policy.check_addr(&host, addr.ip()) {
+                    Ok(()) => allowed.push(addr),
+                    Err(e) => refusal = Some(e),
+                }
+            }
+            // Any forbidden answer refuses the host: mixing one public and one private address
+            // is a classic way to get a private one tried.
+            if let Some(e) = refusal {
+                return Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, policy: &Policy) -> Result<(), GuardError> {
+        policy.check_url(url).map(|_| ())
+    }
+
+    #[test]
+    fn forbidden_addresses() {
+        for (ip, kind) in [
+            ("127.0.0.1", Some("loopback")),
+            ("10.1.2.3", Some("private")),
+            ("172.16.0.1", Some("private")),
+            ("192.168.1.1", Some("private")),
+            ("100.64.0.1", Some("private")),
+            ("169.254.169.254", Some("cloud metadata")),
+            ("169.254.1.1", Some("link-local")),
+            ("0.0.0.0", Some("unspecified")),
+            ("::1", Some("loopback")),
+            ("fd00::1", Some("unique-local")),
+            ("fe80::1", Some("link-local")),
+            ("::ffff:127.0.0.1", Some("loopback")),
+            ("fd00:ec2::254", Some("unique-local")),
+            ("93.184.216.34", None),
+            ("2606:4700::1111", None),
+        ] {
+            assert_eq!(forbidden_kind(ip.parse().unwrap()), kind, "{ip}");
+        }
+    }
+
+    #[test]
+    fn url_checks() {
+        let strict = Policy::default();
+        assert!(matches!(check("http://127.0.0.1:9/x", &strict), Err(GuardError::Forbidden { .. })));
+        assert!(matches!(check("http://169.254.169.254/latest", &strict), Err(GuardError::Forbidden { .. })));
+        assert!(matches!(check("http://[::1]/", &strict), Err(GuardError::Forbidden { .. })));
+        assert!(matches!(check("ftp://example.com/", &strict), Err(GuardError::Scheme(_))));
+        assert!(matches!(check("not a url", &strict), Err(GuardError::Url(_))));
+        assert_eq!(check("https://example.com/hook", &strict), Ok(()));
+        let listed = Policy { allow_private: false, allow_hosts: vec!["127.0.0.1".into()] };
+        assert_eq!(check("http://127.0.0.1:9/x", &listed), Ok(()));
+        assert_eq!(check("http://10.0.0.1/", &Policy { allow_private: true, ..Policy::default() }), Ok(()));
+    }
+}

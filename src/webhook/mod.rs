@@ -1,0 +1,652 @@
+//! Outgoing webhooks: the third transport. Each endpoint follows the log through a hub
+//! subscription from its durable cursor; matching events become durable delivery tasks; a
+//! scheduler hands due tasks to delivery workers, which sign (Standard Webhooks), POST, and
+//! record every attempt. It never touches the log's writer and never blocks the hub.
+
+pub mod deliver;
+pub mod guard;
+pub mod sign;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::WebhooksConfig;
+use crate::event::{format_time, now_ms, validate_channel, Filter, Pattern};
+use crate::hub::{Hub, Item, SubscriptionError};
+use crate::log::LogError;
+use deliver::{Deliverer, Message, Outcome};
+use guard::{GuardError, Policy};
+use sign::Secret;
+pub use store::{Attempt, Endpoint, WebhookStore};
+use store::{Resolution, Task};
+
+/// Most events folded into one enqueue batch.
+const ENQUEUE_BATCH: usize = 1000;
+/// Most due entries looked at per scheduling pass.
+const SCAN: usize = 20_000;
+/// Scheduling passes happen at least this often (retries come due without a wake-up).
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("no webhook endpoint {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    #[error(transparent)]
+    Storage(#[from] LogError),
+}
+
+/// `POST /v1/webhooks` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    pub url: String,
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub ordered: Option<bool>,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// `PATCH /v1/webhooks/{id}` body; absent fields stay as they are (`types: null` clears).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    pub url: Option<String>,
+    pub channels: Option<Vec<String>>,
+    #[serde(default, with = "double_option")]
+    pub types: Option<Option<Vec<String>>>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    pub ordered: Option<bool>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
+        Ok(Some(Option::deserialize(d)?))
+    }
+}
+
+/// An endpoint as the service holds it: parsed secrets, compiled filter, and the switch that
+/// stops its enqueuer.
+struct Live {
+    endpoint: Endpoint,
+    secret: Secret,
+    previous: Option<Secret>,
+    filter: Filter,
+    stop: CancellationToken,
+}
+
+impl Live {
+    fn new(endpoint: Endpoint) -> Result<Live, WebhookError> {
+        let secret = Secret::parse(&endpoint.secret).map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        let previous = endpoint.previous_secret.as_deref().and_then(|s| Secret::parse(s).ok());
+        let filter = Filter::parse(endpoint.channels.iter().map(String::as_str)).map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        Ok(Live { endpoint, secret, previous, filter, stop: CancellationToken::new() })
+    }
+
+    fn wants_type(&self, kind: Option<&str>) -> bool {
+        match &self.endpoint.types {
+            None => true,
+            Some(types) => kind.is_some_and(|k| types.iter().any(|t| t == k)),
+        }
+    }
+
+    /// Secrets to sign with now: the current one, plus the previous one during its overlap.
+    fn signing_secrets(&self, now: u64) -> Vec<&Secret> {
+        let mut out = vec![&self.secret];
+        if let (Some(prev), Some(until)) = (&self.previous, self.endpoint.previous_expires_ms) {
+            if now < until {
+                out.push(prev);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    per_endpoint: HashMap<String, usize>,
+    tasks: HashSet<(String, u64)>,
+}
+
+pub struct Webhooks {
+    store: WebhookStore,
+    hub: Arc<Hub>,
+    config: WebhooksConfig,
+    attempt_retention: Duration,
+    deliverer: Deliverer,
+    live: RwLock<HashMap<String, Arc<Live>>>,
+    in_flight: Mutex<InFlight>,
+    wake: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Webhooks {
+    /// Loads endpoints and starts their enqueuers and the scheduler.
+    pub fn start(
+        store: WebhookStore,
+        hub: Arc<Hub>,
+        config: WebhooksConfig,
+        attempt_retention: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Webhooks>, WebhookError> {
+        let policy = Policy { allow_private: config.allow_private, allow_hosts: config.allow_hosts.clone() };
+        let service = Arc::new(Webhooks {
+            deliverer: Deliverer::new(policy, config.timeout),
+            store,
+            hub,
+            config,
+            attempt_retention,
+            live: RwLock::default(),
+            in_flight: Mutex::default(),
+            wake: Notify::new(),
+            shutdown,
+            tasks: TaskTracker::new(),
+        });
+        for endpoint in service.store.endpoints()? {
+            service.install(endpoint)?;
+        }
+        service.tasks.spawn(service.clone().schedule());
+        Ok(service)
+    }
+
+    /// Waits (bounded) for in-flight deliveries after shutdown was signalled.
+    pub async fn close(&self, grace: Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+
+    fn install(self: &Arc<Self>, endpoint: Endpoint) -> Result<Arc<Live>, WebhookError> {
+        let live = Arc::new(Live::new(endpoint)?);
+        let old = self.live.write().expect("webhook map").insert(live.endpoint.id.clone(), live.clone());
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+        if live.endpoint.enabled {
+            self.tasks.spawn(self.clone().enqueue(live.clone()));
+        }
+        self.wake.notify_one();
+        Ok(live)
+    }
+
+    fn get_live(&self, id: &str) -> Result<Arc<Live>, WebhookError> {
+        self.live.read().expect("webhook map").get(id).cloned().ok_or_else(|| WebhookError::NotFound(id.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<Endpoint> {
+        let mut out: Vec<Endpoint> = self.live.read().expect("webhook map").values().map(|l| l.endpoint.clone()).collect();
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        out
+    }
+
+    pub fn get(&self, id: &str) -> Result<Endpoint, WebhookError> {
+        Ok(self.get_live(id)?.endpoint.clone())
+    }
+
+    pub fn pending(&self, id: &str) -> Result<usize, WebhookError> {
+        Ok(self.store.pending_count(id)?)
+    }
+
+    pub async fn create(self: &Arc<Self>, req: CreateEndpoint) -> Result<Endpoint, WebhookError> {
+        self.check_url(&req.url).await?;
+        validate_channels(&req.channels)?;
+        if let Some(types) = &req.types {
+            validate_types(types)?;
+        }
+        let secret = match req.secret {
+            Some(s) => Secret::parse(&s).map_err(|e| WebhookError::Invalid(e.to_string()))?,
+            None => Secret::generate(),
+        };
+        let mut id_bytes = [0u8; 10];
+        getrandom::fill(&mut id_bytes).expect("OS random source");
+        let id: String = format!("wh_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let endpoint = Endpoint {
+            id,
+            url: req.url,
+            channels: req.channels,
+            types: req.types,
+            description: validate_description(req.description)?,
+            enabled: req.enabled.unwrap_or(true),
+            ordered: req.ordered.unwrap_or(false),
+            secret: secret.as_str().to_string(),
+            previous_secret: None,
+            previous_expires_ms: None,
+            created_ms: now_ms(),
+            failing_since_ms: None,
+            disabled_reason: None,
+        };
+        // New endpoints get events from now on; `replay` fetches history.
+        let head = self.hub.log().bounds().head;
+        self.store.put_endpoint(&endpoint, Some(head))?;
+        self.install(endpoint.clone())?;
+        Ok(endpoint)
+    }
+
+    pub async fn update(self: &Arc<Self>, id: &str, req: UpdateEndpoint) -> Result<Endpoint, WebhookError> {
+        let mut endpoint = self.get(id)?;
+        if let Some(url) = req.url {
+            self.check_url(&url).await?;
+            endpoint.url = url;
+        }
+        if let Some(channels) = req.channels {
+            validate_channels(&channels)?;
+            endpoint.channels = channels;
+        }
+        if let Some(types) = req.types {
+            if let Some(t) = &types {
+                validate_types(t)?;
+            }
+            endpoint.types = types;
+        }
+        if req.description.is_some() {
+            endpoint.description = validate_description(req.description)?;
+        }
+        if let Some(ordered) = req.ordered {
+            endpoint.ordered = ordered;
+        }
+        if let Some(enabled) = req.enabled {
+            endpoint.enabled = enabled;
+            if enabled {
+                endpoint.disabled_reason = None;
+                endpoint.failing_since_ms = None;
+            }
+        }
+        self.store.put_endpoint(&endpoint, None)?;
+        self.install(endpoint.clone())?;
+        Ok(endpoint)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), WebhookError> {
+        let live = self.live.write().expect("webhook map").remove(id).ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
+        live.stop.cancel();
+        self.store.delete_endpoint(id)?;
+        Ok(())
+    }
+
+    /// Replaces the secret; the old one keeps signing beside it for `rotation_overlap`.
+    pub fn rotate(self: &Arc<Self>, id: &str) -> Result<Endpoint, WebhookError> {
+        let mut endpoint = self.get(id)?;
+        endpoint.previous_secret = Some(std::mem::replace(&mut endpoint.secret, Secret::generate().as_str().to_string()));
+        endpoint.previous_expires_ms = Some(now_ms() + self.config.rotation_overlap.as_millis() as u64);
+        self.store.put_endpoint(&endpoint, None)?;
+        self.install(endpoint.clone())?;
+        Ok(endpoint)
+    }
+
+    pub fn attempts(&self, id: &str, after: u64, status: Option<&str>, limit: usize) -> Result<Vec<Attempt>, WebhookError> {
+        self.get_live(id)?;
+        Ok(self.store.attempts(id, after, status, limit)?)
+    }
+
+    /// Re-queues every matching event after `since` up to the endpoint's cursor (later events
+    /// are on their way already). Runs in the background; returns the range.
+    pub fn replay(self: &Arc<Self>, id: &str, since: u64) -> Result<(u64, u64), WebhookError> {
+        let live = self.get_live(id)?;
+        let until = self.store.cursor(id)?;
+        let service = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = service.replay_range(&live, since, until).await {
+                tracing::error!(endpoint = %live.endpoint.id, error = %e, "webhook replay failed");
+            }
+        });
+        Ok((since, until))
+    }
+
+    async fn replay_range(&self, live: &Live, since: u64, until: u64) -> Result<(), LogError> {
+        let mut after = since;
+        while after < until {
+            let log = self.hub.log().clone();
+            let filter = live.filter.clone();
+            let page = tokio::task::spawn_blocking(move || log.read(&filter, after, ENQUEUE_BATCH))
+                .await
+                .map_err(|e| LogError::Storage(e.to_string()))??;
+            let seqs: Vec<u64> = page
+                .events
+                .iter()
+                .filter(|e| e.seq <= until && live.wants_type(e.kind.as_deref()))
+                .map(|e| e.seq)
+                .collect();
+            self.store.enqueue(&live.endpoint.id, &seqs, None, now_ms())?;
+            self.wake.notify_one();
+            if page.end || page.next <= after {
+                break;
+            }
+            after = page.next;
+        }
+        Ok(())
+    }
+
+    /// Scheme and literal-address checks, plus a DNS check now for a clear early error (the
+    /// binding check happens again at every delivery).
+    async fn check_url(&self, url: &str) -> Result<(), WebhookError> {
+        let parsed = self.deliverer.policy().check_url(url)?;
+        if let Some(url::Host::Domain(host)) = parsed.host() {
+            if let Ok(addrs) = tokio::net::lookup_host((host, parsed.port_or_known_default().unwrap_or(80))).await {
+                for addr in addrs {
+                    self.deliverer.policy().check_addr(host, addr.ip())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the log for one endpoint and turns matching events into durable tasks.
+    async fn enqueue(self: Arc<Self>, live: Arc<Live>) {
+        let id = live.endpoint.id.clone();
+        while !live.stop.is_cancelled() && !self.shutdown.is_cancelled() {
+            let cursor = match self.store.cursor(&id) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(endpoint = %id, error = %e, "webhook cursor unreadable");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut sub = self.hub.subscribe(live.filter.clone(), Some(cursor), CancellationToken::new());
+            loop {
+                let first = tokio::select! {
+                    _ = live.stop.cancelled() => return,
+                    _ = self.shutdown.cancelled() => return,
+                    item = sub.next() => item,
+                };
+                let mut items = vec![first];
+                while items.len() < ENQUEUE_BATCH {
+                    match sub.next().now_or_never() {
+                        Some(item) => items.push(item),
+                        None => break,
+                    }
+                }
+                let mut seqs = Vec::new();
+                let mut last = None;
+                let mut broken = false;
+                for item in items {
+                    match item {
+                        Ok(Item::Event(event)) => {
+                            last = Some(event.seq);
+                            if live.wants_type(event.kind.as_deref()) {
+                                seqs.push(event.seq);
+                            }
+                        }
+                        Ok(Item::Reset { oldest }) => {
+                            tracing::warn!(endpoint = %id, oldest, "events trimmed before they could be queued");
+                        }
+                        Err(SubscriptionError::Lagged) => broken = true,
+                        Err(SubscriptionError::Log(e)) => {
+                            tracing::error!(endpoint = %id, error = %e, "webhook enqueue read failed");
+                            broken = true;
+                        }
+                    }
+                }
+                if last.is_some() {
+                    // The stop switch is checked right before writing: a deleted endpoint's
+                    // enqueuer must not recreate its tasks.
+                    if live.stop.is_cancelled() {
+                        return;
+                    }
+                    if let Err(e) = self.store.enqueue(&id, &seqs, last, now_ms()) {
+                        tracing::error!(endpoint = %id, error = %e, "webhook enqueue failed");
+                        broken = true;
+                    }
+                    self.wake.notify_one();
+                }
+                if broken {
+                    // Resume from the durable cursor.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Hands due tasks to delivery workers within the concurrency limits.
+    async fn schedule(self: Arc<Self>) {
+        let mut last_trim = 0;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let now = now_ms();
+            if let Err(e) = self.dispatch_due(now) {
+                tracing::error!(error = %e, "webhook scheduling failed");
+            }
+            if now.saturating_sub(last_trim) > 60_000 {
+                last_trim = now;
+                let cutoff = now.saturating_sub(self.attempt_retention.as_millis() as u64);
+                if let Err(e) = self.store.trim_attempts(cutoff) {
+                    tracing::error!(error = %e, "webhook attempt log trim failed");
+                }
+            }
+            // Let completions accumulate a little instead of rescanning per completion.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), LogError> {
+        let due = self.store.due(now, SCAN)?;
+        let mut saturated: HashSet<String> = HashSet::new();
+        for (id, task) in due {
+            if saturated.contains(&id) {
+                continue;
+            }
+            let Some(live) = self.live.read().expect("webhook map").get(&id).cloned() else { continue };
+            if !live.endpoint.enabled {
+                saturated.insert(id);
+                continue;
+            }
+            let limit = if live.endpoint.ordered { 1 } else { self.config.max_in_flight_per_endpoint.max(1) };
+            {
+                let mut f = self.in_flight.lock().expect("in-flight lock");
+                if f.total >= self.config.max_in_flight.max(1) {
+                    return Ok(());
+                }
+                if f.tasks.contains(&(id.clone(), task.seq)) {
+                    continue;
+                }
+                if f.per_endpoint.get(&id).copied().unwrap_or(0) >= limit {
+                    saturated.insert(id);
+                    continue;
+                }
+                if live.endpoint.ordered {
+                    // Only the head goes out; it is retried until it resolves.
+                    if self.store.head_task(&id)?.map(|t| t.seq) != Some(task.seq) {
+                        continue;
+                    }
+                }
+                f.total += 1;
+                *f.per_endpoint.entry(id.clone()).or_default() += 1;
+                f.tasks.insert((id.clone(), task.seq));
+            }
+            self.tasks.spawn(self.clone().attempt(live, task));
+        }
+        Ok(())
+    }
+
+    async fn attempt(self: Arc<Self>, live: Arc<Live>, task: Task) {
+        let id = live.endpoint.id.clone();
+        if let Err(e) = self.attempt_inner(&live, task).await {
+            tracing::error!(endpoint = %id, seq = task.seq, error = %e, "webhook attempt failed to record");
+        }
+        {
+            let mut f = self.in_flight.lock().expect("in-flight lock");
+            f.total -= 1;
+            if let Some(n) = f.per_endpoint.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    f.per_endpoint.remove(&id);
+                }
+            }
+            f.tasks.remove(&(id, task.seq));
+        }
+        self.wake.notify_one();
+    }
+
+    async fn attempt_inner(&self, live: &Live, task: Task) -> Result<(), WebhookError> {
+        let endpoint = &live.endpoint;
+        let log = self.hub.log().clone();
+        let seq = task.seq;
+        let event = tokio::task::spawn_blocking(move || log.get(seq))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))??;
+        let now = now_ms();
+        let Some(event) = event else {
+            let outcome = Outcome {
+                status: None,
+                error: Some("the event is no longer in the log (trimmed by retention)".into()),
+                duration: Duration::ZERO,
+                retry_after: None,
+                body: None,
+            };
+            self.record(live, task, &outcome, "failed", None, Resolution::Failed)?;
+            return Ok(());
+        };
+        let webhook_id = format!("{}_{}", endpoint.id, task.seq);
+        let message = Message {
+            url: &endpoint.url,
+            webhook_id: &webhook_id,
+            body: event.envelope().clone(),
+            secrets: live.signing_secrets(now),
+        };
+        let outcome = self.deliverer.send(message, now / 1000).await;
+        let now = now_ms();
+        metrics::histogram!("herald_webhook_delivery_seconds").record(outcome.duration.as_secs_f64());
+        if outcome.delivered() {
+            metrics::counter!("herald_webhook_attempts_total", "outcome" => "delivered").increment(1);
+            self.record(live, task, &outcome, "delivered", None, Resolution::Delivered)?;
+            if endpoint.failing_since_ms.is_some() {
+                self.mark(endpoint.id.as_str(), |e| e.failing_since_ms = None)?;
+            }
+            return Ok(());
+        }
+        if outcome.gone() {
+            metrics::counter!("herald_webhook_attempts_total", "outcome" => "gone").increment(1);
+            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)?;
+            self.disable(&endpoint.id, "the endpoint answered 410 Gone")?;
+            return Ok(());
+        }
+        metrics::counter!("herald_webhook_attempts_total", "outcome" => "failed").increment(1);
+        let failing_since = endpoint.failing_since_ms.unwrap_or(now);
+        if endpoint.failing_since_ms.is_none() {
+            self.mark(&endpoint.id, |e| e.failing_since_ms = Some(now))?;
+        }
+        if now.saturating_sub(failing_since) >= self.config.disable_after.as_millis() as u64 {
+            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)?;
+            self.disable(&endpoint.id, "failing continuously for longer than webhooks.disable_after")?;
+            return Ok(());
+        }
+        let made = task.attempts + 1;
+        match self.config.retry_schedule.get(made as usize - 1) {
+            Some(delay) => {
+                let delay = outcome.retry_after.unwrap_or_else(|| jitter(**delay));
+                let next_at = now + delay.as_millis() as u64;
+                self.record(live, task, &outcome, "retrying", Some(next_at), Resolution::Retry { next_at_ms: next_at })?;
+            }
+            None => self.record(live, task, &outcome, "failed", None, Resolution::Failed)?,
+        }
+        Ok(())
+    }
+
+    fn record(&self, live: &Live, task: Task, outcome: &Outcome, status: &str, next_at: Option<u64>, resolution: Resolution) -> Result<(), WebhookError> {
+        let now = now_ms();
+        let attempt = Attempt {
+            id: 0,
+            seq: task.seq,
+            attempt: task.attempts + 1,
+            status: status.to_string(),
+            status_code: outcome.status,
+            error: outcome.error.clone(),
+            duration_ms: outcome.duration.as_millis() as u64,
+            time: format_time(now),
+            time_ms: now,
+            next_attempt: next_at.map(format_time),
+            response_body: outcome.body.clone(),
+        };
+        self.store.finish(&live.endpoint.id, task, attempt, resolution)?;
+        Ok(())
+    }
+
+    /// Applies a change to the stored endpoint (not restarting its enqueuer).
+    fn mark(&self, id: &str, change: impl FnOnce(&mut Endpoint)) -> Result<(), WebhookError> {
+        let mut map = self.live.write().expect("webhook map");
+        let Some(live) = map.get(id) else { return Ok(()) };
+        let mut endpoint = live.endpoint.clone();
+        change(&mut endpoint);
+        self.store.put_endpoint(&endpoint, None)?;
+        let updated = Live {
+            endpoint,
+            secret: live.secret.clone(),
+            previous: live.previous.clone(),
+            filter: live.filter.clone(),
+            stop: live.stop.clone(),
+        };
+        map.insert(id.to_string(), Arc::new(updated));
+        Ok(())
+    }
+
+    fn disable(&self, id: &str, reason: &str) -> Result<(), WebhookError> {
+        tracing::warn!(endpoint = %id, reason, "webhook endpoint disabled");
+        self.mark(id, |e| {
+            e.enabled = false;
+            e.disabled_reason = Some(reason.to_string());
+        })?;
+        if let Some(live) = self.live.read().expect("webhook map").get(id) {
+            live.stop.cancel();
+        }
+        Ok(())
+    }
+}
+
+/// ±10% so that endpoints failing together do not retry in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let r = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
+    delay.mul_f64(0.9 + 0.2 * r)
+}
+
+fn validate_channels(channels: &[String]) -> Result<(), WebhookError> {
+    if channels.is_empty() {
+        return Err(WebhookError::Invalid("channels must name at least one channel or pattern".into()));
+    }
+    for c in channels {
+        Pattern::parse(c).map_err(|e| WebhookError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn validate_types(types: &[String]) -> Result<(), WebhookError> {
+    for t in types {
+        validate_channel(t).map_err(|_| WebhookError::Invalid(format!("type {t:?} is not a valid event type")))?;
+    }
+    Ok(())
+}
+
+fn validate_description(d: Option<String>) -> Result<String, WebhookError> {
+    let d = d.unwrap_or_default();
+    if d.len() > 1000 {
+        return Err(WebhookError::Invalid("description is limited to 1000 bytes".into()));
+    }
+    Ok(d)
+}

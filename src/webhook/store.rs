@@ -1,0 +1,360 @@
+//! Durable webhook state on the embedded store: endpoints, each endpoint's cursor into the log,
+//! pending delivery tasks with a due-time index, failed tasks, and the attempt log.
+//!
+//! Enqueuing writes the tasks and the endpoint's cursor in one atomic batch, so after a crash
+//! either both exist or neither does, and the enqueuer re-reads the log from the cursor: no
+//! event is dropped, none is queued twice. Partitions:
+//! - `wh_endpoints`: id -> endpoint JSON
+//! - `wh_cursor`: id -> last seq enqueued (BE)
+//! - `wh_tasks`: id 0x00 seq -> attempts made (u32 BE) + next attempt ms (u64 BE)
+//! - `wh_due`: next attempt ms (BE) + id 0x00 seq -> empty (what is due, in time order)
+//! - `wh_failed`: id 0x00 seq -> attempts made (u32 BE)
+//! - `wh_attempts`: id 0x00 attempt number (BE) -> attempt JSON
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle};
+use serde::{Deserialize, Serialize};
+
+use crate::log::LogError;
+
+/// An outgoing webhook endpoint, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub description: String,
+    pub enabled: bool,
+    pub ordered: bool,
+    pub secret: String,
+    /// The secret before the last rotation, still used to sign until `previous_expires_ms`.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    #[serde(default)]
+    pub previous_expires_ms: Option<u64>,
+    pub created_ms: u64,
+    /// When the current run of failures began; cleared by a success.
+    #[serde(default)]
+    pub failing_since_ms: Option<u64>,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+}
+
+/// A pending delivery of one event to one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Task {
+    pub seq: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub next_at_ms: u64,
+}
+
+/// One delivery attempt, as the attempt log shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: u64,
+    pub seq: u64,
+    pub attempt: u32,
+    /// `delivered`, `retrying`, `failed` (out of retries), or `disabled` (410 or too long failing).
+    pub status: String,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub time: String,
+    pub time_ms: u64,
+    pub next_attempt: Option<String>,
+    pub response_body: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct WebhookStore {
+    keyspace: Keyspace,
+    endpoints: PartitionHandle,
+    cursors: PartitionHandle,
+    tasks: PartitionHandle,
+    due: PartitionHandle,
+    failed: PartitionHandle,
+    attempts: PartitionHandle,
+    /// Next attempt id; attempt ids increase across the whole store.
+    next_attempt: std::sync::Arc<AtomicU64>,
+}
+
+/// How a finished attempt changes the task.
+pub enum Resolution {
+    Delivered,
+    Retry { next_at_ms: u64 },
+    Failed,
+    /// Leave the task pending as is (the endpoint got disabled).
+    Keep,
+}
+
+pub fn task_key(endpoint: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(endpoint.len() + 9);
+    k.extend_from_slice(endpoint.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn due_key(at_ms: u64, endpoint: &str, seq: u64) -> Vec<u8> {
+    let mut k = at_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(&task_key(endpoint, seq));
+    k
+}
+
+fn prefix(endpoint: &str) -> Vec<u8> {
+    let mut k = endpoint.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_be_bytes(a)
+}
+
+fn task_value(attempts: u32, next_at_ms: u64) -> Vec<u8> {
+    let mut v = attempts.to_be_bytes().to_vec();
+    v.extend_from_slice(&next_at_ms.to_be_bytes());
+    v
+}
+
+/// Splits `id 0x00 seq` (the tail of task/due keys).
+fn split_task_key(k: &[u8]) -> Option<(String, u64)> {
+    if k.len() < 9 {
+        return None;
+    }
+    let (id, rest) = k.split_at(k.len() - 9);
+    (rest[0] == 0).then(|| (String::from_utf8_lossy(id).into_owned(), be_u64(&rest[1..])))
+}
+
+fn json_err(e: serde_json::Error) -> LogError {
+    LogError::Storage(format!("corrupt webhook record: {e}"))
+}
+
+impl WebhookStore {
+    pub fn open(keyspace: Keyspace) -> Result<WebhookStore, LogError> {
+        let open = |name: &str| keyspace.open_partition(name, PartitionCreateOptions::default());
+        let store = WebhookStore {
+            endpoints: open("wh_endpoints")?,
+            cursors: open("wh_cursor")?,
+            tasks: open("wh_tasks")?,
+            due: open("wh_due")?,
+            failed: open("wh_failed")?,
+            attempts: open("wh_attempts")?,
+            next_attempt: Default::default(),
+            keyspace,
+        };
+        // Attempt keys end in the attempt id, so each endpoint's last key holds its highest.
+        let mut max = 0;
+        for endpoint in store.endpoints()? {
+            if let Some(item) = store.attempts.prefix(prefix(&endpoint.id)).next_back() {
+                let (k, _) = item?;
+                max = max.max(be_u64(&k[k.len() - 8..]));
+            }
+        }
+        store.next_attempt.store(max + 1, Ordering::Release);
+        Ok(store)
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, LogError> {
+        self.endpoints
+            .iter()
+            .map(|item| {
+                let (_, v) = item?;
+                serde_json::from_slice(&v).map_err(json_err)
+            })
+            .collect()
+    }
+
+    /// Saves an endpoint; `cursor` (the seq it starts after) is set only when given.
+    pub fn put_endpoint(&self, endpoint: &Endpoint, cursor: Option<u64>) -> Result<(), LogError> {
+        let mut batch = self.keyspace.batch();
+        batch.insert(&self.endpoints, endpoint.id.as_bytes(), serde_json::to_vec(endpoint).map_err(json_err)?);
+        if let Some(c) = cursor {
+            batch.insert(&self.cursors, endpoint.id.as_bytes(), c.to_be_bytes());
+        }
+        Ok(batch.commit()?)
+    }
+
+    pub fn cursor(&self, id: &str) -> Result<u64, LogError> {
+        Ok(self.cursors.get(id.as_bytes())?.map(|v| be_u64(&v)).unwrap_or(0))
+    }
+
+    /// Deletes an endpoint with its cursor, tasks, failures and attempts.
+    pub fn delete_endpoint(&self, id: &str) -> Result<(), LogError> {
+        let mut batch = self.keyspace.batch();
+        batch.remove(&self.endpoints, id.as_bytes());
+        batch.remove(&self.cursors, id.as_bytes());
+        for item in self.tasks.prefix(prefix(id)) {
+            let (k, v) = item?;
+            if let Some((_, seq)) = split_task_key(&k) {
+                batch.remove(&self.due, due_key(be_u64(&v[4..12]), id, seq));
+            }
+            batch.remove(&self.tasks, k);
+        }
+        for partition in [&self.failed, &self.attempts] {
+            for item in partition.prefix(prefix(id)) {
+                batch.remove(partition, item?.0);
+            }
+        }
+        Ok(batch.commit()?)
+    }
+
+    /// Queues `seqs` for `id` (due now) and moves its cursor, atomically. Re-queuing a seq
+    /// resets its attempts and takes it out of the failed set (replay).
+    pub fn enqueue(&self, id: &str, seqs: &[u64], cursor: Option<u64>, now_ms: u64) -> Result<(), LogError> {
+        let mut batch = self.keyspace.batch();
+        for &seq in seqs {
+            let key = task_key(id, seq);
+            batch.insert(&self.tasks, key.clone(), task_value(0, now_ms));
+            batch.insert(&self.due, due_key(now_ms, id, seq), []);
+            batch.remove(&self.failed, key);
+        }
+        if let Some(c) = cursor {
+            batch.insert(&self.cursors, id.as_bytes(), c.to_be_bytes());
+        }
+        Ok(batch.commit()?)
+    }
+
+    /// Due entries up to `now_ms`, oldest first, at most `limit`. Entries whose task has moved
+    /// on (a stale index entry) are cleaned up and skipped.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(String, Task)>, LogError> {
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        let end = (now_ms + 1).to_be_bytes();
+        for item in self.due.range(..end.to_vec()) {
+            let (k, _) = item?;
+            let at = be_u64(&k[..8]);
+            let Some((id, seq)) = split_task_key(&k[8..]) else { continue };
+            match self.task(&id, seq)? {
+                Some(task) if task.next_at_ms == at => out.push((id, task)),
+                _ => stale.push(k),
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        if !stale.is_empty() {
+            let mut batch = self.keyspace.batch();
+            for k in stale {
+                batch.remove(&self.due, k);
+            }
+            batch.commit()?;
+        }
+        Ok(out)
+    }
+
+    pub fn task(&self, id: &str, seq: u64) -> Result<Option<Task>, LogError> {
+        Ok(self.tasks.get(task_key(id, seq))?.map(|v| Task { seq, attempts: be_u32(&v[..4]), next_at_ms: be_u64(&v[4..12]) }))
+    }
+
+    /// The lowest-seq pending task of an endpoint (the head, for ordered delivery).
+    pub fn head_task(&self, id: &str) -> Result<Option<Task>, LogError> {
+        match self.tasks.prefix(prefix(id)).next() {
+            Some(item) => {
+                let (k, v) = item?;
+                let (_, seq) = split_task_key(&k).ok_or_else(|| LogError::Storage("bad task key".into()))?;
+                Ok(Some(Task { seq, attempts: be_u32(&v[..4]), next_at_ms: be_u64(&v[4..12]) }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn pending_count(&self, id: &str) -> Result<usize, LogError> {
+        Ok(self.tasks.prefix(prefix(id)).count())
+    }
+
+    /// Records an attempt and applies its resolution to the task, atomically.
+    pub fn finish(&self, id: &str, task: Task, mut attempt: Attempt, resolution: Resolution) -> Result<Attempt, LogError> {
+        let mut batch = self.keyspace.batch();
+        let key = task_key(id, task.seq);
+        let attempts = task.attempts + 1;
+        match resolution {
+            Resolution::Delivered => {
+                batch.remove(&self.tasks, key);
+                batch.remove(&self.due, due_key(task.next_at_ms, id, task.seq));
+            }
+            Resolution::Retry { next_at_ms } => {
+                batch.remove(&self.due, due_key(task.next_at_ms, id, task.seq));
+                batch.insert(&self.tasks, key, task_value(attempts, next_at_ms));
+                batch.insert(&self.due, due_key(next_at_ms, id, task.seq), []);
+            }
+            Resolution::Failed => {
+                batch.remove(&self.tasks, key.clone());
+                batch.remove(&self.due, due_key(task.next_at_ms, id, task.seq));
+                batch.insert(&self.failed, key, attempts.to_be_bytes());
+            }
+            Resolution::Keep => {}
+        }
+        let n = self.next_attempt.fetch_add(1, Ordering::AcqRel);
+        attempt.id = n;
+        let mut akey = prefix(id);
+        akey.extend_from_slice(&n.to_be_bytes());
+        batch.insert(&self.attempts, akey, serde_json::to_vec(&attempt).map_err(json_err)?);
+        batch.commit()?;
+        Ok(attempt)
+    }
+
+    /// Attempts of an endpoint with id > `after`, optionally only those with `status`.
+    pub fn attempts(&self, id: &str, after: u64, status: Option<&str>, limit: usize) -> Result<Vec<Attempt>, LogError> {
+        let mut from = prefix(id);
+        from.extend_from_slice(&(after.saturating_add(1)).to_be_bytes());
+        let mut to = prefix(id);
+        to.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.attempts.range(from..=to) {
+            let (_, v) = item?;
+            let attempt: Attempt = serde_json::from_slice(&v).map_err(json_err)?;
+            if status.is_none_or(|s| s == attempt.status) {
+                out.push(attempt);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops attempt records older than `cutoff_ms` (the attempt log is bounded by retention).
+    pub fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, LogError> {
+        let mut batch = self.keyspace.batch();
+        for endpoint in self.endpoints()? {
+            for item in self.attempts.prefix(prefix(&endpoint.id)) {
+                let (k, v) = item?;
+                let attempt: Attempt = serde_json::from_slice(&v).map_err(json_err)?;
+                if attempt.time_ms >= cutoff_ms || batch.len() >= 10_000 {
+                    break;
+                }
+                batch.remove(&self.attempts, k);
+            }
+        }
+        let n = batch.len();
+        if n > 0 {
+            batch.commit()?;
+        }
+        Ok(n)
+    }
+
+    /// Failed tasks of an endpoint with seq > `after` (replay re-queues them).
+    pub fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, LogError> {
+        let mut out = Vec::new();
+        for item in self.failed.range(task_key(id, after.saturating_add(1))..=task_key(id, u64::MAX)) {
+            if let Some((_, seq)) = split_task_key(&item?.0) {
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+}
