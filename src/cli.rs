@@ -33,6 +33,68 @@ enum Command {
     /// Print events of channels as they arrive, one envelope JSON per line; reconnects and
     /// resumes on its own after a disconnect.
     Tail(TailArgs),
+    /// Manage outgoing webhook endpoints.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Load generators against a running server (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Webhook deliveries/s to a local receiver, with N endpoints on one channel.
+    Webhooks(crate::bench::webhooks::WebhooksArgs),
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Create an endpoint; prints it with its signing secret (shown only here).
+    Add {
+        /// Where to POST events (http or https).
+        url: String,
+        /// Channel or pattern to deliver (repeat for several).
+        #[arg(long = "channel", required = true)]
+        channels: Vec<String>,
+        /// Only these event types (repeat for several); default: all.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// One delivery in flight, strictly in seq order.
+        #[arg(long)]
+        ordered: bool,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List endpoints (secrets are never listed).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show an endpoint's delivery attempts, oldest first.
+    Deliveries {
+        id: String,
+        /// Only attempts with this status: delivered, retrying, failed, disabled.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Re-send every matching event after a seq.
+    Replay {
+        id: String,
+        #[arg(long)]
+        since: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace the signing secret; the old one keeps signing beside it for a while.
+    Rotate {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -107,6 +169,8 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Publish(args) => publish(args).await,
             Command::Tail(args) => tail(args).await,
+            Command::Webhook(command) => webhook(command).await,
+            Command::Bench(BenchCommand::Webhooks(args)) => crate::bench::webhooks::run(args).await,
         }
     });
     match result {
@@ -201,6 +265,75 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         bail!("{status}: {text}");
     }
     println!("{text}");
+    Ok(())
+}
+
+async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
+    use serde_json::json;
+    let (client, method, path, body) = match command {
+        WebhookCommand::Add {
+            url,
+            channels,
+            types,
+            ordered,
+            description,
+            client,
+        } => {
+            let mut body = json!({"url": url, "channels": channels, "ordered": ordered});
+            if !types.is_empty() {
+                body["types"] = types.into();
+            }
+            if let Some(d) = description {
+                body["description"] = d.into();
+            }
+            (
+                client,
+                reqwest::Method::POST,
+                "/v1/webhooks".to_string(),
+                Some(body),
+            )
+        }
+        WebhookCommand::List { client } => {
+            (client, reqwest::Method::GET, "/v1/webhooks".into(), None)
+        }
+        WebhookCommand::Deliveries { id, status, client } => {
+            let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
+            (
+                client,
+                reqwest::Method::GET,
+                format!("/v1/webhooks/{id}/deliveries{query}"),
+                None,
+            )
+        }
+        WebhookCommand::Replay { id, since, client } => (
+            client,
+            reqwest::Method::POST,
+            format!("/v1/webhooks/{id}/replay"),
+            Some(json!({"since": since})),
+        ),
+        WebhookCommand::Rotate { id, client } => (
+            client,
+            reqwest::Method::POST,
+            format!("/v1/webhooks/{id}/rotate-secret"),
+            None,
+        ),
+    };
+    let (http, headers) = self::client(&client)?;
+    let url = format!("{}{path}", client.server.trim_end_matches('/'));
+    let mut request = http.request(method, &url).headers(headers);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| url.clone())?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{status}: {text}");
+    }
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or(text);
+    println!("{pretty}");
     Ok(())
 }
 

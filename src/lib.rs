@@ -10,8 +10,11 @@
 //!   live, with no gap or duplicate at the hand-over).
 //! - [`http`]: the router and the transports: the JSON API, SSE, WebSocket.
 //! - [`server`]: the accept loop and lifecycle (bind, drain, shutdown).
-//! - [`config`], [`cli`]: configuration and the `herald` command line.
+//! - [`webhook`]: outgoing webhooks: durable per-endpoint queues fed from the log, signing,
+//!   retries, the SSRF guard.
+//! - [`config`], [`cli`], [`bench`]: configuration, the `herald` command line, load tools.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;

@@ -52,8 +52,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let webhook_store = WebhookStore::open(embedded.keyspace())?;
     let log: Arc<dyn Log> = embedded;
     let hub = Hub::new(log.clone(), config.server.send_queue);
-    let webhooks = Webhooks::start(webhook_store, hub.clone(), config.webhooks.clone(), config.log.retention, shutdown.clone())?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let webhooks = Webhooks::start(
+        webhook_store,
+        hub.clone(),
+        config.webhooks.clone(),
+        config.log.retention,
+        shutdown.clone(),
+    )?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| ServeError::Bind(listen, e))?;

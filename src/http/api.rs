@@ -230,13 +230,22 @@ pub async fn history(
 /// `GET /metrics`: Prometheus text, with the log's and hub's gauges refreshed first.
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let Some(handle) = &app.metrics else {
-        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are not enabled").into_response();
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled",
+        )
+        .into_response();
     };
     let b = app.hub.log().bounds();
     metrics::gauge!("herald_log_head").set(b.head as f64);
     metrics::gauge!("herald_log_oldest").set(b.oldest as f64);
     metrics::gauge!("herald_subscriptions").set(app.hub.subscriptions() as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }
 
 pub async fn healthz() -> axum::Json<Value> {

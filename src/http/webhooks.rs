@@ -18,7 +18,9 @@ use crate::webhook::{CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
         match e {
-            WebhookError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            WebhookError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             WebhookError::Invalid(m) => ApiError::bad_request("invalid_webhook", m),
             WebhookError::Guard(g) => ApiError::bad_request("forbidden_url", g.to_string()),
             WebhookError::Storage(s) => s.into(),
@@ -50,7 +52,10 @@ async fn json_body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T,
     let bytes = read_body(body, 64 * 1024.min(app.config.limits.max_body_bytes)).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
-            ApiError::bad_request("invalid_webhook", format!("request has the wrong shape: {e}"))
+            ApiError::bad_request(
+                "invalid_webhook",
+                format!("request has the wrong shape: {e}"),
+            )
         } else {
             ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
         }
@@ -68,24 +73,37 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
     Json(json!({ "webhooks": all }))
 }
 
-pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let endpoint = app.webhooks.get(&id)?;
     let mut v = view(&endpoint, false);
     v["pending"] = app.webhooks.pending(&id)?.into();
     Ok(Json(v))
 }
 
-pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let req: UpdateEndpoint = json_body(&app, body).await?;
     Ok(Json(view(&app.webhooks.update(&id, req).await?, false)))
 }
 
-pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     app.webhooks.delete(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn rotate(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn rotate(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let endpoint = app.webhooks.rotate(&id)?;
     Ok(Json(view(&endpoint, true)))
 }
@@ -96,16 +114,28 @@ struct Replay {
     since: u64,
 }
 
-pub async fn replay(State(app): State<AppState>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+pub async fn replay(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let req: Replay = json_body(&app, body).await?;
     let (since, until) = app.webhooks.replay(&id, req.since)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"replaying": {"since": since, "until": until}}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"replaying": {"since": since, "until": until}})),
+    )
+        .into_response())
 }
 
 const MAX_ATTEMPTS_PAGE: usize = 1000;
 
 /// `GET /v1/webhooks/{id}/deliveries?status=S&after=N&limit=L`: the attempt log, oldest first.
-pub async fn deliveries(State(app): State<AppState>, Path(id): Path<String>, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+pub async fn deliveries(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let mut after = 0;
     let mut limit = 100;
     let mut status = None;
@@ -117,18 +147,31 @@ pub async fn deliveries(State(app): State<AppState>, Path(id): Path<String>, Raw
                     .parse()
                     .ok()
                     .filter(|l| (1..=MAX_ATTEMPTS_PAGE).contains(l))
-                    .ok_or_else(|| ApiError::bad_request("invalid_limit", format!("limit must be 1-{MAX_ATTEMPTS_PAGE}")))?
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_limit",
+                            format!("limit must be 1-{MAX_ATTEMPTS_PAGE}"),
+                        )
+                    })?
             }
             "status" => {
-                if !matches!(value.as_str(), "delivered" | "retrying" | "failed" | "disabled") {
-                    return Err(ApiError::bad_request("invalid_status", "status must be delivered, retrying, failed or disabled"));
+                if !matches!(
+                    value.as_str(),
+                    "delivered" | "retrying" | "failed" | "disabled"
+                ) {
+                    return Err(ApiError::bad_request(
+                        "invalid_status",
+                        "status must be delivered, retrying, failed or disabled",
+                    ));
                 }
                 status = Some(value);
             }
             _ => {}
         }
     }
-    let attempts = app.webhooks.attempts(&id, after, status.as_deref(), limit)?;
+    let attempts = app
+        .webhooks
+        .attempts(&id, after, status.as_deref(), limit)?;
     let next = attempts.last().map_or(after, |a| a.id);
     let list: Vec<Value> = attempts
         .into_iter()

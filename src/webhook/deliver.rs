@@ -34,7 +34,13 @@ impl Outcome {
     }
 
     fn failed(error: String, started: Instant) -> Outcome {
-        Outcome { status: None, error: Some(error), duration: started.elapsed(), retry_after: None, body: None }
+        Outcome {
+            status: None,
+            error: Some(error),
+            duration: started.elapsed(),
+            retry_after: None,
+            body: None,
+        }
     }
 }
 
@@ -56,7 +62,9 @@ impl Deliverer {
     pub fn new(policy: Policy, timeout: Duration) -> Deliverer {
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -77,7 +85,12 @@ impl Deliverer {
         if let Err(e) = self.policy.check_url(message.url) {
             return Outcome::failed(e.to_string(), started);
         }
-        let signature = signature_header(&message.secrets, message.webhook_id, timestamp, &message.body);
+        let signature = signature_header(
+            &message.secrets,
+            message.webhook_id,
+            timestamp,
+            &message.body,
+        );
         let request = self
             .client
             .post(message.url)
@@ -101,7 +114,13 @@ impl Deliverer {
             _ => None,
         };
         let body = read_prefix(response).await;
-        Outcome { status: Some(status), error: None, duration: started.elapsed(), retry_after, body: Some(body) }
+        Outcome {
+            status: Some(status),
+            error: None,
+            duration: started.elapsed(),
+            retry_after,
+            body: Some(body),
+        }
     }
 }
 

@@ -15,7 +15,11 @@ pub enum GuardError {
     #[error("invalid webhook URL: {0}")]
     Url(String),
     #[error("refused: {host} resolves to {addr}, a {kind} address (set webhooks.allow_private or webhooks.allow_hosts to allow it)")]
-    Forbidden { host: String, addr: IpAddr, kind: &'static str },
+    Forbidden {
+        host: String,
+        addr: IpAddr,
+        kind: &'static str,
+    },
 }
 
 /// Which destinations are allowed.
@@ -28,7 +32,11 @@ pub struct Policy {
 
 impl Policy {
     fn host_allowed(&self, host: &str) -> bool {
-        self.allow_private || self.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+        self.allow_private
+            || self
+                .allow_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// Checks what can be checked without DNS: scheme, and IP-literal hosts.
@@ -44,7 +52,7 @@ impl Policy {
             None => return Err(GuardError::Url("the URL has no host".into())),
         };
         if let Some(ip) = host {
-            self.check_addr(&parsed.host_str().unwrap_or_default().to_string(), ip)?;
+            self.check_addr(parsed.host_str().unwrap_or_default(), ip)?;
         }
         Ok(parsed)
     }
@@ -52,7 +60,11 @@ impl Policy {
     pub fn check_addr(&self, host: &str, addr: IpAddr) -> Result<(), GuardError> {
         match forbidden_kind(addr) {
             Some(kind) if !self.host_allowed(host) && !self.host_allowed(&addr.to_string()) => {
-                Err(GuardError::Forbidden { host: host.to_string(), addr, kind })
+                Err(GuardError::Forbidden {
+                    host: host.to_string(),
+                    addr,
+                    kind,
+                })
             }
             _ => Ok(()),
         }
@@ -116,7 +128,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut allowed = Vec::new();
             let mut refusal = None;
             for addr in addrs {
@@ -166,17 +179,65 @@ mod tests {
         }
     }
 
+    /// The delivery-time check: a real DNS answer (localhost, from /etc/hosts) for a host name
+    /// that no URL check could have caught.
+    #[tokio::test]
+    async fn resolver_refuses_names_that_resolve_to_loopback() {
+        let strict = GuardedResolver {
+            policy: Arc::new(Policy::default()),
+        };
+        let err = match strict.resolve("localhost".parse().unwrap()).await {
+            Ok(_) => panic!("localhost must be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("loopback"), "{err}");
+        let open = GuardedResolver {
+            policy: Arc::new(Policy {
+                allow_private: true,
+                ..Policy::default()
+            }),
+        };
+        assert!(open.resolve("localhost".parse().unwrap()).await.is_ok());
+    }
+
     #[test]
     fn url_checks() {
         let strict = Policy::default();
-        assert!(matches!(check("http://127.0.0.1:9/x", &strict), Err(GuardError::Forbidden { .. })));
-        assert!(matches!(check("http://169.254.169.254/latest", &strict), Err(GuardError::Forbidden { .. })));
-        assert!(matches!(check("http://[::1]/", &strict), Err(GuardError::Forbidden { .. })));
-        assert!(matches!(check("ftp://example.com/", &strict), Err(GuardError::Scheme(_))));
-        assert!(matches!(check("not a url", &strict), Err(GuardError::Url(_))));
+        assert!(matches!(
+            check("http://127.0.0.1:9/x", &strict),
+            Err(GuardError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            check("http://169.254.169.254/latest", &strict),
+            Err(GuardError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            check("http://[::1]/", &strict),
+            Err(GuardError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            check("ftp://example.com/", &strict),
+            Err(GuardError::Scheme(_))
+        ));
+        assert!(matches!(
+            check("not a url", &strict),
+            Err(GuardError::Url(_))
+        ));
         assert_eq!(check("https://example.com/hook", &strict), Ok(()));
-        let listed = Policy { allow_private: false, allow_hosts: vec!["127.0.0.1".into()] };
+        let listed = Policy {
+            allow_private: false,
+            allow_hosts: vec!["127.0.0.1".into()],
+        };
         assert_eq!(check("http://127.0.0.1:9/x", &listed), Ok(()));
-        assert_eq!(check("http://10.0.0.1/", &Policy { allow_private: true, ..Policy::default() }), Ok(()));
+        assert_eq!(
+            check(
+                "http://10.0.0.1/",
+                &Policy {
+                    allow_private: true,
+                    ..Policy::default()
+                }
+            ),
+            Ok(())
+        );
     }
 }

@@ -80,7 +80,9 @@ pub struct UpdateEndpoint {
 
 mod double_option {
     use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<Vec<String>>>, D::Error> {
         Ok(Some(Option::deserialize(d)?))
     }
 }
@@ -97,10 +99,21 @@ struct Live {
 
 impl Live {
     fn new(endpoint: Endpoint) -> Result<Live, WebhookError> {
-        let secret = Secret::parse(&endpoint.secret).map_err(|e| WebhookError::Invalid(e.to_string()))?;
-        let previous = endpoint.previous_secret.as_deref().and_then(|s| Secret::parse(s).ok());
-        let filter = Filter::parse(endpoint.channels.iter().map(String::as_str)).map_err(|e| WebhookError::Invalid(e.to_string()))?;
-        Ok(Live { endpoint, secret, previous, filter, stop: CancellationToken::new() })
+        let secret =
+            Secret::parse(&endpoint.secret).map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        let previous = endpoint
+            .previous_secret
+            .as_deref()
+            .and_then(|s| Secret::parse(s).ok());
+        let filter = Filter::parse(endpoint.channels.iter().map(String::as_str))
+            .map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        Ok(Live {
+            endpoint,
+            secret,
+            previous,
+            filter,
+            stop: CancellationToken::new(),
+        })
     }
 
     fn wants_type(&self, kind: Option<&str>) -> bool {
@@ -151,7 +164,10 @@ impl Webhooks {
         attempt_retention: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<Webhooks>, WebhookError> {
-        let policy = Policy { allow_private: config.allow_private, allow_hosts: config.allow_hosts.clone() };
+        let policy = Policy {
+            allow_private: config.allow_private,
+            allow_hosts: config.allow_hosts.clone(),
+        };
         let service = Arc::new(Webhooks {
             deliverer: Deliverer::new(policy, config.timeout),
             store,
@@ -179,7 +195,11 @@ impl Webhooks {
 
     fn install(self: &Arc<Self>, endpoint: Endpoint) -> Result<Arc<Live>, WebhookError> {
         let live = Arc::new(Live::new(endpoint)?);
-        let old = self.live.write().expect("webhook map").insert(live.endpoint.id.clone(), live.clone());
+        let old = self
+            .live
+            .write()
+            .expect("webhook map")
+            .insert(live.endpoint.id.clone(), live.clone());
         if let Some(old) = old {
             old.stop.cancel();
         }
@@ -191,11 +211,22 @@ impl Webhooks {
     }
 
     fn get_live(&self, id: &str) -> Result<Arc<Live>, WebhookError> {
-        self.live.read().expect("webhook map").get(id).cloned().ok_or_else(|| WebhookError::NotFound(id.to_string()))
+        self.live
+            .read()
+            .expect("webhook map")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| WebhookError::NotFound(id.to_string()))
     }
 
     pub fn list(&self) -> Vec<Endpoint> {
-        let mut out: Vec<Endpoint> = self.live.read().expect("webhook map").values().map(|l| l.endpoint.clone()).collect();
+        let mut out: Vec<Endpoint> = self
+            .live
+            .read()
+            .expect("webhook map")
+            .values()
+            .map(|l| l.endpoint.clone())
+            .collect();
         out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         out
     }
@@ -205,7 +236,7 @@ impl Webhooks {
     }
 
     pub fn pending(&self, id: &str) -> Result<usize, WebhookError> {
-        Ok(self.store.pending_count(id)?)
+        Ok(self.store.pending_count(id))
     }
 
     pub async fn create(self: &Arc<Self>, req: CreateEndpoint) -> Result<Endpoint, WebhookError> {
@@ -220,7 +251,13 @@ impl Webhooks {
         };
         let mut id_bytes = [0u8; 10];
         getrandom::fill(&mut id_bytes).expect("OS random source");
-        let id: String = format!("wh_{}", id_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let id: String = format!(
+            "wh_{}",
+            id_bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
         let endpoint = Endpoint {
             id,
             url: req.url,
@@ -243,7 +280,11 @@ impl Webhooks {
         Ok(endpoint)
     }
 
-    pub async fn update(self: &Arc<Self>, id: &str, req: UpdateEndpoint) -> Result<Endpoint, WebhookError> {
+    pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        req: UpdateEndpoint,
+    ) -> Result<Endpoint, WebhookError> {
         let mut endpoint = self.get(id)?;
         if let Some(url) = req.url {
             self.check_url(&url).await?;
@@ -278,7 +319,12 @@ impl Webhooks {
     }
 
     pub fn delete(&self, id: &str) -> Result<(), WebhookError> {
-        let live = self.live.write().expect("webhook map").remove(id).ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
+        let live = self
+            .live
+            .write()
+            .expect("webhook map")
+            .remove(id)
+            .ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
         live.stop.cancel();
         self.store.delete_endpoint(id)?;
         Ok(())
@@ -287,14 +333,24 @@ impl Webhooks {
     /// Replaces the secret; the old one keeps signing beside it for `rotation_overlap`.
     pub fn rotate(self: &Arc<Self>, id: &str) -> Result<Endpoint, WebhookError> {
         let mut endpoint = self.get(id)?;
-        endpoint.previous_secret = Some(std::mem::replace(&mut endpoint.secret, Secret::generate().as_str().to_string()));
-        endpoint.previous_expires_ms = Some(now_ms() + self.config.rotation_overlap.as_millis() as u64);
+        endpoint.previous_secret = Some(std::mem::replace(
+            &mut endpoint.secret,
+            Secret::generate().as_str().to_string(),
+        ));
+        endpoint.previous_expires_ms =
+            Some(now_ms() + self.config.rotation_overlap.as_millis() as u64);
         self.store.put_endpoint(&endpoint, None)?;
         self.install(endpoint.clone())?;
         Ok(endpoint)
     }
 
-    pub fn attempts(&self, id: &str, after: u64, status: Option<&str>, limit: usize) -> Result<Vec<Attempt>, WebhookError> {
+    pub fn attempts(
+        &self,
+        id: &str,
+        after: u64,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, WebhookError> {
         self.get_live(id)?;
         Ok(self.store.attempts(id, after, status, limit)?)
     }
@@ -327,7 +383,8 @@ impl Webhooks {
                 .filter(|e| e.seq <= until && live.wants_type(e.kind.as_deref()))
                 .map(|e| e.seq)
                 .collect();
-            self.store.enqueue(&live.endpoint.id, &seqs, None, now_ms())?;
+            self.store
+                .enqueue(&live.endpoint.id, &seqs, None, now_ms())?;
             self.wake.notify_one();
             if page.end || page.next <= after {
                 break;
@@ -342,7 +399,9 @@ impl Webhooks {
     async fn check_url(&self, url: &str) -> Result<(), WebhookError> {
         let parsed = self.deliverer.policy().check_url(url)?;
         if let Some(url::Host::Domain(host)) = parsed.host() {
-            if let Ok(addrs) = tokio::net::lookup_host((host, parsed.port_or_known_default().unwrap_or(80))).await {
+            if let Ok(addrs) =
+                tokio::net::lookup_host((host, parsed.port_or_known_default().unwrap_or(80))).await
+            {
                 for addr in addrs {
                     self.deliverer.policy().check_addr(host, addr.ip())?;
                 }
@@ -363,7 +422,9 @@ impl Webhooks {
                     continue;
                 }
             };
-            let mut sub = self.hub.subscribe(live.filter.clone(), Some(cursor), CancellationToken::new());
+            let mut sub =
+                self.hub
+                    .subscribe(live.filter.clone(), Some(cursor), CancellationToken::new());
             loop {
                 let first = tokio::select! {
                     _ = live.stop.cancelled() => return,
@@ -445,40 +506,65 @@ impl Webhooks {
     }
 
     fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), LogError> {
-        let due = self.store.due(now, SCAN)?;
+        let due = self.store.due(now, SCAN);
+        let enabled = self
+            .live
+            .read()
+            .expect("webhook map")
+            .values()
+            .filter(|l| l.endpoint.enabled)
+            .count();
         let mut saturated: HashSet<String> = HashSet::new();
-        for (id, task) in due {
+        for (at, id, seq) in due {
+            let id: String = id.to_string();
+            if saturated.len() >= enabled {
+                break; // every endpoint is busy: nothing more can go out in this pass
+            }
             if saturated.contains(&id) {
                 continue;
             }
-            let Some(live) = self.live.read().expect("webhook map").get(&id).cloned() else { continue };
+            let Some(live) = self.live.read().expect("webhook map").get(&id).cloned() else {
+                continue;
+            };
             if !live.endpoint.enabled {
                 saturated.insert(id);
                 continue;
             }
-            let limit = if live.endpoint.ordered { 1 } else { self.config.max_in_flight_per_endpoint.max(1) };
-            {
+            let limit = if live.endpoint.ordered {
+                1
+            } else {
+                self.config.max_in_flight_per_endpoint.max(1)
+            };
+            let task = {
                 let mut f = self.in_flight.lock().expect("in-flight lock");
                 if f.total >= self.config.max_in_flight.max(1) {
                     return Ok(());
                 }
-                if f.tasks.contains(&(id.clone(), task.seq)) {
+                if f.tasks.contains(&(id.clone(), seq)) {
                     continue;
                 }
                 if f.per_endpoint.get(&id).copied().unwrap_or(0) >= limit {
                     saturated.insert(id);
                     continue;
                 }
+                // Checked under the lock and after the in-flight check: a finished attempt
+                // updates the store before it leaves the in-flight set, so a task that just
+                // went out and came back is seen as done here, never sent twice.
+                let task = match self.store.task(&id, seq) {
+                    Some(task) if task.next_at_ms == at => task,
+                    _ => continue,
+                };
                 if live.endpoint.ordered {
                     // Only the head goes out; it is retried until it resolves.
-                    if self.store.head_task(&id)?.map(|t| t.seq) != Some(task.seq) {
+                    if self.store.head_task(&id).map(|t| t.seq) != Some(seq) {
                         continue;
                     }
                 }
                 f.total += 1;
                 *f.per_endpoint.entry(id.clone()).or_default() += 1;
-                f.tasks.insert((id.clone(), task.seq));
-            }
+                f.tasks.insert((id.clone(), seq));
+                task
+            };
             self.tasks.spawn(self.clone().attempt(live, task));
         }
         Ok(())
@@ -531,10 +617,19 @@ impl Webhooks {
         };
         let outcome = self.deliverer.send(message, now / 1000).await;
         let now = now_ms();
-        metrics::histogram!("herald_webhook_delivery_seconds").record(outcome.duration.as_secs_f64());
+        metrics::histogram!("herald_webhook_delivery_seconds")
+            .record(outcome.duration.as_secs_f64());
         if outcome.delivered() {
-            metrics::counter!("herald_webhook_attempts_total", "outcome" => "delivered").increment(1);
-            self.record(live, task, &outcome, "delivered", None, Resolution::Delivered)?;
+            metrics::counter!("herald_webhook_attempts_total", "outcome" => "delivered")
+                .increment(1);
+            self.record(
+                live,
+                task,
+                &outcome,
+                "delivered",
+                None,
+                Resolution::Delivered,
+            )?;
             if endpoint.failing_since_ms.is_some() {
                 self.mark(endpoint.id.as_str(), |e| e.failing_since_ms = None)?;
             }
@@ -553,7 +648,10 @@ impl Webhooks {
         }
         if now.saturating_sub(failing_since) >= self.config.disable_after.as_millis() as u64 {
             self.record(live, task, &outcome, "disabled", None, Resolution::Keep)?;
-            self.disable(&endpoint.id, "failing continuously for longer than webhooks.disable_after")?;
+            self.disable(
+                &endpoint.id,
+                "failing continuously for longer than webhooks.disable_after",
+            )?;
             return Ok(());
         }
         let made = task.attempts + 1;
@@ -561,14 +659,31 @@ impl Webhooks {
             Some(delay) => {
                 let delay = outcome.retry_after.unwrap_or_else(|| jitter(**delay));
                 let next_at = now + delay.as_millis() as u64;
-                self.record(live, task, &outcome, "retrying", Some(next_at), Resolution::Retry { next_at_ms: next_at })?;
+                self.record(
+                    live,
+                    task,
+                    &outcome,
+                    "retrying",
+                    Some(next_at),
+                    Resolution::Retry {
+                        next_at_ms: next_at,
+                    },
+                )?;
             }
             None => self.record(live, task, &outcome, "failed", None, Resolution::Failed)?,
         }
         Ok(())
     }
 
-    fn record(&self, live: &Live, task: Task, outcome: &Outcome, status: &str, next_at: Option<u64>, resolution: Resolution) -> Result<(), WebhookError> {
+    fn record(
+        &self,
+        live: &Live,
+        task: Task,
+        outcome: &Outcome,
+        status: &str,
+        next_at: Option<u64>,
+        resolution: Resolution,
+    ) -> Result<(), WebhookError> {
         let now = now_ms();
         let attempt = Attempt {
             id: 0,
@@ -583,14 +698,17 @@ impl Webhooks {
             next_attempt: next_at.map(format_time),
             response_body: outcome.body.clone(),
         };
-        self.store.finish(&live.endpoint.id, task, attempt, resolution)?;
+        self.store
+            .finish(&live.endpoint.id, task, attempt, resolution)?;
         Ok(())
     }
 
     /// Applies a change to the stored endpoint (not restarting its enqueuer).
     fn mark(&self, id: &str, change: impl FnOnce(&mut Endpoint)) -> Result<(), WebhookError> {
         let mut map = self.live.write().expect("webhook map");
-        let Some(live) = map.get(id) else { return Ok(()) };
+        let Some(live) = map.get(id) else {
+            return Ok(());
+        };
         let mut endpoint = live.endpoint.clone();
         change(&mut endpoint);
         self.store.put_endpoint(&endpoint, None)?;
@@ -628,7 +746,9 @@ fn jitter(delay: Duration) -> Duration {
 
 fn validate_channels(channels: &[String]) -> Result<(), WebhookError> {
     if channels.is_empty() {
-        return Err(WebhookError::Invalid("channels must name at least one channel or pattern".into()));
+        return Err(WebhookError::Invalid(
+            "channels must name at least one channel or pattern".into(),
+        ));
     }
     for c in channels {
         Pattern::parse(c).map_err(|e| WebhookError::Invalid(e.to_string()))?;
@@ -638,7 +758,8 @@ fn validate_channels(channels: &[String]) -> Result<(), WebhookError> {
 
 fn validate_types(types: &[String]) -> Result<(), WebhookError> {
     for t in types {
-        validate_channel(t).map_err(|_| WebhookError::Invalid(format!("type {t:?} is not a valid event type")))?;
+        validate_channel(t)
+            .map_err(|_| WebhookError::Invalid(format!("type {t:?} is not a valid event type")))?;
     }
     Ok(())
 }
@@ -646,7 +767,9 @@ fn validate_types(types: &[String]) -> Result<(), WebhookError> {
 fn validate_description(d: Option<String>) -> Result<String, WebhookError> {
     let d = d.unwrap_or_default();
     if d.len() > 1000 {
-        return Err(WebhookError::Invalid("description is limited to 1000 bytes".into()));
+        return Err(WebhookError::Invalid(
+            "description is limited to 1000 bytes".into(),
+        ));
     }
     Ok(d)
 }

@@ -31,14 +31,20 @@ impl Secret {
         if !(24..=64).contains(&key.len()) {
             return Err(SecretError);
         }
-        Ok(Secret { text: text.to_string(), key })
+        Ok(Secret {
+            text: text.to_string(),
+            key,
+        })
     }
 
     /// A new secret of 32 random bytes from the OS.
     pub fn generate() -> Secret {
         let mut key = vec![0u8; 32];
         getrandom::fill(&mut key).expect("OS random source");
-        Secret { text: format!("{PREFIX}{}", STANDARD.encode(&key)), key }
+        Secret {
+            text: format!("{PREFIX}{}", STANDARD.encode(&key)),
+            key,
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,7 +66,11 @@ impl Secret {
 /// The `webhook-signature` header value: one signature per secret, space-separated (several
 /// during a rotation, so receivers holding either secret verify).
 pub fn signature_header(secrets: &[&Secret], id: &str, timestamp: u64, body: &[u8]) -> String {
-    secrets.iter().map(|s| s.sign(id, timestamp, body)).collect::<Vec<_>>().join(" ")
+    secrets
+        .iter()
+        .map(|s| s.sign(id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -71,7 +81,11 @@ mod tests {
     #[test]
     fn standard_webhooks_test_vector() {
         let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let signature = secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        let signature = secret.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 
@@ -80,7 +94,13 @@ mod tests {
         let s = Secret::generate();
         assert!(s.as_str().starts_with("whsec_"));
         assert_eq!(Secret::parse(s.as_str()).unwrap(), s);
-        for bad in ["", "whsec_", "whsec_!!!", "nope_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2hvcnQ="] {
+        for bad in [
+            "",
+            "whsec_",
+            "whsec_!!!",
+            "nope_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_c2hvcnQ=",
+        ] {
             assert_eq!(Secret::parse(bad), Err(SecretError), "{bad}");
         }
         assert_eq!(format!("{s:?}"), "Secret(..)");

@@ -3,15 +3,20 @@
 //!
 //! Enqueuing writes the tasks and the endpoint's cursor in one atomic batch, so after a crash
 //! either both exist or neither does, and the enqueuer re-reads the log from the cursor: no
-//! event is dropped, none is queued twice. Partitions:
+//! event is dropped, none is queued twice.
+//!
+//! Pending tasks are mirrored in memory ([`Index`]): what is due and each endpoint's head are
+//! answered from there. Keeping the due-time index in the LSM store instead would make every
+//! scan wade through the tombstones of delivered tasks. Partitions:
 //! - `wh_endpoints`: id -> endpoint JSON
 //! - `wh_cursor`: id -> last seq enqueued (BE)
 //! - `wh_tasks`: id 0x00 seq -> attempts made (u32 BE) + next attempt ms (u64 BE)
-//! - `wh_due`: next attempt ms (BE) + id 0x00 seq -> empty (what is due, in time order)
 //! - `wh_failed`: id 0x00 seq -> attempts made (u32 BE)
 //! - `wh_attempts`: id 0x00 attempt number (BE) -> attempt JSON
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle};
 use serde::{Deserialize, Serialize};
@@ -76,17 +81,52 @@ pub struct WebhookStore {
     endpoints: PartitionHandle,
     cursors: PartitionHandle,
     tasks: PartitionHandle,
-    due: PartitionHandle,
     failed: PartitionHandle,
     attempts: PartitionHandle,
     /// Next attempt id; attempt ids increase across the whole store.
-    next_attempt: std::sync::Arc<AtomicU64>,
+    next_attempt: Arc<AtomicU64>,
+    index: Arc<Mutex<Index>>,
+}
+
+/// The in-memory mirror of `wh_tasks`. Updated after each store commit, under its lock.
+#[derive(Default)]
+struct Index {
+    /// (due ms, endpoint, seq), in time order.
+    due: BTreeSet<(u64, Arc<str>, u64)>,
+    /// endpoint -> seq -> (attempts made, next attempt ms)
+    tasks: HashMap<Arc<str>, BTreeMap<u64, (u32, u64)>>,
+}
+
+impl Index {
+    fn put(&mut self, id: &str, seq: u64, attempts: u32, at: u64) {
+        let key: Arc<str> = Arc::from(id);
+        let tasks = self.tasks.entry(key.clone()).or_default();
+        if let Some((_, old_at)) = tasks.insert(seq, (attempts, at)) {
+            self.due.remove(&(old_at, key.clone(), seq));
+        }
+        self.due.insert((at, key, seq));
+    }
+
+    fn remove(&mut self, id: &str, seq: u64) {
+        let Some(tasks) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some((_, at)) = tasks.remove(&seq) else {
+            return;
+        };
+        if tasks.is_empty() {
+            self.tasks.remove(id);
+        }
+        self.due.remove(&(at, Arc::from(id), seq));
+    }
 }
 
 /// How a finished attempt changes the task.
 pub enum Resolution {
     Delivered,
-    Retry { next_at_ms: u64 },
+    Retry {
+        next_at_ms: u64,
+    },
     Failed,
     /// Leave the task pending as is (the endpoint got disabled).
     Keep,
@@ -97,12 +137,6 @@ pub fn task_key(endpoint: &str, seq: u64) -> Vec<u8> {
     k.extend_from_slice(endpoint.as_bytes());
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn due_key(at_ms: u64, endpoint: &str, seq: u64) -> Vec<u8> {
-    let mut k = at_ms.to_be_bytes().to_vec();
-    k.extend_from_slice(&task_key(endpoint, seq));
     k
 }
 
@@ -150,12 +184,21 @@ impl WebhookStore {
             endpoints: open("wh_endpoints")?,
             cursors: open("wh_cursor")?,
             tasks: open("wh_tasks")?,
-            due: open("wh_due")?,
             failed: open("wh_failed")?,
             attempts: open("wh_attempts")?,
             next_attempt: Default::default(),
+            index: Default::default(),
             keyspace,
         };
+        {
+            let mut index = store.index.lock().expect("webhook index");
+            for item in store.tasks.iter() {
+                let (k, v) = item?;
+                if let Some((id, seq)) = split_task_key(&k) {
+                    index.put(&id, seq, be_u32(&v[..4]), be_u64(&v[4..12]));
+                }
+            }
+        }
         // Attempt keys end in the attempt id, so each endpoint's last key holds its highest.
         let mut max = 0;
         for endpoint in store.endpoints()? {
@@ -181,7 +224,11 @@ impl WebhookStore {
     /// Saves an endpoint; `cursor` (the seq it starts after) is set only when given.
     pub fn put_endpoint(&self, endpoint: &Endpoint, cursor: Option<u64>) -> Result<(), LogError> {
         let mut batch = self.keyspace.batch();
-        batch.insert(&self.endpoints, endpoint.id.as_bytes(), serde_json::to_vec(endpoint).map_err(json_err)?);
+        batch.insert(
+            &self.endpoints,
+            endpoint.id.as_bytes(),
+            serde_json::to_vec(endpoint).map_err(json_err)?,
+        );
         if let Some(c) = cursor {
             batch.insert(&self.cursors, endpoint.id.as_bytes(), c.to_be_bytes());
         }
@@ -189,7 +236,11 @@ impl WebhookStore {
     }
 
     pub fn cursor(&self, id: &str) -> Result<u64, LogError> {
-        Ok(self.cursors.get(id.as_bytes())?.map(|v| be_u64(&v)).unwrap_or(0))
+        Ok(self
+            .cursors
+            .get(id.as_bytes())?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
     }
 
     /// Deletes an endpoint with its cursor, tasks, failures and attempts.
@@ -197,103 +248,113 @@ impl WebhookStore {
         let mut batch = self.keyspace.batch();
         batch.remove(&self.endpoints, id.as_bytes());
         batch.remove(&self.cursors, id.as_bytes());
-        for item in self.tasks.prefix(prefix(id)) {
-            let (k, v) = item?;
-            if let Some((_, seq)) = split_task_key(&k) {
-                batch.remove(&self.due, due_key(be_u64(&v[4..12]), id, seq));
-            }
-            batch.remove(&self.tasks, k);
+        let mut index = self.index.lock().expect("webhook index");
+        let seqs: Vec<u64> = index
+            .tasks
+            .get(id)
+            .map(|t| t.keys().copied().collect())
+            .unwrap_or_default();
+        for &seq in &seqs {
+            batch.remove(&self.tasks, task_key(id, seq));
         }
         for partition in [&self.failed, &self.attempts] {
             for item in partition.prefix(prefix(id)) {
                 batch.remove(partition, item?.0);
             }
         }
-        Ok(batch.commit()?)
+        batch.commit()?;
+        for seq in seqs {
+            index.remove(id, seq);
+        }
+        Ok(())
     }
 
     /// Queues `seqs` for `id` (due now) and moves its cursor, atomically. Re-queuing a seq
     /// resets its attempts and takes it out of the failed set (replay).
-    pub fn enqueue(&self, id: &str, seqs: &[u64], cursor: Option<u64>, now_ms: u64) -> Result<(), LogError> {
+    pub fn enqueue(
+        &self,
+        id: &str,
+        seqs: &[u64],
+        cursor: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), LogError> {
         let mut batch = self.keyspace.batch();
         for &seq in seqs {
             let key = task_key(id, seq);
             batch.insert(&self.tasks, key.clone(), task_value(0, now_ms));
-            batch.insert(&self.due, due_key(now_ms, id, seq), []);
             batch.remove(&self.failed, key);
         }
         if let Some(c) = cursor {
             batch.insert(&self.cursors, id.as_bytes(), c.to_be_bytes());
         }
-        Ok(batch.commit()?)
+        let mut index = self.index.lock().expect("webhook index");
+        batch.commit()?;
+        for &seq in seqs {
+            index.put(id, seq, 0, now_ms);
+        }
+        Ok(())
     }
 
-    /// Due entries up to `now_ms`, oldest first, at most `limit`. Entries whose task has moved
-    /// on (a stale index entry) are cleaned up and skipped.
-    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(String, Task)>, LogError> {
-        let mut out = Vec::new();
-        let mut stale = Vec::new();
-        let end = (now_ms + 1).to_be_bytes();
-        for item in self.due.range(..end.to_vec()) {
-            let (k, _) = item?;
-            let at = be_u64(&k[..8]);
-            let Some((id, seq)) = split_task_key(&k[8..]) else { continue };
-            match self.task(&id, seq)? {
-                Some(task) if task.next_at_ms == at => out.push((id, task)),
-                _ => stale.push(k),
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        if !stale.is_empty() {
-            let mut batch = self.keyspace.batch();
-            for k in stale {
-                batch.remove(&self.due, k);
-            }
-            batch.commit()?;
-        }
-        Ok(out)
+    /// What is due by `now_ms`, oldest first, at most `limit`, as `(due ms, endpoint, seq)`.
+    /// A snapshot: check with [`WebhookStore::task`] before acting on an entry.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<(u64, Arc<str>, u64)> {
+        let index = self.index.lock().expect("webhook index");
+        index
+            .due
+            .iter()
+            .take_while(|(at, _, _)| *at <= now_ms)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
-    pub fn task(&self, id: &str, seq: u64) -> Result<Option<Task>, LogError> {
-        Ok(self.tasks.get(task_key(id, seq))?.map(|v| Task { seq, attempts: be_u32(&v[..4]), next_at_ms: be_u64(&v[4..12]) }))
+    pub fn task(&self, id: &str, seq: u64) -> Option<Task> {
+        let index = self.index.lock().expect("webhook index");
+        index
+            .tasks
+            .get(id)?
+            .get(&seq)
+            .map(|&(attempts, next_at_ms)| Task {
+                seq,
+                attempts,
+                next_at_ms,
+            })
     }
 
     /// The lowest-seq pending task of an endpoint (the head, for ordered delivery).
-    pub fn head_task(&self, id: &str) -> Result<Option<Task>, LogError> {
-        match self.tasks.prefix(prefix(id)).next() {
-            Some(item) => {
-                let (k, v) = item?;
-                let (_, seq) = split_task_key(&k).ok_or_else(|| LogError::Storage("bad task key".into()))?;
-                Ok(Some(Task { seq, attempts: be_u32(&v[..4]), next_at_ms: be_u64(&v[4..12]) }))
-            }
-            None => Ok(None),
-        }
+    pub fn head_task(&self, id: &str) -> Option<Task> {
+        let index = self.index.lock().expect("webhook index");
+        let (&seq, &(attempts, next_at_ms)) = index.tasks.get(id)?.first_key_value()?;
+        Some(Task {
+            seq,
+            attempts,
+            next_at_ms,
+        })
     }
 
-    pub fn pending_count(&self, id: &str) -> Result<usize, LogError> {
-        Ok(self.tasks.prefix(prefix(id)).count())
+    pub fn pending_count(&self, id: &str) -> usize {
+        let index = self.index.lock().expect("webhook index");
+        index.tasks.get(id).map_or(0, BTreeMap::len)
     }
 
     /// Records an attempt and applies its resolution to the task, atomically.
-    pub fn finish(&self, id: &str, task: Task, mut attempt: Attempt, resolution: Resolution) -> Result<Attempt, LogError> {
+    pub fn finish(
+        &self,
+        id: &str,
+        task: Task,
+        mut attempt: Attempt,
+        resolution: Resolution,
+    ) -> Result<Attempt, LogError> {
         let mut batch = self.keyspace.batch();
         let key = task_key(id, task.seq);
         let attempts = task.attempts + 1;
         match resolution {
-            Resolution::Delivered => {
-                batch.remove(&self.tasks, key);
-                batch.remove(&self.due, due_key(task.next_at_ms, id, task.seq));
-            }
+            Resolution::Delivered => batch.remove(&self.tasks, key),
             Resolution::Retry { next_at_ms } => {
-                batch.remove(&self.due, due_key(task.next_at_ms, id, task.seq));
-                batch.insert(&self.tasks, key, task_value(attempts, next_at_ms));
-                batch.insert(&self.due, due_key(next_at_ms, id, task.seq), []);
+                batch.insert(&self.tasks, key, task_value(attempts, next_at_ms))
             }
             Resolution::Failed => {
                 batch.remove(&self.tasks, key.clone());
-                batch.remove(&self.due, due_key(task.next_at_ms, id, task.seq));
                 batch.insert(&self.failed, key, attempts.to_be_bytes());
             }
             Resolution::Keep => {}
@@ -302,13 +363,29 @@ impl WebhookStore {
         attempt.id = n;
         let mut akey = prefix(id);
         akey.extend_from_slice(&n.to_be_bytes());
-        batch.insert(&self.attempts, akey, serde_json::to_vec(&attempt).map_err(json_err)?);
+        batch.insert(
+            &self.attempts,
+            akey,
+            serde_json::to_vec(&attempt).map_err(json_err)?,
+        );
+        let mut index = self.index.lock().expect("webhook index");
         batch.commit()?;
+        match resolution {
+            Resolution::Delivered | Resolution::Failed => index.remove(id, task.seq),
+            Resolution::Retry { next_at_ms } => index.put(id, task.seq, attempts, next_at_ms),
+            Resolution::Keep => {}
+        }
         Ok(attempt)
     }
 
     /// Attempts of an endpoint with id > `after`, optionally only those with `status`.
-    pub fn attempts(&self, id: &str, after: u64, status: Option<&str>, limit: usize) -> Result<Vec<Attempt>, LogError> {
+    pub fn attempts(
+        &self,
+        id: &str,
+        after: u64,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, LogError> {
         let mut from = prefix(id);
         from.extend_from_slice(&(after.saturating_add(1)).to_be_bytes());
         let mut to = prefix(id);
@@ -350,7 +427,10 @@ impl WebhookStore {
     /// Failed tasks of an endpoint with seq > `after` (replay re-queues them).
     pub fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, LogError> {
         let mut out = Vec::new();
-        for item in self.failed.range(task_key(id, after.saturating_add(1))..=task_key(id, u64::MAX)) {
+        for item in self
+            .failed
+            .range(task_key(id, after.saturating_add(1))..=task_key(id, u64::MAX))
+        {
             if let Some((_, seq)) = split_task_key(&item?.0) {
                 out.push(seq);
             }

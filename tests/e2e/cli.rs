@@ -98,3 +98,106 @@ async fn tail_resumes_after_a_server_restart() {
         "no loss, no duplicate across the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_commands_manage_endpoints() {
+    let h = Herald::start("[webhooks]\nallow_private = true\n");
+    let receiver =
+        crate::webhooks::Receiver::start(|_, _| crate::webhooks::Reply::Status(200)).await;
+    let out = herald(
+        &[
+            "webhook",
+            "add",
+            &receiver.url(),
+            "--channel",
+            "cli",
+            "--description",
+            "from the CLI",
+        ],
+        &h,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+
+    let out = herald(&["webhook", "list"], &h);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["webhooks"][0]["id"], id.as_str());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("whsec_"));
+
+    publish_one(&h, "cli", serde_json::json!(1)).await;
+    crate::webhooks::eventually("delivery", WAIT, async || {
+        (receiver.delivered().len() == 1).then_some(())
+    })
+    .await;
+    let out = herald(&["webhook", "replay", &id, "--since", "0"], &h);
+    assert!(out.status.success());
+    crate::webhooks::eventually("replayed", WAIT, async || {
+        (receiver.count() == 2).then_some(())
+    })
+    .await;
+    let deliveries = crate::webhooks::eventually("attempt log", WAIT, async || {
+        let out = herald(&["webhook", "deliveries", &id, "--status", "delivered"], &h);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["deliveries"].as_array().unwrap().len() == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(deliveries["deliveries"][0]["seq"], 1);
+    let out = herald(&["webhook", "rotate", &id], &h);
+    let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(rotated["secret"], created["secret"]);
+    let out = herald(&["webhook", "deliveries", "wh_missing"], &h);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_webhooks_smoke() {
+    let h = Herald::start("[webhooks]\nallow_private = true\n");
+    let out = tokio::task::spawn_blocking({
+        let url = h.url("");
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args([
+                    "bench",
+                    "webhooks",
+                    "--endpoints",
+                    "3",
+                    "--events",
+                    "200",
+                    "--batch",
+                    "50",
+                    "--json",
+                ])
+                .env("HERALD_URL", url)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["deliveries"], 600);
+    assert_eq!(report["expected"], 600);
+    assert!(report["deliveries_per_sec"].as_f64().unwrap() > 0.0);
+    // The bench cleans up after itself.
+    let list: Value = http()
+        .get(h.url("/v1/webhooks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 0);
+}

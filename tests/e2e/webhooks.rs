@@ -22,11 +22,16 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn seq(&self) -> u64 {
-        serde_json::from_slice::<Value>(&self.body).unwrap()["seq"].as_u64().unwrap()
+        serde_json::from_slice::<Value>(&self.body).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
     }
 }
 
@@ -49,11 +54,24 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start(plan: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static) -> Receiver {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), Arc::default(), Arc::default(), Box::new(plan)).await
+    pub async fn start(
+        plan: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        Self::start_on(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::default(),
+            Arc::default(),
+            Box::new(plan),
+        )
+        .await
     }
 
-    async fn start_on(addr: SocketAddr, got: Arc<Mutex<Vec<Received>>>, replies: Arc<Mutex<Vec<(u64, u16)>>>, plan: Plan) -> Receiver {
+    async fn start_on(
+        addr: SocketAddr,
+        got: Arc<Mutex<Vec<Received>>>,
+        replies: Arc<Mutex<Vec<(u64, u16)>>>,
+        plan: Plan,
+    ) -> Receiver {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let plan = Arc::new(plan);
@@ -62,7 +80,10 @@ impl Receiver {
             let (got, replies, plan) = (g.clone(), r.clone(), plan.clone());
             async move {
                 let received = Received {
-                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect(),
                     body,
                 };
                 let n = {
@@ -73,8 +94,19 @@ impl Receiver {
                 let seq = received.seq();
                 let reply = plan(n, &received);
                 let (status, response): (u16, Response) = match reply {
-                    Reply::Status(s) => (s, (StatusCode::from_u16(s).unwrap(), "boom").into_response()),
-                    Reply::RetryAfter(s, secs) => (s, (StatusCode::from_u16(s).unwrap(), [("retry-after", secs.to_string())], "later").into_response()),
+                    Reply::Status(s) => (
+                        s,
+                        (StatusCode::from_u16(s).unwrap(), "boom").into_response(),
+                    ),
+                    Reply::RetryAfter(s, secs) => (
+                        s,
+                        (
+                            StatusCode::from_u16(s).unwrap(),
+                            [("retry-after", secs.to_string())],
+                            "later",
+                        )
+                            .into_response(),
+                    ),
                     Reply::Hang(d) => {
                         tokio::time::sleep(d).await;
                         (200, StatusCode::OK.into_response())
@@ -83,14 +115,21 @@ impl Receiver {
                 replies.lock().unwrap().push((seq, status));
                 // No keep-alive: a stopped receiver must refuse the next attempt.
                 let mut response = response;
-                response.headers_mut().insert("connection", "close".parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("connection", "close".parse().unwrap());
                 response
             }
         });
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Receiver { addr, got, replies, task }
+        Receiver {
+            addr,
+            got,
+            replies,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -102,7 +141,10 @@ impl Receiver {
     }
 
     /// Starts again on the same port with a new plan, keeping the records.
-    pub async fn restart(&mut self, plan: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static) {
+    pub async fn restart(
+        &mut self,
+        plan: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
+    ) {
         self.stop();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -111,10 +153,19 @@ impl Receiver {
                 drop(bind);
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "port did not free up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "port did not free up"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        *self = Self::start_on(self.addr, self.got.clone(), self.replies.clone(), Box::new(plan)).await;
+        *self = Self::start_on(
+            self.addr,
+            self.got.clone(),
+            self.replies.clone(),
+            Box::new(plan),
+        )
+        .await;
     }
 
     pub fn count(&self) -> usize {
@@ -123,7 +174,13 @@ impl Receiver {
 
     /// Seqs answered with 2xx.
     pub fn delivered(&self) -> BTreeSet<u64> {
-        self.replies.lock().unwrap().iter().filter(|(_, s)| (200..300).contains(s)).map(|(seq, _)| *seq).collect()
+        self.replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| (200..300).contains(s))
+            .map(|(seq, _)| *seq)
+            .collect()
     }
 }
 
@@ -134,26 +191,48 @@ impl Drop for Receiver {
 }
 
 /// Polls `check` until it returns Some, failing the test after WAIT (or `wait`).
-pub async fn eventually<T>(what: &str, wait: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(
+    what: &str,
+    wait: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 pub async fn create_webhook(h: &Herald, body: Value) -> (u16, Value) {
-    let r = http().post(h.url("/v1/webhooks")).json(&body).send().await.unwrap();
+    let r = http()
+        .post(h.url("/v1/webhooks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }
 
 pub async fn attempts(h: &Herald, id: &str, query: &str) -> Vec<Value> {
-    let v: Value = http().get(h.url(&format!("/v1/webhooks/{id}/deliveries?limit=1000{query}"))).send().await.unwrap().json().await.unwrap();
-    v["deliveries"].as_array().unwrap_or_else(|| panic!("{v}")).clone()
+    let v: Value = http()
+        .get(h.url(&format!("/v1/webhooks/{id}/deliveries?limit=1000{query}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["deliveries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone()
 }
 
 /// Verifies each request's signature with the `standardwebhooks` package (PyPI), an
@@ -193,21 +272,36 @@ print("OK %d" % len(requests))
     {
         Ok(c) => c,
         Err(e) => {
-            assert!(std::env::var_os("CI").is_none(), "python3 is required under CI: {e}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3 is required under CI: {e}"
+            );
             eprintln!("SKIPPED standardwebhooks check: no python3 ({e})");
             return;
         }
     };
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(serde_json::to_string(&payload).unwrap().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&payload).unwrap().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     if stdout.contains("MISSING") {
-        assert!(std::env::var_os("CI").is_none(), "install the verifier: python3 -m pip install standardwebhooks");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "install the verifier: python3 -m pip install standardwebhooks"
+        );
         eprintln!("SKIPPED standardwebhooks check: python3 -m pip install standardwebhooks");
         return;
     }
-    assert!(out.status.success(), "standardwebhooks rejected a signature: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "standardwebhooks rejected a signature: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.trim(), format!("OK {}", requests.len()));
 }
 
@@ -218,50 +312,114 @@ async fn delivers_signed_envelopes_that_verify_independently() {
     let h = Herald::start(OPEN);
     let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
     let typed = Receiver::start(|_, _| Reply::Status(200)).await;
-    let (status, created) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["orders", "user:*"], "description": "all"})).await;
+    let (status, created) = create_webhook(
+        &h,
+        json!({"url": receiver.url(), "channels": ["orders", "user:*"], "description": "all"}),
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
     let secret = created["secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_"));
-    let (_, typed_ep) = create_webhook(&h, json!({"url": typed.url(), "channels": ["*"], "types": ["order.created"]})).await;
+    let (_, typed_ep) = create_webhook(
+        &h,
+        json!({"url": typed.url(), "channels": ["*"], "types": ["order.created"]}),
+    )
+    .await;
 
-    publish(&h, json!({"channel": "orders", "type": "order.created", "data": {"total": 3}})).await;
+    publish(
+        &h,
+        json!({"channel": "orders", "type": "order.created", "data": {"total": 3}}),
+    )
+    .await;
     publish_one(&h, "elsewhere", json!(0)).await;
     publish_one(&h, "user:9", json!({"hi": "there"})).await;
 
-    eventually("two deliveries", WAIT, async || (receiver.delivered().len() == 2).then_some(())).await;
-    eventually("one typed delivery", WAIT, async || (typed.delivered().len() == 1).then_some(())).await;
+    eventually("two deliveries", WAIT, async || {
+        (receiver.delivered().len() == 2).then_some(())
+    })
+    .await;
+    eventually("one typed delivery", WAIT, async || {
+        (typed.delivered().len() == 1).then_some(())
+    })
+    .await;
     let got = receiver.got.lock().unwrap().clone();
-    let history = http().get(h.url("/v1/events?channel=*")).send().await.unwrap().text().await.unwrap();
+    let history = http()
+        .get(h.url("/v1/events?channel=*"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for r in &got {
         // Byte-identical to the envelope every other transport carries.
-        assert!(history.contains(std::str::from_utf8(&r.body).unwrap()), "{:?}", r.body);
+        assert!(
+            history.contains(std::str::from_utf8(&r.body).unwrap()),
+            "{:?}",
+            r.body
+        );
         assert_eq!(r.header("content-type"), Some("application/json"));
-        assert_eq!(r.header("webhook-id"), Some(format!("{id}_{}", r.seq()).as_str()));
+        assert_eq!(
+            r.header("webhook-id"),
+            Some(format!("{id}_{}", r.seq()).as_str())
+        );
         assert!(r.header("webhook-signature").unwrap().starts_with("v1,"));
     }
-    assert_eq!(got.iter().map(Received::seq).collect::<BTreeSet<_>>(), BTreeSet::from([1, 3]));
+    assert_eq!(
+        got.iter().map(Received::seq).collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 3])
+    );
     assert_eq!(typed.got.lock().unwrap()[0].seq(), 1);
     verify_with_standardwebhooks(&secret, &got);
-    verify_with_standardwebhooks(typed_ep["secret"].as_str().unwrap(), &typed.got.lock().unwrap());
+    verify_with_standardwebhooks(
+        typed_ep["secret"].as_str().unwrap(),
+        &typed.got.lock().unwrap(),
+    );
 
     // Reads never show the secret.
-    let list = http().get(h.url("/v1/webhooks")).send().await.unwrap().text().await.unwrap();
+    let list = http()
+        .get(h.url("/v1/webhooks"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!list.contains("whsec_"), "{list}");
-    let one: Value = http().get(h.url(&format!("/v1/webhooks/{id}"))).send().await.unwrap().json().await.unwrap();
+    let one: Value = http()
+        .get(h.url(&format!("/v1/webhooks/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(one.get("secret").is_none());
     assert_eq!(one["pending"], 0);
     let delivered = attempts(&h, &id, "&status=delivered").await;
     assert_eq!(delivered.len(), 2);
     assert_eq!(delivered[0]["status_code"], 204);
 
-    let metrics = http().get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("herald_webhook_attempts_total{outcome=\"delivered\"} 3"), "{metrics}");
+    let metrics = http()
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_webhook_attempts_total{outcome=\"delivered\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_after_500_timeout_and_refusal_then_delivers() {
-    let h = Herald::start(&format!("{OPEN}timeout = \"300ms\"\nretry_schedule = [\"200ms\", \"200ms\", \"1500ms\", \"1s\"]\n"));
+    let h = Herald::start(&format!(
+        "{OPEN}timeout = \"300ms\"\nretry_schedule = [\"200ms\", \"200ms\", \"1500ms\", \"1s\"]\n"
+    ));
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop2 = stop.clone();
     let mut receiver = Receiver::start(move |n, _| match n {
@@ -278,9 +436,15 @@ async fn retries_after_500_timeout_and_refusal_then_delivers() {
     // Second attempt hangs past the timeout; take the receiver down so the third is refused.
     stop.notified().await;
     receiver.stop();
-    eventually("three attempts", WAIT, async || (attempts(&h, &id, "").await.len() >= 3).then_some(())).await;
+    eventually("three attempts", WAIT, async || {
+        (attempts(&h, &id, "").await.len() >= 3).then_some(())
+    })
+    .await;
     receiver.restart(|_, _| Reply::Status(200)).await;
-    eventually("delivery", WAIT, async || (!receiver.delivered().is_empty()).then_some(())).await;
+    eventually("delivery", WAIT, async || {
+        (!receiver.delivered().is_empty()).then_some(())
+    })
+    .await;
 
     let log = eventually("four attempts logged", WAIT, async || {
         let a = attempts(&h, &id, "").await;
@@ -289,12 +453,27 @@ async fn retries_after_500_timeout_and_refusal_then_delivers() {
     .await;
     let statuses: Vec<&str> = log.iter().map(|a| a["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["retrying", "retrying", "retrying", "delivered"]);
-    assert_eq!(log.iter().map(|a| a["attempt"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4]);
-    assert!(log.iter().all(|a| a["seq"] == 1 && a["time"].is_string() && a["duration_ms"].is_u64()));
+    assert_eq!(
+        log.iter()
+            .map(|a| a["attempt"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(log
+        .iter()
+        .all(|a| a["seq"] == 1 && a["time"].is_string() && a["duration_ms"].is_u64()));
     assert_eq!(log[0]["status_code"], 500);
     assert_eq!(log[0]["response_body"], "boom");
-    assert!(log[1]["status_code"].is_null() && log[1]["error"].as_str().unwrap().contains("timed out"), "{}", log[1]);
-    assert!(log[2]["status_code"].is_null() && log[2]["error"].as_str().unwrap().contains("connect"), "{}", log[2]);
+    assert!(
+        log[1]["status_code"].is_null() && log[1]["error"].as_str().unwrap().contains("timed out"),
+        "{}",
+        log[1]
+    );
+    assert!(
+        log[2]["status_code"].is_null() && log[2]["error"].as_str().unwrap().contains("connect"),
+        "{}",
+        log[2]
+    );
     assert_eq!(log[3]["status_code"], 200);
     assert!(log[..3].iter().all(|a| a["next_attempt"].is_string()));
     assert!(log[3]["next_attempt"].is_null());
@@ -318,8 +497,13 @@ async fn retry_after_is_honoured_and_exhausted_retries_fail() {
     })
     .await;
     let at = |v: &Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
-    let waited = at(&log[0]["next_attempt"]).duration_since(at(&log[0]["time"])).unwrap();
-    assert!(waited >= Duration::from_millis(1990), "Retry-After: 2 must beat the 50ms schedule, got {waited:?}");
+    let waited = at(&log[0]["next_attempt"])
+        .duration_since(at(&log[0]["time"]))
+        .unwrap();
+    assert!(
+        waited >= Duration::from_millis(1990),
+        "Retry-After: 2 must beat the 50ms schedule, got {waited:?}"
+    );
     assert_eq!(log[1]["status"], "delivered");
 
     // A 503 without Retry-After exhausts the schedule: 3 attempts, then failed (kept, visible).
@@ -329,25 +513,70 @@ async fn retry_after_is_honoured_and_exhausted_retries_fail() {
         (!a.is_empty()).then_some(a)
     })
     .await;
-    assert_eq!((failed[0]["seq"].clone(), failed[0]["attempt"].clone()), (json!(2), json!(3)));
+    assert_eq!(
+        (failed[0]["seq"].clone(), failed[0]["attempt"].clone()),
+        (json!(2), json!(3))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_failing_past_the_window_is_disabled() {
+    let h = Herald::start(&format!("{OPEN}disable_after = \"300ms\"\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]\n"));
+    let receiver = Receiver::start(|_, _| Reply::Status(500)).await;
+    let (_, ep) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["d"]})).await;
+    let id = ep["id"].as_str().unwrap().to_string();
+    publish_one(&h, "d", json!(1)).await;
+    let v: Value = eventually("disabled", WAIT, async || {
+        let v: Value = http()
+            .get(h.url(&format!("/v1/webhooks/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v["enabled"] == false).then_some(v)
+    })
+    .await;
+    assert!(
+        v["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("disable_after"),
+        "{v}"
+    );
+    assert_eq!(
+        v["pending"], 1,
+        "the event stays queued for when the endpoint is re-enabled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_a_queue_of_1000_loses_no_delivery() {
-    let mut h = Herald::start(&format!("{OPEN}max_in_flight_per_endpoint = 4\n[log]\ndurability = \"os\"\n"));
+    let mut h = Herald::start(&format!(
+        "{OPEN}max_in_flight_per_endpoint = 4\n[log]\ndurability = \"os\"\n"
+    ));
     let receiver = Receiver::start(|_, _| Reply::Hang(Duration::from_millis(5))).await;
     let (_, ep) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["q"]})).await;
     let id = ep["id"].as_str().unwrap().to_string();
     for b in 0..10 {
-        let batch: Vec<Value> = (0..100).map(|i| json!({"channel": "q", "data": b * 100 + i})).collect();
+        let batch: Vec<Value> = (0..100)
+            .map(|i| json!({"channel": "q", "data": b * 100 + i}))
+            .collect();
         assert_eq!(publish(&h, Value::Array(batch)).await.0, 201);
     }
-    eventually("some deliveries", WAIT, async || (receiver.delivered().len() >= 100).then_some(())).await;
+    eventually("some deliveries", WAIT, async || {
+        (receiver.delivered().len() >= 100).then_some(())
+    })
+    .await;
     h.kill9();
     let before = receiver.delivered().len();
     assert!(before < 1000, "kill should land mid-queue");
     h.restart();
-    eventually("all 1000 delivered", Duration::from_secs(90), async || (receiver.delivered().len() == 1000).then_some(())).await;
+    eventually("all 1000 delivered", Duration::from_secs(90), async || {
+        (receiver.delivered().len() == 1000).then_some(())
+    })
+    .await;
     assert_eq!(receiver.delivered(), (1..=1000).collect());
     // The attempt log accounts for every event.
     let logged: BTreeSet<u64> = eventually("attempt log complete", WAIT, async || {
@@ -355,7 +584,9 @@ async fn sigkill_with_a_queue_of_1000_loses_no_delivery() {
         let mut after = 0;
         loop {
             let v: Value = http()
-                .get(h.url(&format!("/v1/webhooks/{id}/deliveries?status=delivered&limit=1000&after={after}")))
+                .get(h.url(&format!(
+                    "/v1/webhooks/{id}/deliveries?status=delivered&limit=1000&after={after}"
+                )))
                 .send()
                 .await
                 .unwrap()
@@ -383,23 +614,43 @@ async fn gone_disables_and_reenabling_delivers_what_waited() {
     let id = ep["id"].as_str().unwrap().to_string();
     publish_one(&h, "g", json!(1)).await;
     let disabled: Value = eventually("disabled", WAIT, async || {
-        let v: Value = http().get(h.url(&format!("/v1/webhooks/{id}"))).send().await.unwrap().json().await.unwrap();
+        let v: Value = http()
+            .get(h.url(&format!("/v1/webhooks/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         (v["enabled"] == false).then_some(v)
     })
     .await;
-    assert!(disabled["disabled_reason"].as_str().unwrap().contains("410"));
+    assert!(disabled["disabled_reason"]
+        .as_str()
+        .unwrap()
+        .contains("410"));
     assert_eq!(attempts(&h, &id, "").await[0]["status"], "disabled");
     publish_one(&h, "g", json!(2)).await;
     receiver.restart(|_, _| Reply::Status(200)).await;
-    let r = http().patch(h.url(&format!("/v1/webhooks/{id}"))).json(&json!({"enabled": true})).send().await.unwrap();
+    let r = http()
+        .patch(h.url(&format!("/v1/webhooks/{id}")))
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    eventually("both delivered", WAIT, async || (receiver.delivered() == BTreeSet::from([1, 2])).then_some(())).await;
+    eventually("both delivered", WAIT, async || {
+        (receiver.delivered() == BTreeSet::from([1, 2])).then_some(())
+    })
+    .await;
     assert_eq!(receiver.count(), 3, "one 410, then each event once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_endpoint_delivers_strictly_in_order_under_failures() {
-    let h = Herald::start(&format!("{OPEN}retry_schedule = [\"10ms\", \"10ms\", \"10ms\", \"10ms\", \"10ms\"]\n"));
+    let h = Herald::start(&format!(
+        "{OPEN}retry_schedule = [\"10ms\", \"10ms\", \"10ms\", \"10ms\", \"10ms\"]\n"
+    ));
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let max_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (f, m) = (in_flight.clone(), max_seen.clone());
@@ -408,15 +659,31 @@ async fn ordered_endpoint_delivers_strictly_in_order_under_failures() {
         let now = f.fetch_add(1, SeqCst) + 1;
         m.fetch_max(now, SeqCst);
         f.fetch_sub(1, SeqCst);
-        if n % 3 == 1 { Reply::Status(500) } else { Reply::Status(200) }
+        if n % 3 == 1 {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
     })
     .await;
-    let (_, _ep) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["o"], "ordered": true})).await;
-    let batch: Vec<Value> = (0..40).map(|i| json!({"channel": "o", "data": i})).collect();
+    let (_, _ep) = create_webhook(
+        &h,
+        json!({"url": receiver.url(), "channels": ["o"], "ordered": true}),
+    )
+    .await;
+    let batch: Vec<Value> = (0..40)
+        .map(|i| json!({"channel": "o", "data": i}))
+        .collect();
     publish(&h, Value::Array(batch)).await;
-    eventually("40 delivered", WAIT, async || (receiver.delivered().len() == 40).then_some(())).await;
+    eventually("40 delivered", WAIT, async || {
+        (receiver.delivered().len() == 40).then_some(())
+    })
+    .await;
     let replies = receiver.replies.lock().unwrap().clone();
-    assert!(replies.iter().any(|(_, s)| *s == 500), "failures were injected");
+    assert!(
+        replies.iter().any(|(_, s)| *s == 500),
+        "failures were injected"
+    );
     // Never a later seq before the earlier one succeeded; each seq retried until it did.
     let mut expected = 1;
     for (seq, status) in &replies {
@@ -436,23 +703,62 @@ async fn replay_resends_history_and_rotation_signs_with_both_secrets() {
     }
     let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
     let old_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let (_, ep) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["h"], "secret": old_secret})).await;
+    let (_, ep) = create_webhook(
+        &h,
+        json!({"url": receiver.url(), "channels": ["h"], "secret": old_secret}),
+    )
+    .await;
     let id = ep["id"].as_str().unwrap().to_string();
-    let r = http().post(h.url(&format!("/v1/webhooks/{id}/replay"))).json(&json!({"since": 0})).send().await.unwrap();
+    let r = http()
+        .post(h.url(&format!("/v1/webhooks/{id}/replay")))
+        .json(&json!({"since": 0}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    eventually("history delivered", WAIT, async || (receiver.delivered() == BTreeSet::from([1, 2, 3, 4])).then_some(())).await;
-    http().post(h.url(&format!("/v1/webhooks/{id}/replay"))).json(&json!({"since": 2})).send().await.unwrap();
-    eventually("replayed again", WAIT, async || (receiver.count() == 6).then_some(())).await;
-    let seqs: Vec<u64> = receiver.got.lock().unwrap()[4..].iter().map(Received::seq).collect();
-    assert_eq!(seqs.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([3, 4]));
+    eventually("history delivered", WAIT, async || {
+        (receiver.delivered() == BTreeSet::from([1, 2, 3, 4])).then_some(())
+    })
+    .await;
+    http()
+        .post(h.url(&format!("/v1/webhooks/{id}/replay")))
+        .json(&json!({"since": 2}))
+        .send()
+        .await
+        .unwrap();
+    eventually("replayed again", WAIT, async || {
+        (receiver.count() == 6).then_some(())
+    })
+    .await;
+    let seqs: Vec<u64> = receiver.got.lock().unwrap()[4..]
+        .iter()
+        .map(Received::seq)
+        .collect();
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([3, 4])
+    );
 
-    let rotated: Value = http().post(h.url(&format!("/v1/webhooks/{id}/rotate-secret"))).send().await.unwrap().json().await.unwrap();
+    let rotated: Value = http()
+        .post(h.url(&format!("/v1/webhooks/{id}/rotate-secret")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let new_secret = rotated["secret"].as_str().unwrap().to_string();
     assert_ne!(new_secret, old_secret);
     publish_one(&h, "h", json!(5)).await;
-    eventually("after rotation", WAIT, async || (receiver.count() == 7).then_some(())).await;
+    eventually("after rotation", WAIT, async || {
+        (receiver.count() == 7).then_some(())
+    })
+    .await;
     let last = receiver.got.lock().unwrap()[6].clone();
-    assert_eq!(last.header("webhook-signature").unwrap().split(' ').count(), 2);
+    assert_eq!(
+        last.header("webhook-signature").unwrap().split(' ').count(),
+        2
+    );
     verify_with_standardwebhooks(&new_secret, std::slice::from_ref(&last));
     verify_with_standardwebhooks(old_secret, std::slice::from_ref(&last));
 }
@@ -463,31 +769,64 @@ async fn private_and_metadata_destinations_are_refused_by_default() {
     let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
     for (url, kind) in [
         ("http://127.0.0.1:9/hook".to_string(), "loopback"),
-        ("http://169.254.169.254/latest/meta-data".to_string(), "cloud metadata"),
+        (
+            "http://169.254.169.254/latest/meta-data".to_string(),
+            "cloud metadata",
+        ),
         ("http://10.0.0.8/x".to_string(), "private"),
-        (format!("http://localhost:{}/hook", receiver.addr.port()), "loopback"),
+        (
+            format!("http://localhost:{}/hook", receiver.addr.port()),
+            "loopback",
+        ),
     ] {
         let (status, reply) = create_webhook(&h, json!({"url": url, "channels": ["*"]})).await;
         assert_error(status, &reply, 400, "forbidden_url");
-        assert!(reply["error"]["message"].as_str().unwrap().contains(kind), "{reply}");
+        assert!(
+            reply["error"]["message"].as_str().unwrap().contains(kind),
+            "{reply}"
+        );
     }
     for (body, code) in [
-        (json!({"url": "ftp://example.com/", "channels": ["*"]}), "forbidden_url"),
-        (json!({"url": "https://example.com/", "channels": []}), "invalid_webhook"),
-        (json!({"url": "https://example.com/", "channels": ["bad name"]}), "invalid_webhook"),
-        (json!({"url": "https://example.com/", "channels": ["*"], "secret": "nope"}), "invalid_webhook"),
+        (
+            json!({"url": "ftp://example.com/", "channels": ["*"]}),
+            "forbidden_url",
+        ),
+        (
+            json!({"url": "https://example.com/", "channels": []}),
+            "invalid_webhook",
+        ),
+        (
+            json!({"url": "https://example.com/", "channels": ["bad name"]}),
+            "invalid_webhook",
+        ),
+        (
+            json!({"url": "https://example.com/", "channels": ["*"], "secret": "nope"}),
+            "invalid_webhook",
+        ),
         (json!({"channels": ["*"]}), "invalid_webhook"),
     ] {
         let (status, reply) = create_webhook(&h, body).await;
         assert_error(status, &reply, 400, code);
     }
-    let r = http().get(h.url("/v1/webhooks/wh_nope")).send().await.unwrap();
-    assert_error(r.status().as_u16(), &r.json().await.unwrap(), 404, "not_found");
+    let r = http()
+        .get(h.url("/v1/webhooks/wh_nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        r.status().as_u16(),
+        &r.json().await.unwrap(),
+        404,
+        "not_found",
+    );
 
     // An allowlisted host is permitted.
     let h = Herald::start("[webhooks]\nallow_hosts = [\"127.0.0.1\"]\n");
     let (status, _) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["*"]})).await;
     assert_eq!(status, 201);
     publish_one(&h, "x", json!(1)).await;
-    eventually("allowlisted delivery", WAIT, async || (receiver.delivered().len() == 1).then_some(())).await;
+    eventually("allowlisted delivery", WAIT, async || {
+        (receiver.delivered().len() == 1).then_some(())
+    })
+    .await;
 }
