@@ -26,12 +26,10 @@ use deliver::{Deliverer, Message, Outcome};
 use guard::{GuardError, Policy};
 use sign::Secret;
 pub use store::{Attempt, Endpoint, WebhookStore};
-use store::{Resolution, Task};
+use store::{Resolution, Step, Task};
 
 /// Most events folded into one enqueue batch.
 const ENQUEUE_BATCH: usize = 1000;
-/// Most due entries looked at per scheduling pass.
-const SCAN: usize = 20_000;
 /// Scheduling passes happen at least this often (retries come due without a wake-up).
 const POLL: Duration = Duration::from_millis(50);
 
@@ -506,65 +504,43 @@ impl Webhooks {
     }
 
     fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), LogError> {
-        let due = self.store.due(now, SCAN);
-        let enabled = self
-            .live
-            .read()
-            .expect("webhook map")
-            .values()
-            .filter(|l| l.endpoint.enabled)
-            .count();
+        let live_map = self.live.read().expect("webhook map").clone();
+        let enabled = live_map.values().filter(|l| l.endpoint.enabled).count();
+        let max_total = self.config.max_in_flight.max(1);
         let mut saturated: HashSet<String> = HashSet::new();
-        for (at, id, seq) in due {
-            let id: String = id.to_string();
+        let mut ready: Vec<(Arc<Live>, Task)> = Vec::new();
+        self.store.scan_due(now, |id, task, is_head| {
             if saturated.len() >= enabled {
-                break; // every endpoint is busy: nothing more can go out in this pass
+                return Step::Stop; // every endpoint is busy: nothing more can go out now
             }
-            if saturated.contains(&id) {
-                continue;
+            let Some(live) = live_map.get(id).filter(|l| l.endpoint.enabled) else {
+                saturated.insert(id.to_string());
+                return Step::SkipEndpoint;
+            };
+            let limit = if live.endpoint.ordered { 1 } else { self.config.max_in_flight_per_endpoint.max(1) };
+            let mut f = self.in_flight.lock().expect("in-flight lock");
+            if f.total >= max_total {
+                return Step::Stop;
             }
-            let Some(live) = self.live.read().expect("webhook map").get(&id).cloned() else {
-                continue;
-            };
-            if !live.endpoint.enabled {
-                saturated.insert(id);
-                continue;
+            let busy = f.per_endpoint.get(id).copied().unwrap_or(0);
+            if busy >= limit {
+                saturated.insert(id.to_string());
+                return Step::SkipEndpoint;
             }
-            let limit = if live.endpoint.ordered {
-                1
-            } else {
-                self.config.max_in_flight_per_endpoint.max(1)
-            };
-            let task = {
-                let mut f = self.in_flight.lock().expect("in-flight lock");
-                if f.total >= self.config.max_in_flight.max(1) {
-                    return Ok(());
-                }
-                if f.tasks.contains(&(id.clone(), seq)) {
-                    continue;
-                }
-                if f.per_endpoint.get(&id).copied().unwrap_or(0) >= limit {
-                    saturated.insert(id);
-                    continue;
-                }
-                // Checked under the lock and after the in-flight check: a finished attempt
-                // updates the store before it leaves the in-flight set, so a task that just
-                // went out and came back is seen as done here, never sent twice.
-                let task = match self.store.task(&id, seq) {
-                    Some(task) if task.next_at_ms == at => task,
-                    _ => continue,
-                };
-                if live.endpoint.ordered {
-                    // Only the head goes out; it is retried until it resolves.
-                    if self.store.head_task(&id).map(|t| t.seq) != Some(seq) {
-                        continue;
-                    }
-                }
-                f.total += 1;
-                *f.per_endpoint.entry(id.clone()).or_default() += 1;
-                f.tasks.insert((id.clone(), seq));
-                task
-            };
+            if f.tasks.contains(&(id.to_string(), task.seq)) {
+                return Step::Next;
+            }
+            // Ordered endpoints send only their head, retried until it resolves.
+            if live.endpoint.ordered && !is_head {
+                return Step::SkipEndpoint;
+            }
+            f.total += 1;
+            *f.per_endpoint.entry(id.to_string()).or_default() += 1;
+            f.tasks.insert((id.to_string(), task.seq));
+            ready.push((live.clone(), task));
+            Step::Next
+        });
+        for (live, task) in ready {
             self.tasks.spawn(self.clone().attempt(live, task));
         }
         Ok(())

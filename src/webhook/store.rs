@@ -121,6 +121,13 @@ impl Index {
     }
 }
 
+/// What [`WebhookStore::scan_due`] does after visiting a task.
+pub enum Step {
+    Next,
+    SkipEndpoint,
+    Stop,
+}
+
 /// How a finished attempt changes the task.
 pub enum Resolution {
     Delivered,
@@ -295,17 +302,27 @@ impl WebhookStore {
         Ok(())
     }
 
-    /// What is due by `now_ms`, oldest first, at most `limit`, as `(due ms, endpoint, seq)`.
-    /// A snapshot: check with [`WebhookStore::task`] before acting on an entry.
-    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<(u64, Arc<str>, u64)> {
+    /// Visits what is due by `now_ms`, oldest first, under the index lock (so every task seen
+    /// is current). The visitor may skip the rest of an endpoint's run (a seek, not a scan: a
+    /// busy endpoint with a long backlog costs nothing) or stop. `is_head` tells whether the
+    /// task is its endpoint's lowest pending seq.
+    pub fn scan_due(&self, now_ms: u64, mut visit: impl FnMut(&str, Task, bool) -> Step) {
+        use std::ops::Bound::{Excluded, Unbounded};
         let index = self.index.lock().expect("webhook index");
-        index
-            .due
-            .iter()
-            .take_while(|(at, _, _)| *at <= now_ms)
-            .take(limit)
-            .cloned()
-            .collect()
+        let mut from: std::ops::Bound<(u64, Arc<str>, u64)> = Unbounded;
+        while let Some((at, id, seq)) = index.due.range((from, Unbounded)).next().cloned() {
+            if at > now_ms {
+                break;
+            }
+            let tasks = &index.tasks[&id];
+            let &(attempts, next_at_ms) = &tasks[&seq];
+            let is_head = tasks.first_key_value().is_some_and(|(s, _)| *s == seq);
+            from = match visit(&id, Task { seq, attempts, next_at_ms }, is_head) {
+                Step::Next => Excluded((at, id, seq)),
+                Step::SkipEndpoint => Excluded((at, id, u64::MAX)),
+                Step::Stop => break,
+            };
+        }
     }
 
     pub fn task(&self, id: &str, seq: u64) -> Option<Task> {
