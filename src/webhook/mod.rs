@@ -517,7 +517,11 @@ impl Webhooks {
                 saturated.insert(id.to_string());
                 return Step::SkipEndpoint;
             };
-            let limit = if live.endpoint.ordered { 1 } else { self.config.max_in_flight_per_endpoint.max(1) };
+            let limit = if live.endpoint.ordered {
+                1
+            } else {
+                self.config.max_in_flight_per_endpoint.max(1)
+            };
             let mut f = self.in_flight.lock().expect("in-flight lock");
             if f.total >= max_total {
                 return Step::Stop;

@@ -317,7 +317,15 @@ impl WebhookStore {
             let tasks = &index.tasks[&id];
             let &(attempts, next_at_ms) = &tasks[&seq];
             let is_head = tasks.first_key_value().is_some_and(|(s, _)| *s == seq);
-            from = match visit(&id, Task { seq, attempts, next_at_ms }, is_head) {
+            from = match visit(
+                &id,
+                Task {
+                    seq,
+                    attempts,
+                    next_at_ms,
+                },
+                is_head,
+            ) {
                 Step::Next => Excluded((at, id, seq)),
                 Step::SkipEndpoint => Excluded((at, id, u64::MAX)),
                 Step::Stop => break,
