@@ -36,9 +36,34 @@ enum Command {
     /// Manage outgoing webhook endpoints.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Mint a subscriber token (JWT) from the server's config (HS256 `auth.jwt_secret`) or a
+    /// private key (`--key`, RS256 or ES256).
+    Token(TokenArgs),
     /// Load generators against a running server (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The token's subject (who it is for).
+    #[arg(long)]
+    sub: Option<String>,
+    /// Channel or pattern the holder may subscribe to (repeat for several).
+    #[arg(long = "sub-channel")]
+    sub_channels: Vec<String>,
+    /// Channel or pattern the holder may publish to (repeat for several).
+    #[arg(long = "pub-channel")]
+    pub_channels: Vec<String>,
+    /// Lifetime, e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Config file holding auth.jwt_secret [default: ./herald.toml when present; HERALD_AUTH_JWT_SECRET].
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Sign with this private key (PEM) instead of the config's secret.
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +195,7 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => publish(args).await,
             Command::Tail(args) => tail(args).await,
             Command::Webhook(command) => webhook(command).await,
+            Command::Token(args) => token(args),
             Command::Bench(BenchCommand::Webhooks(args)) => crate::bench::webhooks::run(args).await,
         }
     });
@@ -265,6 +291,35 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         bail!("{status}: {text}");
     }
     println!("{text}");
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    use crate::auth::{mint, mint_with_pem, now_secs, Claims};
+    for name in args.sub_channels.iter().chain(&args.pub_channels) {
+        crate::event::Pattern::parse(name)?;
+    }
+    let claims = Claims {
+        sub: args.sub,
+        exp: now_secs() + args.ttl.as_secs(),
+        nbf: None,
+        sub_channels: args.sub_channels,
+        pub_channels: args.pub_channels,
+    };
+    let token = match args.key {
+        Some(path) => {
+            let pem = std::fs::read(&path).with_context(|| path.display().to_string())?;
+            mint_with_pem(&pem, &claims).context("signing with the private key")?
+        }
+        None => {
+            let config = Config::load(args.config.as_deref())?;
+            if config.auth.jwt_secret.is_empty() {
+                bail!("no auth.jwt_secret in the config (or HERALD_AUTH_JWT_SECRET); or pass --key PRIVATE.pem");
+            }
+            mint(&config.auth.jwt_secret, &claims)?
+        }
+    };
+    println!("{token}");
     Ok(())
 }
 

@@ -36,6 +36,12 @@ pub struct ServerConfig {
     /// Serve `/v1/ws/echo` for the Autobahn conformance suite.
     pub ws_echo: bool,
     pub allowed_origins: Vec<String>,
+    /// A client gets this long to send its request headers (and the WebSocket handshake).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A WebSocket that sends nothing (not even a pong) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// How long shutdown waits for connections to finish before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -51,6 +57,8 @@ impl Default for ServerConfig {
             send_queue: 1024,
             ws_echo: false,
             allowed_origins: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -102,6 +110,18 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Most subscriptions one WebSocket connection may hold.
     pub max_subscriptions: usize,
+    /// Largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// Open connections, in total and per client IP.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Events per second per credential (API key, token subject, or client IP when open);
+    /// 0 = unlimited. `publish_burst` is the bucket size.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    /// Events per second per WebSocket connection.
+    pub ws_publish_rate: u32,
+    pub ws_publish_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -111,6 +131,13 @@ impl Default for LimitsConfig {
             max_batch: 1000,
             max_body_bytes: 8 * 1024 * 1024,
             max_subscriptions: 100,
+            max_header_bytes: 16 * 1024,
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            publish_rate: 50_000,
+            publish_burst: 100_000,
+            ws_publish_rate: 1_000,
+            ws_publish_burst: 2_000,
         }
     }
 }

@@ -9,17 +9,20 @@
 //! - [`hub`]: fan-out from the log's commits to live subscriptions, and resume (history, then
 //!   live, with no gap or duplicate at the hand-over).
 //! - [`http`]: the router and the transports: the JSON API, SSE, WebSocket.
+//! - [`auth`], [`limits`]: who may do what (API keys, scoped JWTs), and per-client bounds.
 //! - [`server`]: the accept loop and lifecycle (bind, drain, shutdown).
 //! - [`webhook`]: outgoing webhooks: durable per-endpoint queues fed from the log, signing,
 //!   retries, the SSRF guard.
 //! - [`config`], [`cli`], [`bench`]: configuration, the `herald` command line, load tools.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod log;
 pub mod server;
 pub mod webhook;

@@ -1,8 +1,8 @@
 //! The server's lifecycle: open the log, bind, accept connections, shut down cleanly.
 //!
 //! We run our own accept loop over hyper instead of `axum::serve` so every connection carries
-//! a kill switch (a slow SSE consumer's socket is dropped at once) and shutdown can drain
-//! each connection gracefully and then wait for it.
+//! a kill switch (a slow SSE consumer's socket is dropped at once), counts against the
+//! connection limits, and shutdown can drain each connection gracefully and then wait for it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +11,17 @@ use std::time::Duration;
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::config::Config;
+use crate::auth::{Auth, AuthSetupError};
+use crate::config::{Config, ServerConfig};
 use crate::http::{app, AppState, Connection};
 use crate::hub::Hub;
+use crate::limits::{ConnectionLimits, RateLimiter, Refusal};
 use crate::log::{EmbeddedLog, Log, LogError};
 use crate::webhook::{WebhookError, WebhookStore, Webhooks};
 
@@ -29,10 +32,12 @@ pub enum ServeError {
     #[error("cannot open the event log: {0}")]
     Log(#[from] LogError),
     #[error(
-        "refusing to listen on {0} with no API keys: anyone could publish. Set auth.api_keys \
-         (or HERALD_API_KEY), or listen on a loopback address such as 127.0.0.1"
+        "refusing to listen on {0} with no API keys or token keys: anyone could publish. Set \
+         auth.api_keys (or HERALD_API_KEY), or listen on a loopback address such as 127.0.0.1"
     )]
     OpenOnPublicAddress(SocketAddr),
+    #[error("auth configuration: {0}")]
+    Auth(#[from] AuthSetupError),
     #[error("cannot start webhooks: {0}")]
     Webhooks(#[from] WebhookError),
     #[error("redis mode is not available yet (redis.url is set)")]
@@ -42,7 +47,8 @@ pub enum ServeError {
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let listen = config.server.listen;
-    if config.auth.api_keys.is_empty() && !listen.ip().is_loopback() {
+    let auth = Arc::new(Auth::from_config(&config.auth)?);
+    if auth.is_open() && !listen.ip().is_loopback() {
         return Err(ServeError::OpenOnPublicAddress(listen));
     }
     if !config.redis.url.is_empty() {
@@ -68,16 +74,22 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Bind(listen, e))?;
-    let grace = config.server.shutdown_grace;
-    if config.auth.api_keys.is_empty() {
+    if auth.is_open() {
         tracing::warn!("no API keys configured: running open, which is only allowed on loopback");
     }
     let bounds = log.bounds();
     tracing::info!(data = %config.server.data.display(), head = bounds.head, "event log open");
+    let limits = &config.limits;
+    let connections = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
+    let publish_rate = Arc::new(RateLimiter::new(limits.publish_rate, limits.publish_burst));
     let tasks = TaskTracker::new();
+    let server_config = Arc::new(config.server.clone());
+    let max_header = config.limits.max_header_bytes;
     let state = AppState {
         hub,
         webhooks: webhooks.clone(),
+        auth,
+        publish_rate,
         metrics,
         config: Arc::new(config),
         shutdown: shutdown.clone(),
@@ -92,11 +104,22 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let router = router.clone();
-                let shutdown = shutdown.clone();
-                tasks.spawn(serve_connection(stream, peer, router, shutdown, grace));
-            }
+            Ok((stream, peer)) => match connections.acquire(peer.ip()) {
+                Ok(permit) => {
+                    let (router, shutdown, server) =
+                        (router.clone(), shutdown.clone(), server_config.clone());
+                    let permit = Arc::new(permit);
+                    tasks.spawn(async move {
+                        serve_connection(
+                            stream, peer, permit, router, shutdown, &server, max_header,
+                        )
+                        .await;
+                    });
+                }
+                Err(refusal) => {
+                    tasks.spawn(refuse(stream, refusal));
+                }
+            },
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -105,6 +128,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         }
     }
     drop(listener);
+    let grace = server_config.shutdown_grace;
     tracing::info!("shutting down: draining connections");
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
@@ -118,17 +142,41 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     Ok(())
 }
 
+/// Answers a connection over the limits with a 429 and closes it.
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let message = match refusal {
+        Refusal::Total(n) => format!("the server holds its maximum of {n} connections"),
+        Refusal::PerIp(n) => format!("this address already holds its maximum of {n} connections"),
+    };
+    let body = serde_json::json!({"error": {"code": "too_many_connections", "message": message}})
+        .to_string();
+    let response = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    permit: Arc<crate::limits::ConnectionPermit>,
     router: axum::Router,
     shutdown: CancellationToken,
-    grace: Duration,
+    server: &ServerConfig,
+    max_header: usize,
 ) {
     let _ = stream.set_nodelay(true);
     let conn = Connection {
         peer,
         kill: CancellationToken::new(),
+        permit: Some(permit),
     };
     let kill = conn.kill.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -136,10 +184,12 @@ async fn serve_connection(
         router.clone().oneshot(req)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    // Slowloris guard: a client gets this long to send its request headers.
+    // Slowloris guard: a client gets this long to send its request head. The read buffer cap
+    // bounds the head's size (hyper answers 431 past it).
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(server.handshake_timeout)
+        .max_buf_size(max_header.max(8192));
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -153,6 +203,6 @@ async fn serve_connection(
     tokio::select! {
         _ = connection => {}
         _ = kill.cancelled() => {}
-        _ = tokio::time::sleep(grace) => {}
+        _ = tokio::time::sleep(server.shutdown_grace) => {}
     }
 }

@@ -8,10 +8,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{parse_cursor, query_pairs, ApiError, AppState};
+use super::{parse_cursor, query_pairs, query_token, ApiError, AppState, Connection};
+use crate::auth::{AuthError, Principal};
 use crate::config::LimitsConfig;
 use crate::event::{validate_channel, Filter, NewEvent, MAX_NAME_LEN};
 use crate::log::Appended;
+use axum::http::HeaderMap;
+use axum::Extension;
 
 /// An event as a publisher sends it (HTTP body or WebSocket `publish`).
 #[derive(Debug, Deserialize)]
@@ -142,10 +145,24 @@ fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<(Vec<NewEvent>, b
 }
 
 /// `POST /v1/events`: 201 once durable; 200 when every event was a duplicate `id`.
-pub async fn publish(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn publish(
+    State(app): State<AppState>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // Credentials first: an unauthenticated client does not get its body read.
+    let principal = app.principal(&headers, None)?;
+    if matches!(principal, Principal::Anonymous) {
+        return Err(AuthError::Missing.into());
+    }
     let limits = &app.config.limits;
     let body = read_body(body, limits.max_body_bytes).await?;
     let (events, batch) = parse_publish(&body, limits)?;
+    for event in &events {
+        app.auth.check_publish(&principal, &event.channel)?;
+    }
+    app.take_publish_budget(&principal, conn.peer.ip(), events.len())?;
     let results = app.hub.publish(events).await?;
     let status = if results.iter().all(|a: &Appended| a.duplicate) {
         StatusCode::OK
@@ -166,9 +183,11 @@ const MAX_HISTORY_LIMIT: usize = 1000;
 /// `GET /v1/events?channel=C&after=N&limit=L` -> `{"events":[...],"next":N}`.
 pub async fn history(
     State(app): State<AppState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(query.as_deref())?;
+    let principal = app.principal(&headers, query_token(&pairs))?;
     let mut after = 0;
     let mut limit = 100;
     let mut channels = Vec::new();
@@ -197,7 +216,10 @@ pub async fn history(
             "give at least one channel=NAME (or a pattern with *)",
         ));
     }
-    let filter = Filter::parse(channels)?;
+    let filter = Filter::parse(channels.iter().copied())?;
+    for channel in &channels {
+        app.auth.check_subscribe(&principal, channel)?;
+    }
     let log = app.hub.log().clone();
     let page = tokio::task::spawn_blocking(move || log.read(&filter, after, limit))
         .await

@@ -9,7 +9,7 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,9 +18,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, AuthError, Principal};
 use crate::config::Config;
 use crate::event::NameError;
 use crate::hub::Hub;
+use crate::limits::RateLimiter;
 use crate::log::LogError;
 use crate::webhook::Webhooks;
 
@@ -29,6 +31,9 @@ use crate::webhook::Webhooks;
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub webhooks: Arc<Webhooks>,
+    pub auth: Arc<Auth>,
+    /// Publish rate per credential (per client IP without one).
+    pub publish_rate: Arc<RateLimiter>,
     pub config: Arc<Config>,
     /// Renders `/metrics`; None when another recorder owns the process (embedding).
     pub metrics: Option<PrometheusHandle>,
@@ -39,12 +44,15 @@ pub struct AppState {
 }
 
 /// Per-connection context, put in each request's extensions by the accept loop.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
     /// Cancelling it drops the TCP connection at once (used for slow SSE consumers, whose
     /// socket may be too full to take a graceful end).
     pub kill: CancellationToken,
+    /// Holds the connection's slot in the limits for as long as any part of it lives (an
+    /// upgraded WebSocket outlives the HTTP connection future).
+    pub permit: Option<Arc<crate::limits::ConnectionPermit>>,
 }
 
 /// Builds the router; tests and `serve` use the same one.
@@ -69,7 +77,8 @@ pub fn app(state: AppState) -> Router {
     if state.config.server.ws_echo {
         router = router.route("/v1/ws/echo", get(ws::echo));
     }
-    router.fallback(not_found).with_state(state)
+    let cors = cors(&state);
+    router.fallback(not_found).layer(cors).with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -82,6 +91,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds, for `Retry-After` (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -90,7 +101,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let message = format!("publish rate exceeded; retry in {secs} s");
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(secs);
+        e
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -106,6 +126,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if self.code == "body_too_large" {
             // The rest of the body was never read, so this connection cannot carry another
             // request; say so, or a pooling client would reuse it and fail.
@@ -138,6 +163,94 @@ impl From<LogError> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Invalid => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+            }
+            AuthError::Expired => {
+                Self::new(StatusCode::UNAUTHORIZED, "token_expired", e.to_string())
+            }
+            AuthError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        }
+    }
+}
+
+impl AppState {
+    /// Who is calling (see [`Auth::authenticate`]).
+    pub fn principal(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Principal, ApiError> {
+        Ok(self.auth.authenticate(headers, query_token)?)
+    }
+
+    /// Webhook management needs an API key.
+    pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let p = self.principal(headers, None)?;
+        Ok(self.auth.require_admin(&p)?)
+    }
+
+    /// Takes `n` events from the caller's publish budget.
+    pub fn take_publish_budget(
+        &self,
+        p: &Principal,
+        peer: std::net::IpAddr,
+        n: usize,
+    ) -> Result<(), ApiError> {
+        self.publish_rate
+            .take(&p.rate_key(peer), n as u32)
+            .map_err(ApiError::rate_limited)
+    }
+
+    /// Browsers may connect from an allowed origin, from the same origin, or from anywhere
+    /// while Herald runs open with no list.
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return true; // not a browser
+        };
+        let allowed = &self.config.server.allowed_origins;
+        if allowed.iter().any(|o| o == origin || o == "*")
+            || (allowed.is_empty() && self.auth.is_open())
+        {
+            return true;
+        }
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok());
+        let origin_host = origin.split_once("://").map(|(_, h)| h);
+        host.is_some() && origin_host == host
+    }
+}
+
+/// CORS for the HTTP API and SSE, from `server.allowed_origins` (any origin while open with
+/// no list; none otherwise).
+pub fn cors(state: &AppState) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allowed = &state.config.server.allowed_origins;
+    let origin = if allowed.iter().any(|o| o == "*") || (allowed.is_empty() && state.auth.is_open())
+    {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(allowed.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            "last-event-id".parse().expect("static header"),
+        ])
+        .expose_headers([header::RETRY_AFTER])
+}
+
 impl From<NameError> for ApiError {
     fn from(e: NameError) -> Self {
         let code = match e {
@@ -152,6 +265,14 @@ impl From<NameError> for ApiError {
 pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))
+}
+
+/// The `token` query parameter (for EventSource and WebSocket, which cannot set headers).
+pub fn query_token(pairs: &[(String, String)]) -> Option<&str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str())
 }
 
 /// Parses a cursor (a seq) given by a client.

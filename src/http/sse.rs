@@ -12,7 +12,8 @@ use axum::Extension;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
-use super::{parse_cursor, query_pairs, ApiError, AppState, Connection};
+use super::{parse_cursor, query_pairs, query_token, ApiError, AppState, Connection};
+use crate::auth::Principal;
 use crate::event::Filter;
 use crate::hub::{Item, Subscription, SubscriptionError};
 
@@ -37,7 +38,11 @@ pub async fn stream(
             "give at least one channel=NAME (or a pattern with *)",
         ));
     }
-    let filter = Filter::parse(channels)?;
+    let principal = app.principal(&headers, query_token(&pairs))?;
+    for channel in &channels {
+        app.auth.check_subscribe(&principal, channel)?;
+    }
+    let filter = Filter::parse(channels.iter().copied())?;
     // EventSource sends Last-Event-ID on reconnect while the URL keeps its original query, so
     // the header is the newer cursor and wins.
     let since = match headers.get("last-event-id") {
@@ -61,6 +66,7 @@ pub async fn stream(
         server.heartbeat,
         server.sse_retry,
         app.shutdown.clone(),
+        deadline(&principal),
     ));
     let mut response = body.into_response();
     let h = response.headers_mut();
@@ -77,6 +83,8 @@ struct StreamState {
     subscription: Subscription,
     heartbeat: tokio::time::Interval,
     shutdown: CancellationToken,
+    /// When the subscriber's token expires, the stream ends.
+    expires: Option<tokio::time::Instant>,
     preamble: Option<Bytes>,
 }
 
@@ -86,6 +94,7 @@ fn frames(
     heartbeat: Duration,
     retry: Duration,
     shutdown: CancellationToken,
+    expires: Option<tokio::time::Instant>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -94,6 +103,7 @@ fn frames(
         subscription,
         heartbeat,
         shutdown,
+        expires,
         preamble: Some(Bytes::from(format!("retry: {}\n\n", retry.as_millis()))),
     };
     stream::unfold(state, |mut s| async move {
@@ -102,6 +112,7 @@ fn frames(
         }
         let frame = tokio::select! {
             _ = s.shutdown.cancelled() => return None,
+            _ = until(s.expires) => return None,
             _ = s.heartbeat.tick() => Bytes::from_static(HEARTBEAT),
             item = s.subscription.next() => match item {
                 Ok(Item::Event(event)) => event.sse_frame(),
@@ -115,6 +126,23 @@ fn frames(
         };
         Some((Ok(frame), s))
     })
+}
+
+/// When a principal's access ends, on the runtime's clock.
+pub fn deadline(principal: &Principal) -> Option<tokio::time::Instant> {
+    let at = principal.expires_at()?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// Resolves at `at`, or never.
+pub async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `event: reset` with an `id` just before the oldest retained event, so EventSource's own

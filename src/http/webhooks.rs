@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -62,21 +62,32 @@ async fn json_body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T,
     })
 }
 
-pub async fn create(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
     let req: CreateEndpoint = json_body(&app, body).await?;
     let endpoint = app.webhooks.create(req).await?;
     Ok((StatusCode::CREATED, Json(view(&endpoint, true))).into_response())
 }
 
-pub async fn list(State(app): State<AppState>) -> Json<Value> {
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    app.require_admin(&headers)?;
     let all: Vec<Value> = app.webhooks.list().iter().map(|e| view(e, false)).collect();
-    Json(json!({ "webhooks": all }))
+    Ok(Json(json!({ "webhooks": all })))
 }
 
 pub async fn get(
     State(app): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    app.require_admin(&headers)?;
     let endpoint = app.webhooks.get(&id)?;
     let mut v = view(&endpoint, false);
     v["pending"] = app.webhooks.pending(&id)?.into();
@@ -85,25 +96,31 @@ pub async fn get(
 
 pub async fn update(
     State(app): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    app.require_admin(&headers)?;
     let req: UpdateEndpoint = json_body(&app, body).await?;
     Ok(Json(view(&app.webhooks.update(&id, req).await?, false)))
 }
 
 pub async fn delete(
     State(app): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    app.require_admin(&headers)?;
     app.webhooks.delete(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn rotate(
     State(app): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    app.require_admin(&headers)?;
     let endpoint = app.webhooks.rotate(&id)?;
     Ok(Json(view(&endpoint, true)))
 }
@@ -116,9 +133,11 @@ struct Replay {
 
 pub async fn replay(
     State(app): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
     let req: Replay = json_body(&app, body).await?;
     let (since, until) = app.webhooks.replay(&id, req.since)?;
     Ok((
@@ -133,9 +152,11 @@ const MAX_ATTEMPTS_PAGE: usize = 1000;
 /// `GET /v1/webhooks/{id}/deliveries?status=S&after=N&limit=L`: the attempt log, oldest first.
 pub async fn deliveries(
     State(app): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
+    app.require_admin(&headers)?;
     let mut after = 0;
     let mut limit = 100;
     let mut status = None;

@@ -19,13 +19,19 @@ use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
 use super::api::EventIn;
-use super::{parse_cursor, query_pairs, ApiError, AppState};
+use super::sse::{deadline, until};
+use super::{parse_cursor, query_pairs, query_token, ApiError, AppState, Connection};
+use crate::auth::Principal;
 use crate::event::Filter;
 use crate::hub::{Item, Subscription, SubscriptionError};
+use crate::limits::Bucket;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Extension;
 
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INTERNAL: u16 = 1011;
 pub const CLOSE_SLOW: u16 = 4008;
@@ -44,17 +50,29 @@ fn max_message(app: &AppState) -> usize {
 /// `GET /v1/ws[?channel=C&since=N]`.
 pub async fn upgrade(
     State(app): State<AppState>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    if !app.origin_allowed(&headers) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this Origin is not in server.allowed_origins",
+        ));
+    }
     let pairs = query_pairs(query.as_deref())?;
+    let principal = app.principal(&headers, query_token(&pairs))?;
     let since = match pairs.iter().find(|(k, _)| k == "since") {
         Some((_, v)) => Some(parse_cursor(v, "since")?),
         None => None,
     };
     let mut initial = Vec::new();
     for (_, channel) in pairs.iter().filter(|(k, _)| k == "channel") {
-        initial.push((channel.clone(), Filter::parse([channel.as_str()])?));
+        let filter = Filter::parse([channel.as_str()])?;
+        app.auth.check_subscribe(&principal, channel)?;
+        initial.push((channel.clone(), filter));
     }
     let upgrade =
         upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
@@ -65,22 +83,51 @@ pub async fn upgrade(
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             let _guard = guard;
-            Session::new(app, socket).run(initial, since).await;
+            Session::new(app, socket, conn, principal)
+                .run(initial, since)
+                .await;
         }))
 }
 
 /// A client message. Every field but `op` is optional here and checked per op.
-#[derive(Deserialize)]
-struct ClientMessage {
-    op: String,
-    channel: Option<String>,
-    since: Option<u64>,
+#[derive(Debug, Deserialize)]
+pub struct ClientMessage {
+    pub op: String,
+    pub channel: Option<String>,
+    pub since: Option<u64>,
     #[serde(rename = "type")]
-    kind: Option<String>,
-    data: Option<Box<RawValue>>,
-    id: Option<String>,
+    pub kind: Option<String>,
+    pub data: Option<Box<RawValue>>,
+    pub id: Option<String>,
     #[serde(rename = "ref")]
     _ref: Option<Value>,
+}
+
+/// Why a client message was refused, with its `ref` when one could be read.
+#[derive(Debug)]
+pub struct MessageError {
+    pub reference: Option<Value>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Parses one client text frame. Total: any input gives a message or an error, never a panic
+/// (fuzzed and property-tested).
+pub fn parse_client_message(text: &str) -> Result<(ClientMessage, Option<Value>), MessageError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| MessageError {
+        reference: None,
+        code: "invalid_json",
+        message: format!("message is not valid JSON: {e}"),
+    })?;
+    let reference = value.get("ref").cloned();
+    match serde_json::from_value::<ClientMessage>(value) {
+        Ok(m) => Ok((m, reference)),
+        Err(e) => Err(MessageError {
+            reference,
+            code: "invalid_message",
+            message: format!("message has the wrong shape: {e}"),
+        }),
+    }
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -94,15 +141,26 @@ struct Session {
     acks: FuturesUnordered<BoxFuture<'static, Message>>,
     /// Shared by every subscription of the connection: one lag closes it with 4008.
     lagged: CancellationToken,
+    /// The HTTP connection this came from (its peer, and its slot in the limits).
+    conn: Connection,
+    principal: Principal,
+    /// This connection's publish budget.
+    bucket: Bucket,
+    last_seen: tokio::time::Instant,
 }
 
 /// Why the session ends, and the close frame it sends.
 struct Close(u16, &'static str);
 
 impl Session {
-    fn new(app: AppState, socket: WebSocket) -> Session {
+    fn new(app: AppState, socket: WebSocket, conn: Connection, principal: Principal) -> Session {
         let (sink, stream) = socket.split();
+        let limits = &app.config.limits;
         Session {
+            bucket: Bucket::new(limits.ws_publish_rate, limits.ws_publish_burst),
+            conn,
+            principal,
+            last_seen: tokio::time::Instant::now(),
             app,
             sink,
             stream,
@@ -134,18 +192,33 @@ impl Session {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let shutdown = self.app.shutdown.clone();
         let lagged = self.lagged.clone();
+        let idle = self.app.config.server.idle_timeout;
+        let expires = deadline(&self.principal);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Close(CLOSE_GOING_AWAY, "server shutting down")),
                 _ = lagged.cancelled() => return Err(Close(CLOSE_SLOW, "slow consumer: reconnect with since")),
-                _ = ping.tick() => self.feed_flush(Message::Ping(Default::default())).await?,
+                _ = until(expires) => {
+                    self.send(error(None, "token_expired", "the token has expired; reconnect with a fresh one")).await?;
+                    return Err(Close(CLOSE_POLICY, "token expired"));
+                }
+                _ = ping.tick() => {
+                    // Browsers answer pings on their own, so silence this long means a dead peer.
+                    if self.last_seen.elapsed() > idle {
+                        return Err(Close(CLOSE_GOING_AWAY, "idle timeout"));
+                    }
+                    self.feed_flush(Message::Ping(Default::default())).await?
+                }
                 Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.feed_flush(ack).await?,
                 Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
                     self.write_items(channel, item).await?;
                 }
                 message = self.stream.next() => match message {
                     None => return Ok(()),
-                    Some(Ok(message)) => self.on_message(message).await?,
+                    Some(Ok(message)) => {
+                        self.last_seen = tokio::time::Instant::now();
+                        self.on_message(message).await?
+                    }
                     Some(Err(e)) => return Err(receive_error(e)),
                 },
             }
@@ -225,28 +298,11 @@ impl Session {
     }
 
     async fn on_text(&mut self, body: Utf8Bytes) -> Result<(), Close> {
-        let value: Value = match serde_json::from_str(body.as_str()) {
-            Ok(v) => v,
+        let (message, reference) = match parse_client_message(body.as_str()) {
+            Ok(parsed) => parsed,
             Err(e) => {
                 return self
-                    .send(error(
-                        None,
-                        "invalid_json",
-                        &format!("message is not valid JSON: {e}"),
-                    ))
-                    .await
-            }
-        };
-        let reference = value.get("ref").cloned();
-        let message: ClientMessage = match serde_json::from_value(value) {
-            Ok(m) => m,
-            Err(e) => {
-                return self
-                    .send(error(
-                        reference.as_ref(),
-                        "invalid_message",
-                        &format!("message has the wrong shape: {e}"),
-                    ))
+                    .send(error(e.reference.as_ref(), e.code, &e.message))
                     .await
             }
         };
@@ -275,6 +331,10 @@ impl Session {
             Ok(f) => f,
             Err(e) => return error(reference, "invalid_channel", &e.to_string()),
         };
+        if let Err(e) = self.app.auth.check_subscribe(&self.principal, &channel) {
+            let e = ApiError::from(e);
+            return error(reference, e.code, &e.message);
+        }
         if !self.subs.contains_key(&channel)
             && self.subs.len() >= self.app.config.limits.max_subscriptions
         {
@@ -324,12 +384,14 @@ impl Session {
             data,
             id: m.id,
         };
-        let event = match input.validate(&self.app.config.limits) {
+        let event = match self.admit(input) {
             Ok(e) => e,
             Err(e) => {
-                return self
-                    .send(error(reference.as_ref(), e.code, &e.message))
-                    .await
+                let mut reply = error(reference.as_ref(), e.code, &e.message);
+                if let Some(secs) = e.retry_after {
+                    reply["retry_after_ms"] = (secs * 1000).into();
+                }
+                return self.send(reply).await;
             }
         };
         while self.acks.len() >= MAX_IN_FLIGHT {
@@ -354,6 +416,20 @@ impl Session {
             .boxed(),
         );
         Ok(())
+    }
+
+    /// Validates a publish and charges it to the connection's and the credential's budgets.
+    fn admit(&mut self, input: EventIn) -> Result<crate::event::NewEvent, ApiError> {
+        let event = input.validate(&self.app.config.limits)?;
+        self.app
+            .auth
+            .check_publish(&self.principal, &event.channel)?;
+        self.bucket
+            .take(1, std::time::Instant::now())
+            .map_err(ApiError::rate_limited)?;
+        self.app
+            .take_publish_budget(&self.principal, self.conn.peer.ip(), 1)?;
+        Ok(event)
     }
 
     fn add_subscription(&mut self, channel: String, filter: Filter, since: Option<u64>) {

@@ -1,0 +1,452 @@
+//! Who may do what: API keys (publishers and admins) and subscriber JWTs with channel scopes.
+//!
+//! Auth is on as soon as an API key or a JWT key is configured. Off, Herald is open, which
+//! `server` allows only on loopback. Credentials come from `Authorization: Bearer`, the `token`
+//! query parameter, or the `herald_token` cookie (EventSource cannot set headers).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthConfig;
+use crate::event::Pattern;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 5;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing credentials: send an API key or token as `Authorization: Bearer`, `?token=` or the herald_token cookie")]
+    Missing,
+    #[error("invalid credentials: the key is unknown or the token does not verify")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("auth.jwt_public_key {path}: {reason}")]
+    PublicKey { path: String, reason: String },
+    #[error("auth.public_channels: {0}")]
+    PublicChannels(String),
+}
+
+/// The claims Herald reads from a subscriber token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default)]
+    pub sub_channels: Vec<String>,
+    #[serde(default)]
+    pub pub_channels: Vec<String>,
+}
+
+/// Who made a request.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Auth is off (loopback only): everything is allowed.
+    Open,
+    /// An API key (its index in the configured list): publish, manage, subscribe to anything.
+    Admin { key: usize },
+    /// A subscriber token: what its claims grant, until `exp`.
+    Token {
+        sub: Option<String>,
+        exp: u64,
+        subscribe: Vec<Pattern>,
+        publish: Vec<Pattern>,
+    },
+    /// No credentials: public channels only.
+    Anonymous,
+}
+
+impl Principal {
+    /// What rate limits are keyed by: the credential, or the client address without one.
+    pub fn rate_key(&self, peer: std::net::IpAddr) -> String {
+        match self {
+            Principal::Admin { key } => format!("key:{key}"),
+            Principal::Token { sub: Some(sub), .. } => format!("sub:{sub}"),
+            _ => format!("ip:{peer}"),
+        }
+    }
+
+    /// When this principal's access ends (tokens only).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match self {
+            Principal::Token { exp, .. } => Some(UNIX_EPOCH + Duration::from_secs(*exp)),
+            _ => None,
+        }
+    }
+}
+
+enum Verifier {
+    Keys {
+        keys: Vec<(Option<String>, DecodingKey, Algorithm)>,
+    },
+}
+
+pub struct Auth {
+    api_keys: Vec<Vec<u8>>,
+    verifier: Option<Verifier>,
+    public: Vec<Pattern>,
+}
+
+impl Auth {
+    pub fn from_config(config: &AuthConfig) -> Result<Auth, AuthSetupError> {
+        let mut keys = Vec::new();
+        if !config.jwt_secret.is_empty() {
+            keys.push((
+                None,
+                DecodingKey::from_secret(config.jwt_secret.as_bytes()),
+                Algorithm::HS256,
+            ));
+        }
+        if !config.jwt_public_key.is_empty() {
+            keys.extend(load_public_keys(&config.jwt_public_key)?);
+        }
+        let public = config
+            .public_channels
+            .iter()
+            .map(|p| Pattern::parse(p).map_err(|e| AuthSetupError::PublicChannels(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok(Auth {
+            api_keys: config
+                .api_keys
+                .iter()
+                .filter(|k| !k.is_empty())
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            verifier: (!keys.is_empty()).then_some(Verifier::Keys { keys }),
+            public,
+        })
+    }
+
+    /// Auth is off: no key of any kind is configured.
+    pub fn is_open(&self) -> bool {
+        self.api_keys.is_empty() && self.verifier.is_none()
+    }
+
+    pub fn has_api_keys(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+
+    /// Identifies the caller from a bearer token, the `token` query parameter or the cookie.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        if self.is_open() {
+            return Ok(Principal::Open);
+        }
+        let Some(credential) = credential(headers, query_token) else {
+            return Ok(Principal::Anonymous);
+        };
+        // Compare against every key, so timing says nothing about which one matched.
+        let mut found = None;
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if constant_time_eq(k, credential.as_bytes()) {
+                found = Some(i);
+            }
+        }
+        if let Some(key) = found {
+            return Ok(Principal::Admin { key });
+        }
+        match &self.verifier {
+            Some(v) => v.verify(&credential),
+            None => Err(AuthError::Invalid),
+        }
+    }
+
+    /// Publishing and webhook management need an API key (or a token granting the channel).
+    pub fn require_admin(&self, p: &Principal) -> Result<(), AuthError> {
+        match p {
+            Principal::Open | Principal::Admin { .. } => Ok(()),
+            Principal::Anonymous => Err(AuthError::Missing),
+            Principal::Token { .. } => Err(AuthError::Forbidden("this needs an API key".into())),
+        }
+    }
+
+    pub fn check_publish(&self, p: &Principal, channel: &str) -> Result<(), AuthError> {
+        match p {
+            Principal::Open | Principal::Admin { .. } => Ok(()),
+            Principal::Anonymous => Err(AuthError::Missing),
+            Principal::Token { publish, .. } => {
+                if publish.iter().any(|g| g.matches(channel)) {
+                    Ok(())
+                } else {
+                    Err(AuthError::Forbidden(format!(
+                        "the token may not publish to {channel:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// May `p` subscribe to (or read history of) `name`, a channel or a pattern? A pattern is
+    /// allowed only if a granted pattern covers every channel it could match.
+    pub fn check_subscribe(&self, p: &Principal, name: &str) -> Result<(), AuthError> {
+        let covered = |grants: &[Pattern]| grants.iter().any(|g| covers(g, name));
+        match p {
+            Principal::Open | Principal::Admin { .. } => Ok(()),
+            _ if covered(&self.public) => Ok(()),
+            Principal::Anonymous => Err(AuthError::Missing),
+            Principal::Token { subscribe, .. } => {
+                if covered(subscribe) {
+                    Ok(())
+                } else {
+                    Err(AuthError::Forbidden(format!(
+                        "the token may not subscribe to {name:?}"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Does grant `g` cover every channel that `name` (a channel or a pattern) can match?
+/// `g`'s literal characters can never match a `*` in `name` (channel names cannot hold one),
+/// so if `g` matches `name` read literally, each `*` of `name` falls inside a `*` of `g`,
+/// which matches whatever that `*` expands to. Sound, and exact for the usual `prefix*` grants.
+pub fn covers(g: &Pattern, name: &str) -> bool {
+    g.matches(name)
+}
+
+impl Verifier {
+    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let Verifier::Keys { keys } = self;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let candidates = keys.iter().filter(|(kid, _, alg)| {
+            *alg == header.alg && (kid.is_none() || header.kid.is_none() || *kid == header.kid)
+        });
+        for (_, key, alg) in candidates {
+            let mut validation = Validation::new(*alg);
+            validation.leeway = LEEWAY_SECS;
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp"]);
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return principal(data.claims),
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                    return Err(AuthError::Expired)
+                }
+                Err(_) => continue,
+            }
+        }
+        Err(AuthError::Invalid)
+    }
+}
+
+fn principal(claims: Claims) -> Result<Principal, AuthError> {
+    let parse = |names: &[String]| -> Result<Vec<Pattern>, AuthError> {
+        names
+            .iter()
+            .map(|n| Pattern::parse(n).map_err(|_| AuthError::Invalid))
+            .collect()
+    };
+    Ok(Principal::Token {
+        sub: claims.sub,
+        exp: claims.exp,
+        subscribe: parse(&claims.sub_channels)?,
+        publish: parse(&claims.pub_channels)?,
+    })
+}
+
+fn load_public_keys(
+    path: &str,
+) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, AuthSetupError> {
+    let err = |reason: String| AuthSetupError::PublicKey {
+        path: path.to_string(),
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    if text.trim_ascii_start().starts_with(b"{") {
+        let set: JwkSet =
+            serde_json::from_slice(&text).map_err(|e| err(format!("not a JWKS document: {e}")))?;
+        let mut out = Vec::new();
+        for jwk in &set.keys {
+            let alg = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| err(e.to_string()))?;
+            out.push((jwk.common.key_id.clone(), key, alg));
+        }
+        if out.is_empty() {
+            return Err(err("no RSA or EC keys in the JWKS".into()));
+        }
+        return Ok(out);
+    }
+    if let Ok(key) = DecodingKey::from_rsa_pem(&text) {
+        return Ok(vec![(None, key, Algorithm::RS256)]);
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(&text) {
+        return Ok(vec![(None, key, Algorithm::ES256)]);
+    }
+    Err(err(
+        "expected an RSA or EC public key in PEM, or a JWKS file".into(),
+    ))
+}
+
+fn credential(headers: &HeaderMap, query_token: Option<&str>) -> Option<String> {
+    if let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(token.trim().to_string());
+        }
+    }
+    if let Some(t) = query_token.filter(|t| !t.is_empty()) {
+        return Some(t.to_string());
+    }
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("herald_token=").map(str::to_string))
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
+}
+
+/// Mints an HS256 subscriber token (what `herald token` prints).
+pub fn mint(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Mints with a private key in PEM (RS256 or ES256, by the key's kind).
+pub fn mint_with_pem(pem: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    match EncodingKey::from_rsa_pem(pem) {
+        Ok(key) => jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &key),
+        Err(_) => jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            claims,
+            &EncodingKey::from_ec_pem(pem)?,
+        ),
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(keys: &[&str], secret: &str, public: &[&str]) -> Auth {
+        Auth::from_config(&AuthConfig {
+            api_keys: keys.iter().map(|s| s.to_string()).collect(),
+            jwt_secret: secret.into(),
+            public_channels: public.iter().map(|s| s.to_string()).collect(),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    fn claims(sub: &[&str], publ: &[&str], exp: u64) -> Claims {
+        Claims {
+            sub: Some("u1".into()),
+            exp,
+            nbf: None,
+            sub_channels: sub.iter().map(|s| s.to_string()).collect(),
+            pub_channels: publ.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn keys_tokens_and_scopes() {
+        let a = auth(&["k1"], "s3cret", &["news"]);
+        assert!(matches!(
+            a.authenticate(&bearer("k1"), None),
+            Ok(Principal::Admin { key: 0 })
+        ));
+        assert_eq!(
+            a.authenticate(&bearer("k2"), None).unwrap_err(),
+            AuthError::Invalid
+        );
+        assert!(matches!(
+            a.authenticate(&HeaderMap::new(), None),
+            Ok(Principal::Anonymous)
+        ));
+        let token = mint(
+            "s3cret",
+            &claims(&["user:1", "room:*"], &["room:1"], now_secs() + 60),
+        )
+        .unwrap();
+        let p = a.authenticate(&HeaderMap::new(), Some(&token)).unwrap();
+        assert!(a.check_subscribe(&p, "user:1").is_ok());
+        assert!(a.check_subscribe(&p, "user:2").is_err());
+        assert!(
+            a.check_subscribe(&p, "user:*").is_err(),
+            "a pattern wider than the grant"
+        );
+        assert!(a.check_subscribe(&p, "room:*").is_ok());
+        assert!(a.check_subscribe(&p, "room:a*").is_ok());
+        assert!(a.check_subscribe(&p, "news").is_ok(), "public channel");
+        assert!(a.check_publish(&p, "room:1").is_ok());
+        assert!(a.check_publish(&p, "room:2").is_err());
+        assert!(a.require_admin(&p).is_err());
+        let expired = mint("s3cret", &claims(&["*"], &[], now_secs() - 60)).unwrap();
+        assert_eq!(
+            a.authenticate(&bearer(&expired), None).unwrap_err(),
+            AuthError::Expired
+        );
+        let forged = mint("other", &claims(&["*"], &[], now_secs() + 60)).unwrap();
+        assert_eq!(
+            a.authenticate(&bearer(&forged), None).unwrap_err(),
+            AuthError::Invalid
+        );
+        let mut cookie = HeaderMap::new();
+        cookie.insert(
+            "cookie",
+            format!("a=b; herald_token={token}").parse().unwrap(),
+        );
+        assert!(matches!(
+            a.authenticate(&cookie, None),
+            Ok(Principal::Token { .. })
+        ));
+        assert!(auth(&[], "", &[]).is_open());
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

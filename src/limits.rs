@@ -1,0 +1,189 @@
+//! Per-client limits that no single request can see: connections per IP and in total, and
+//! publish rates (token buckets) per credential and per WebSocket connection.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counts open connections; a [`ConnectionPermit`] gives its slot back when dropped.
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Total(usize),
+    PerIp(usize),
+}
+
+pub struct ConnectionPermit {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimits> {
+        Arc::new(ConnectionLimits {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+        })
+    }
+
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        let mut per_ip = self.per_ip.lock().expect("connection limits");
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(Refusal::Total(self.max_total));
+        }
+        let n = per_ip.entry(ip).or_default();
+        if *n >= self.max_per_ip {
+            return Err(Refusal::PerIp(self.max_per_ip));
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self.limits.per_ip.lock().expect("connection limits");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: u32, burst: u32) -> Bucket {
+        let burst = burst.max(rate).max(1) as f64;
+        Bucket {
+            rate: rate as f64,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens, or says how long until they would be there.
+    pub fn take(&mut self, n: u32, now: Instant) -> Result<(), Duration> {
+        if self.rate <= 0.0 {
+            return Ok(()); // unlimited
+        }
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                ((n.min(self.burst) - self.tokens) / self.rate).max(0.001),
+            ))
+        }
+    }
+
+    fn is_full(&self, now: Instant) -> bool {
+        self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate >= self.burst
+    }
+}
+
+/// Buckets by key (an API key's index, a token's subject, or a client address).
+pub struct RateLimiter {
+    rate: u32,
+    burst: u32,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Buckets kept before full (idle) ones are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst,
+            buckets: Mutex::default(),
+        }
+    }
+
+    pub fn take(&self, key: &str, n: u32) -> Result<(), Duration> {
+        if self.rate == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter");
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            buckets.retain(|_, b| !b.is_full(now));
+        }
+        buckets
+            .entry(key.to_string())
+            .or_insert_with(|| Bucket::new(self.rate, self.burst))
+            .take(n, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2, 3);
+        for _ in 0..3 {
+            assert_eq!(b.take(1, t0), Ok(()));
+        }
+        let wait = b.take(1, t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert_eq!(b.take(1, t0 + Duration::from_millis(500)), Ok(()));
+        assert!(
+            Bucket::new(0, 0).take(1_000_000, t0).is_ok(),
+            "rate 0 = unlimited"
+        );
+    }
+
+    #[test]
+    fn connection_permits_count_per_ip_and_total() {
+        let limits = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = limits.acquire(a).unwrap();
+        let _p2 = limits.acquire(a).unwrap();
+        assert_eq!(limits.acquire(a).err(), Some(Refusal::PerIp(2)));
+        let _p3 = limits.acquire(b).unwrap();
+        assert_eq!(limits.acquire(b).err(), Some(Refusal::Total(3)));
+        drop(p1);
+        assert!(limits.acquire(a).is_ok());
+    }
+}
