@@ -59,6 +59,10 @@ impl Herald {
         self.stderr = stderr;
     }
 
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

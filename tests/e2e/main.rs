@@ -2,9 +2,11 @@
 //! all of them; each test starts its own server on a free port with its own data directory.
 
 mod api;
+mod auth;
 mod cli;
 mod common;
 mod durability;
+mod limits;
 mod resume;
 mod slow;
 mod sse;
