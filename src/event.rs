@@ -341,4 +341,43 @@ mod tests {
         assert!(!f.matches("order") && !f.matches("other"));
         assert!(Filter::parse(["bad name"]).is_err());
     }
+
+    /// Reference matcher: the textbook recursive definition of `*` globbing.
+    fn naive(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, _) => s.is_empty(),
+            (Some(b'*'), _) => naive(&p[1..], s) || (!s.is_empty() && naive(p, &s[1..])),
+            (Some(c), Some(d)) if c == d => naive(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn channel_validation_is_the_documented_regex(s in "\\PC{0,210}") {
+            let expected = (1..=200).contains(&s.len())
+                && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.:@/-".contains(&c));
+            proptest::prop_assert_eq!(validate_channel(&s).is_ok(), expected);
+        }
+
+        #[test]
+        fn pattern_matching_agrees_with_the_reference(p in "[ab:*]{1,8}", s in "[ab:]{0,10}") {
+            let pattern = Pattern::parse(&p).unwrap();
+            proptest::prop_assert_eq!(pattern.matches(&s), naive(p.as_bytes(), s.as_bytes()));
+        }
+
+        /// A grant that covers a requested pattern matches every channel the pattern can.
+        #[test]
+        fn pattern_cover_is_sound(g in "[ab:*]{1,6}", p in "[ab:*]{1,6}", fills in proptest::collection::vec("[ab:]{0,3}", 6)) {
+            let grant = Pattern::parse(&g).unwrap();
+            if grant.matches(&p) {
+                let mut expansion = String::new();
+                let mut i = 0;
+                for c in p.chars() {
+                    if c == '*' { expansion.push_str(&fills[i % fills.len()]); i += 1; } else { expansion.push(c); }
+                }
+                proptest::prop_assert!(grant.matches(&expansion), "{} covers {} but not {}", g, p, expansion);
+            }
+        }
+    }
 }

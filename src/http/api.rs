@@ -102,7 +102,10 @@ pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
 }
 
 /// Parses a publish body: one event object or a non-empty array (an atomic batch).
-fn parse_publish(body: &[u8], limits: &LimitsConfig) -> Result<(Vec<NewEvent>, bool), ApiError> {
+pub fn parse_publish(
+    body: &[u8],
+    limits: &LimitsConfig,
+) -> Result<(Vec<NewEvent>, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
@@ -357,5 +360,29 @@ mod tests {
             r#"[{"channel":"a","data":1},{"channel":"a","data":1},{"channel":"a","data":1},{"channel":"a","data":1}]"#,
             Err(("batch_too_large", 413)),
         );
+    }
+
+    proptest::proptest! {
+        /// Any bytes give events or a typed 4xx error, never a panic.
+        #[test]
+        fn publish_parser_is_total(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            if let Err(e) = parse_publish(&body, &LimitsConfig::default()) {
+                proptest::prop_assert!(e.status.is_client_error());
+            }
+        }
+
+        #[test]
+        fn valid_events_parse(channel in "[a-z:/@._-]{1,40}", n in proptest::num::i64::ANY, kind in proptest::option::of("[a-z.]{1,20}"), count in 1usize..5) {
+            let mut one = serde_json::json!({"channel": channel, "data": {"n": n}});
+            if let Some(k) = &kind { one["type"] = k.clone().into(); }
+            let batch = serde_json::Value::Array(vec![one.clone(); count]);
+            let (events, is_batch) = parse_publish(batch.to_string().as_bytes(), &LimitsConfig::default()).unwrap();
+            proptest::prop_assert!(is_batch);
+            proptest::prop_assert_eq!(events.len(), count);
+            proptest::prop_assert_eq!(&events[0].channel, &channel);
+            proptest::prop_assert_eq!(events[0].kind.as_deref(), kind.as_deref());
+            let (single, is_batch) = parse_publish(one.to_string().as_bytes(), &LimitsConfig::default()).unwrap();
+            proptest::prop_assert!(!is_batch && single.len() == 1);
+        }
     }
 }

@@ -291,3 +291,25 @@ pub fn parse_cursor(text: &str, what: &str) -> Result<u64, ApiError> {
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn cursor_parsing_is_total(text in "\\PC{0,40}") {
+            let parsed = parse_cursor(&text, "Last-Event-ID");
+            proptest::prop_assert_eq!(parsed.is_ok(), text.trim().parse::<u64>().is_ok());
+            if let Err(e) = parsed {
+                proptest::prop_assert_eq!(e.code, "invalid_cursor");
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn cursors_round_trip(n in proptest::num::u64::ANY) {
+            proptest::prop_assert_eq!(parse_cursor(&n.to_string(), "x").unwrap(), n);
+        }
+    }
+}

@@ -518,3 +518,37 @@ pub async fn echo(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> imp
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any text gives a message or a typed error, never a panic.
+        #[test]
+        fn parser_is_total(text in "\\PC{0,300}") {
+            let _ = parse_client_message(&text);
+        }
+
+        #[test]
+        fn subscribe_round_trips(channel in "[a-z:*]{1,20}", since in proptest::option::of(proptest::num::u64::ANY), r in proptest::option::of("[a-z0-9]{1,8}")) {
+            let mut v = json!({"op": "subscribe", "channel": channel});
+            if let Some(s) = since { v["since"] = s.into(); }
+            if let Some(r) = &r { v["ref"] = r.clone().into(); }
+            let (m, reference) = parse_client_message(&v.to_string()).unwrap();
+            proptest::prop_assert_eq!(m.op, "subscribe");
+            proptest::prop_assert_eq!(m.channel.as_deref(), Some(channel.as_str()));
+            proptest::prop_assert_eq!(m.since, since);
+            proptest::prop_assert_eq!(reference.and_then(|r| r.as_str().map(String::from)), r);
+        }
+
+        /// JSON of the wrong shape keeps its `ref` in the error.
+        #[test]
+        fn wrong_shapes_keep_their_ref(since in "[a-z]{1,5}") {
+            let text = json!({"op": "subscribe", "channel": "a", "since": since, "ref": "r1"}).to_string();
+            let e = parse_client_message(&text).unwrap_err();
+            proptest::prop_assert_eq!(e.code, "invalid_message");
+            proptest::prop_assert_eq!(e.reference, Some(json!("r1")));
+        }
+    }
+}

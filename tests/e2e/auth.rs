@@ -1,7 +1,7 @@
 //! Auth end to end: API keys, scoped tokens, expiry, public channels, safe defaults.
 
-use std::process::Command;
 use serde_json::{json, Value};
+use std::process::Command;
 
 use crate::common::*;
 
@@ -16,7 +16,11 @@ fn token(h: &Herald, args: &[&str]) -> String {
         .arg(h.config_path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -31,7 +35,9 @@ async fn publish_history_and_management_need_the_right_credential() {
     let h = Herald::start(KEYED);
     let c = http();
     let post = |auth: Option<&str>, channel: &str| {
-        let mut r = c.post(h.url("/v1/events")).json(&json!({"channel": channel, "data": 1}));
+        let mut r = c
+            .post(h.url("/v1/events"))
+            .json(&json!({"channel": channel, "data": 1}));
         if let Some(a) = auth {
             r = r.bearer_auth(a);
         }
@@ -43,7 +49,17 @@ async fn publish_history_and_management_need_the_right_credential() {
     assert_error(s, &v, 401, "unauthorized");
     assert_eq!(status_of(post(Some("k-admin"), "room:1")).await.0, 201);
 
-    let publisher = token(&h, &["--sub", "svc", "--pub-channel", "room:1", "--sub-channel", "user:1"]);
+    let publisher = token(
+        &h,
+        &[
+            "--sub",
+            "svc",
+            "--pub-channel",
+            "room:1",
+            "--sub-channel",
+            "user:1",
+        ],
+    );
     assert_eq!(status_of(post(Some(&publisher), "room:1")).await.0, 201);
     let (s, v) = status_of(post(Some(&publisher), "room:2")).await;
     assert_error(s, &v, 403, "forbidden");
@@ -56,15 +72,27 @@ async fn publish_history_and_management_need_the_right_credential() {
         }
         r
     };
-    assert_eq!(status_of(get("channel=user:1", Some(&publisher))).await.0, 200);
+    assert_eq!(
+        status_of(get("channel=user:1", Some(&publisher))).await.0,
+        200
+    );
     let (s, v) = status_of(get("channel=user:2", Some(&publisher))).await;
     assert_error(s, &v, 403, "forbidden");
     let (s, v) = status_of(get("channel=user:*", Some(&publisher))).await;
     assert_error(s, &v, 403, "forbidden");
     let (s, v) = status_of(get("channel=room:1", None)).await;
     assert_error(s, &v, 401, "unauthorized");
-    assert_eq!(status_of(get("channel=news", None)).await.0, 200, "public channel");
-    assert_eq!(status_of(get(&format!("channel=user:1&token={publisher}"), None)).await.0, 200);
+    assert_eq!(
+        status_of(get("channel=news", None)).await.0,
+        200,
+        "public channel"
+    );
+    assert_eq!(
+        status_of(get(&format!("channel=user:1&token={publisher}"), None))
+            .await
+            .0,
+        200
+    );
 
     // Management needs an API key.
     let hooks = |auth: Option<&str>| {
@@ -102,14 +130,28 @@ async fn publish_history_and_management_need_the_right_credential() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_and_websocket_enforce_token_scopes() {
     let h = Herald::start(KEYED);
-    let user1 = token(&h, &["--sub", "u1", "--sub-channel", "user:1", "--pub-channel", "user:1"]);
+    let user1 = token(
+        &h,
+        &[
+            "--sub",
+            "u1",
+            "--sub-channel",
+            "user:1",
+            "--pub-channel",
+            "user:1",
+        ],
+    );
     // SSE: query token, cookie, refusals.
     for (query, cookie, want) in [
         ("channel=user:1".to_string(), None, 401),
         (format!("channel=user:1&token={user1}"), None, 200),
         (format!("channel=user:2&token={user1}"), None, 403),
         (format!("channel=user:*&token={user1}"), None, 403),
-        ("channel=user:1".to_string(), Some(format!("herald_token={user1}")), 200),
+        (
+            "channel=user:1".to_string(),
+            Some(format!("herald_token={user1}")),
+            200,
+        ),
         ("channel=news".to_string(), None, 200),
     ] {
         let mut r = http().get(h.url(&format!("/v1/sse?{query}")));
@@ -121,7 +163,11 @@ async fn sse_and_websocket_enforce_token_scopes() {
     }
 
     // WebSocket: refused before the upgrade when the query names a channel out of scope.
-    match tokio_tungstenite::connect_async(h.ws_url(&format!("/v1/ws?channel=user:2&token={user1}"))).await {
+    match tokio_tungstenite::connect_async(
+        h.ws_url(&format!("/v1/ws?channel=user:2&token={user1}")),
+    )
+    .await
+    {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
         other => panic!("expected 403, got {other:?}"),
     }
@@ -131,18 +177,41 @@ async fn sse_and_websocket_enforce_token_scopes() {
     }
     let mut ws = ws_connect(&h, &format!("?token={user1}")).await;
     assert_eq!(ws_json(&mut ws).await["op"], "welcome");
-    for (channel, want) in [("user:2", "forbidden"), ("user:*", "forbidden"), ("*", "forbidden")] {
-        ws_send(&mut ws, json!({"op": "subscribe", "channel": channel, "ref": channel})).await;
+    for (channel, want) in [
+        ("user:2", "forbidden"),
+        ("user:*", "forbidden"),
+        ("*", "forbidden"),
+    ] {
+        ws_send(
+            &mut ws,
+            json!({"op": "subscribe", "channel": channel, "ref": channel}),
+        )
+        .await;
         let reply = ws_json(&mut ws).await;
-        assert_eq!((reply["op"].as_str(), reply["code"].as_str()), (Some("error"), Some(want)), "{reply}");
+        assert_eq!(
+            (reply["op"].as_str(), reply["code"].as_str()),
+            (Some("error"), Some(want)),
+            "{reply}"
+        );
         assert_eq!(reply["ref"], channel);
     }
     ws_send(&mut ws, json!({"op": "subscribe", "channel": "user:1"})).await;
     assert_eq!(ws_json(&mut ws).await["op"], "subscribed");
-    ws_send(&mut ws, json!({"op": "publish", "channel": "user:2", "data": 1, "ref": "p"})).await;
+    ws_send(
+        &mut ws,
+        json!({"op": "publish", "channel": "user:2", "data": 1, "ref": "p"}),
+    )
+    .await;
     let reply = ws_json(&mut ws).await;
-    assert_eq!((reply["code"].as_str(), reply["ref"].as_str()), (Some("forbidden"), Some("p")));
-    ws_send(&mut ws, json!({"op": "publish", "channel": "user:1", "data": 1, "ref": "ok"})).await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["ref"].as_str()),
+        (Some("forbidden"), Some("p"))
+    );
+    ws_send(
+        &mut ws,
+        json!({"op": "publish", "channel": "user:1", "data": 1, "ref": "ok"}),
+    )
+    .await;
     let mut seen = Vec::new();
     assert_eq!(ws_until_op(&mut ws, "ack", &mut seen).await["ref"], "ok");
 }
@@ -161,7 +230,10 @@ async fn an_expiring_token_ends_live_connections() {
         }
     };
     assert_eq!(close.map(|c| c.0), Some(1008));
-    assert!(messages.iter().any(|m| m["code"] == "token_expired"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m["code"] == "token_expired"),
+        "{messages:?}"
+    );
     assert_eq!(sse.next().await, None, "the SSE stream ends at expiry");
 }
 
@@ -171,26 +243,71 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
     let private = dir.path().join("k.pem");
     let public = dir.path().join("pub.pem");
     let openssl = |args: &[&str]| Command::new("openssl").args(args).status();
-    let generated = openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", private.to_str().unwrap()]);
+    let generated = openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
     match generated {
         Ok(s) if s.success() => {}
         other => {
-            assert!(std::env::var_os("CI").is_none(), "openssl is needed (apt-get install -y openssl): {other:?}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "openssl is needed (apt-get install -y openssl): {other:?}"
+            );
             eprintln!("SKIPPED: no openssl");
             return;
         }
     }
-    assert!(openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]).unwrap().success());
-    let h = Herald::start(&format!("[auth]\napi_keys = [\"k\"]\njwt_public_key = \"{}\"\n", public.display()));
+    assert!(openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap()
+    ])
+    .unwrap()
+    .success());
+    let h = Herald::start(&format!(
+        "[auth]\napi_keys = [\"k\"]\njwt_public_key = \"{}\"\n",
+        public.display()
+    ));
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["token", "--sub", "ec", "--sub-channel", "ec:*", "--key", private.to_str().unwrap()])
+        .args([
+            "token",
+            "--sub",
+            "ec",
+            "--sub-channel",
+            "ec:*",
+            "--key",
+            private.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let r = http().get(h.url("/v1/events?channel=ec:1")).bearer_auth(&t).send().await.unwrap();
+    let r = http()
+        .get(h.url("/v1/events?channel=ec:1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http().get(h.url("/v1/events?channel=other")).bearer_auth(&t).send().await.unwrap();
+    let r = http()
+        .get(h.url("/v1/events?channel=other"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 }
 
@@ -206,5 +323,8 @@ fn open_mode_refuses_non_loopback_addresses() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 with no API keys"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 with no API keys"),
+        "{stderr}"
+    );
 }

@@ -20,17 +20,24 @@ async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
 /// Reads whatever the server sends until it closes (bounded).
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await.expect("server kept the connection open");
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
+        .await
+        .expect("server kept the connection open");
     String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_rate_per_key_answers_429_with_retry_after() {
-    let h = Herald::start("[auth]\napi_keys = [\"a\", \"b\"]\n[limits]\npublish_rate = 1\npublish_burst = 3\n");
+    let h = Herald::start(
+        "[auth]\napi_keys = [\"a\", \"b\"]\n[limits]\npublish_rate = 1\npublish_burst = 3\n",
+    );
     let c = http();
     let send = |key: &str, n: usize| {
         let batch: Vec<Value> = (0..n).map(|i| json!({"channel": "r", "data": i})).collect();
-        c.post(h.url("/v1/events")).bearer_auth(key).json(&batch).send()
+        c.post(h.url("/v1/events"))
+            .bearer_auth(key)
+            .json(&batch)
+            .send()
     };
     assert_eq!(send("a", 2).await.unwrap().status(), 201);
     assert_eq!(send("a", 1).await.unwrap().status(), 201);
@@ -49,7 +56,11 @@ async fn websocket_publish_rate_per_connection() {
     ws_json(&mut ws).await;
     let mut replies = Vec::new();
     for i in 0..3 {
-        ws_send(&mut ws, json!({"op": "publish", "channel": "w", "data": i, "ref": i})).await;
+        ws_send(
+            &mut ws,
+            json!({"op": "publish", "channel": "w", "data": i, "ref": i}),
+        )
+        .await;
     }
     while replies.len() < 3 {
         replies.push(ws_json(&mut ws).await);
@@ -57,12 +68,19 @@ async fn websocket_publish_rate_per_connection() {
     replies.sort_by_key(|r| r["ref"].as_u64());
     assert_eq!(replies[0]["op"], "ack");
     assert_eq!(replies[1]["op"], "ack");
-    assert_eq!((replies[2]["op"].as_str(), replies[2]["code"].as_str()), (Some("error"), Some("rate_limited")));
+    assert_eq!(
+        (replies[2]["op"].as_str(), replies[2]["code"].as_str()),
+        (Some("error"), Some("rate_limited"))
+    );
     assert!(replies[2]["retry_after_ms"].as_u64().unwrap() >= 1000);
     // A second connection has its own budget.
     let mut other = ws_connect(&h, "").await;
     ws_json(&mut other).await;
-    ws_send(&mut other, json!({"op": "publish", "channel": "w", "data": 9, "ref": "x"})).await;
+    ws_send(
+        &mut other,
+        json!({"op": "publish", "channel": "w", "data": 9, "ref": "x"}),
+    )
+    .await;
     assert_eq!(ws_json(&mut other).await["op"], "ack");
 }
 
@@ -78,34 +96,56 @@ async fn connections_per_ip_and_in_total_are_capped() {
     let mut fourth = connect_from("127.0.0.1", h.addr).await;
     let reply = read_to_close(&mut fourth).await;
     assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
-    assert!(reply.contains("\"too_many_connections\"") && reply.contains("this address"), "{reply}");
+    assert!(
+        reply.contains("\"too_many_connections\"") && reply.contains("this address"),
+        "{reply}"
+    );
     // Another address still gets in, up to the total.
     held.push(connect_from("127.0.0.2", h.addr).await);
     held.push(connect_from("127.0.0.3", h.addr).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut over = connect_from("127.0.0.4", h.addr).await;
     let reply = read_to_close(&mut over).await;
-    assert!(reply.contains("too_many_connections") && reply.contains("maximum of 5"), "{reply}");
+    assert!(
+        reply.contains("too_many_connections") && reply.contains("maximum of 5"),
+        "{reply}"
+    );
     // Freeing slots lets clients in again.
     held.clear();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(http().get(h.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http().get(h.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_and_slow_handshakes_are_cut_off() {
-    let h = Herald::start("[server]\nhandshake_timeout = \"300ms\"\n[limits]\nmax_header_bytes = 8192\n");
+    let h = Herald::start(
+        "[server]\nhandshake_timeout = \"300ms\"\n[limits]\nmax_header_bytes = 8192\n",
+    );
     let mut big = TcpStream::connect(h.addr).await.unwrap();
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
     let _ = big.write_all(request.as_bytes()).await;
     let reply = read_to_close(&mut big).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.80}");
 
     let mut slow = TcpStream::connect(h.addr).await.unwrap();
-    slow.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let reply = read_to_close(&mut slow).await;
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 408"), "{reply}");
-    assert_eq!(http().get(h.url("/healthz")).send().await.unwrap().status(), 200);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply}"
+    );
+    assert_eq!(
+        http().get(h.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,11 +171,17 @@ async fn cors_and_websocket_origin_follow_the_allow_list() {
             .request(reqwest::Method::OPTIONS, h.url("/v1/events"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization, content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
             .send()
     };
     let ok = preflight("https://app.example").await.unwrap();
-    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     let no = preflight("https://evil.example").await.unwrap();
     assert!(no.headers().get("access-control-allow-origin").is_none());
 
@@ -153,6 +199,8 @@ async fn cors_and_websocket_origin_follow_the_allow_list() {
         }
         other => panic!("expected 403, got {other:?}"),
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(request("https://app.example")).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(request("https://app.example"))
+        .await
+        .unwrap();
     assert_eq!(ws_json(&mut ws).await["op"], "welcome");
 }

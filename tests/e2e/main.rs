@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod common;
 mod durability;
+mod flood;
 mod limits;
 mod resume;
 mod slow;
