@@ -175,6 +175,34 @@ async fn sse_and_websocket_enforce_token_scopes() {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {other:?}"),
     }
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "old", "exp": 1_000_000_000u64, "sub_channels": ["*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap();
+    for (path, want) in [
+        (format!("/v1/ws?token={expired}"), 401),
+        ("/v1/ws?token=garbage".to_string(), 401),
+        (format!("/v1/ws?channel=news&token={expired}"), 401),
+    ] {
+        match tokio_tungstenite::connect_async(h.ws_url(&path)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), want, "{path}")
+            }
+            other => panic!("{path}: expected {want}, got {other:?}"),
+        }
+    }
+    let r = http()
+        .get(h.url(&format!("/v1/sse?channel=user:1&token={expired}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "token_expired"
+    );
     let mut ws = ws_connect(&h, &format!("?token={user1}")).await;
     assert_eq!(ws_json(&mut ws).await["op"], "welcome");
     for (channel, want) in [
