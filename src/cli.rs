@@ -68,6 +68,16 @@ struct TokenArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Open N connections (SSE, WS or a mix) and hold them: connect rate and the server's
+    /// memory per connection (with --server-pid).
+    Idle(crate::bench::idle::IdleArgs),
+    /// N subscribers on one channel, a publisher at a fixed rate: deliveries/s, publish ->
+    /// receive latency percentiles, losses.
+    Fanout(crate::bench::fanout::FanoutArgs),
+    /// N subscribers each on its own channel, the rate spread across them.
+    Channels(crate::bench::fanout::FanoutArgs),
+    /// HTTP publish throughput, single events or batches, durable by the server's policy.
+    Publish(crate::bench::publish::PublishArgs),
     /// Webhook deliveries/s to a local receiver, with N endpoints on one channel.
     Webhooks(crate::bench::webhooks::WebhooksArgs),
 }
@@ -196,7 +206,13 @@ pub fn main() -> ExitCode {
             Command::Tail(args) => tail(args).await,
             Command::Webhook(command) => webhook(command).await,
             Command::Token(args) => token(args),
-            Command::Bench(BenchCommand::Webhooks(args)) => crate::bench::webhooks::run(args).await,
+            Command::Bench(command) => match command {
+                BenchCommand::Idle(args) => crate::bench::idle::run(args).await,
+                BenchCommand::Fanout(args) => crate::bench::fanout::run(args, false).await,
+                BenchCommand::Channels(args) => crate::bench::fanout::run(args, true).await,
+                BenchCommand::Publish(args) => crate::bench::publish::run(args).await,
+                BenchCommand::Webhooks(args) => crate::bench::webhooks::run(args).await,
+            },
         }
     });
     match result {

@@ -47,6 +47,16 @@ pub enum ServeError {
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let listen = config.server.listen;
+    // Every connection is a file descriptor; the default soft limit (often 1024) would cap
+    // Herald far below its connection limits.
+    let nofile = crate::limits::raise_nofile();
+    if (nofile as usize) < config.limits.max_connections {
+        tracing::warn!(
+            nofile,
+            max_connections = config.limits.max_connections,
+            "open-file limit is below limits.max_connections"
+        );
+    }
     let auth = Arc::new(Auth::from_config(&config.auth)?);
     if auth.is_open() && !listen.ip().is_loopback() {
         return Err(ServeError::OpenOnPublicAddress(listen));

@@ -1,4 +1,147 @@
-//! `herald bench`: load generators that drive a running Herald over real sockets and report
-//! what they measured. Scenarios live one per file.
+//! `herald bench`: load generators that drive a running Herald (or any server speaking its
+//! protocol) over real sockets, and report what they measured. One scenario per file; this
+//! module holds what they share: many client sockets (spread over 127.0.0.x source addresses
+//! to pass one address's ~28k ephemeral ports), the file-descriptor limit, the server's RSS,
+//! and latency histograms.
 
+pub mod fanout;
+pub mod idle;
+pub mod publish;
 pub mod webhooks;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use tokio::net::{TcpSocket, TcpStream};
+
+pub use crate::limits::raise_nofile;
+
+/// Where to connect, parsed from `--server http://host:port`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub host: String,
+}
+
+impl Target {
+    pub fn parse(server: &str) -> anyhow::Result<Target> {
+        let url = reqwest::Url::parse(server)
+            .context("--server must be a URL like http://127.0.0.1:8080")?;
+        let host = url.host_str().context("--server needs a host")?.to_string();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let ip: IpAddr = match host.as_str() {
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            h => h
+                .parse()
+                .context("--server must name an IP address (load runs on loopback)")?,
+        };
+        if !ip.is_loopback() {
+            bail!("herald bench only targets loopback addresses (127.0.0.0/8), got {ip}");
+        }
+        Ok(Target {
+            base: server.trim_end_matches('/').to_string(),
+            addr: SocketAddr::new(ip, port),
+            host: format!("{host}:{port}"),
+        })
+    }
+}
+
+/// Hands out client sockets bound to 127.0.0.1, 127.0.0.2, ... in turn.
+pub struct Sources {
+    count: usize,
+    next: AtomicUsize,
+}
+
+impl Sources {
+    /// Enough source addresses for `connections` (about 25,000 per address).
+    pub fn for_connections(connections: usize, at_least: usize) -> Sources {
+        Sources {
+            count: connections.div_ceil(25_000).max(at_least).max(1),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub async fn connect(&self, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8)),
+            0,
+        ))?;
+        let stream = socket.connect(to).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// A process's resident set size in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
+}
+
+/// Finds `"key":<digits>` in a JSON text without parsing it (the hot loop of a subscriber).
+pub fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut n: u64 = 0;
+    let mut any = false;
+    for d in digits {
+        n = n.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+        any = true;
+    }
+    any.then_some(n)
+}
+
+/// p50/p90/p99/p99.9/max in milliseconds.
+pub fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |us: u64| (us as f64) / 1000.0;
+    serde_json::json!({
+        "p50_ms": ms(h.value_at_quantile(0.5)),
+        "p90_ms": ms(h.value_at_quantile(0.9)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+        "samples": h.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_numbers_without_parsing() {
+        let text =
+            br#"{"op":"event","seq":42,"channel":"c","data":{"t":1700000000123456789,"p":"xx"}}"#;
+        assert_eq!(find_u64(text, b"\"seq\":"), Some(42));
+        assert_eq!(find_u64(text, b"\"t\":"), Some(1_700_000_000_123_456_789));
+        assert_eq!(find_u64(text, b"\"nope\":"), None);
+    }
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(Target::parse("http://127.0.0.1:8080").is_ok());
+        assert!(Target::parse("http://localhost:9").is_ok());
+        assert!(Target::parse("http://10.0.0.1:8080").is_err());
+    }
+}

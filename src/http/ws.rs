@@ -36,6 +36,10 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INTERNAL: u16 = 1011;
 pub const CLOSE_SLOW: u16 = 4008;
 
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Bounds what one connection's writer may hold (frames fed before a flush).
+const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 /// Most events written before one flush.
 const WRITE_BATCH: usize = 64;
 /// Most publishes awaiting their ack on one connection; past it the reader waits.
@@ -81,6 +85,11 @@ pub async fn upgrade(
     Ok(upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
+        // Sized to need: most connections are idle, and tungstenite's defaults (128 KiB each
+        // way) would cost more than the rest of the connection.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _guard = guard;
             Session::new(app, socket, conn, principal)

@@ -201,3 +201,98 @@ async fn bench_webhooks_smoke() {
         .unwrap();
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 0);
 }
+
+/// Runs `herald bench ARGS --json` against `h` and returns its report.
+async fn bench(h: &Herald, args: &[&str]) -> Value {
+    let (url, pid) = (h.url(""), h.pid().to_string());
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if args[0] == "idle" || args[0] == "fanout" || args[0] == "channels" {
+        args.extend(["--server-pid".to_string(), pid]);
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("bench")
+            .args(&args)
+            .arg("--json")
+            .env("HERALD_URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_scenarios_smoke() {
+    let h = Herald::start(
+        "[server]\nidle_timeout = \"1h\"\n[log]\ndurability = \"os\"\n[limits]\npublish_rate = 0\n",
+    );
+    let idle = bench(
+        &h,
+        &[
+            "idle",
+            "--connections",
+            "200",
+            "--transport",
+            "mix",
+            "--hold",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (idle["opened"].clone(), idle["failed"].clone()),
+        (serde_json::json!(200), serde_json::json!(0))
+    );
+    assert!(idle["server_kib_per_connection"].is_number(), "{idle}");
+    assert_eq!(idle["still_open_after_hold"], 200);
+
+    for (scenario, transport) in [("fanout", "ws"), ("fanout", "sse"), ("channels", "mix")] {
+        let r = bench(
+            &h,
+            &[
+                scenario,
+                "--subscribers",
+                "20",
+                "--transport",
+                transport,
+                "--rate",
+                "200",
+                "--duration",
+                "2s",
+            ],
+        )
+        .await;
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["out_of_order"], 0, "{r}");
+        assert!(r["published"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["delivered"], r["expected"], "{r}");
+        assert!(r["latency"]["samples"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            r["latency"]["p99_ms"].as_f64().unwrap() >= r["latency"]["p50_ms"].as_f64().unwrap()
+        );
+    }
+    for batch in ["1", "50"] {
+        let r = bench(
+            &h,
+            &[
+                "publish",
+                "--batch",
+                batch,
+                "--concurrency",
+                "4",
+                "--duration",
+                "2s",
+            ],
+        )
+        .await;
+        assert!(r["events"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["failed_requests"], 0, "{r}");
+    }
+}

@@ -1,0 +1,360 @@
+//! `herald bench fanout` and `herald bench channels`: subscribers receive what a publisher
+//! sends at a fixed rate; reports deliveries/s, publish->receive latency (the publisher's
+//! timestamp rides in each event's data) and losses.
+//!
+//! `fanout`: every subscriber on one channel. `channels`: each subscriber on its own channel,
+//! the rate spread across them. Works against any server that speaks Herald's WebSocket
+//! subscribe (`/v1/ws?channel=`), SSE and `POST /v1/events`, such as `bench/peers/node-ws`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{find_u64, histogram, now_ns, percentiles, raise_nofile, rss_kib, Sources, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Ws,
+    Sse,
+    Mix,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FanoutArgs {
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    pub transport: Transport,
+    /// Events per second, in total.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Bytes of padding in each event's data.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Source addresses to spread over (default: one per 25,000 connections).
+    #[arg(long, default_value_t = 1)]
+    pub sources: usize,
+    /// The server's pid, to report its RSS (same machine).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one subscriber saw.
+struct Seen {
+    received: u64,
+    latency: Histogram<u64>,
+    /// Seqs that went backwards or repeated (must stay 0).
+    disorder: u64,
+    disconnected: bool,
+}
+
+pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
+    let target = Target::parse(&args.server)?;
+    raise_nofile();
+    let scenario = if per_channel { "channels" } else { "fanout" };
+    let run_id = std::process::id();
+    let channel_of = |i: usize| {
+        if per_channel {
+            format!("bench.{scenario}.{run_id}.{i}")
+        } else {
+            format!("bench.{scenario}.{run_id}")
+        }
+    };
+    let sources = Arc::new(Sources::for_connections(args.subscribers, args.sources));
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let received_total = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
+    let mut subscribers = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let sse = match args.transport {
+            Transport::Sse => true,
+            Transport::Ws => false,
+            Transport::Mix => i % 2 == 1,
+        };
+        let ctx = (
+            gate.clone(),
+            sources.clone(),
+            target.clone(),
+            ready.clone(),
+            received_total.clone(),
+            stop_rx.clone(),
+        );
+        let channel = channel_of(i);
+        subscribers.push(tokio::spawn(async move {
+            let (gate, sources, target, ready, total, stop) = ctx;
+            let permit = gate.acquire_owned().await.expect("gate");
+            if sse {
+                subscribe_sse(&sources, &target, &channel, permit, &ready, &total, stop).await
+            } else {
+                subscribe_ws(&sources, &target, &channel, permit, &ready, &total, stop).await
+            }
+        }));
+    }
+    while ready.load(Ordering::Relaxed) < args.subscribers {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {} of {} subscribers connected",
+                ready.load(Ordering::Relaxed),
+                args.subscribers
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if subscribers.iter().any(|s| s.is_finished()) {
+            bail!("a subscriber failed to connect (is the server up, and are its limits high enough?)");
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{scenario}: {} subscribers ready in {connect_secs:.1}s; publishing {} events/s for {:?}",
+        args.subscribers, args.rate, args.duration
+    );
+    let rss_start = args.server_pid.and_then(rss_kib);
+
+    // Publish: one batch per 10 ms tick.
+    let http = reqwest::Client::new();
+    let pad = "x".repeat(args.payload);
+    let channels = if per_channel { args.subscribers } else { 1 };
+    let ticks_per_sec = 100u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / ticks_per_sec));
+    let mut published = 0u64;
+    let mut per_channel_count = vec![0u64; channels];
+    let publish_start = Instant::now();
+    let mut owed = 0f64;
+    let mut last_progress = Instant::now();
+    while publish_start.elapsed() < args.duration {
+        tick.tick().await;
+        owed += args.rate as f64 / ticks_per_sec as f64;
+        let n = owed.floor() as usize;
+        if n == 0 {
+            continue;
+        }
+        owed -= n as f64;
+        let t = now_ns();
+        let batch: Vec<Value> = (0..n)
+            .map(|k| {
+                let c = (published as usize + k) % channels;
+                json!({"channel": channel_of(c), "data": {"t": t, "p": pad}})
+            })
+            .collect();
+        let r = http
+            .post(format!("{}/v1/events", target.base))
+            .json(&batch)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "publish failed: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        for k in 0..n {
+            per_channel_count[(published as usize + k) % channels] += 1;
+        }
+        published += n as u64;
+        if last_progress.elapsed() > Duration::from_secs(5) {
+            last_progress = Instant::now();
+            eprintln!(
+                "{scenario}: published {published}, delivered {}",
+                received_total.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let publish_secs = publish_start.elapsed().as_secs_f64();
+    let expected: u64 = if per_channel {
+        published
+    } else {
+        published * args.subscribers as u64
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    while received_total.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_secs = publish_start.elapsed().as_secs_f64();
+    let rss_end = args.server_pid.and_then(rss_kib);
+    let _ = stop_tx.send(true);
+    let mut latency = histogram();
+    let (mut received, mut disorder, mut disconnected, mut short) = (0u64, 0u64, 0usize, 0usize);
+    for (i, s) in subscribers.into_iter().enumerate() {
+        let seen = s.await??;
+        received += seen.received;
+        disorder += seen.disorder;
+        disconnected += seen.disconnected as usize;
+        let want = if per_channel {
+            per_channel_count[i % channels]
+        } else {
+            published
+        };
+        short += (seen.received < want) as usize;
+        latency.add(&seen.latency).ok();
+    }
+    let lost = expected.saturating_sub(received);
+    let report = json!({
+        "scenario": scenario, "transport": format!("{:?}", args.transport).to_lowercase(),
+        "subscribers": args.subscribers, "rate": args.rate, "duration_s": publish_secs,
+        "published": published, "expected": expected, "delivered": received, "lost": lost,
+        "subscribers_short": short, "disconnected": disconnected, "out_of_order": disorder,
+        "deliveries_per_sec": received as f64 / publish_secs,
+        "drain_s": drain_secs - publish_secs, "connect_s": connect_secs,
+        "latency": percentiles(&latency),
+        "server_rss_start_kib": rss_start, "server_rss_end_kib": rss_end,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        let l = &report["latency"];
+        println!(
+            "{scenario}: {} subscribers ({:?}), {published} events at {}/s for {publish_secs:.1}s: {received}/{expected} delivered = {:.0} deliveries/s, lost {lost}, out of order {disorder}, disconnected {disconnected}; latency p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+            args.subscribers, args.transport, args.rate, received as f64 / publish_secs,
+            l["p50_ms"], l["p90_ms"], l["p99_ms"], l["p999_ms"], l["max_ms"],
+        );
+        if let (Some(a), Some(b)) = (rss_start, rss_end) {
+            println!("{scenario}: server RSS {a} KiB at start, {b} KiB at end");
+        }
+    }
+    if lost > 0 || disorder > 0 {
+        bail!("{lost} deliveries lost, {disorder} out of order");
+    }
+    Ok(())
+}
+
+fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64, total: &AtomicU64) {
+    let Some(t) = find_u64(text, b"\"t\":") else {
+        return;
+    };
+    if let Some(seq) = find_u64(text, b"\"seq\":") {
+        if seq <= *last_seq {
+            seen.disorder += 1;
+        }
+        *last_seq = seq;
+    }
+    seen.received += 1;
+    total.fetch_add(1, Ordering::Relaxed);
+    let _ = seen
+        .latency
+        .record((now_ns().saturating_sub(t) / 1000).max(1));
+}
+
+async fn subscribe_ws(
+    sources: &Sources,
+    target: &Target,
+    channel: &str,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ready: &AtomicUsize,
+    total: &AtomicU64,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Seen> {
+    let stream = sources.connect(target.addr).await?;
+    let url = format!("ws://{}/v1/ws?channel={channel}", target.host);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    // Ready once the server confirms the subscription.
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => break,
+            Some(Ok(_)) => continue,
+            other => bail!("subscribe failed: {other:?}"),
+        }
+    }
+    drop(permit);
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut seen = Seen {
+        received: 0,
+        latency: histogram(),
+        disorder: 0,
+        disconnected: false,
+    };
+    let mut last_seq = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(t))) => record(&mut seen, t.as_bytes(), &mut last_seq, total),
+                Some(Ok(_)) => {}
+                _ => { seen.disconnected = true; break; }
+            }
+        }
+    }
+    Ok(seen)
+}
+
+async fn subscribe_sse(
+    sources: &Sources,
+    target: &Target,
+    channel: &str,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ready: &AtomicUsize,
+    total: &AtomicU64,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Seen> {
+    let stream = sources.connect(target.addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(format!("/v1/sse?channel={channel}"))
+        .header("host", &target.host)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    if !response.status().is_success() {
+        bail!("SSE refused: {}", response.status());
+    }
+    drop(permit);
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut body = response.into_body();
+    let mut seen = Seen {
+        received: 0,
+        latency: histogram(),
+        disorder: 0,
+        disconnected: false,
+    };
+    let mut last_seq = 0;
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    carry.extend_from_slice(&data);
+                    // Whole lines only: a frame may end mid-line.
+                    let mut start = 0;
+                    while let Some(end) = carry[start..].iter().position(|&b| b == b'\n') {
+                        let line = &carry[start..start + end];
+                        if line.starts_with(b"data: ") {
+                            record(&mut seen, line, &mut last_seq, total);
+                        }
+                        start += end + 1;
+                    }
+                    carry.drain(..start);
+                }
+                _ => { seen.disconnected = true; break; }
+            }
+        }
+    }
+    Ok(seen)
+}

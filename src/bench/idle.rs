@@ -1,0 +1,213 @@
+//! `herald bench idle`: open N connections (SSE, WebSocket, or a mix), hold them, and report
+//! the connect rate and the server's memory growth per connection.
+//!
+//! Clients here are as thin as possible (a raw handshake, then a socket read into a small
+//! buffer) so the generator itself fits 100,000 connections beside the server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use super::{raise_nofile, rss_kib, Sources, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Sse,
+    Ws,
+    Mix,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IdleArgs {
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    #[arg(long, value_enum, default_value_t = Transport::Mix)]
+    pub transport: Transport,
+    /// How long to hold them once all are open.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// The server's pid, to read its RSS from /proc (same machine).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Source addresses to spread over (default: one per 25,000 connections).
+    #[arg(long, default_value_t = 1)]
+    pub sources: usize,
+    /// Token for servers with auth (sent as ?token=).
+    #[arg(long, env = "HERALD_TOKEN")]
+    pub token: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
+    let target = Target::parse(&args.server)?;
+    let nofile = raise_nofile();
+    if (nofile as usize) < args.connections + 100 {
+        eprintln!(
+            "warning: open-file limit {nofile} is below {} connections",
+            args.connections
+        );
+    }
+    let sources = Arc::new(Sources::for_connections(args.connections, args.sources));
+    let rss_before = args.server_pid.and_then(rss_kib);
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let open = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let token = args
+        .token
+        .as_deref()
+        .map(|t| format!("&token={t}"))
+        .unwrap_or_default();
+    let started = Instant::now();
+    let mut holders = Vec::with_capacity(args.connections);
+    let mut last_progress = Instant::now();
+    for i in 0..args.connections {
+        let permit = gate.clone().acquire_owned().await?;
+        let sse = match args.transport {
+            Transport::Sse => true,
+            Transport::Ws => false,
+            Transport::Mix => i % 2 == 0,
+        };
+        let (sources, target, open_n, failed_n) = (
+            sources.clone(),
+            target.clone(),
+            open.clone(),
+            failed.clone(),
+        );
+        let path = format!(
+            "/v1/{}?channel=bench.idle.{}{token}",
+            if sse { "sse" } else { "ws" },
+            i % 1000
+        );
+        holders.push(tokio::spawn(async move {
+            let stream = handshake(&sources, &target, &path, sse).await;
+            drop(permit);
+            match stream {
+                Ok(mut stream) => {
+                    open_n.fetch_add(1, Ordering::Relaxed);
+                    // Hold: read and discard (heartbeats) until the server or we end it.
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    open_n.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    failed_n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        if last_progress.elapsed() > Duration::from_secs(2) {
+            last_progress = Instant::now();
+            eprintln!(
+                "idle: {} open, {} failed, {:.0}s",
+                open.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // Wait for the last handshakes.
+    let _ = gate.acquire_many(args.concurrency.max(1) as u32).await?;
+    let connect_secs = started.elapsed().as_secs_f64();
+    let opened = open.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = args.server_pid.and_then(rss_kib);
+    tokio::time::sleep(args.hold).await;
+    let still_open = open.load(Ordering::Relaxed);
+    for h in &holders {
+        h.abort();
+    }
+    let per_conn_kib = match (rss_before, rss_after) {
+        (Some(a), Some(b)) if opened > 0 => Some((b.saturating_sub(a)) as f64 / opened as f64),
+        _ => None,
+    };
+    let report = json!({
+        "scenario": "idle", "transport": format!("{:?}", args.transport).to_lowercase(),
+        "requested": args.connections, "opened": opened, "failed": failed.load(Ordering::Relaxed),
+        "still_open_after_hold": still_open, "connect_seconds": connect_secs,
+        "connects_per_sec": opened as f64 / connect_secs,
+        "server_rss_before_kib": rss_before, "server_rss_after_kib": rss_after,
+        "server_kib_per_connection": per_conn_kib, "sources": sources_count(&sources),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "idle: {opened}/{} connections ({:?}) in {connect_secs:.1}s = {:.0} connects/s; {} still open after {:?}; server RSS {} -> {} KiB = {} KiB per connection",
+            args.connections,
+            args.transport,
+            opened as f64 / connect_secs,
+            still_open,
+            args.hold,
+            rss_before.map_or("?".into(), |v| v.to_string()),
+            rss_after.map_or("?".into(), |v| v.to_string()),
+            per_conn_kib.map_or("?".into(), |v| format!("{v:.2}")),
+        );
+    }
+    if opened < args.connections {
+        bail!("only {opened} of {} connections opened", args.connections);
+    }
+    Ok(())
+}
+
+fn sources_count(s: &Sources) -> usize {
+    s.count
+}
+
+/// A raw SSE request or WebSocket upgrade; returns the socket once the server accepted.
+async fn handshake(
+    sources: &Sources,
+    target: &Target,
+    path: &str,
+    sse: bool,
+) -> anyhow::Result<TcpStream> {
+    let mut stream = sources.connect(target.addr).await?;
+    let request = if sse {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            target.host
+        )
+    } else {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            target.host
+        )
+    };
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 || head.len() > 4096 {
+            bail!("connection closed during the handshake");
+        }
+        head.push(byte[0]);
+    }
+    let want: &[u8] = if sse {
+        b"HTTP/1.1 200"
+    } else {
+        b"HTTP/1.1 101"
+    };
+    if !head.starts_with(want) {
+        bail!(
+            "handshake refused: {}",
+            String::from_utf8_lossy(&head[..head.len().min(40)])
+        );
+    }
+    Ok(stream)
+}
