@@ -150,8 +150,14 @@ impl RateLimiter {
     }
 }
 
-/// Raises this process's open-file limit to its hard limit; returns the new soft limit.
+/// Raises this process's open-file limit as far as allowed: to the kernel's `nr_open` when
+/// privileged (root may raise the hard limit), else to the hard limit. Returns the new soft
+/// limit.
 pub fn raise_nofile() -> u64 {
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
         let mut limit = libc::rlimit {
@@ -160,6 +166,15 @@ pub fn raise_nofile() -> u64 {
         };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 0;
+        }
+        if ceiling > limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: ceiling,
+                rlim_max: ceiling,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return ceiling;
+            }
         }
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);

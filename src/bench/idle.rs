@@ -92,11 +92,19 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             i % 1000
         );
         holders.push(tokio::spawn(async move {
-            let stream = handshake(&sources, &target, &path, sse).await;
-            drop(permit);
+            let stream = match tokio::time::timeout(
+                Duration::from_secs(15),
+                handshake(&sources, &target, &path, sse),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!("handshake timed out")),
+            };
             match stream {
                 Ok(mut stream) => {
                     open_n.fetch_add(1, Ordering::Relaxed);
+                    drop(permit);
                     // Hold: read and discard (heartbeats) until the server or we end it.
                     let mut buf = [0u8; 256];
                     while let Ok(n) = stream.read(&mut buf).await {
@@ -106,8 +114,11 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
                     }
                     open_n.fetch_sub(1, Ordering::Relaxed);
                 }
-                Err(_) => {
-                    failed_n.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    if failed_n.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("idle: first failure: {e:#}");
+                    }
+                    drop(permit);
                 }
             }
         }));
@@ -190,13 +201,14 @@ async fn handshake(
         )
     };
     stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(256);
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await? == 0 || head.len() > 4096 {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || head.len() > 8192 {
             bail!("connection closed during the handshake");
         }
-        head.push(byte[0]);
+        head.extend_from_slice(&chunk[..n]);
     }
     let want: &[u8] = if sse {
         b"HTTP/1.1 200"

@@ -36,8 +36,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INTERNAL: u16 = 1011;
 pub const CLOSE_SLOW: u16 = 4008;
 
-const READ_BUFFER: usize = 4 * 1024;
-const WRITE_BUFFER: usize = 16 * 1024;
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
 /// Bounds what one connection's writer may hold (frames fed before a flush).
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 /// Most events written before one flush.
