@@ -7,7 +7,7 @@
 //! themselves; they hold a [`Subscription`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
@@ -43,6 +43,8 @@ struct Sink {
     tx: mpsc::Sender<EventRef>,
     /// Cancelled when the queue overflowed; the subscription then ends with [`Lagged`].
     lagged: CancellationToken,
+    /// Set with `lagged`; a plain flag because dispatch reads it for every event.
+    dead: AtomicBool,
 }
 
 /// What a subscription yields, in seq order.
@@ -124,6 +126,7 @@ impl Hub {
             filter: filter.clone(),
             tx,
             lagged: lagged.clone(),
+            dead: AtomicBool::new(false),
         });
         let mut reg = self.registry.write().expect("hub registry lock");
         if filter.has_patterns() {
@@ -184,12 +187,13 @@ impl CommitListener for Hub {
                 for sink in exact.chain(patterned) {
                     // A lagged sink must get nothing more: a later event slipping in would
                     // hide the gap from the subscriber.
-                    if sink.lagged.is_cancelled() {
+                    if sink.dead.load(Ordering::Relaxed) {
                         continue;
                     }
                     match sink.tx.try_send(event.clone()) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
+                            sink.dead.store(true, Ordering::Relaxed);
                             sink.lagged.cancel();
                             dropped.push((sink.id, sink.filter.clone()));
                         }
