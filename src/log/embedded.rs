@@ -31,6 +31,12 @@ use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
 use crate::config::{Durability, LogConfig};
 use crate::event::{now_ms, Event, EventRef, Filter, NewEvent};
 
+/// The store's block cache.
+const STORE_CACHE: u64 = 16 * 1024 * 1024;
+/// All memtables together, before fjall flushes the largest.
+const STORE_WRITE_BUFFERS: u64 = 24 * 1024 * 1024;
+/// One partition's memtable.
+const STORE_MEMTABLE: u32 = 4 * 1024 * 1024;
 /// Publishes waiting for the writer; a full queue makes publishers wait (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 /// Most requests folded into one commit.
@@ -73,8 +79,15 @@ impl EmbeddedLog {
             .map_err(|e| LogError::Storage(format!("{}: {e}", dir.display())))?;
         // Background sync each second covers state written beside the log without an explicit
         // persist (webhook queue bookkeeping, retention); the log itself persists per commit.
-        let keyspace = fjall::Config::new(dir).fsync_ms(Some(1000)).open()?;
-        let open = |name: &str| keyspace.open_partition(name, PartitionCreateOptions::default());
+        // Memory is bounded explicitly (block cache, all memtables together, each memtable):
+        // fjall's defaults would let a busy log hold ~100 MiB before it levels off.
+        let keyspace = fjall::Config::new(dir)
+            .fsync_ms(Some(1000))
+            .cache_size(STORE_CACHE)
+            .max_write_buffer_size(STORE_WRITE_BUFFERS)
+            .open()?;
+        let options = || PartitionCreateOptions::default().max_memtable_size(STORE_MEMTABLE);
+        let open = |name: &str| keyspace.open_partition(name, options());
         let store = Store {
             events: open("events")?,
             by_channel: open("by_channel")?,
