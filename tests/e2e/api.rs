@@ -38,27 +38,15 @@ async fn publish_single_and_batch_then_read_history() {
     assert_eq!(page["next"], 3);
 
     // Patterns, several channels, and paging with after/limit.
-    let page: serde_json::Value = http()
-        .get(h.url("/v1/events?channel=user:*&channel=orders&after=1&limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value =
+        get_json(h.url("/v1/events?channel=user:*&channel=orders&after=1&limit=1")).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
     assert_eq!(page["events"][0]["seq"], 2);
     let next = page["next"].as_u64().unwrap();
-    let page: serde_json::Value = http()
-        .get(h.url(&format!(
-            "/v1/events?channel=user:*&channel=orders&after={next}&limit=10"
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = get_json(h.url(&format!(
+        "/v1/events?channel=user:*&channel=orders&after={next}&limit=10"
+    )))
+    .await;
     assert_eq!(page["events"][0]["seq"], 3);
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
 }
@@ -74,14 +62,7 @@ async fn data_is_kept_byte_for_byte() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let text = http()
-        .get(h.url("/v1/events?channel=raw"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(h.url("/v1/events?channel=raw")).await;
     assert!(
         text.contains(r#""data":{"b": 1.50, "a":[ true ,null]}"#),
         "{text}"
@@ -96,14 +77,7 @@ async fn same_id_within_window_returns_original_seq() {
     assert_eq!((s1, s2), (201, 200));
     assert_eq!(r1, r2);
     // Only one event exists.
-    let page: serde_json::Value = http()
-        .get(h.url("/v1/events?channel=pay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = get_json(h.url("/v1/events?channel=pay")).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
     assert_eq!(page["events"][0]["id"], "charge-1");
 }
@@ -220,13 +194,6 @@ async fn health_and_readiness() {
     let h = Herald::start("");
     let r = http().get(h.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r: serde_json::Value = http()
-        .get(h.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = get_json(h.url("/readyz")).await;
     assert_eq!(r["status"], "ready");
 }

@@ -191,14 +191,7 @@ async fn bench_webhooks_smoke() {
     assert_eq!(report["expected"], 600);
     assert!(report["deliveries_per_sec"].as_f64().unwrap() > 0.0);
     // The bench cleans up after itself.
-    let list: Value = http()
-        .get(h.url("/v1/webhooks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(h.url("/v1/webhooks")).await;
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 0);
 }
 

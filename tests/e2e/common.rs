@@ -177,6 +177,30 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// GETs a URL and parses its JSON body.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+/// GETs a URL and returns its body as text.
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text body")
+}
+
 /// POSTs `body` to /v1/events; returns the status and the JSON reply.
 pub async fn publish(h: &Herald, body: Value) -> (u16, Value) {
     let r = http()

@@ -15,7 +15,7 @@ async fn read_all(h: &Herald) -> Vec<Value> {
     let mut after = 0;
     loop {
         let url = h.url(&format!("/v1/events?channel=*&after={after}&limit=1000"));
-        let page: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+        let page: Value = get_json(url).await;
         let events = page["events"].as_array().unwrap();
         out.extend(events.iter().cloned());
         let next = page["next"].as_u64().unwrap();

@@ -244,14 +244,8 @@ async fn resume_is_lossless_while_publishes_race() {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let page: Value = http()
-            .get(h.url(&format!("/v1/events?channel=*&after={after}&limit=1000")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value =
+            get_json(h.url(&format!("/v1/events?channel=*&after={after}&limit=1000"))).await;
         let events = page["events"].as_array().unwrap().clone();
         if events.is_empty() {
             break;

@@ -73,14 +73,7 @@ async fn stalled_clients_are_dropped_and_memory_stays_bounded() {
         .await
         .unwrap();
     // A normal subscriber on the same channel.
-    let head: Value = http()
-        .get(h.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let head: Value = get_json(h.url("/readyz")).await;
     let first = head["head"].as_u64().unwrap() + 1;
     let last = first + PHASE_EVENTS as u64 - 1;
     let normal = tokio::spawn(reader(h.url(""), last));

@@ -41,14 +41,7 @@ async fn frames_headers_and_live_delivery() {
     assert!(raw.contains("id: 3\ndata: {\"seq\":3,"), "{raw}");
 
     // The SSE data is byte-identical to the history envelope.
-    let history = http()
-        .get(h.url("/v1/events?channel=orders"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let history = get_text(h.url("/v1/events?channel=orders")).await;
     assert!(history.contains(&first.data), "{history}");
 }
 
@@ -116,14 +109,7 @@ async fn reset_when_retention_dropped_part_of_the_gap() {
     // Wait for retention to run.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let r: Value = http()
-            .get(h.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = get_json(h.url("/readyz")).await;
         if r["oldest"] == 8 {
             break;
         }

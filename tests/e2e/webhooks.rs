@@ -221,14 +221,8 @@ pub async fn create_webhook(h: &Herald, body: Value) -> (u16, Value) {
 }
 
 pub async fn attempts(h: &Herald, id: &str, query: &str) -> Vec<Value> {
-    let v: Value = http()
-        .get(h.url(&format!("/v1/webhooks/{id}/deliveries?limit=1000{query}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        get_json(h.url(&format!("/v1/webhooks/{id}/deliveries?limit=1000{query}"))).await;
     v["deliveries"]
         .as_array()
         .unwrap_or_else(|| panic!("{v}"))
@@ -344,14 +338,7 @@ async fn delivers_signed_envelopes_that_verify_independently() {
     })
     .await;
     let got = receiver.got.lock().unwrap().clone();
-    let history = http()
-        .get(h.url("/v1/events?channel=*"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let history = get_text(h.url("/v1/events?channel=*")).await;
     for r in &got {
         // Byte-identical to the envelope every other transport carries.
         assert!(
@@ -378,37 +365,16 @@ async fn delivers_signed_envelopes_that_verify_independently() {
     );
 
     // Reads never show the secret.
-    let list = http()
-        .get(h.url("/v1/webhooks"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let list = get_text(h.url("/v1/webhooks")).await;
     assert!(!list.contains("whsec_"), "{list}");
-    let one: Value = http()
-        .get(h.url(&format!("/v1/webhooks/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = get_json(h.url(&format!("/v1/webhooks/{id}"))).await;
     assert!(one.get("secret").is_none());
     assert_eq!(one["pending"], 0);
     let delivered = attempts(&h, &id, "&status=delivered").await;
     assert_eq!(delivered.len(), 2);
     assert_eq!(delivered[0]["status_code"], 204);
 
-    let metrics = http()
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(h.url("/metrics")).await;
     assert!(
         metrics.contains("herald_webhook_attempts_total{outcome=\"delivered\"} 3"),
         "{metrics}"
@@ -527,14 +493,7 @@ async fn endpoint_failing_past_the_window_is_disabled() {
     let id = ep["id"].as_str().unwrap().to_string();
     publish_one(&h, "d", json!(1)).await;
     let v: Value = eventually("disabled", WAIT, async || {
-        let v: Value = http()
-            .get(h.url(&format!("/v1/webhooks/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(h.url(&format!("/v1/webhooks/{id}"))).await;
         (v["enabled"] == false).then_some(v)
     })
     .await;
@@ -583,16 +542,10 @@ async fn sigkill_with_a_queue_of_1000_loses_no_delivery() {
         let mut seqs = BTreeSet::new();
         let mut after = 0;
         loop {
-            let v: Value = http()
-                .get(h.url(&format!(
-                    "/v1/webhooks/{id}/deliveries?status=delivered&limit=1000&after={after}"
-                )))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(h.url(&format!(
+                "/v1/webhooks/{id}/deliveries?status=delivered&limit=1000&after={after}"
+            )))
+            .await;
             let page = v["deliveries"].as_array().unwrap();
             if page.is_empty() {
                 break;
@@ -614,14 +567,7 @@ async fn gone_disables_and_reenabling_delivers_what_waited() {
     let id = ep["id"].as_str().unwrap().to_string();
     publish_one(&h, "g", json!(1)).await;
     let disabled: Value = eventually("disabled", WAIT, async || {
-        let v: Value = http()
-            .get(h.url(&format!("/v1/webhooks/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(h.url(&format!("/v1/webhooks/{id}"))).await;
         (v["enabled"] == false).then_some(v)
     })
     .await;

@@ -50,14 +50,7 @@ async fn welcome_subscribe_since_publish_ack_ping_unsubscribe() {
     assert_eq!(rest[0]["type"], "t");
 
     // The WS event carries exactly the envelope's fields, byte for byte after `op`.
-    let history = http()
-        .get(h.url("/v1/events?channel=orders&after=2"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let history = get_text(h.url("/v1/events?channel=orders&after=2")).await;
     let envelope = serde_json::to_string(&rest[0]).unwrap();
     let mut fields: Value = serde_json::from_str(&envelope).unwrap();
     fields.as_object_mut().unwrap().remove("op");
