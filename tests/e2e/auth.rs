@@ -7,6 +7,13 @@ use crate::common::*;
 
 const KEYED: &str = "[auth]\napi_keys = [\"k-admin\"]\njwt_secret = \"test-secret\"\npublic_channels = [\"news\"]\n";
 
+/// Signs claims with HS256 by an independent route (the jsonwebtoken crate directly), for
+/// tokens the CLI will not make: expired, or signed with the wrong secret.
+fn signed(secret: &[u8], claims: Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
 /// Mints a token with the real CLI (`herald token`), from the server's config file.
 fn token(h: &Herald, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -109,20 +116,16 @@ async fn publish_history_and_management_need_the_right_credential() {
     assert_eq!(status_of(hooks(Some("k-admin"))).await.0, 200);
 
     // A token signed with another secret, and an expired one.
-    let forged = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": "x", "exp": 4_000_000_000u64, "sub_channels": ["*"]}),
-        &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret"),
-    )
-    .unwrap();
+    let forged = signed(
+        b"not-the-secret",
+        json!({"sub": "x", "exp": 4_000_000_000u64, "sub_channels": ["*"]}),
+    );
     let (s, v) = status_of(get("channel=user:1", Some(&forged))).await;
     assert_error(s, &v, 401, "unauthorized");
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": "x", "exp": 1_000_000_000u64, "sub_channels": ["*"]}),
-        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
-    )
-    .unwrap();
+    let expired = signed(
+        b"test-secret",
+        json!({"sub": "x", "exp": 1_000_000_000u64, "sub_channels": ["*"]}),
+    );
     let (s, v) = status_of(get("channel=user:1", Some(&expired))).await;
     assert_error(s, &v, 401, "token_expired");
 }
@@ -175,12 +178,10 @@ async fn sse_and_websocket_enforce_token_scopes() {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {other:?}"),
     }
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": "old", "exp": 1_000_000_000u64, "sub_channels": ["*"]}),
-        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
-    )
-    .unwrap();
+    let expired = signed(
+        b"test-secret",
+        json!({"sub": "old", "exp": 1_000_000_000u64, "sub_channels": ["*"]}),
+    );
     for (path, want) in [
         (format!("/v1/ws?token={expired}"), 401),
         ("/v1/ws?token=garbage".to_string(), 401),

@@ -159,34 +159,19 @@ async fn webhook_commands_manage_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_webhooks_smoke() {
     let h = Herald::start("[webhooks]\nallow_private = true\n");
-    let out = tokio::task::spawn_blocking({
-        let url = h.url("");
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_herald"))
-                .args([
-                    "bench",
-                    "webhooks",
-                    "--endpoints",
-                    "3",
-                    "--events",
-                    "200",
-                    "--batch",
-                    "50",
-                    "--json",
-                ])
-                .env("HERALD_URL", url)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench(
+        &h,
+        &[
+            "webhooks",
+            "--endpoints",
+            "3",
+            "--events",
+            "200",
+            "--batch",
+            "50",
+        ],
+    )
+    .await;
     assert_eq!(report["deliveries"], 600);
     assert_eq!(report["expected"], 600);
     assert!(report["deliveries_per_sec"].as_f64().unwrap() > 0.0);
