@@ -338,6 +338,41 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+
+    // The same public key as a JWKS document verifies the same token.
+    let pem = std::fs::read(&private).unwrap();
+    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(
+        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+        jsonwebtoken::Algorithm::ES256,
+    )
+    .unwrap();
+    let jwks = dir.path().join("keys.json");
+    std::fs::write(&jwks, json!({ "keys": [jwk] }).to_string()).unwrap();
+    let h = Herald::start(&format!(
+        "[auth]\napi_keys = [\"k\"]\njwt_public_key = \"{}\"\n",
+        jwks.display()
+    ));
+    let r = http()
+        .get(h.url("/v1/events?channel=ec:1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "JWKS-verified token");
+    let r = http()
+        .get(h.url("/v1/events?channel=ec:1"))
+        .bearer_auth(signed(
+            b"k",
+            json!({"exp": 4_000_000_000u64, "sub_channels": ["*"]}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "an HS256 token is not accepted by an ES256 key"
+    );
 }
 
 #[test]
