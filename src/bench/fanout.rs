@@ -240,6 +240,17 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            received: 0,
+            latency: histogram(),
+            disorder: 0,
+            disconnected: false,
+        }
+    }
+}
+
 fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64, total: &AtomicU64) {
     let Some(t) = find_u64(text, b"\"t\":") else {
         return;
@@ -283,12 +294,7 @@ async fn subscribe_ws(
     }
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut seen = Seen {
-        received: 0,
-        latency: histogram(),
-        disorder: 0,
-        disconnected: false,
-    };
+    let mut seen = Seen::new();
     let mut last_seq = 0;
     loop {
         tokio::select! {
@@ -326,12 +332,7 @@ async fn subscribe_sse(
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
     let mut body = response.into_body();
-    let mut seen = Seen {
-        received: 0,
-        latency: histogram(),
-        disorder: 0,
-        disconnected: false,
-    };
+    let mut seen = Seen::new();
     let mut last_seq = 0;
     let mut carry: Vec<u8> = Vec::new();
     loop {

@@ -14,6 +14,18 @@ fn signed(secret: &[u8], claims: Value) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
 }
 
+/// The status of a GET with a bearer credential.
+async fn bearer_status(url: String, credential: &str) -> u16 {
+    http()
+        .get(url)
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Mints a token with the real CLI (`herald token`), from the server's config file.
 fn token(h: &Herald, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -324,20 +336,14 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     let t = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let r = http()
-        .get(h.url("/v1/events?channel=ec:1"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http()
-        .get(h.url("/v1/events?channel=other"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(
+        bearer_status(h.url("/v1/events?channel=ec:1"), &t).await,
+        200
+    );
+    assert_eq!(
+        bearer_status(h.url("/v1/events?channel=other"), &t).await,
+        403
+    );
 
     // The same public key as a JWKS document verifies the same token.
     let pem = std::fs::read(&private).unwrap();
@@ -352,24 +358,17 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
         "[auth]\napi_keys = [\"k\"]\njwt_public_key = \"{}\"\n",
         jwks.display()
     ));
-    let r = http()
-        .get(h.url("/v1/events?channel=ec:1"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "JWKS-verified token");
-    let r = http()
-        .get(h.url("/v1/events?channel=ec:1"))
-        .bearer_auth(signed(
-            b"k",
-            json!({"exp": 4_000_000_000u64, "sub_channels": ["*"]}),
-        ))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        r.status(),
+        bearer_status(h.url("/v1/events?channel=ec:1"), &t).await,
+        200,
+        "JWKS-verified token"
+    );
+    let hs256 = signed(
+        b"k",
+        json!({"exp": 4_000_000_000u64, "sub_channels": ["*"]}),
+    );
+    assert_eq!(
+        bearer_status(h.url("/v1/events?channel=ec:1"), &hs256).await,
         401,
         "an HS256 token is not accepted by an ES256 key"
     );

@@ -38,6 +38,13 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    fn new(transport: Transport, names: &[&'static str]) -> Subscriber {
+        Subscriber {
+            transport,
+            names: names.to_vec(),
+        }
+    }
+
     fn wants(&self, channel: &str) -> bool {
         self.names.iter().any(|n| match n.strip_suffix('*') {
             Some(prefix) => channel.starts_with(prefix),
@@ -181,30 +188,12 @@ async fn resume_is_lossless_while_publishes_race() {
     let h = Herald::start("[log]\ndurability = \"os\"\n");
     let (done_tx, done_rx) = watch::channel(None);
     let subscribers = vec![
-        Subscriber {
-            transport: Transport::Sse,
-            names: vec!["race:a"],
-        },
-        Subscriber {
-            transport: Transport::Sse,
-            names: vec!["race:*"],
-        },
-        Subscriber {
-            transport: Transport::Sse,
-            names: vec!["race:a", "race:c"],
-        },
-        Subscriber {
-            transport: Transport::Ws,
-            names: vec!["race:b"],
-        },
-        Subscriber {
-            transport: Transport::Ws,
-            names: vec!["race:*"],
-        },
-        Subscriber {
-            transport: Transport::Ws,
-            names: vec!["race:c"],
-        },
+        Subscriber::new(Transport::Sse, &["race:a"]),
+        Subscriber::new(Transport::Sse, &["race:*"]),
+        Subscriber::new(Transport::Sse, &["race:a", "race:c"]),
+        Subscriber::new(Transport::Ws, &["race:b"]),
+        Subscriber::new(Transport::Ws, &["race:*"]),
+        Subscriber::new(Transport::Ws, &["race:c"]),
     ];
     let mut subs = Vec::new();
     for (i, sub) in subscribers.into_iter().enumerate() {
