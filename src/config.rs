@@ -189,10 +189,27 @@ impl Default for WebhooksConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// Empty: single node on the embedded store. Set: a cluster node sharing this Redis.
     pub url: String,
+    /// Prefix of every key Herald writes, so several clusters can share one Redis.
+    pub prefix: String,
+    /// How long a node owns a claimed webhook delivery before another node may take it over
+    /// (it must outlast `webhooks.timeout`).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            prefix: "herald".into(),
+            lease: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

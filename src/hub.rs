@@ -173,6 +173,10 @@ impl Registry {
 }
 
 impl CommitListener for Hub {
+    fn lost(&self) {
+        self.drop_all();
+    }
+
     fn committed(&self, events: &[EventRef]) {
         let Some(last) = events.last() else { return };
         let mut dropped: Vec<(u64, Arc<Filter>)> = Vec::new();
@@ -210,6 +214,18 @@ impl CommitListener for Hub {
             for (id, filter) in dropped {
                 reg.remove(id, &filter);
             }
+        }
+    }
+}
+
+impl Hub {
+    /// Drops every live subscription as lagged, so each resumes from its own cursor.
+    fn drop_all(&self) {
+        let mut reg = self.registry.write().expect("hub registry lock");
+        let all = std::mem::take(&mut *reg);
+        for sink in all.patterned.iter().chain(all.by_channel.values().flatten()) {
+            sink.dead.store(true, Ordering::Relaxed);
+            sink.lagged.cancel();
         }
     }
 }
@@ -291,12 +307,11 @@ impl Subscription {
     /// Reads one page after the cursor (up to `until`, if set) into the buffer. Returns
     /// whether the read reached the end (the head, or `until`).
     async fn read_page(&mut self, until: Option<u64>) -> Result<bool, SubscriptionError> {
-        let log = self.hub.log.clone();
-        let filter = self.filter.clone();
-        let after = self.cursor;
-        let page = tokio::task::spawn_blocking(move || log.read(&filter, after, PAGE))
-            .await
-            .map_err(|e| LogError::Storage(e.to_string()))??;
+        let page = self
+            .hub
+            .log
+            .read(self.filter.clone(), self.cursor, PAGE)
+            .await?;
         if let Some(oldest) = page.reset {
             self.buffer.push_back(Item::Reset { oldest });
         }

@@ -22,7 +22,7 @@ use crate::config::{Config, ServerConfig};
 use crate::http::{app, AppState, Connection};
 use crate::hub::Hub;
 use crate::limits::{ConnectionLimits, RateLimiter, Refusal};
-use crate::log::{EmbeddedLog, Log, LogError};
+use crate::log::{EmbeddedLog, Log, LogError, RedisLog};
 use crate::webhook::{WebhookError, WebhookStore, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +40,6 @@ pub enum ServeError {
     Auth(#[from] AuthSetupError),
     #[error("cannot start webhooks: {0}")]
     Webhooks(#[from] WebhookError),
-    #[error("redis mode is not available yet (redis.url is set)")]
-    RedisUnsupported,
 }
 
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
@@ -61,12 +59,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     if auth.is_open() && !listen.ip().is_loopback() {
         return Err(ServeError::OpenOnPublicAddress(listen));
     }
-    if !config.redis.url.is_empty() {
-        return Err(ServeError::RedisUnsupported);
-    }
-    let embedded = EmbeddedLog::open(&config.server.data, &config.log)?;
-    let webhook_store = WebhookStore::open(embedded.keyspace())?;
-    let log: Arc<dyn Log> = embedded;
+    let (log, webhook_store) = open_storage(&config).await?;
     let hub = Hub::new(log.clone(), config.server.send_queue);
     let webhooks = Webhooks::start(
         webhook_store,
@@ -150,6 +143,21 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     tokio::task::spawn_blocking(move || log.close()).await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The embedded store by default; Redis (shared by every node) when `redis.url` is set.
+async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, WebhookStore), ServeError> {
+    if config.redis.url.is_empty() {
+        let embedded = EmbeddedLog::open(&config.server.data, &config.log)?;
+        let webhook_store = WebhookStore::open(embedded.keyspace())?;
+        return Ok((embedded, webhook_store));
+    }
+    let (client, conn) = crate::log::redis::connect(&config.redis.url).await?;
+    let log = RedisLog::open(client, conn, &config.redis.prefix, &config.log).await?;
+    tracing::info!(redis = %config.redis.url, prefix = %config.redis.prefix, "cluster node on redis");
+    // TEMPORARY: webhook queue stays local until the Redis queue lands.
+    let keyspace = fjall::Config::new(config.server.data.join("webhooks")).open().map_err(LogError::from)?;
+    Ok((log, WebhookStore::open(keyspace)?))
 }
 
 /// Answers a connection over the limits with a 429 and closes it.

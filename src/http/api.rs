@@ -13,6 +13,7 @@ use crate::auth::{AuthError, Principal};
 use crate::config::LimitsConfig;
 use crate::event::{validate_channel, Filter, NewEvent, MAX_NAME_LEN};
 use crate::log::Appended;
+use std::sync::Arc;
 use axum::http::HeaderMap;
 use axum::Extension;
 
@@ -223,12 +224,11 @@ pub async fn history(
     for channel in &channels {
         app.auth.check_subscribe(&principal, channel)?;
     }
-    let log = app.hub.log().clone();
-    let page = tokio::task::spawn_blocking(move || log.read(&filter, after, limit))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let page = app
+        .hub
+        .log()
+        .read(Arc::new(filter), after, limit)
+        .await?;
     // Envelopes are spliced in as stored: history is byte-identical to what transports carry.
     let mut out = Vec::with_capacity(
         64 + page
@@ -277,13 +277,21 @@ pub async fn healthz() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// Ready while accepting work; 503 once shutdown has begun, so balancers stop routing here.
+/// Ready while accepting work; 503 once shutdown has begun or while the shared log is
+/// unreachable, so balancers stop routing here.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.shutdown.is_cancelled() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "server is shutting down",
+        )
+        .into_response()
+    } else if !app.hub.log().ready() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log_unavailable",
+            "the shared event log (redis) is unreachable",
         )
         .into_response()
     } else {

@@ -151,6 +151,16 @@ impl From<LogError> for ApiError {
                 "shutting_down",
                 e.to_string(),
             ),
+            LogError::Unavailable(_) => {
+                tracing::warn!(error = %e, "log unavailable");
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log_unavailable",
+                    format!("{e}; retry shortly (with the same id, a retry is never doubled)"),
+                );
+                err.retry_after = Some(1);
+                err
+            }
             LogError::Storage(_) => {
                 tracing::error!(error = %e, "log error");
                 Self::new(

@@ -168,11 +168,59 @@ impl Log for EmbeddedLog {
         .boxed()
     }
 
-    fn read(&self, filter: &Filter, after: u64, limit: usize) -> Result<Page, LogError> {
-        let s = &self.store;
+    fn read(
+        &self,
+        filter: Arc<Filter>,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Page, LogError>> {
         // Only durable events are visible: a subscriber must never see a seq that a crash
         // could take back and reuse. `head` moves only after the writer's sync.
         let head = self.head.load(Ordering::Acquire);
+        let store = self.store.clone();
+        blocking(move || store.read(head, &filter, after, limit))
+    }
+
+    fn get(&self, seq: u64) -> BoxFuture<'static, Result<Option<EventRef>, LogError>> {
+        let head = self.head.load(Ordering::Acquire);
+        let store = self.store.clone();
+        blocking(move || store.get(head, seq))
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            oldest: self.oldest.load(Ordering::Acquire),
+            head: self.head.load(Ordering::Acquire),
+        }
+    }
+
+    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+        *self.listener.write().expect("listener lock") = Some(listener);
+    }
+
+    fn close(&self) {
+        self.tx.lock().expect("log sender lock").take();
+        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Runs a store read on the blocking pool: LSM reads may touch the disk.
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, LogError>> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))?
+    }
+    .boxed()
+}
+
+impl Store {
+    fn read(&self, head: u64, filter: &Filter, after: u64, limit: usize) -> Result<Page, LogError> {
+        let s = self;
         let instant = s.keyspace.instant();
         let events = s.events.snapshot_at(instant);
         let meta = s.meta.snapshot_at(instant);
@@ -259,33 +307,16 @@ impl Log for EmbeddedLog {
         Ok(page)
     }
 
-    fn get(&self, seq: u64) -> Result<Option<EventRef>, LogError> {
-        if seq == 0 || seq > self.head.load(Ordering::Acquire) {
+    fn get(&self, head: u64, seq: u64) -> Result<Option<EventRef>, LogError> {
+        if seq == 0 || seq > head {
             return Ok(None);
         }
-        match self.store.events.get(seq_key(seq))? {
+        match self.events.get(seq_key(seq))? {
             Some(v) => Ok(Some(Arc::new(Record::decode(&v)?.into_event(seq, &v)))),
             None => Ok(None),
         }
     }
 
-    fn bounds(&self) -> Bounds {
-        Bounds {
-            oldest: self.oldest.load(Ordering::Acquire),
-            head: self.head.load(Ordering::Acquire),
-        }
-    }
-
-    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
-        *self.listener.write().expect("listener lock") = Some(listener);
-    }
-
-    fn close(&self) {
-        self.tx.lock().expect("log sender lock").take();
-        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
-            let _ = handle.join();
-        }
-    }
 }
 
 /// The writer thread's state. Only this thread writes to the store.

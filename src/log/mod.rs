@@ -5,6 +5,7 @@
 //! to a [`CommitListener`] (the hub), in seq order.
 
 pub mod embedded;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use futures_util::future::BoxFuture;
 use crate::event::{EventRef, Filter, NewEvent};
 
 pub use embedded::EmbeddedLog;
+pub use redis::RedisLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -20,6 +22,9 @@ pub enum LogError {
     Storage(String),
     #[error("the log is shutting down")]
     Closed,
+    /// The shared engine (Redis) cannot be reached: nothing was written, try again.
+    #[error("the event log is unreachable: {0}")]
+    Unavailable(String),
 }
 
 impl From<fjall::Error> for LogError {
@@ -66,6 +71,11 @@ pub struct Bounds {
 /// Must not block: it runs on the commit path.
 pub trait CommitListener: Send + Sync {
     fn committed(&self, events: &[EventRef]);
+
+    /// Events this node never saw were trimmed before it could read them (it was cut off
+    /// from the shared log for longer than retention): every live subscriber must resume from
+    /// its cursor to learn of the gap.
+    fn lost(&self) {}
 }
 
 /// A durable, ordered log. The embedded store implements it; the Redis log will too.
@@ -75,14 +85,25 @@ pub trait Log: Send + Sync + 'static {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'static, Result<Vec<Appended>, LogError>>;
 
     /// Reads up to `limit` events matching `filter` with seq > `after`, in seq order, from one
-    /// consistent snapshot. Blocking: call it off the async runtime.
-    fn read(&self, filter: &Filter, after: u64, limit: usize) -> Result<Page, LogError>;
+    /// consistent snapshot.
+    fn read(
+        &self,
+        filter: Arc<Filter>,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Page, LogError>>;
 
     /// One durable event by seq (None if never written, not yet durable, or trimmed).
-    /// Blocking, like `read`.
-    fn get(&self, seq: u64) -> Result<Option<EventRef>, LogError>;
+    fn get(&self, seq: u64) -> BoxFuture<'static, Result<Option<EventRef>, LogError>>;
 
+    /// `head` is the last seq this node has handed to its listener (every event up to it is
+    /// readable), `oldest` the first retained one.
     fn bounds(&self) -> Bounds;
+
+    /// Whether appends can succeed now (false while a shared engine is unreachable).
+    fn ready(&self) -> bool {
+        true
+    }
 
     /// Sets who hears about commits. Called once, before the first append.
     fn set_listener(&self, listener: Arc<dyn CommitListener>);

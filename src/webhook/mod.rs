@@ -370,11 +370,11 @@ impl Webhooks {
     async fn replay_range(&self, live: &Live, since: u64, until: u64) -> Result<(), LogError> {
         let mut after = since;
         while after < until {
-            let log = self.hub.log().clone();
-            let filter = live.filter.clone();
-            let page = tokio::task::spawn_blocking(move || log.read(&filter, after, ENQUEUE_BATCH))
-                .await
-                .map_err(|e| LogError::Storage(e.to_string()))??;
+            let page = self
+                .hub
+                .log()
+                .read(Arc::new(live.filter.clone()), after, ENQUEUE_BATCH)
+                .await?;
             let seqs: Vec<u64> = page
                 .events
                 .iter()
@@ -571,11 +571,7 @@ impl Webhooks {
 
     async fn attempt_inner(&self, live: &Live, task: Task) -> Result<(), WebhookError> {
         let endpoint = &live.endpoint;
-        let log = self.hub.log().clone();
-        let seq = task.seq;
-        let event = tokio::task::spawn_blocking(move || log.get(seq))
-            .await
-            .map_err(|e| LogError::Storage(e.to_string()))??;
+        let event = self.hub.log().get(task.seq).await?;
         let now = now_ms();
         let Some(event) = event else {
             let outcome = Outcome {

@@ -1,0 +1,806 @@
+//! The shared log on Redis, for running many nodes as one cluster.
+//!
+//! Every node appends through one Lua script that takes the next seq (`INCR`) and writes the
+//! event to the log stream (`XADD <seq>-0`) in one atomic step, so the whole cluster has one
+//! seq order and a stream ID *is* the seq. Reads are scripts too, so a page comes from one
+//! consistent state (never half-trimmed). Live fan-out between nodes is a blocking `XREAD` on
+//! the log stream from each node's last seq: every node receives every event once, in order,
+//! and a node that was cut off (Redis restart, network pause) continues from where it was, so
+//! the gap fills itself. Pub/sub would need a separate gap-detection and refill path for
+//! exactly that case; the stream read is both.
+//!
+//! Keys (under `redis.prefix`, default `herald`):
+//! - `P:seq`: last seq ever assigned (never reused: it survives trimming)
+//! - `P:oldest`: first retained seq (absent: 1)
+//! - `P:log`: stream, ID `<seq>-0`, fields `c` channel, `k` type (or empty), `t` time ms,
+//!   `e` envelope
+//! - `P:ch:<channel>`: stream of the channel's seqs (an index for history reads), `P:channels`
+//!   the set of indexed channels (for trimming)
+//! - `P:dedup:<id>`: publisher id -> seq, expiring after the dedup window
+//!
+//! Durability is Redis's: run it with `appendonly yes` and `appendfsync always` for the
+//! embedded store's `fsync` guarantee (README, "Running a cluster").
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Client, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
+use crate::config::LogConfig;
+use crate::event::{now_ms, Event, EventRef, Filter, NewEvent};
+
+/// Publishes waiting for the writer; a full queue makes publishers wait (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+/// Most events folded into one append script.
+const MAX_GROUP_EVENTS: usize = 2000;
+/// Most log entries a pattern read examines per page.
+const SCAN_BUDGET: usize = 5_000;
+/// Most entries one live read fetches.
+const FOLLOW_BATCH: usize = 1024;
+/// How long one blocking live read waits; also how soon a dead connection is noticed.
+const FOLLOW_BLOCK: Duration = Duration::from_millis(1000);
+/// Most events one retention pass deletes per script call.
+const TRIM_CHUNK: u64 = 10_000;
+
+const APPEND: &str = r#"
+local p, now, window = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 4 do
+  local channel, kind, id, tail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local prev = false
+  if id ~= '' then prev = redis.call('GET', p .. ':dedup:' .. id) end
+  if prev then
+    out[#out + 1] = tonumber(prev)
+    out[#out + 1] = 1
+  else
+    local seq = redis.call('INCR', KEYS[1])
+    local sid = string.format('%d-0', seq)
+    redis.call('XADD', KEYS[2], sid, 'c', channel, 'k', kind, 't', now,
+      'e', '{"seq":' .. string.format('%d', seq) .. tail)
+    redis.call('XADD', p .. ':ch:' .. channel, sid, 's', '')
+    redis.call('SADD', KEYS[3], channel)
+    if id ~= '' then redis.call('SET', p .. ':dedup:' .. id, seq, 'PX', window) end
+    out[#out + 1] = seq
+    out[#out + 1] = 0
+  end
+end
+return out
+"#;
+
+/// Returns `{head, oldest, complete, entry...}`. With no channels it scans the log itself
+/// (pattern reads, filtered by the caller) up to `limit` entries.
+const READ: &str = r#"
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local oldest = tonumber(redis.call('GET', KEYS[3]) or '1')
+local after, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local start = string.format('%d-0', math.max(after + 1, oldest))
+local out = {head, oldest, 1}
+if #ARGV == 3 then
+  local r = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', limit)
+  for _, e in ipairs(r) do out[#out + 1] = e end
+  return out
+end
+local seqs = {}
+for i = 4, #ARGV do
+  local r = redis.call('XRANGE', ARGV[1] .. ':ch:' .. ARGV[i], start, '+', 'COUNT', limit + 1)
+  if #r > limit then out[3] = 0 end
+  for _, e in ipairs(r) do seqs[#seqs + 1] = tonumber(string.match(e[1], '^%d+')) end
+end
+table.sort(seqs)
+local last = nil
+local n = 0
+for _, s in ipairs(seqs) do
+  if s ~= last then
+    if n >= limit then out[3] = 0 break end
+    last = s
+    n = n + 1
+    local id = string.format('%d-0', s)
+    local r = redis.call('XRANGE', KEYS[2], id, id)
+    if r[1] then out[#out + 1] = r[1] end
+  end
+end
+return out
+"#;
+
+/// Moves `oldest` forward by count and age (at most `chunk` per call) and deletes what fell
+/// out, in one step. Returns how many seqs it moved past.
+const TRIM: &str = r#"
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local oldest = tonumber(redis.call('GET', KEYS[3]) or '1')
+local chunk = tonumber(ARGV[3])
+local target = math.max(oldest, head - tonumber(ARGV[1]) + 1)
+target = math.min(target, oldest + chunk)
+local cutoff = tonumber(ARGV[2])
+if target < oldest + chunk then
+  local r = redis.call('XRANGE', KEYS[2], string.format('%d-0', target), '+', 'COUNT', chunk)
+  local stopped = false
+  for _, e in ipairs(r) do
+    local seq = tonumber(string.match(e[1], '^%d+'))
+    local f = e[2]
+    local t = 0
+    for j = 1, #f, 2 do if f[j] == 't' then t = tonumber(f[j + 1]) end end
+    if t >= cutoff or seq >= oldest + chunk then stopped = true break end
+    target = seq + 1
+  end
+  if not stopped and #r < chunk then target = math.max(target, head + 1) end
+  target = math.min(target, oldest + chunk)
+end
+if target > oldest then
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', target))
+  redis.call('SET', KEYS[3], string.format('%d', target))
+end
+return target - oldest
+"#;
+
+/// Trims one channel index to the log's retained range; drops it (and its set entry) once
+/// empty. A script, so an append cannot slip in between the length check and the delete.
+const SWEEP: &str = r#"
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
+return 0
+"#;
+
+/// Key names under the configured prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+    seq: String,
+    oldest: String,
+    log: String,
+    channels: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+            seq: format!("{prefix}:seq"),
+            oldest: format!("{prefix}:oldest"),
+            log: format!("{prefix}:log"),
+            channels: format!("{prefix}:channels"),
+        }
+    }
+}
+
+struct Append {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+}
+
+pub struct RedisLog {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    /// Last seq handed to the listener by this node's follower.
+    head: Arc<AtomicU64>,
+    /// First retained seq, as last seen.
+    oldest: Arc<AtomicU64>,
+    ready: Arc<AtomicBool>,
+    tx: Mutex<Option<mpsc::Sender<Append>>>,
+    stop: CancellationToken,
+    /// Set once: the follower starts with the listener, so it never reads past an event
+    /// nobody heard.
+    started: AtomicBool,
+}
+
+struct Scripts {
+    append: Script,
+    read: Script,
+    trim: Script,
+    sweep: Script,
+}
+
+/// A Redis error as a log error: every failure to talk to Redis means "not written, retry".
+pub fn unavailable(e: redis::RedisError) -> LogError {
+    LogError::Unavailable(format!("redis: {e}"))
+}
+
+/// Connects to Redis with timeouts that turn an outage into fast errors (publishers get a
+/// 503 within a second) while the manager reconnects in the background.
+pub async fn connect(url: &str) -> Result<(Client, ConnectionManager), LogError> {
+    let client = Client::open(url)
+        .map_err(|e| LogError::Storage(format!("invalid redis url {url:?}: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    let conn = ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .map_err(unavailable)?;
+    Ok((client, conn))
+}
+
+impl RedisLog {
+    /// Connects, loads the head, and starts the append writer and the retention timer. The
+    /// live follower starts with [`Log::set_listener`].
+    pub async fn open(
+        client: Client,
+        conn: ConnectionManager,
+        prefix: &str,
+        config: &LogConfig,
+    ) -> Result<Arc<RedisLog>, LogError> {
+        let keys = Keys::new(prefix);
+        let mut c = conn.clone();
+        let (head, oldest): (Option<u64>, Option<u64>) = redis::pipe()
+            .get(&keys.seq)
+            .get(&keys.oldest)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        warn_about_durability(&mut c, config).await;
+        let scripts = Arc::new(Scripts {
+            append: Script::new(APPEND),
+            read: Script::new(READ),
+            trim: Script::new(TRIM),
+            sweep: Script::new(SWEEP),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let log = Arc::new(RedisLog {
+            client,
+            conn,
+            keys,
+            scripts,
+            head: Arc::new(AtomicU64::new(head.unwrap_or(0))),
+            oldest: Arc::new(AtomicU64::new(oldest.unwrap_or(1))),
+            ready: Arc::new(AtomicBool::new(true)),
+            tx: Mutex::new(Some(tx)),
+            stop: CancellationToken::new(),
+            started: AtomicBool::new(false),
+        });
+        tokio::spawn(writer(
+            rx,
+            log.conn.clone(),
+            log.keys.clone(),
+            log.scripts.clone(),
+            config.dedup_window,
+        ));
+        tokio::spawn(trimmer(log.clone_parts(), config.clone()));
+        Ok(log)
+    }
+
+    fn clone_parts(&self) -> Parts {
+        Parts {
+            conn: self.conn.clone(),
+            keys: self.keys.clone(),
+            scripts: self.scripts.clone(),
+            oldest: self.oldest.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// The shared connection, for other cluster state (the webhook queue).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// What the background tasks share with the log.
+#[derive(Clone)]
+struct Parts {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    oldest: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+/// Our `fsync` policy needs Redis to fsync every write; say so when it does not (the check
+/// is advisory: managed Redis services often refuse CONFIG).
+async fn warn_about_durability(conn: &mut ConnectionManager, config: &LogConfig) {
+    let got: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async(conn)
+        .await;
+    let Ok(pairs) = got else { return };
+    let get = |name: &str| {
+        pairs
+            .chunks(2)
+            .find(|kv| kv[0] == name)
+            .map(|kv| kv[1].clone())
+    };
+    let aof = get("appendonly").unwrap_or_default();
+    let fsync = get("appendfsync").unwrap_or_default();
+    if aof != "yes" {
+        tracing::warn!("redis runs without appendonly: a Redis restart loses acknowledged events");
+    } else if config.durability == crate::config::Durability::Fsync && fsync != "always" {
+        tracing::warn!(
+            appendfsync = %fsync,
+            "log.durability is fsync but redis has appendfsync {fsync}: a machine crash may \
+             lose up to a second of acknowledged events"
+        );
+    }
+}
+
+/// Drains waiting publishes into one script call (group commit: one round trip and one AOF
+/// write for many publishers), then answers each.
+async fn writer(
+    mut rx: mpsc::Receiver<Append>,
+    mut conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    dedup_window: Duration,
+) {
+    let window = dedup_window.as_millis().max(1).to_string();
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let mut events = group[0].events.len();
+        while events < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(next) => {
+                    events += next.events.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let mut invocation = scripts.append.prepare_invoke();
+        invocation
+            .key(&keys.seq)
+            .key(&keys.log)
+            .key(&keys.channels)
+            .arg(&keys.prefix)
+            .arg(now)
+            .arg(&window);
+        for request in &group {
+            for event in &request.events {
+                invocation
+                    .arg(&event.channel)
+                    .arg(event.kind.as_deref().unwrap_or(""))
+                    .arg(event.id.as_deref().unwrap_or(""))
+                    .arg(envelope_tail(event, now));
+            }
+        }
+        let result: Result<Vec<u64>, _> = invocation.invoke_async(&mut conn).await;
+        match result {
+            Ok(flat) => {
+                let mut results = flat
+                    .chunks(2)
+                    .map(|p| Appended {
+                        seq: p[0],
+                        duplicate: p.get(1) == Some(&1),
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter();
+                for request in group {
+                    let mine: Vec<Appended> = results.by_ref().take(request.events.len()).collect();
+                    let _ = request.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "append to redis failed");
+                let msg = e.to_string();
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(LogError::Unavailable(format!("redis: {msg}"))));
+                }
+            }
+        }
+    }
+}
+
+/// The envelope after `{"seq":N`, which only the script knows: the same bytes
+/// [`Event::encode`] writes.
+fn envelope_tail(event: &NewEvent, time_ms: u64) -> Vec<u8> {
+    let whole = Event::encode(0, time_ms, event);
+    let env = whole.envelope();
+    // `{"seq":0` is 8 bytes.
+    env[8..].to_vec()
+}
+
+/// Applies retention on a timer. Every node runs it; the script makes that harmless.
+async fn trimmer(parts: Parts, config: LogConfig) {
+    let mut tick = tokio::time::interval(config.trim_interval.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = parts.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = trim_once(&parts, &config).await {
+            tracing::debug!(error = %e, "retention trim failed (will retry)");
+        }
+    }
+}
+
+async fn trim_once(parts: &Parts, config: &LogConfig) -> Result<(), redis::RedisError> {
+    let mut conn = parts.conn.clone();
+    let cutoff = now_ms().saturating_sub(config.retention.as_millis() as u64);
+    let mut moved = 0;
+    loop {
+        let n: u64 = parts
+            .scripts
+            .trim
+            .key(&parts.keys.seq)
+            .key(&parts.keys.log)
+            .key(&parts.keys.oldest)
+            .arg(config.max_events.max(1))
+            .arg(cutoff)
+            .arg(TRIM_CHUNK)
+            .invoke_async(&mut conn)
+            .await?;
+        moved += n;
+        if n < TRIM_CHUNK {
+            break;
+        }
+    }
+    let oldest: Option<u64> = redis::cmd("GET")
+        .arg(&parts.keys.oldest)
+        .query_async(&mut conn)
+        .await?;
+    let oldest = oldest.unwrap_or(1);
+    parts.oldest.store(oldest, Ordering::Release);
+    if moved > 0 {
+        sweep_channels(parts, &mut conn, oldest).await?;
+    }
+    Ok(())
+}
+
+/// Trims every channel index to the retained range.
+async fn sweep_channels(
+    parts: &Parts,
+    conn: &mut ConnectionManager,
+    oldest: u64,
+) -> Result<(), redis::RedisError> {
+    let minid = format!("{oldest}-0");
+    let mut cursor = 0u64;
+    loop {
+        let (next, names): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(&parts.keys.channels)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(200)
+            .query_async(conn)
+            .await?;
+        for name in names {
+            let _: i64 = parts
+                .scripts
+                .sweep
+                .key(format!("{}:ch:{name}", parts.keys.prefix))
+                .key(&parts.keys.channels)
+                .arg(&name)
+                .arg(&minid)
+                .invoke_async(conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Follows the log stream and hands each new event to the listener, in seq order. Runs for
+/// the node's lifetime; reconnects by itself and continues from the last seq it handed on.
+async fn follow(
+    client: Client,
+    keys: Keys,
+    head: Arc<AtomicU64>,
+    oldest: Arc<AtomicU64>,
+    ready: Arc<AtomicBool>,
+    listener: Arc<dyn CommitListener>,
+    stop: CancellationToken,
+) {
+    // A blocking read needs its own connection: on a shared one it would stall every other
+    // command for up to FOLLOW_BLOCK.
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(FOLLOW_BLOCK + Duration::from_secs(5)));
+    let mut backoff = Duration::from_millis(50);
+    while !stop.is_cancelled() {
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if ready.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "redis unreachable; live delivery paused");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        loop {
+            let last = head.load(Ordering::Acquire);
+            let mut xread = redis::cmd("XREAD");
+            xread
+                .arg("COUNT")
+                .arg(FOLLOW_BATCH)
+                .arg("BLOCK")
+                .arg(FOLLOW_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&keys.log)
+                .arg(format!("{last}-0"));
+            let read = xread.query_async::<Value>(&mut conn);
+            let reply = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = read => r,
+            };
+            let entries = match reply.map_err(unavailable).and_then(|v| xread_entries(&v)) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    if ready.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "redis read failed; live delivery paused");
+                    }
+                    break;
+                }
+            };
+            if !ready.swap(true, Ordering::AcqRel) {
+                tracing::info!(head = last, "redis reachable; live delivery resumed");
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            if entries[0].seq > last + 1 {
+                // Either seqs that were never written (a failed script) or events trimmed
+                // before this node could read them; only the latter is a loss.
+                let first: Option<u64> = redis::cmd("GET")
+                    .arg(&keys.oldest)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(first) = first {
+                    oldest.store(first, Ordering::Release);
+                    if first > last + 1 {
+                        tracing::warn!(last, oldest = first, "events were trimmed before this node read them");
+                        listener.lost();
+                    }
+                }
+            }
+            let newest = entries.last().map_or(last, |e| e.seq);
+            listener.committed(&entries);
+            head.store(newest, Ordering::Release);
+        }
+    }
+}
+
+/// Parses an XREAD reply (one stream) into events.
+fn xread_entries(v: &Value) -> Result<Vec<EventRef>, LogError> {
+    let streams = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(s) => s,
+        Value::Map(m) => {
+            return match m.first() {
+                Some((_, entries)) => entries_of(entries),
+                None => Ok(Vec::new()),
+            }
+        }
+        _ => return Err(corrupt("XREAD reply")),
+    };
+    let Some(Value::Array(stream)) = streams.first() else {
+        return Ok(Vec::new());
+    };
+    match stream.get(1) {
+        Some(entries) => entries_of(entries),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn entries_of(v: &Value) -> Result<Vec<EventRef>, LogError> {
+    match v {
+        Value::Array(items) => items.iter().map(entry).collect(),
+        Value::Nil => Ok(Vec::new()),
+        _ => Err(corrupt("stream entries")),
+    }
+}
+
+fn corrupt(what: &str) -> LogError {
+    LogError::Storage(format!("unexpected redis reply ({what})"))
+}
+
+fn bytes_of(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// One stream entry `[id, [field, value, ...]]` as an event.
+fn entry(v: &Value) -> Result<EventRef, LogError> {
+    let Value::Array(pair) = v else {
+        return Err(corrupt("stream entry"));
+    };
+    let id = pair.first().and_then(bytes_of).ok_or_else(|| corrupt("id"))?;
+    let seq = std::str::from_utf8(id)
+        .ok()
+        .and_then(|s| s.split('-').next())
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| corrupt("id"))?;
+    let Some(Value::Array(fields)) = pair.get(1) else {
+        return Err(corrupt("entry fields"));
+    };
+    let (mut channel, mut kind, mut time, mut envelope) = (None, None, 0, None);
+    for kv in fields.chunks(2) {
+        let (Some(k), Some(val)) = (bytes_of(&kv[0]), kv.get(1).and_then(bytes_of)) else {
+            continue;
+        };
+        let text = || std::str::from_utf8(val).map_err(|_| corrupt("text field"));
+        match k {
+            b"c" => channel = Some(text()?.into()),
+            b"k" if !val.is_empty() => kind = Some(text()?.into()),
+            b"t" => time = text()?.parse().unwrap_or(0),
+            b"e" => envelope = Some(Bytes::copy_from_slice(val)),
+            _ => {}
+        }
+    }
+    let (Some(channel), Some(envelope)) = (channel, envelope) else {
+        return Err(corrupt("entry without channel or envelope"));
+    };
+    Ok(Arc::new(Event::from_parts(
+        seq, channel, kind, time, envelope,
+    )))
+}
+
+fn int_of(v: Option<&Value>) -> u64 {
+    match v {
+        Some(Value::Int(n)) => (*n).max(0) as u64,
+        Some(other) => bytes_of(other)
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+            .unwrap_or(0),
+        None => 0,
+    }
+}
+
+impl Log for RedisLog {
+    fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'static, Result<Vec<Appended>, LogError>> {
+        let tx = self.tx.lock().expect("log sender lock").clone();
+        async move {
+            let tx = tx.ok_or(LogError::Closed)?;
+            let (reply, rx) = oneshot::channel();
+            tx.send(Append { events, reply })
+                .await
+                .map_err(|_| LogError::Closed)?;
+            rx.await.map_err(|_| LogError::Closed)?
+        }
+        .boxed()
+    }
+
+    fn read(
+        &self,
+        filter: Arc<Filter>,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Page, LogError>> {
+        let mut conn = self.conn.clone();
+        let scripts = self.scripts.clone();
+        let keys = self.keys.clone();
+        let oldest_seen = self.oldest.clone();
+        async move {
+            let limit = limit.max(1);
+            let scan = filter.has_patterns();
+            let mut invocation = scripts.read.prepare_invoke();
+            invocation
+                .key(&keys.seq)
+                .key(&keys.log)
+                .key(&keys.oldest)
+                .arg(&keys.prefix)
+                .arg(after)
+                .arg(if scan { SCAN_BUDGET } else { limit });
+            if !scan {
+                for channel in filter.channels() {
+                    invocation.arg(channel);
+                }
+            }
+            let reply: Value = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let Value::Array(items) = reply else {
+                return Err(corrupt("read reply"));
+            };
+            let (head, oldest) = (int_of(items.first()), int_of(items.get(1)));
+            let complete = int_of(items.get(2)) == 1;
+            oldest_seen.store(oldest, Ordering::Release);
+            let mut page = Page {
+                reset: (after.saturating_add(1) < oldest && after < head).then_some(oldest),
+                ..Page::default()
+            };
+            let after = after.max(oldest.saturating_sub(1));
+            let entries = items.get(3..).unwrap_or(&[]);
+            if scan {
+                page.end = entries.len() < SCAN_BUDGET;
+                let mut last = after;
+                for v in entries {
+                    let event = entry(v)?;
+                    last = event.seq;
+                    if filter.matches(&event.channel) {
+                        page.events.push(event);
+                        if page.events.len() >= limit {
+                            page.end = false;
+                            break;
+                        }
+                    }
+                }
+                page.next = if page.end { head.max(after) } else { last };
+            } else {
+                for v in entries {
+                    page.events.push(entry(v)?);
+                }
+                page.end = complete;
+                page.next = match (complete, page.events.last()) {
+                    (true, _) => head.max(after),
+                    (false, Some(e)) => e.seq,
+                    (false, None) => after,
+                };
+            }
+            Ok(page)
+        }
+        .boxed()
+    }
+
+    fn get(&self, seq: u64) -> BoxFuture<'static, Result<Option<EventRef>, LogError>> {
+        let mut conn = self.conn.clone();
+        let log = self.keys.log.clone();
+        async move {
+            if seq == 0 {
+                return Ok(None);
+            }
+            let id = format!("{seq}-0");
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&log)
+                .arg(&id)
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            match reply {
+                Value::Array(items) => items.first().map(entry).transpose(),
+                _ => Ok(None),
+            }
+        }
+        .boxed()
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            oldest: self.oldest.load(Ordering::Acquire),
+            head: self.head.load(Ordering::Acquire),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(follow(
+            self.client.clone(),
+            self.keys.clone(),
+            self.head.clone(),
+            self.oldest.clone(),
+            self.ready.clone(),
+            listener,
+            self.stop.clone(),
+        ));
+    }
+
+    fn close(&self) {
+        self.tx.lock().expect("log sender lock").take();
+        self.stop.cancel();
+    }
+}
