@@ -223,7 +223,11 @@ impl Hub {
     fn drop_all(&self) {
         let mut reg = self.registry.write().expect("hub registry lock");
         let all = std::mem::take(&mut *reg);
-        for sink in all.patterned.iter().chain(all.by_channel.values().flatten()) {
+        for sink in all
+            .patterned
+            .iter()
+            .chain(all.by_channel.values().flatten())
+        {
             sink.dead.store(true, Ordering::Relaxed);
             sink.lagged.cancel();
         }

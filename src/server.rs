@@ -23,7 +23,7 @@ use crate::http::{app, AppState, Connection};
 use crate::hub::Hub;
 use crate::limits::{ConnectionLimits, RateLimiter, Refusal};
 use crate::log::{EmbeddedLog, Log, LogError, RedisLog};
-use crate::webhook::{WebhookError, WebhookStore, Webhooks};
+use crate::webhook::{Queue, RedisQueue, WebhookError, WebhookStore, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -67,7 +67,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         config.webhooks.clone(),
         config.log.retention,
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
@@ -146,18 +147,27 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
 }
 
 /// The embedded store by default; Redis (shared by every node) when `redis.url` is set.
-async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, WebhookStore), ServeError> {
+async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, Queue), ServeError> {
     if config.redis.url.is_empty() {
         let embedded = EmbeddedLog::open(&config.server.data, &config.log)?;
-        let webhook_store = WebhookStore::open(embedded.keyspace())?;
-        return Ok((embedded, webhook_store));
+        let queue = Queue::Local(WebhookStore::open(embedded.keyspace())?);
+        return Ok((embedded, queue));
     }
     let (client, conn) = crate::log::redis::connect(&config.redis.url).await?;
     let log = RedisLog::open(client, conn, &config.redis.prefix, &config.log).await?;
     tracing::info!(redis = %config.redis.url, prefix = %config.redis.prefix, "cluster node on redis");
-    // TEMPORARY: webhook queue stays local until the Redis queue lands.
-    let keyspace = fjall::Config::new(config.server.data.join("webhooks")).open().map_err(LogError::from)?;
-    Ok((log, WebhookStore::open(keyspace)?))
+    // A claim must outlive the longest attempt, or a slow delivery would be repeated by
+    // another node while it is still running.
+    let lease = config
+        .redis
+        .lease
+        .max(config.webhooks.timeout + std::time::Duration::from_secs(5));
+    let queue = Queue::Shared(RedisQueue::new(
+        log.connection(),
+        &config.redis.prefix,
+        lease,
+    ));
+    Ok((log, queue))
 }
 
 /// Answers a connection over the limits with a 429 and closes it.

@@ -13,9 +13,9 @@ use crate::auth::{AuthError, Principal};
 use crate::config::LimitsConfig;
 use crate::event::{validate_channel, Filter, NewEvent, MAX_NAME_LEN};
 use crate::log::Appended;
-use std::sync::Arc;
 use axum::http::HeaderMap;
 use axum::Extension;
+use std::sync::Arc;
 
 /// An event as a publisher sends it (HTTP body or WebSocket `publish`).
 #[derive(Debug, Deserialize)]
@@ -224,11 +224,7 @@ pub async fn history(
     for channel in &channels {
         app.auth.check_subscribe(&principal, channel)?;
     }
-    let page = app
-        .hub
-        .log()
-        .read(Arc::new(filter), after, limit)
-        .await?;
+    let page = app.hub.log().read(Arc::new(filter), after, limit).await?;
     // Envelopes are spliced in as stored: history is byte-identical to what transports carry.
     let mut out = Vec::with_capacity(
         64 + page

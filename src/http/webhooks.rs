@@ -90,7 +90,7 @@ pub async fn get(
     app.require_admin(&headers)?;
     let endpoint = app.webhooks.get(&id)?;
     let mut v = view(&endpoint, false);
-    v["pending"] = app.webhooks.pending(&id)?.into();
+    v["pending"] = app.webhooks.pending(&id).await?.into();
     Ok(Json(v))
 }
 
@@ -111,7 +111,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     app.require_admin(&headers)?;
-    app.webhooks.delete(&id)?;
+    app.webhooks.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -121,7 +121,7 @@ pub async fn rotate(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     app.require_admin(&headers)?;
-    let endpoint = app.webhooks.rotate(&id)?;
+    let endpoint = app.webhooks.rotate(&id).await?;
     Ok(Json(view(&endpoint, true)))
 }
 
@@ -139,7 +139,7 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     app.require_admin(&headers)?;
     let req: Replay = json_body(&app, body).await?;
-    let (since, until) = app.webhooks.replay(&id, req.since)?;
+    let (since, until) = app.webhooks.replay(&id, req.since).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"replaying": {"since": since, "until": until}})),
@@ -192,7 +192,8 @@ pub async fn deliveries(
     }
     let attempts = app
         .webhooks
-        .attempts(&id, after, status.as_deref(), limit)?;
+        .attempts(&id, after, status.as_deref(), limit)
+        .await?;
     let next = attempts.last().map_or(after, |a| a.id);
     let list: Vec<Value> = attempts
         .into_iter()

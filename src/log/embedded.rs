@@ -316,7 +316,6 @@ impl Store {
             None => Ok(None),
         }
     }
-
 }
 
 /// The writer thread's state. Only this thread writes to the store.
@@ -637,14 +636,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-        let page = log.read(&Filter::parse(["a"]).unwrap(), 0, 10).unwrap();
+        let page = log
+            .read(Arc::new(Filter::parse(["a"]).unwrap()), 0, 10)
+            .await
+            .unwrap();
         assert_eq!(
             page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![1, 3]
         );
         assert!(page.end);
         assert_eq!(page.next, 3);
-        let page = log.read(&Filter::parse(["*"]).unwrap(), 1, 1).unwrap();
+        let page = log
+            .read(Arc::new(Filter::parse(["*"]).unwrap()), 1, 1)
+            .await
+            .unwrap();
         assert_eq!(page.events[0].seq, 2);
         assert!(!page.end);
         log.close();
@@ -714,7 +719,10 @@ mod tests {
                 head: 10
             }
         );
-        let page = log.read(&Filter::parse(["a"]).unwrap(), 2, 10).unwrap();
+        let page = log
+            .read(Arc::new(Filter::parse(["a"]).unwrap()), 2, 10)
+            .await
+            .unwrap();
         assert_eq!(page.reset, Some(8));
         assert_eq!(
             page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),

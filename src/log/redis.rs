@@ -563,7 +563,11 @@ async fn follow(
                 if let Some(first) = first {
                     oldest.store(first, Ordering::Release);
                     if first > last + 1 {
-                        tracing::warn!(last, oldest = first, "events were trimmed before this node read them");
+                        tracing::warn!(
+                            last,
+                            oldest = first,
+                            "events were trimmed before this node read them"
+                        );
                         listener.lost();
                     }
                 }
@@ -622,7 +626,10 @@ fn entry(v: &Value) -> Result<EventRef, LogError> {
     let Value::Array(pair) = v else {
         return Err(corrupt("stream entry"));
     };
-    let id = pair.first().and_then(bytes_of).ok_or_else(|| corrupt("id"))?;
+    let id = pair
+        .first()
+        .and_then(bytes_of)
+        .ok_or_else(|| corrupt("id"))?;
     let seq = std::str::from_utf8(id)
         .ok()
         .and_then(|s| s.split('-').next())

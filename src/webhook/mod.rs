@@ -5,6 +5,7 @@
 
 pub mod deliver;
 pub mod guard;
+pub mod queue;
 pub mod sign;
 pub mod store;
 
@@ -24,14 +25,18 @@ use crate::hub::{Hub, Item, SubscriptionError};
 use crate::log::LogError;
 use deliver::{Deliverer, Message, Outcome};
 use guard::{GuardError, Policy};
+use queue::Want;
+pub use queue::{Queue, RedisQueue};
 use sign::Secret;
 pub use store::{Attempt, Endpoint, WebhookStore};
-use store::{Resolution, Step, Task};
+use store::{Resolution, Task};
 
 /// Most events folded into one enqueue batch.
 const ENQUEUE_BATCH: usize = 1000;
 /// Scheduling passes happen at least this often (retries come due without a wake-up).
 const POLL: Duration = Duration::from_millis(50);
+/// How often a cluster node re-reads the endpoints (other nodes change them).
+const REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -141,7 +146,7 @@ struct InFlight {
 }
 
 pub struct Webhooks {
-    store: WebhookStore,
+    store: Queue,
     hub: Arc<Hub>,
     config: WebhooksConfig,
     attempt_retention: Duration,
@@ -155,8 +160,8 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// Loads endpoints and starts their enqueuers and the scheduler.
-    pub fn start(
-        store: WebhookStore,
+    pub async fn start(
+        store: Queue,
         hub: Arc<Hub>,
         config: WebhooksConfig,
         attempt_retention: Duration,
@@ -178,11 +183,74 @@ impl Webhooks {
             shutdown,
             tasks: TaskTracker::new(),
         });
-        for endpoint in service.store.endpoints()? {
+        for endpoint in service.store.endpoints().await? {
             service.install(endpoint)?;
         }
         service.tasks.spawn(service.clone().schedule());
+        if service.store.is_shared() {
+            service.tasks.spawn(service.clone().refresh());
+        }
         Ok(service)
+    }
+
+    /// Cluster: follows endpoint changes made on other nodes (created, edited, deleted,
+    /// disabled), so every node schedules the same endpoints.
+    async fn refresh(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REFRESH) => {}
+            }
+            let stored = match self.store.endpoints().await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(error = %e, "webhook endpoints not refreshed");
+                    continue;
+                }
+            };
+            let ids: HashSet<String> = stored.iter().map(|e| e.id.clone()).collect();
+            let gone: Vec<Arc<Live>> = {
+                let mut map = self.live.write().expect("webhook map");
+                let gone = map
+                    .keys()
+                    .filter(|id| !ids.contains(*id))
+                    .cloned()
+                    .collect::<Vec<_>>();
+                gone.iter().filter_map(|id| map.remove(id)).collect()
+            };
+            for live in gone {
+                live.stop.cancel();
+            }
+            for endpoint in stored {
+                let current = self
+                    .live
+                    .read()
+                    .expect("webhook map")
+                    .get(&endpoint.id)
+                    .cloned();
+                match current {
+                    Some(live) if live.endpoint == endpoint => {}
+                    // Same delivery rules: update in place, keep the enqueuer running.
+                    Some(live) if same_route(&live.endpoint, &endpoint) => {
+                        if let Ok(updated) = Live::new(endpoint) {
+                            let updated = Live {
+                                stop: live.stop.clone(),
+                                ..updated
+                            };
+                            self.live
+                                .write()
+                                .expect("webhook map")
+                                .insert(updated.endpoint.id.clone(), Arc::new(updated));
+                        }
+                    }
+                    _ => {
+                        if let Err(e) = self.install(endpoint) {
+                            tracing::error!(error = %e, "webhook endpoint not installed");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Waits (bounded) for in-flight deliveries after shutdown was signalled.
@@ -233,8 +301,8 @@ impl Webhooks {
         Ok(self.get_live(id)?.endpoint.clone())
     }
 
-    pub fn pending(&self, id: &str) -> Result<usize, WebhookError> {
-        Ok(self.store.pending_count(id))
+    pub async fn pending(&self, id: &str) -> Result<usize, WebhookError> {
+        Ok(self.store.pending_count(id).await?)
     }
 
     pub async fn create(self: &Arc<Self>, req: CreateEndpoint) -> Result<Endpoint, WebhookError> {
@@ -273,7 +341,7 @@ impl Webhooks {
         };
         // New endpoints get events from now on; `replay` fetches history.
         let head = self.hub.log().bounds().head;
-        self.store.put_endpoint(&endpoint, Some(head))?;
+        self.store.put_endpoint(&endpoint, Some(head)).await?;
         self.install(endpoint.clone())?;
         Ok(endpoint)
     }
@@ -311,12 +379,12 @@ impl Webhooks {
                 endpoint.failing_since_ms = None;
             }
         }
-        self.store.put_endpoint(&endpoint, None)?;
+        self.store.put_endpoint(&endpoint, None).await?;
         self.install(endpoint.clone())?;
         Ok(endpoint)
     }
 
-    pub fn delete(&self, id: &str) -> Result<(), WebhookError> {
+    pub async fn delete(&self, id: &str) -> Result<(), WebhookError> {
         let live = self
             .live
             .write()
@@ -324,12 +392,12 @@ impl Webhooks {
             .remove(id)
             .ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
         live.stop.cancel();
-        self.store.delete_endpoint(id)?;
+        self.store.delete_endpoint(id).await?;
         Ok(())
     }
 
     /// Replaces the secret; the old one keeps signing beside it for `rotation_overlap`.
-    pub fn rotate(self: &Arc<Self>, id: &str) -> Result<Endpoint, WebhookError> {
+    pub async fn rotate(self: &Arc<Self>, id: &str) -> Result<Endpoint, WebhookError> {
         let mut endpoint = self.get(id)?;
         endpoint.previous_secret = Some(std::mem::replace(
             &mut endpoint.secret,
@@ -337,12 +405,12 @@ impl Webhooks {
         ));
         endpoint.previous_expires_ms =
             Some(now_ms() + self.config.rotation_overlap.as_millis() as u64);
-        self.store.put_endpoint(&endpoint, None)?;
+        self.store.put_endpoint(&endpoint, None).await?;
         self.install(endpoint.clone())?;
         Ok(endpoint)
     }
 
-    pub fn attempts(
+    pub async fn attempts(
         &self,
         id: &str,
         after: u64,
@@ -350,14 +418,18 @@ impl Webhooks {
         limit: usize,
     ) -> Result<Vec<Attempt>, WebhookError> {
         self.get_live(id)?;
-        Ok(self.store.attempts(id, after, status, limit)?)
+        Ok(self.store.attempts(id, after, status, limit).await?)
     }
 
     /// Re-queues every matching event after `since` up to the endpoint's cursor (later events
     /// are on their way already). Runs in the background; returns the range.
-    pub fn replay(self: &Arc<Self>, id: &str, since: u64) -> Result<(u64, u64), WebhookError> {
+    pub async fn replay(
+        self: &Arc<Self>,
+        id: &str,
+        since: u64,
+    ) -> Result<(u64, u64), WebhookError> {
         let live = self.get_live(id)?;
-        let until = self.store.cursor(id)?;
+        let until = self.store.cursor(id).await?;
         let service = self.clone();
         self.tasks.spawn(async move {
             if let Err(e) = service.replay_range(&live, since, until).await {
@@ -382,7 +454,8 @@ impl Webhooks {
                 .map(|e| e.seq)
                 .collect();
             self.store
-                .enqueue(&live.endpoint.id, &seqs, None, now_ms())?;
+                .enqueue(&live.endpoint.id, &seqs, None, now_ms())
+                .await?;
             self.wake.notify_one();
             if page.end || page.next <= after {
                 break;
@@ -412,7 +485,7 @@ impl Webhooks {
     async fn enqueue(self: Arc<Self>, live: Arc<Live>) {
         let id = live.endpoint.id.clone();
         while !live.stop.is_cancelled() && !self.shutdown.is_cancelled() {
-            let cursor = match self.store.cursor(&id) {
+            let cursor = match self.store.cursor(&id).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(endpoint = %id, error = %e, "webhook cursor unreadable");
@@ -463,7 +536,7 @@ impl Webhooks {
                     if live.stop.is_cancelled() {
                         return;
                     }
-                    if let Err(e) = self.store.enqueue(&id, &seqs, last, now_ms()) {
+                    if let Err(e) = self.store.enqueue(&id, &seqs, last, now_ms()).await {
                         tracing::error!(endpoint = %id, error = %e, "webhook enqueue failed");
                         broken = true;
                     }
@@ -488,13 +561,13 @@ impl Webhooks {
                 _ = tokio::time::sleep(POLL) => {}
             }
             let now = now_ms();
-            if let Err(e) = self.dispatch_due(now) {
+            if let Err(e) = self.dispatch_due(now).await {
                 tracing::error!(error = %e, "webhook scheduling failed");
             }
             if now.saturating_sub(last_trim) > 60_000 {
                 last_trim = now;
                 let cutoff = now.saturating_sub(self.attempt_retention.as_millis() as u64);
-                if let Err(e) = self.store.trim_attempts(cutoff) {
+                if let Err(e) = self.store.trim_attempts(cutoff).await {
                     tracing::error!(error = %e, "webhook attempt log trim failed");
                 }
             }
@@ -503,57 +576,59 @@ impl Webhooks {
         }
     }
 
-    fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), LogError> {
+    async fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), LogError> {
         let live_map = self.live.read().expect("webhook map").clone();
-        let enabled = live_map.values().filter(|l| l.endpoint.enabled).count();
         let max_total = self.config.max_in_flight.max(1);
-        let mut saturated: HashSet<String> = HashSet::new();
-        let mut ready: Vec<(Arc<Live>, Task)> = Vec::new();
-        self.store.scan_due(now, |id, task, is_head| {
-            if saturated.len() >= enabled {
-                return Step::Stop; // every endpoint is busy: nothing more can go out now
-            }
-            let Some(live) = live_map.get(id).filter(|l| l.endpoint.enabled) else {
-                saturated.insert(id.to_string());
-                return Step::SkipEndpoint;
+        let (wants, total, in_flight) = {
+            let f = self.in_flight.lock().expect("in-flight lock");
+            let wants: HashMap<String, Want> = live_map
+                .values()
+                .filter(|l| l.endpoint.enabled)
+                .filter_map(|l| {
+                    let ordered = l.endpoint.ordered;
+                    let limit = if ordered {
+                        1
+                    } else {
+                        self.config.max_in_flight_per_endpoint.max(1)
+                    };
+                    let busy = f.per_endpoint.get(&l.endpoint.id).copied().unwrap_or(0);
+                    (busy < limit).then(|| {
+                        let want = Want {
+                            capacity: limit - busy,
+                            ordered,
+                        };
+                        (l.endpoint.id.clone(), want)
+                    })
+                })
+                .collect();
+            (wants, max_total.saturating_sub(f.total), f.tasks.clone())
+        };
+        if wants.is_empty() || total == 0 {
+            return Ok(());
+        }
+        let claimed = self.store.claim(now, &wants, total, &in_flight).await?;
+        for (id, task) in claimed {
+            let Some(live) = live_map.get(&id) else {
+                continue;
             };
-            let limit = if live.endpoint.ordered {
-                1
-            } else {
-                self.config.max_in_flight_per_endpoint.max(1)
-            };
-            let mut f = self.in_flight.lock().expect("in-flight lock");
-            if f.total >= max_total {
-                return Step::Stop;
+            {
+                let mut f = self.in_flight.lock().expect("in-flight lock");
+                if !f.tasks.insert((id.clone(), task.seq)) {
+                    continue;
+                }
+                f.total += 1;
+                *f.per_endpoint.entry(id).or_default() += 1;
             }
-            let busy = f.per_endpoint.get(id).copied().unwrap_or(0);
-            if busy >= limit {
-                saturated.insert(id.to_string());
-                return Step::SkipEndpoint;
-            }
-            if f.tasks.contains(&(id.to_string(), task.seq)) {
-                return Step::Next;
-            }
-            // Ordered endpoints send only their head, retried until it resolves.
-            if live.endpoint.ordered && !is_head {
-                return Step::SkipEndpoint;
-            }
-            f.total += 1;
-            *f.per_endpoint.entry(id.to_string()).or_default() += 1;
-            f.tasks.insert((id.to_string(), task.seq));
-            ready.push((live.clone(), task));
-            Step::Next
-        });
-        for (live, task) in ready {
-            self.tasks.spawn(self.clone().attempt(live, task));
+            self.tasks.spawn(self.clone().attempt(live.clone(), task));
         }
         Ok(())
     }
 
     async fn attempt(self: Arc<Self>, live: Arc<Live>, task: Task) {
         let id = live.endpoint.id.clone();
+        let seq = task.seq;
         if let Err(e) = self.attempt_inner(&live, task).await {
-            tracing::error!(endpoint = %id, seq = task.seq, error = %e, "webhook attempt failed to record");
+            tracing::error!(endpoint = %id, seq, error = %e, "webhook attempt failed to record");
         }
         {
             let mut f = self.in_flight.lock().expect("in-flight lock");
@@ -564,7 +639,7 @@ impl Webhooks {
                     f.per_endpoint.remove(&id);
                 }
             }
-            f.tasks.remove(&(id, task.seq));
+            f.tasks.remove(&(id, seq));
         }
         self.wake.notify_one();
     }
@@ -581,7 +656,8 @@ impl Webhooks {
                 retry_after: None,
                 body: None,
             };
-            self.record(live, task, &outcome, "failed", None, Resolution::Failed)?;
+            self.record(live, task, &outcome, "failed", None, Resolution::Failed)
+                .await?;
             return Ok(());
         };
         let webhook_id = format!("{}_{}", endpoint.id, task.seq);
@@ -605,29 +681,36 @@ impl Webhooks {
                 "delivered",
                 None,
                 Resolution::Delivered,
-            )?;
+            )
+            .await?;
             if endpoint.failing_since_ms.is_some() {
-                self.mark(endpoint.id.as_str(), |e| e.failing_since_ms = None)?;
+                self.mark(endpoint.id.as_str(), |e| e.failing_since_ms = None)
+                    .await?;
             }
             return Ok(());
         }
         if outcome.gone() {
             metrics::counter!("herald_webhook_attempts_total", "outcome" => "gone").increment(1);
-            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)?;
-            self.disable(&endpoint.id, "the endpoint answered 410 Gone")?;
+            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)
+                .await?;
+            self.disable(&endpoint.id, "the endpoint answered 410 Gone")
+                .await?;
             return Ok(());
         }
         metrics::counter!("herald_webhook_attempts_total", "outcome" => "failed").increment(1);
         let failing_since = endpoint.failing_since_ms.unwrap_or(now);
         if endpoint.failing_since_ms.is_none() {
-            self.mark(&endpoint.id, |e| e.failing_since_ms = Some(now))?;
+            self.mark(&endpoint.id, |e| e.failing_since_ms = Some(now))
+                .await?;
         }
         if now.saturating_sub(failing_since) >= self.config.disable_after.as_millis() as u64 {
-            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)?;
+            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)
+                .await?;
             self.disable(
                 &endpoint.id,
                 "failing continuously for longer than webhooks.disable_after",
-            )?;
+            )
+            .await?;
             return Ok(());
         }
         let made = task.attempts + 1;
@@ -644,14 +727,18 @@ impl Webhooks {
                     Resolution::Retry {
                         next_at_ms: next_at,
                     },
-                )?;
+                )
+                .await?;
             }
-            None => self.record(live, task, &outcome, "failed", None, Resolution::Failed)?,
+            None => {
+                self.record(live, task, &outcome, "failed", None, Resolution::Failed)
+                    .await?
+            }
         }
         Ok(())
     }
 
-    fn record(
+    async fn record(
         &self,
         live: &Live,
         task: Task,
@@ -675,19 +762,19 @@ impl Webhooks {
             response_body: outcome.body.clone(),
         };
         self.store
-            .finish(&live.endpoint.id, task, attempt, resolution)?;
+            .finish(&live.endpoint.id, task, attempt, resolution)
+            .await?;
         Ok(())
     }
 
     /// Applies a change to the stored endpoint (not restarting its enqueuer).
-    fn mark(&self, id: &str, change: impl FnOnce(&mut Endpoint)) -> Result<(), WebhookError> {
-        let mut map = self.live.write().expect("webhook map");
-        let Some(live) = map.get(id) else {
+    async fn mark(&self, id: &str, change: impl FnOnce(&mut Endpoint)) -> Result<(), WebhookError> {
+        let Some(live) = self.live.read().expect("webhook map").get(id).cloned() else {
             return Ok(());
         };
         let mut endpoint = live.endpoint.clone();
         change(&mut endpoint);
-        self.store.put_endpoint(&endpoint, None)?;
+        self.store.put_endpoint(&endpoint, None).await?;
         let updated = Live {
             endpoint,
             secret: live.secret.clone(),
@@ -695,21 +782,31 @@ impl Webhooks {
             filter: live.filter.clone(),
             stop: live.stop.clone(),
         };
-        map.insert(id.to_string(), Arc::new(updated));
+        let mut map = self.live.write().expect("webhook map");
+        // Unless it was replaced meanwhile (an edit through the API wins).
+        if map.get(id).is_some_and(|l| Arc::ptr_eq(l, &live)) {
+            map.insert(id.to_string(), Arc::new(updated));
+        }
         Ok(())
     }
 
-    fn disable(&self, id: &str, reason: &str) -> Result<(), WebhookError> {
+    async fn disable(&self, id: &str, reason: &str) -> Result<(), WebhookError> {
         tracing::warn!(endpoint = %id, reason, "webhook endpoint disabled");
         self.mark(id, |e| {
             e.enabled = false;
             e.disabled_reason = Some(reason.to_string());
-        })?;
+        })
+        .await?;
         if let Some(live) = self.live.read().expect("webhook map").get(id) {
             live.stop.cancel();
         }
         Ok(())
     }
+}
+
+/// Whether two versions of an endpoint queue the same events (then its enqueuer keeps going).
+fn same_route(a: &Endpoint, b: &Endpoint) -> bool {
+    a.channels == b.channels && a.types == b.types && a.enabled == b.enabled
 }
 
 /// ±10% so that endpoints failing together do not retry in lockstep.

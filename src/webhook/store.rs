@@ -50,12 +50,14 @@ pub struct Endpoint {
 }
 
 /// A pending delivery of one event to one endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     pub seq: u64,
     /// Attempts made so far.
     pub attempts: u32,
     pub next_at_ms: u64,
+    /// The cluster claim this node holds on the task (none on a single node).
+    pub claim: Option<Arc<str>>,
 }
 
 /// One delivery attempt, as the attempt log shows it.
@@ -323,6 +325,7 @@ impl WebhookStore {
                     seq,
                     attempts,
                     next_at_ms,
+                    claim: None,
                 },
                 is_head,
             ) {
@@ -331,30 +334,6 @@ impl WebhookStore {
                 Step::Stop => break,
             };
         }
-    }
-
-    pub fn task(&self, id: &str, seq: u64) -> Option<Task> {
-        let index = self.index.lock().expect("webhook index");
-        index
-            .tasks
-            .get(id)?
-            .get(&seq)
-            .map(|&(attempts, next_at_ms)| Task {
-                seq,
-                attempts,
-                next_at_ms,
-            })
-    }
-
-    /// The lowest-seq pending task of an endpoint (the head, for ordered delivery).
-    pub fn head_task(&self, id: &str) -> Option<Task> {
-        let index = self.index.lock().expect("webhook index");
-        let (&seq, &(attempts, next_at_ms)) = index.tasks.get(id)?.first_key_value()?;
-        Some(Task {
-            seq,
-            attempts,
-            next_at_ms,
-        })
     }
 
     pub fn pending_count(&self, id: &str) -> usize {
