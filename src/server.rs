@@ -161,7 +161,7 @@ async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, Queue), ServeErr
     let lease = config
         .redis
         .lease
-        .max(config.webhooks.timeout + std::time::Duration::from_secs(5));
+        .max(config.webhooks.timeout + std::time::Duration::from_secs(2));
     let queue = Queue::Shared(RedisQueue::new(
         log.connection(),
         &config.redis.prefix,

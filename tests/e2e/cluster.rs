@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,7 +56,14 @@ impl Redis {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -78,9 +84,7 @@ impl Redis {
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read_exact(&mut buf).is_ok()
-            && &buf == b"+PONG\r\n"
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
     pub fn url(&self) -> String {
@@ -98,10 +102,6 @@ impl Redis {
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
         self.spawn();
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 }
 
@@ -214,7 +214,11 @@ fn ws_follower(
             for c in channels {
                 let since = last.get(*c).copied().unwrap_or(0);
                 let msg = json!({"op": "subscribe", "channel": c, "since": since});
-                if ws.send(Message::Text(msg.to_string().into())).await.is_err() {
+                if ws
+                    .send(Message::Text(msg.to_string().into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -302,7 +306,10 @@ async fn publisher(
                 Ok(r) => {
                     let status = r.status().as_u16();
                     let v: Value = r.json().await.unwrap_or(Value::Null);
-                    refusals.lock().unwrap().push(json!({"status": status, "body": v}));
+                    refusals
+                        .lock()
+                        .unwrap()
+                        .push(json!({"status": status, "body": v}));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(_) => {
@@ -319,12 +326,7 @@ async fn publisher(
 }
 
 fn endpoints(nodes: &[Herald]) -> Arc<Vec<(String, String)>> {
-    Arc::new(
-        nodes
-            .iter()
-            .map(|h| (h.url(""), h.ws_url("")))
-            .collect(),
-    )
+    Arc::new(nodes.iter().map(|h| (h.url(""), h.ws_url(""))).collect())
 }
 
 /// Waits until every subscriber has every acknowledged seq of its channels, then checks that
@@ -338,10 +340,14 @@ async fn assert_complete(
         for channel in channels {
             let want = acked.get(*channel).cloned().unwrap_or_default();
             let max = want.iter().copied().max().unwrap_or(0);
-            eventually(&format!("{name} to reach seq {max} of {channel}"), WAIT, async || {
-                let s = seen.lock().unwrap();
-                (s.last_of.get(*channel).copied().unwrap_or(0) >= max).then_some(())
-            })
+            eventually(
+                &format!("{name} to reach seq {max} of {channel}"),
+                WAIT,
+                async || {
+                    let s = seen.lock().unwrap();
+                    (s.last_of.get(*channel).copied().unwrap_or(0) >= max).then_some(())
+                },
+            )
             .await;
             let s = seen.lock().unwrap();
             let got: Vec<u64> = s
@@ -356,13 +362,22 @@ async fn assert_complete(
             );
             let got: BTreeSet<u64> = got.into_iter().collect();
             let missing: Vec<_> = want.difference(&got).take(10).collect();
-            assert!(missing.is_empty(), "{name} missed acknowledged {channel} events {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "{name} missed acknowledged {channel} events {missing:?}"
+            );
             let extra: Vec<_> = got.difference(&want).take(10).collect();
-            assert!(extra.is_empty(), "{name} got unacknowledged {channel} events {extra:?}");
+            assert!(
+                extra.is_empty(),
+                "{name} got unacknowledged {channel} events {extra:?}"
+            );
         }
         let s = seen.lock().unwrap();
         for (seq, channel) in &s.seqs {
-            assert!(channels.contains(&channel.as_str()), "{name}: got {seq} of {channel}");
+            assert!(
+                channels.contains(&channel.as_str()),
+                "{name}: got {seq} of {channel}"
+            );
         }
         if name.starts_with("sse") {
             assert!(
@@ -387,10 +402,22 @@ async fn three_nodes_deliver_one_contiguous_order_to_every_subscriber() {
     let mut handles = Vec::new();
     for i in 0..3 {
         let sse = Arc::new(Mutex::new(Seen::default()));
-        handles.push(sse_follower(urls.clone(), i, "channel=a&channel=b", sse.clone(), stop.clone()));
+        handles.push(sse_follower(
+            urls.clone(),
+            i,
+            "channel=a&channel=b",
+            sse.clone(),
+            stop.clone(),
+        ));
         subscribers.push(("sse a+b", sse, vec!["a", "b"]));
         let ws = Arc::new(Mutex::new(Seen::default()));
-        handles.push(ws_follower(urls.clone(), i, &["c", "a"], ws.clone(), stop.clone()));
+        handles.push(ws_follower(
+            urls.clone(),
+            i,
+            &["c", "a"],
+            ws.clone(),
+            stop.clone(),
+        ));
         subscribers.push(("ws c+a", ws, vec!["c", "a"]));
     }
     let acked: Acked = Arc::default();
@@ -431,5 +458,316 @@ async fn three_nodes_deliver_one_contiguous_order_to_every_subscriber() {
     let want: Vec<u64> = acked["b"].iter().copied().take(1000).collect();
     assert_eq!(history, want);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(refusals.lock().unwrap().is_empty(), "{:?}", refusals.lock().unwrap());
+    assert!(
+        refusals.lock().unwrap().is_empty(),
+        "{:?}",
+        refusals.lock().unwrap()
+    );
+}
+
+const WEBHOOKS: &str = "[webhooks]\nallow_private = true\ntimeout = \"1s\"\n\
+                        retry_schedule = [\"100ms\", \"200ms\", \"300ms\", \"500ms\", \"1s\", \"1s\", \"1s\", \"1s\"]\n";
+
+/// Every seq of `channel` in the log, read through `node`'s history API.
+async fn history(node: &Herald, channel: &str) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let page = get_json(node.url(&format!(
+            "/v1/events?channel={channel}&after={after}&limit=1000"
+        )))
+        .await;
+        let events = page["events"].as_array().expect("events");
+        out.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+        if events.is_empty() {
+            return out;
+        }
+        after = page["next"].as_u64().unwrap();
+    }
+}
+
+/// Waits until every node knows the endpoint (and so competes for its deliveries).
+async fn wait_for_endpoint(cluster: &[Herald], id: &str) {
+    for node in cluster {
+        eventually("the endpoint on every node", WAIT, async || {
+            let v = get_json(node.url(&format!("/v1/webhooks/{id}"))).await;
+            (v["id"] == id).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The number of delivered attempts this node made, from its Prometheus metrics.
+async fn delivered_by(node: &Herald) -> u64 {
+    let text = get_text(node.url("/metrics")).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_webhook_attempts_total{outcome=\"delivered\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_node_loses_no_acknowledged_event_or_queued_webhook() {
+    let Some(redis) = Redis::start() else { return };
+    // A short lease, so the dead node's claimed deliveries come due again quickly.
+    let mut cluster = nodes(
+        &redis,
+        3,
+        &format!("lease = \"2s\"\n{WEBHOOKS}max_in_flight_per_endpoint = 8\n"),
+    );
+    let urls = endpoints(&cluster);
+    // A slow receiver keeps a backlog, so every node (the dying one included) always holds
+    // claimed deliveries in flight.
+    let receiver = Receiver::start(|_, _| Reply::Hang(Duration::from_millis(100))).await;
+    let (status, endpoint) = create_webhook(
+        &cluster[0],
+        json!({"url": receiver.url(), "channels": ["a"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    wait_for_endpoint(&cluster, endpoint["id"].as_str().unwrap()).await;
+    let stop = flag();
+    let mut subscribers = Vec::new();
+    for i in [0, 2] {
+        let sse = Arc::new(Mutex::new(Seen::default()));
+        sse_follower(
+            urls.clone(),
+            i,
+            "channel=a&channel=b",
+            sse.clone(),
+            stop.clone(),
+        );
+        subscribers.push(("sse a+b", sse, vec!["a", "b"]));
+        let ws = Arc::new(Mutex::new(Seen::default()));
+        ws_follower(urls.clone(), i, &["a", "b"], ws.clone(), stop.clone());
+        subscribers.push(("ws a,b", ws, vec!["a", "b"]));
+    }
+    let acked: Acked = Arc::default();
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let dying = flag();
+    let publishers: Vec<_> = ["k1", "k2", "k3"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            tokio::spawn(publisher(
+                cluster[i].url(""),
+                name,
+                1000,
+                &["a", "b"],
+                acked.clone(),
+                refusals.clone(),
+                if i == 2 { dying.clone() } else { flag() },
+            ))
+        })
+        .collect();
+    eventually("a third of the events", WAIT, async || {
+        let n: usize = acked.lock().unwrap().values().map(BTreeSet::len).sum();
+        (n >= 1000).then_some(())
+    })
+    .await;
+    // The dying node takes part in deliveries (so it holds claims when it dies).
+    eventually("the dying node delivering", WAIT, async || {
+        (delivered_by(&cluster[2]).await > 0).then_some(())
+    })
+    .await;
+    dying.store(true, std::sync::atomic::Ordering::Relaxed);
+    cluster[2].kill9();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.values().map(BTreeSet::len).sum::<usize>() > 2000);
+    // The log may hold a few events more than were acknowledged: the dead node's last
+    // requests could commit without their answer getting out. Subscribers must get exactly
+    // what the log holds, which includes everything acknowledged.
+    let mut logged = BTreeMap::new();
+    for channel in ["a", "b"] {
+        let held = history(&cluster[0], channel).await;
+        assert!(
+            acked[channel].is_subset(&held),
+            "acknowledged {channel} events missing from the log"
+        );
+        logged.insert(channel.to_string(), held);
+    }
+    assert_complete(&subscribers, &logged).await;
+    // Every acknowledged event of the webhook's channel gets delivered, including those the
+    // dead node had claimed when it died (their lease ran out and another node took them).
+    let want = logged["a"].clone();
+    eventually(
+        "every webhook delivery",
+        Duration::from_secs(40),
+        async || {
+            let delivered = receiver.delivered();
+            want.is_subset(&delivered).then_some(())
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_webhook_delivery_is_made_by_exactly_one_node() {
+    let Some(redis) = Redis::start() else { return };
+    let cluster = nodes(&redis, 3, WEBHOOKS);
+    let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
+    let (status, endpoint) = create_webhook(
+        &cluster[1],
+        json!({"url": receiver.url(), "channels": ["*"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let id = endpoint["id"].as_str().unwrap().to_string();
+    wait_for_endpoint(&cluster, &id).await;
+    let acked: Acked = Arc::default();
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let publishers: Vec<_> = ["w1", "w2", "w3"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            tokio::spawn(publisher(
+                cluster[i].url(""),
+                name,
+                400,
+                &["x", "y"],
+                acked.clone(),
+                refusals.clone(),
+                flag(),
+            ))
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let want: BTreeSet<u64> = acked.lock().unwrap().values().flatten().copied().collect();
+    assert_eq!(want.len(), 1200);
+    eventually("every webhook delivery", WAIT, async || {
+        (receiver.delivered() == want).then_some(())
+    })
+    .await;
+    // Give a would-be duplicate time to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = receiver.got.lock().unwrap().clone();
+    let ids: BTreeSet<String> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    assert_eq!(got.len(), 1200, "every event exactly once");
+    assert_eq!(ids.len(), 1200);
+    let mut per_node = Vec::new();
+    for node in &cluster {
+        per_node.push(delivered_by(node).await);
+    }
+    assert_eq!(per_node.iter().sum::<u64>(), 1200, "{per_node:?}");
+    assert!(
+        per_node.iter().filter(|n| **n > 0).count() >= 2,
+        "deliveries should be shared between nodes: {per_node:?}"
+    );
+    // The attempt log is the cluster's, readable on any node.
+    let mut seqs = BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let page = get_json(cluster[2].url(&format!(
+            "/v1/webhooks/{id}/deliveries?after={after}&limit=500"
+        )))
+        .await;
+        let items = page["deliveries"].as_array().expect("deliveries");
+        if items.is_empty() {
+            break;
+        }
+        for d in items {
+            assert_eq!(d["status"], "delivered", "{d}");
+            assert!(seqs.insert(d["seq"].as_u64().unwrap()), "twice: {d}");
+        }
+        after = page["next"].as_u64().unwrap();
+    }
+    assert_eq!(seqs, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_heals_by_itself_and_loses_no_acknowledged_event() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let cluster = nodes(&redis, 2, "");
+    let urls = endpoints(&cluster);
+    let stop = flag();
+    let mut subscribers = Vec::new();
+    for i in 0..2 {
+        let sse = Arc::new(Mutex::new(Seen::default()));
+        sse_follower(
+            urls.clone(),
+            i,
+            "channel=a&channel=b",
+            sse.clone(),
+            stop.clone(),
+        );
+        subscribers.push(("sse a+b", sse, vec!["a", "b"]));
+        let ws = Arc::new(Mutex::new(Seen::default()));
+        ws_follower(urls.clone(), i, &["b"], ws.clone(), stop.clone());
+        subscribers.push(("ws b", ws, vec!["b"]));
+    }
+    let acked: Acked = Arc::default();
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let publishers: Vec<_> = ["r1", "r2"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            tokio::spawn(publisher(
+                cluster[i].url(""),
+                name,
+                1500,
+                &["a", "b"],
+                acked.clone(),
+                refusals.clone(),
+                flag(),
+            ))
+        })
+        .collect();
+    eventually("a third of the events", WAIT, async || {
+        let n: usize = acked.lock().unwrap().values().map(BTreeSet::len).sum();
+        (n >= 1000).then_some(())
+    })
+    .await;
+    redis.kill9();
+    // Down: publishes are refused fast with a clear error, and readiness says so.
+    for node in &cluster {
+        let r = http().get(node.url("/readyz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        if status == 200 {
+            // The node may not have noticed yet; it must within its read timeout.
+            eventually("readiness to drop", WAIT, async || {
+                let r = http().get(node.url("/readyz")).send().await.ok()?;
+                (r.status() == 503).then_some(())
+            })
+            .await;
+        } else {
+            assert_error(status, &body, 503, "log_unavailable");
+        }
+    }
+    let (status, reply) = publish(&cluster[0], json!({"channel": "a", "data": 0})).await;
+    assert_error(status, &reply, 503, "log_unavailable");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for node in &cluster {
+        eventually("readiness to return", WAIT, async || {
+            let r = http().get(node.url("/readyz")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.values().map(BTreeSet::len).sum::<usize>(), 3000);
+    assert_complete(&subscribers, &acked).await;
+    let refused = refusals.lock().unwrap().clone();
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["status"] == 503 && r["body"]["error"]["code"] == "log_unavailable"),
+        "{refused:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }

@@ -3,8 +3,8 @@
 
 mod api;
 mod auth;
-mod cluster;
 mod cli;
+mod cluster;
 mod common;
 mod durability;
 mod flood;
