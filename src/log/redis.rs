@@ -811,3 +811,25 @@ impl Log for RedisLog {
         self.stop.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn the_script_envelope_is_byte_identical_to_the_embedded_one() {
+        let new = NewEvent {
+            channel: "user:42".into(),
+            kind: Some("order.created".into()),
+            data: RawValue::from_string(r#"{"x":[1,"é\n"]}"#.into()).unwrap(),
+            id: Some("k\"1".into()),
+        };
+        // What the append script does: `{"seq":` .. seq .. tail.
+        let mut made = b"{\"seq\":".to_vec();
+        made.extend_from_slice(b"9007199254740991");
+        made.extend_from_slice(&envelope_tail(&new, 1_764_000_000_123));
+        let embedded = Event::encode(9_007_199_254_740_991, 1_764_000_000_123, &new);
+        assert_eq!(made, embedded.envelope()[..]);
+    }
+}

@@ -242,6 +242,9 @@ fn ws_follower(
     })
 }
 
+/// A subscriber under test: its name, what it saw, and its channels.
+type Subscriber = (&'static str, Arc<Mutex<Seen>>, Vec<&'static str>);
+
 /// Acknowledged seqs by channel.
 type Acked = Arc<Mutex<BTreeMap<String, BTreeSet<u64>>>>;
 
@@ -332,10 +335,7 @@ fn endpoints(nodes: &[Herald]) -> Arc<Vec<(String, String)>> {
 /// Waits until every subscriber has every acknowledged seq of its channels, then checks that
 /// each saw exactly those, per channel in increasing order with no duplicate (SSE: one
 /// subscription, so one increasing order across its channels).
-async fn assert_complete(
-    subscribers: &[(&str, Arc<Mutex<Seen>>, Vec<&str>)],
-    acked: &BTreeMap<String, BTreeSet<u64>>,
-) {
+async fn assert_complete(subscribers: &[Subscriber], acked: &BTreeMap<String, BTreeSet<u64>>) {
     for (name, seen, channels) in subscribers {
         for channel in channels {
             let want = acked.get(*channel).cloned().unwrap_or_default();
@@ -770,4 +770,54 @@ async fn a_redis_restart_heals_by_itself_and_loses_no_acknowledged_event() {
         "{refused:?}"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[tokio::test]
+async fn ids_deduplicate_and_retention_trims_across_the_cluster() {
+    let Some(redis) = Redis::start() else { return };
+    let cluster = nodes(
+        &redis,
+        2,
+        "[log]\nmax_events = 5\ntrim_interval = \"50ms\"\n",
+    );
+    let first = json!({"channel": "d", "type": "t.x", "data": {"k": [1, "é"]}, "id": "order-1"});
+    let (status, reply) = publish(&cluster[0], first.clone()).await;
+    assert_eq!(status, 201, "{reply}");
+    let seq = reply["seq"].as_u64().unwrap();
+    // The same id through the other node: the original seq, nothing new written.
+    let (status, again) = publish(&cluster[1], first).await;
+    assert_eq!((status, again["seq"].as_u64()), (200, Some(seq)), "{again}");
+    // The envelope made by the script is the one the single-node store makes.
+    let page = get_json(cluster[1].url("/v1/events?channel=d&after=0")).await;
+    let envelope = &page["events"][0];
+    assert_eq!(envelope["seq"], seq);
+    assert_eq!(envelope["type"], "t.x");
+    assert_eq!(envelope["data"], json!({"k": [1, "é"]}));
+    assert_eq!(envelope["id"], "order-1");
+    for i in 0..20 {
+        publish_one(&cluster[i % 2], "d", json!(i)).await;
+    }
+    let head = seq + 20;
+    eventually("retention to trim", WAIT, async || {
+        let page = get_json(cluster[1].url("/v1/events?channel=d&after=0")).await;
+        (page["reset"]["oldest"] == head - 4).then_some(page)
+    })
+    .await;
+    let page = get_json(cluster[0].url("/v1/events?channel=d&after=0")).await;
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (head - 4..=head).collect::<Vec<_>>());
+    // A subscriber resuming from before the trim is told of the gap, then gets the rest.
+    let mut sse = Sse::connect(&cluster[0], "channel=d", Some(1)).await;
+    let reset = sse.next().await.unwrap();
+    assert_eq!(reset.name.as_deref(), Some("reset"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&reset.data).unwrap()["oldest"],
+        head - 4
+    );
+    assert_eq!(sse.next().await.unwrap().id, Some(head - 4));
 }
