@@ -14,7 +14,8 @@ mkdir -p "$DIR"
 cargo build --release --quiet
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; echo "stopped; data in $DIR"; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$DIR" \
   --appendonly yes --appendfsync always --save '' --maxmemory-policy noeviction \

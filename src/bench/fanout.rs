@@ -30,6 +30,8 @@ pub enum Transport {
 
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
+    /// Server URL; the nodes of a cluster comma-separated (subscribers and publishes are
+    /// spread over them).
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// Subscribers.
@@ -69,7 +71,7 @@ struct Seen {
 }
 
 pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
-    let target = Target::parse(&args.server)?;
+    let targets = Target::parse_list(&args.server)?;
     raise_nofile();
     let scenario = if per_channel { "channels" } else { "fanout" };
     let run_id = std::process::id();
@@ -96,7 +98,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         let ctx = (
             gate.clone(),
             sources.clone(),
-            target.clone(),
+            targets[i % targets.len()].clone(),
             ready.clone(),
             received_total.clone(),
             stop_rx.clone(),
@@ -142,6 +144,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     let mut per_channel_count = vec![0u64; channels];
     let publish_start = Instant::now();
     let mut owed = 0f64;
+    let mut sent_batches = 0usize;
     let mut last_progress = Instant::now();
     while publish_start.elapsed() < args.duration {
         tick.tick().await;
@@ -158,6 +161,9 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
                 json!({"channel": channel_of(c), "data": {"t": t, "p": pad}})
             })
             .collect();
+        // Publishes rotate over the nodes of a cluster too.
+        sent_batches += 1;
+        let target = &targets[sent_batches % targets.len()];
         let r = http
             .post(format!("{}/v1/events", target.base))
             .json(&batch)

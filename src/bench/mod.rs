@@ -28,6 +28,22 @@ pub struct Target {
 }
 
 impl Target {
+    /// `--server` may list several nodes of a cluster, comma-separated: connections and
+    /// publishes are spread over them in turn.
+    pub fn parse_list(servers: &str) -> anyhow::Result<Vec<Target>> {
+        servers
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Target::parse(s.trim()))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .and_then(|t| {
+                if t.is_empty() {
+                    bail!("--server names no server");
+                }
+                Ok(t)
+            })
+    }
+
     pub fn parse(server: &str) -> anyhow::Result<Target> {
         let url = reqwest::Url::parse(server)
             .context("--server must be a URL like http://127.0.0.1:8080")?;

@@ -12,6 +12,7 @@ use super::{histogram, percentiles, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
+    /// Server URL; the nodes of a cluster comma-separated (publishers are spread over them).
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// Concurrent publishers, each on its own keep-alive connection.
@@ -33,14 +34,15 @@ pub struct PublishArgs {
 }
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let target = Target::parse(&args.server)?;
+    let targets = Target::parse_list(&args.server)?;
     let events = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut workers = Vec::new();
     for w in 0..args.concurrency.max(1) {
-        let (events, failures, target) = (events.clone(), failures.clone(), target.clone());
+        let target = targets[w % targets.len()].clone();
+        let (events, failures) = (events.clone(), failures.clone());
         let (batch, pad, key) = (
             args.batch.max(1),
             "x".repeat(args.payload),
