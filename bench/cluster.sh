@@ -5,6 +5,7 @@
 #
 #   bash bench/cluster.sh
 #   DURATION=20s SUBSCRIBERS=2000 bash bench/cluster.sh
+#   RUNS="redis3" TESTS="fanout" bash bench/cluster.sh      # one setup, one scenario
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ DURATION="${DURATION:-10s}"
 SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 RATE="${RATE:-1000}"
 REDIS_PORT="${REDIS_PORT:-16399}"
+RUNS="${RUNS:-embedded redis1 redis3}"
+TESTS="${TESTS:-publish batch fanout}"
 
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install -y redis-server)" >&2; exit 1; }
 cargo build --release --quiet --bin herald
@@ -57,12 +60,21 @@ run() {
   local label=$1 n=$2 mode=$3
   start_nodes "$n" "$mode"
   echo "== $label"
-  $H bench publish --server "$URLS" --concurrency 32 --batch 1 --duration "$DURATION"
-  $H bench publish --server "$URLS" --concurrency 32 --batch 100 --duration "$DURATION"
-  $H bench fanout --server "$URLS" --subscribers "$SUBSCRIBERS" --rate "$RATE" --duration "$DURATION" 2>/dev/null
+  for t in $TESTS; do
+    case $t in
+      publish) $H bench publish --server "$URLS" --concurrency 32 --batch 1 --duration "$DURATION" ;;
+      batch) $H bench publish --server "$URLS" --concurrency 32 --batch 100 --duration "$DURATION" ;;
+      fanout) $H bench fanout --server "$URLS" --subscribers "$SUBSCRIBERS" --rate "$RATE" \
+                --duration "$DURATION" 2>/dev/null ;;
+    esac
+  done
   stop_all
 }
 
-run "1 node, embedded store" 1 embedded
-run "1 node on redis" 1 redis
-run "3 nodes on one redis" 3 redis
+for r in $RUNS; do
+  case $r in
+    embedded) run "1 node, embedded store" 1 embedded ;;
+    redis1) run "1 node on redis" 1 redis ;;
+    redis3) run "3 nodes on one redis" 3 redis ;;
+  esac
+done
