@@ -51,9 +51,14 @@ const FOLLOW_BLOCK: Duration = Duration::from_millis(1000);
 const TRIM_CHUNK: u64 = 10_000;
 
 const APPEND: &str = r#"
-local p, now, window = ARGV[1], ARGV[2], ARGV[3]
-local out = {}
-for i = 4, #ARGV, 4 do
+local p, now, window, floor = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {-1}
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < floor then
+  redis.call('SET', KEYS[1], ARGV[4])
+  out[1] = cur
+end
+for i = 5, #ARGV, 4 do
   local channel, kind, id, tail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = false
   if id ~= '' then prev = redis.call('GET', p .. ':dedup:' .. id) end
@@ -266,6 +271,7 @@ impl RedisLog {
             log.keys.clone(),
             log.scripts.clone(),
             config.dedup_window,
+            log.head.clone(),
         ));
         tokio::spawn(trimmer(log.clone_parts(), config.clone()));
         Ok(log)
@@ -333,6 +339,7 @@ async fn writer(
     keys: Keys,
     scripts: Arc<Scripts>,
     dedup_window: Duration,
+    seen: Arc<AtomicU64>,
 ) {
     let window = dedup_window.as_millis().max(1).to_string();
     while let Some(first) = rx.recv().await {
@@ -355,7 +362,9 @@ async fn writer(
             .key(&keys.channels)
             .arg(&keys.prefix)
             .arg(now)
-            .arg(&window);
+            .arg(&window)
+            // Seqs never go back, even if Redis lost data: see `guard_seq`.
+            .arg(seen.load(Ordering::Acquire));
         for request in &group {
             for event in &request.events {
                 invocation
@@ -365,13 +374,16 @@ async fn writer(
                     .arg(envelope_tail(event, now));
             }
         }
-        let result: Result<Vec<u64>, _> = invocation.invoke_async(&mut conn).await;
+        let result: Result<Vec<i64>, _> = invocation.invoke_async(&mut conn).await;
         match result {
             Ok(flat) => {
-                let mut results = flat
+                if let Some(&behind) = flat.first().filter(|b| **b >= 0) {
+                    report_lost_seqs(behind as u64, seen.load(Ordering::Acquire));
+                }
+                let mut results = flat[1.min(flat.len())..]
                     .chunks(2)
                     .map(|p| Appended {
-                        seq: p[0],
+                        seq: p[0].max(0) as u64,
                         duplicate: p.get(1) == Some(&1),
                     })
                     .collect::<Vec<_>>()
@@ -520,6 +532,10 @@ async fn follow(
             }
         };
         backoff = Duration::from_millis(50);
+        if let Err(e) = guard_seq(&mut conn, &keys, head.load(Ordering::Acquire)).await {
+            tracing::warn!(error = %e, "redis check failed");
+            continue;
+        }
         loop {
             let last = head.load(Ordering::Acquire);
             let mut xread = redis::cmd("XREAD");
@@ -577,6 +593,39 @@ async fn follow(
             head.store(newest, Ordering::Release);
         }
     }
+}
+
+/// After a (re)connect: if Redis's seq counter is behind what this node has already seen,
+/// Redis lost data (restarted without `appendonly`, or failed over to a stale replica). The
+/// events are gone, but seqs must never be reused: a subscriber holding cursor N would
+/// silently skip new events numbered <= N. Move the counter back up, and say so loudly.
+async fn guard_seq(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    seen: u64,
+) -> Result<(), redis::RedisError> {
+    let raised: i64 = Script::new(
+        r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+          if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) return cur end
+          return -1",
+    )
+    .key(&keys.seq)
+    .arg(seen)
+    .invoke_async(conn)
+    .await?;
+    if raised >= 0 {
+        report_lost_seqs(raised as u64, seen);
+    }
+    Ok(())
+}
+
+fn report_lost_seqs(redis_seq: u64, seen: u64) {
+    tracing::error!(
+        redis_seq,
+        node_seq = seen,
+        "redis lost acknowledged events (its seq counter went back): run it with appendonly \
+         yes; seqs continue after {seen} so none is reused"
+    );
 }
 
 /// Parses an XREAD reply (one stream) into events.

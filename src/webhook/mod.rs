@@ -554,6 +554,7 @@ impl Webhooks {
     /// Hands due tasks to delivery workers within the concurrency limits.
     async fn schedule(self: Arc<Self>) {
         let mut last_trim = 0;
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -561,8 +562,23 @@ impl Webhooks {
                 _ = tokio::time::sleep(POLL) => {}
             }
             let now = now_ms();
-            if let Err(e) = self.dispatch_due(now).await {
-                tracing::error!(error = %e, "webhook scheduling failed");
+            match self.dispatch_due(now).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("webhook scheduling resumed");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    // Said once per outage; retried each second until the store is back.
+                    if !failing {
+                        tracing::error!(error = %e, "webhook scheduling failed");
+                    }
+                    failing = true;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
             if now.saturating_sub(last_trim) > 60_000 {
                 last_trim = now;

@@ -20,11 +20,17 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    persist: bool,
 }
 
 impl Redis {
     /// Starts Redis, or returns None (outside CI) when redis-server is not installed.
     pub fn start() -> Option<Redis> {
+        Self::start_with(true)
+    }
+
+    /// `persist: false`: no AOF, so a restart comes back empty (a misconfigured Redis).
+    pub fn start_with(persist: bool) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -48,6 +54,7 @@ impl Redis {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            persist,
         };
         redis.spawn();
         Some(redis)
@@ -56,14 +63,8 @@ impl Redis {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            .args(["--appendonly", if self.persist { "yes" } else { "no" }])
+            .args(["--appendfsync", "always", "--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -820,4 +821,109 @@ async fn ids_deduplicate_and_retention_trims_across_the_cluster() {
         head - 4
     );
     assert_eq!(sse.next().await.unwrap().id, Some(head - 4));
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_never_gets_a_seq_reused() {
+    let Some(mut redis) = Redis::start_with(false) else {
+        return;
+    };
+    let cluster = nodes(&redis, 1, "");
+    let node = &cluster[0];
+    for i in 0..5 {
+        publish_one(node, "v", json!(i)).await;
+    }
+    eventually("the node to see seq 5", WAIT, async || {
+        (get_json(node.url("/readyz")).await["head"] == 5).then_some(())
+    })
+    .await;
+    // Live before Redis goes: once event 5 came out of history, the subscription is
+    // registered for live events and reads nothing more from Redis.
+    let mut sse = Sse::connect(node, "channel=v", Some(4)).await;
+    assert_eq!(sse.next().await.unwrap().id, Some(5));
+    redis.kill9();
+    redis.restart(); // empty: it ran without appendonly
+    let seq = eventually("publishing again", WAIT, async || {
+        let (status, reply) = publish(node, json!({"channel": "v", "data": "after"})).await;
+        (status == 201).then(|| reply["seq"].as_u64().unwrap())
+    })
+    .await;
+    assert_eq!(
+        seq, 6,
+        "seqs 1-5 were handed out already and must not be reused"
+    );
+    // A subscriber holding cursor 5 gets the new event.
+    assert_eq!(sse.next().await.unwrap().id, Some(6));
+    let warned = eventually("the loss to be reported", WAIT, async || {
+        node.stderr
+            .try_iter()
+            .find(|l| l.contains("redis lost acknowledged events"))
+    })
+    .await;
+    assert!(warned.contains("appendonly"), "{warned}");
+}
+
+#[tokio::test]
+async fn a_node_cut_off_longer_than_retention_sends_its_subscribers_to_resume() {
+    let Some(redis) = Redis::start() else { return };
+    let cluster = nodes(
+        &redis,
+        2,
+        "[log]\nmax_events = 5\ntrim_interval = \"50ms\"\n",
+    );
+    let (a, b) = (&cluster[0], &cluster[1]);
+    let mut ws = ws_connect(b, "").await;
+    ws_send(&mut ws, json!({"op": "subscribe", "channel": "g"})).await;
+    let mut skipped = Vec::new();
+    ws_until_op(&mut ws, "subscribed", &mut skipped).await;
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &b.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    // Node b stops (a long GC-like pause, a frozen VM) while the log moves on without it and
+    // retention drops events it never read.
+    signal("-STOP");
+    for i in 0..20 {
+        publish_one(a, "g", json!(i)).await;
+    }
+    eventually("retention to trim", WAIT, async || {
+        let page = get_json(a.url("/v1/events?channel=g&after=0")).await;
+        (page["reset"]["oldest"] == 16).then_some(())
+    })
+    .await;
+    signal("-CONT");
+    // b notices the hole and drops its live subscribers instead of skipping silently...
+    let mut last = 0;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws_read(&mut ws).await {
+                WsRead::Json(v) if v["op"] == "event" => last = v["seq"].as_u64().unwrap(),
+                WsRead::Json(_) => {}
+                WsRead::Closed(close) => return close,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("still open after {WAIT:?}, last seq {last}"));
+    assert_eq!(closed.map(|c| c.0), Some(4008));
+    assert!(last < 16, "got {last} without hearing of the gap");
+    // ...which resume from their cursor and are told what was lost.
+    let mut ws = ws_connect(b, "").await;
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "g", "since": last}),
+    )
+    .await;
+    let reset = ws_until_op(&mut ws, "reset", &mut skipped).await;
+    assert_eq!(reset["oldest"], 16);
+    for seq in 16..=20 {
+        assert_eq!(
+            ws_until_op(&mut ws, "event", &mut skipped).await["seq"],
+            seq
+        );
+    }
 }
