@@ -82,7 +82,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         tracing::warn!("no API keys configured: running open, which is only allowed on loopback");
     }
     let bounds = log.bounds();
-    tracing::info!(data = %config.server.data.display(), head = bounds.head, "event log open");
+    if config.redis.url.is_empty() {
+        tracing::info!(data = %config.server.data.display(), head = bounds.head, "event log open");
+    } else {
+        tracing::info!(head = bounds.head, "event log open on redis");
+    }
     let limits = &config.limits;
     let connections = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
     let publish_rate = Arc::new(RateLimiter::new(limits.publish_rate, limits.publish_burst));

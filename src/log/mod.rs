@@ -78,7 +78,7 @@ pub trait CommitListener: Send + Sync {
     fn lost(&self) {}
 }
 
-/// A durable, ordered log. The embedded store implements it; the Redis log will too.
+/// A durable, ordered log: the embedded store on one node, Redis shared by a cluster.
 pub trait Log: Send + Sync + 'static {
     /// Appends `events` atomically (all or none); resolves once durable by the configured
     /// policy, with one result per event in order.
