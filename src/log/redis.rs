@@ -20,6 +20,10 @@
 //!
 //! Durability is Redis's: run it with `appendonly yes` and `appendfsync always` for the
 //! embedded store's `fsync` guarantee (README, "Running a cluster").
+//!
+//! Every script that writes starts with a `#!lua` shebang (Redis 7+): Redis then refuses it
+//! up front when out of memory, instead of failing at some write in the middle and leaving
+//! half of it applied (scripts are atomic, but not rolled back).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,7 +54,7 @@ const FOLLOW_BLOCK: Duration = Duration::from_millis(1000);
 /// Most events one retention pass deletes per script call.
 const TRIM_CHUNK: u64 = 10_000;
 
-const APPEND: &str = r#"
+const APPEND: &str = r#"#!lua
 local p, now, window, floor = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local out = {-1}
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -117,7 +121,7 @@ return out
 
 /// Moves `oldest` forward by count and age (at most `chunk` per call) and deletes what fell
 /// out, in one step. Returns how many seqs it moved past.
-const TRIM: &str = r#"
+const TRIM: &str = r#"#!lua
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 local oldest = tonumber(redis.call('GET', KEYS[3]) or '1')
 local chunk = tonumber(ARGV[3])
@@ -147,7 +151,7 @@ return target - oldest
 
 /// Trims one channel index to the log's retained range; drops it (and its set entry) once
 /// empty. A script, so an append cannot slip in between the length check and the delete.
-const SWEEP: &str = r#"
+const SWEEP: &str = r#"#!lua
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
 if redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1])
@@ -605,9 +609,10 @@ async fn guard_seq(
     seen: u64,
 ) -> Result<(), redis::RedisError> {
     let raised: i64 = Script::new(
-        r"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-          if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) return cur end
-          return -1",
+        "#!lua
+        local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) return cur end
+        return -1",
     )
     .key(&keys.seq)
     .arg(seen)

@@ -188,7 +188,7 @@ fn claim_local(
     out
 }
 
-const ENQUEUE: &str = r#"
+const ENQUEUE: &str = r#"#!lua
 local p, id, now, cursor = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('HEXISTS', p .. ':wh:endpoints', id) == 0 then return -1 end
 local cur = tonumber(redis.call('HGET', p .. ':wh:cursor', id) or '0')
@@ -212,7 +212,7 @@ return n
 
 /// Claims due tasks: each claimed task's due time moves to the end of the lease and the claim
 /// token is recorded. Returns `{id, seq, attempts, ...}`.
-const CLAIM: &str = r#"
+const CLAIM: &str = r#"#!lua
 local p, now, lease_end, token, total = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local out = {}
 local taken = 0
@@ -245,7 +245,7 @@ return out
 
 /// Records an attempt (id from a counter, spliced into the JSON the node made with id 0) and,
 /// if the caller still holds the claim, applies the resolution. Returns `{attempt id, owned}`.
-const FINISH: &str = r#"
+const FINISH: &str = r#"#!lua
 local p, id, seq, token, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local next_at, made, json, keep = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local claims = p .. ':wh:claims:' .. id
