@@ -262,6 +262,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     metrics::gauge!("herald_log_head").set(b.head as f64);
     metrics::gauge!("herald_log_oldest").set(b.oldest as f64);
     metrics::gauge!("herald_subscriptions").set(app.hub.subscriptions() as f64);
+    metrics::gauge!("herald_webhook_endpoints").set(app.webhooks.running() as f64);
     metrics::gauge!("herald_log_ready").set(if app.hub.log().ready() { 1.0 } else { 0.0 });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -78,7 +78,13 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.require_admin(&headers)?;
-    let all: Vec<Value> = app.webhooks.list().iter().map(|e| view(e, false)).collect();
+    let all: Vec<Value> = app
+        .webhooks
+        .list()
+        .await?
+        .iter()
+        .map(|e| view(e, false))
+        .collect();
     Ok(Json(json!({ "webhooks": all })))
 }
 
@@ -88,7 +94,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     app.require_admin(&headers)?;
-    let endpoint = app.webhooks.get(&id)?;
+    let endpoint = app.webhooks.get(&id).await?;
     let mut v = view(&endpoint, false);
     v["pending"] = app.webhooks.pending(&id).await?.into();
     Ok(Json(v))

@@ -98,6 +98,26 @@ struct Live {
     previous: Option<Secret>,
     filter: Filter,
     stop: CancellationToken,
+    /// What the running enqueuer was started for; a change means a restart.
+    route: Route,
+}
+
+/// The parts of an endpoint that decide what gets queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Route {
+    channels: Vec<String>,
+    types: Option<Vec<String>>,
+    enabled: bool,
+}
+
+impl Route {
+    fn of(e: &Endpoint) -> Route {
+        Route {
+            channels: e.channels.clone(),
+            types: e.types.clone(),
+            enabled: e.enabled,
+        }
+    }
 }
 
 impl Live {
@@ -111,11 +131,27 @@ impl Live {
         let filter = Filter::parse(endpoint.channels.iter().map(String::as_str))
             .map_err(|e| WebhookError::Invalid(e.to_string()))?;
         Ok(Live {
+            route: Route::of(&endpoint),
             endpoint,
             secret,
             previous,
             filter,
             stop: CancellationToken::new(),
+        })
+    }
+
+    /// This endpoint's new stored state, keeping the running enqueuer (and what it was
+    /// started for). Stops the enqueuer if the endpoint got disabled.
+    fn updated(&self, endpoint: Endpoint) -> Result<Live, WebhookError> {
+        let fresh = Live::new(endpoint)?;
+        if !fresh.endpoint.enabled {
+            self.stop.cancel();
+        }
+        Ok(Live {
+            filter: self.filter.clone(),
+            stop: self.stop.clone(),
+            route: self.route.clone(),
+            ..fresh
         })
     }
 
@@ -231,12 +267,8 @@ impl Webhooks {
                 match current {
                     Some(live) if live.endpoint == endpoint => {}
                     // Same delivery rules: update in place, keep the enqueuer running.
-                    Some(live) if same_route(&live.endpoint, &endpoint) => {
-                        if let Ok(updated) = Live::new(endpoint) {
-                            let updated = Live {
-                                stop: live.stop.clone(),
-                                ..updated
-                            };
+                    Some(live) if live.route == Route::of(&endpoint) => {
+                        if let Ok(updated) = live.updated(endpoint) {
                             self.live
                                 .write()
                                 .expect("webhook map")
@@ -276,32 +308,28 @@ impl Webhooks {
         Ok(live)
     }
 
-    fn get_live(&self, id: &str) -> Result<Arc<Live>, WebhookError> {
-        self.live
-            .read()
-            .expect("webhook map")
-            .get(id)
-            .cloned()
+    /// Endpoints this node is running (in a cluster: as of its last refresh).
+    pub fn running(&self) -> usize {
+        self.live.read().expect("webhook map").len()
+    }
+
+    /// From the store, not this node's copy: in a cluster another node may have just
+    /// created or changed an endpoint.
+    pub async fn list(&self) -> Result<Vec<Endpoint>, WebhookError> {
+        let mut out = self.store.endpoints().await?;
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(out)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Endpoint, WebhookError> {
+        self.store
+            .endpoint(id)
+            .await?
             .ok_or_else(|| WebhookError::NotFound(id.to_string()))
     }
 
-    pub fn list(&self) -> Vec<Endpoint> {
-        let mut out: Vec<Endpoint> = self
-            .live
-            .read()
-            .expect("webhook map")
-            .values()
-            .map(|l| l.endpoint.clone())
-            .collect();
-        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        out
-    }
-
-    pub fn get(&self, id: &str) -> Result<Endpoint, WebhookError> {
-        Ok(self.get_live(id)?.endpoint.clone())
-    }
-
     pub async fn pending(&self, id: &str) -> Result<usize, WebhookError> {
+        self.get(id).await?;
         Ok(self.store.pending_count(id).await?)
     }
 
@@ -351,61 +379,73 @@ impl Webhooks {
         id: &str,
         req: UpdateEndpoint,
     ) -> Result<Endpoint, WebhookError> {
-        let mut endpoint = self.get(id)?;
-        if let Some(url) = req.url {
-            self.check_url(&url).await?;
-            endpoint.url = url;
+        if let Some(url) = &req.url {
+            self.check_url(url).await?;
         }
-        if let Some(channels) = req.channels {
-            validate_channels(&channels)?;
-            endpoint.channels = channels;
+        if let Some(channels) = &req.channels {
+            validate_channels(channels)?;
         }
-        if let Some(types) = req.types {
-            if let Some(t) = &types {
-                validate_types(t)?;
+        if let Some(Some(types)) = &req.types {
+            validate_types(types)?;
+        }
+        let description = match req.description {
+            Some(d) => Some(validate_description(Some(d))?),
+            None => None,
+        };
+        let apply = move |endpoint: &mut Endpoint| {
+            if let Some(url) = &req.url {
+                endpoint.url = url.clone();
             }
-            endpoint.types = types;
-        }
-        if req.description.is_some() {
-            endpoint.description = validate_description(req.description)?;
-        }
-        if let Some(ordered) = req.ordered {
-            endpoint.ordered = ordered;
-        }
-        if let Some(enabled) = req.enabled {
-            endpoint.enabled = enabled;
-            if enabled {
-                endpoint.disabled_reason = None;
-                endpoint.failing_since_ms = None;
+            if let Some(channels) = &req.channels {
+                endpoint.channels = channels.clone();
             }
-        }
-        self.store.put_endpoint(&endpoint, None).await?;
+            if let Some(types) = &req.types {
+                endpoint.types = types.clone();
+            }
+            if let Some(d) = &description {
+                endpoint.description = d.clone();
+            }
+            if let Some(ordered) = req.ordered {
+                endpoint.ordered = ordered;
+            }
+            if let Some(enabled) = req.enabled {
+                endpoint.enabled = enabled;
+                if enabled {
+                    endpoint.disabled_reason = None;
+                    endpoint.failing_since_ms = None;
+                }
+            }
+        };
+        let endpoint = self
+            .store
+            .modify(id, &apply)
+            .await?
+            .ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
         self.install(endpoint.clone())?;
         Ok(endpoint)
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), WebhookError> {
-        let live = self
-            .live
-            .write()
-            .expect("webhook map")
-            .remove(id)
-            .ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
-        live.stop.cancel();
+        self.get(id).await?;
+        if let Some(live) = self.live.write().expect("webhook map").remove(id) {
+            live.stop.cancel();
+        }
         self.store.delete_endpoint(id).await?;
         Ok(())
     }
 
     /// Replaces the secret; the old one keeps signing beside it for `rotation_overlap`.
     pub async fn rotate(self: &Arc<Self>, id: &str) -> Result<Endpoint, WebhookError> {
-        let mut endpoint = self.get(id)?;
-        endpoint.previous_secret = Some(std::mem::replace(
-            &mut endpoint.secret,
-            Secret::generate().as_str().to_string(),
-        ));
-        endpoint.previous_expires_ms =
-            Some(now_ms() + self.config.rotation_overlap.as_millis() as u64);
-        self.store.put_endpoint(&endpoint, None).await?;
+        let secret = Secret::generate().as_str().to_string();
+        let until = now_ms() + self.config.rotation_overlap.as_millis() as u64;
+        let endpoint = self
+            .store
+            .modify(id, &|e: &mut Endpoint| {
+                e.previous_secret = Some(std::mem::replace(&mut e.secret, secret.clone()));
+                e.previous_expires_ms = Some(until);
+            })
+            .await?
+            .ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
         self.install(endpoint.clone())?;
         Ok(endpoint)
     }
@@ -417,7 +457,7 @@ impl Webhooks {
         status: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Attempt>, WebhookError> {
-        self.get_live(id)?;
+        self.get(id).await?;
         Ok(self.store.attempts(id, after, status, limit).await?)
     }
 
@@ -428,7 +468,7 @@ impl Webhooks {
         id: &str,
         since: u64,
     ) -> Result<(u64, u64), WebhookError> {
-        let live = self.get_live(id)?;
+        let live = Arc::new(Live::new(self.get(id).await?)?);
         let until = self.store.cursor(id).await?;
         let service = self.clone();
         self.tasks.spawn(async move {
@@ -700,8 +740,10 @@ impl Webhooks {
             )
             .await?;
             if endpoint.failing_since_ms.is_some() {
-                self.mark(endpoint.id.as_str(), |e| e.failing_since_ms = None)
-                    .await?;
+                self.mark(endpoint.id.as_str(), &|e: &mut Endpoint| {
+                    e.failing_since_ms = None
+                })
+                .await?;
             }
             return Ok(());
         }
@@ -716,8 +758,11 @@ impl Webhooks {
         metrics::counter!("herald_webhook_attempts_total", "outcome" => "failed").increment(1);
         let failing_since = endpoint.failing_since_ms.unwrap_or(now);
         if endpoint.failing_since_ms.is_none() {
-            self.mark(&endpoint.id, |e| e.failing_since_ms = Some(now))
-                .await?;
+            // Another node may have noticed first: its start of the run stands.
+            self.mark(&endpoint.id, &|e: &mut Endpoint| {
+                e.failing_since_ms.get_or_insert(now);
+            })
+            .await?;
         }
         if now.saturating_sub(failing_since) >= self.config.disable_after.as_millis() as u64 {
             self.record(live, task, &outcome, "disabled", None, Resolution::Keep)
@@ -784,23 +829,19 @@ impl Webhooks {
     }
 
     /// Applies a change to the stored endpoint (not restarting its enqueuer).
-    async fn mark(&self, id: &str, change: impl FnOnce(&mut Endpoint)) -> Result<(), WebhookError> {
-        let Some(live) = self.live.read().expect("webhook map").get(id).cloned() else {
+    async fn mark(
+        &self,
+        id: &str,
+        change: &(dyn Fn(&mut Endpoint) + Send + Sync),
+    ) -> Result<(), WebhookError> {
+        let Some(endpoint) = self.store.modify(id, change).await? else {
             return Ok(());
         };
-        let mut endpoint = live.endpoint.clone();
-        change(&mut endpoint);
-        self.store.put_endpoint(&endpoint, None).await?;
-        let updated = Live {
-            endpoint,
-            secret: live.secret.clone(),
-            previous: live.previous.clone(),
-            filter: live.filter.clone(),
-            stop: live.stop.clone(),
-        };
+        // In place, keeping the enqueuer: if another node changed what the endpoint wants,
+        // the next refresh sees the route differ and reinstalls it.
         let mut map = self.live.write().expect("webhook map");
-        // Unless it was replaced meanwhile (an edit through the API wins).
-        if map.get(id).is_some_and(|l| Arc::ptr_eq(l, &live)) {
+        if let Some(live) = map.get(id) {
+            let updated = live.updated(endpoint)?;
             map.insert(id.to_string(), Arc::new(updated));
         }
         Ok(())
@@ -808,7 +849,7 @@ impl Webhooks {
 
     async fn disable(&self, id: &str, reason: &str) -> Result<(), WebhookError> {
         tracing::warn!(endpoint = %id, reason, "webhook endpoint disabled");
-        self.mark(id, |e| {
+        self.mark(id, &|e: &mut Endpoint| {
             e.enabled = false;
             e.disabled_reason = Some(reason.to_string());
         })
@@ -818,11 +859,6 @@ impl Webhooks {
         }
         Ok(())
     }
-}
-
-/// Whether two versions of an endpoint queue the same events (then its enqueuer keeps going).
-fn same_route(a: &Endpoint, b: &Endpoint) -> bool {
-    a.channels == b.channels && a.types == b.types && a.enabled == b.enabled
 }
 
 /// ±10% so that endpoints failing together do not retry in lockstep.

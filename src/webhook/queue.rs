@@ -45,6 +45,35 @@ impl Queue {
         }
     }
 
+    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, LogError> {
+        match self {
+            Queue::Local(s) => s.endpoint(id),
+            Queue::Shared(r) => r.endpoint(id).await,
+        }
+    }
+
+    /// Applies `change` to the stored endpoint and saves it, as a compare-and-set in a
+    /// cluster: a node's cached copy may be a second old, and writing it back whole would undo
+    /// another node's edit (say, re-enable an endpoint an operator just disabled). `change`
+    /// may run more than once. None: no such endpoint.
+    pub async fn modify(
+        &self,
+        id: &str,
+        change: &(dyn Fn(&mut Endpoint) + Send + Sync),
+    ) -> Result<Option<Endpoint>, LogError> {
+        match self {
+            Queue::Local(s) => {
+                let Some(mut endpoint) = s.endpoint(id)? else {
+                    return Ok(None);
+                };
+                change(&mut endpoint);
+                s.put_endpoint(&endpoint, None)?;
+                Ok(Some(endpoint))
+            }
+            Queue::Shared(r) => r.modify(id, change).await,
+        }
+    }
+
     pub async fn put_endpoint(
         &self,
         endpoint: &Endpoint,
@@ -248,6 +277,7 @@ return out
 const FINISH: &str = r#"#!lua
 local p, id, seq, token, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local next_at, made, json, keep = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+if redis.call('HEXISTS', p .. ':wh:endpoints', id) == 0 then return {0, 0} end
 local claims = p .. ':wh:claims:' .. id
 local owned = redis.call('HGET', claims, seq) == token
 local n = redis.call('INCR', p .. ':wh:attempt_seq')
@@ -266,6 +296,15 @@ if owned then
   end
 end
 return {n, owned and 1 or 0}
+"#;
+
+/// Compare-and-set of one endpoint's JSON.
+const SWAP: &str = r#"#!lua
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
 "#;
 
 /// Most attempt records kept per endpoint (besides the age limit).
@@ -288,6 +327,7 @@ pub struct RedisQueue {
     enqueue: Script,
     claim: Script,
     finish: Script,
+    swap: Script,
 }
 
 impl RedisQueue {
@@ -303,6 +343,7 @@ impl RedisQueue {
             enqueue: Script::new(ENQUEUE),
             claim: Script::new(CLAIM),
             finish: Script::new(FINISH),
+            swap: Script::new(SWAP),
         }
     }
 
@@ -320,12 +361,53 @@ impl RedisQueue {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        all.iter()
-            .map(|(_, json)| {
-                serde_json::from_str(json)
-                    .map_err(|e| LogError::Storage(format!("corrupt webhook endpoint: {e}")))
-            })
-            .collect()
+        all.iter().map(|(_, json)| parse_endpoint(json)).collect()
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, LogError> {
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.key("endpoints"))
+            .arg(id)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        json.map(|j| parse_endpoint(&j)).transpose()
+    }
+
+    async fn modify(
+        &self,
+        id: &str,
+        change: &(dyn Fn(&mut Endpoint) + Send + Sync),
+    ) -> Result<Option<Endpoint>, LogError> {
+        let key = self.key("endpoints");
+        for _ in 0..16 {
+            let old: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg(id)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            let Some(old) = old else { return Ok(None) };
+            let mut endpoint = parse_endpoint(&old)?;
+            change(&mut endpoint);
+            let new =
+                serde_json::to_string(&endpoint).map_err(|e| LogError::Storage(e.to_string()))?;
+            let swapped: i64 = self
+                .swap
+                .key(&key)
+                .arg(id)
+                .arg(&old)
+                .arg(&new)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            if swapped == 1 {
+                return Ok(Some(endpoint));
+            }
+        }
+        Err(LogError::Unavailable(format!(
+            "webhook endpoint {id} kept changing under this update; try again"
+        )))
     }
 
     async fn put_endpoint(&self, endpoint: &Endpoint, cursor: Option<u64>) -> Result<(), LogError> {
@@ -562,6 +644,11 @@ impl RedisQueue {
             .await
             .map_err(unavailable)
     }
+}
+
+fn parse_endpoint(json: &str) -> Result<Endpoint, LogError> {
+    serde_json::from_str(json)
+        .map_err(|e| LogError::Storage(format!("corrupt webhook endpoint: {e}")))
 }
 
 /// Parses XRANGE entries of the attempt log: `[[id, ["a", json]], ...]`.

@@ -230,6 +230,13 @@ impl WebhookStore {
             .collect()
     }
 
+    pub fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, LogError> {
+        self.endpoints
+            .get(id.as_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(json_err))
+            .transpose()
+    }
+
     /// Saves an endpoint; `cursor` (the seq it starts after) is set only when given.
     pub fn put_endpoint(&self, endpoint: &Endpoint, cursor: Option<u64>) -> Result<(), LogError> {
         let mut batch = self.keyspace.batch();

@@ -487,12 +487,17 @@ async fn history(node: &Herald, channel: &str) -> BTreeSet<u64> {
     }
 }
 
-/// Waits until every node knows the endpoint (and so competes for its deliveries).
+/// Waits until every node runs the endpoint (and so competes for its deliveries): nodes
+/// re-read endpoints each second.
 async fn wait_for_endpoint(cluster: &[Herald], id: &str) {
     for node in cluster {
-        eventually("the endpoint on every node", WAIT, async || {
-            let v = get_json(node.url(&format!("/v1/webhooks/{id}"))).await;
-            (v["id"] == id).then_some(())
+        let v = get_json(node.url(&format!("/v1/webhooks/{id}"))).await;
+        assert_eq!(v["id"], id);
+        eventually("the endpoint running on every node", WAIT, async || {
+            let text = get_text(node.url("/metrics")).await;
+            text.lines()
+                .any(|l| l == "herald_webhook_endpoints 1")
+                .then_some(())
         })
         .await;
     }
@@ -926,4 +931,46 @@ async fn a_node_cut_off_longer_than_retention_sends_its_subscribers_to_resume() 
             seq
         );
     }
+}
+
+#[tokio::test]
+async fn an_endpoint_made_on_one_node_is_at_once_visible_and_editable_on_another() {
+    let Some(redis) = Redis::start() else { return };
+    let cluster = nodes(&redis, 2, WEBHOOKS);
+    let (a, b) = (&cluster[0], &cluster[1]);
+    let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
+    let (status, endpoint) =
+        create_webhook(a, json!({"url": receiver.url(), "channels": ["e"]})).await;
+    assert_eq!(status, 201, "{endpoint}");
+    let id = endpoint["id"].as_str().unwrap();
+    // No waiting for b to refresh: a client behind a balancer reads its own writes.
+    let got = get_json(b.url(&format!("/v1/webhooks/{id}"))).await;
+    assert_eq!(got["url"], receiver.url());
+    let r = http()
+        .patch(b.url(&format!("/v1/webhooks/{id}")))
+        .json(&json!({"enabled": false, "description": "paused"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = get_json(a.url(&format!("/v1/webhooks/{id}"))).await;
+    assert_eq!(
+        (got["enabled"].clone(), got["description"].clone()),
+        (json!(false), json!("paused"))
+    );
+    let list = get_json(a.url("/v1/webhooks")).await;
+    assert_eq!(list["webhooks"][0]["id"], id);
+    let r = http()
+        .delete(b.url(&format!("/v1/webhooks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = http()
+        .get(a.url(&format!("/v1/webhooks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_error(status, &r.json().await.unwrap(), 404, "not_found");
 }
