@@ -800,7 +800,14 @@ async fn ids_deduplicate_and_retention_trims_across_the_cluster() {
     assert_eq!(envelope["type"], "t.x");
     assert_eq!(envelope["data"], json!({"k": [1, "é"]}));
     assert_eq!(envelope["id"], "order-1");
-    for i in 0..20 {
+    // A WebSocket publisher on one node; its ack and the other node's history agree.
+    let mut ws = ws_connect(&cluster[1], "").await;
+    ws_send(&mut ws, json!({"op": "publish", "channel": "d", "data": "ws", "ref": "w1"})).await;
+    let ack = ws_until_op(&mut ws, "ack", &mut Vec::new()).await;
+    assert_eq!((ack["ref"].clone(), ack["seq"].as_u64()), (json!("w1"), Some(seq + 1)));
+    let page = get_json(cluster[0].url(&format!("/v1/events?channel=d&after={seq}"))).await;
+    assert_eq!(page["events"][0]["data"], "ws");
+    for i in 0..19 {
         publish_one(&cluster[i % 2], "d", json!(i)).await;
     }
     let head = seq + 20;
