@@ -802,9 +802,16 @@ async fn ids_deduplicate_and_retention_trims_across_the_cluster() {
     assert_eq!(envelope["id"], "order-1");
     // A WebSocket publisher on one node; its ack and the other node's history agree.
     let mut ws = ws_connect(&cluster[1], "").await;
-    ws_send(&mut ws, json!({"op": "publish", "channel": "d", "data": "ws", "ref": "w1"})).await;
+    ws_send(
+        &mut ws,
+        json!({"op": "publish", "channel": "d", "data": "ws", "ref": "w1"}),
+    )
+    .await;
     let ack = ws_until_op(&mut ws, "ack", &mut Vec::new()).await;
-    assert_eq!((ack["ref"].clone(), ack["seq"].as_u64()), (json!("w1"), Some(seq + 1)));
+    assert_eq!(
+        (ack["ref"].clone(), ack["seq"].as_u64()),
+        (json!("w1"), Some(seq + 1))
+    );
     let page = get_json(cluster[0].url(&format!("/v1/events?channel=d&after={seq}"))).await;
     assert_eq!(page["events"][0]["data"], "ws");
     for i in 0..19 {
@@ -980,4 +987,55 @@ async fn an_endpoint_made_on_one_node_is_at_once_visible_and_editable_on_another
         .unwrap();
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster() {
+    let Some(redis) = Redis::start() else { return };
+    let cluster = nodes(&redis, 3, WEBHOOKS);
+    // Every third request fails, so the head is retried while every node is eager to send.
+    let receiver = Receiver::start(|n, _| {
+        if n % 3 == 1 {
+            Reply::Status(500)
+        } else {
+            Reply::Hang(Duration::from_millis(5))
+        }
+    })
+    .await;
+    let (status, endpoint) = create_webhook(
+        &cluster[0],
+        json!({"url": receiver.url(), "channels": ["o"], "ordered": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    wait_for_endpoint(&cluster, endpoint["id"].as_str().unwrap()).await;
+    let mut seqs = Vec::new();
+    for i in 0..60 {
+        seqs.push(publish_one(&cluster[i % 3], "o", json!(i)).await);
+    }
+    eventually("60 delivered", WAIT, async || {
+        (receiver.delivered().len() == 60).then_some(())
+    })
+    .await;
+    let replies = receiver.replies.lock().unwrap().clone();
+    assert!(
+        replies.iter().any(|(_, s)| *s == 500),
+        "failures were injected"
+    );
+    // Never a later seq before the earlier one succeeded, whichever node sent it.
+    let mut next = 0;
+    for (seq, status) in &replies {
+        assert_eq!(*seq, seqs[next], "out of order: {replies:?}");
+        if *status == 200 {
+            next += 1;
+        }
+    }
+    let mut per_node = Vec::new();
+    for node in &cluster {
+        per_node.push(delivered_by(node).await);
+    }
+    assert!(
+        per_node.iter().filter(|n| **n > 0).count() >= 2,
+        "deliveries should come from several nodes: {per_node:?}"
+    );
 }
