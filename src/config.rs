@@ -200,6 +200,9 @@ pub struct RedisConfig {
     /// (it must outlast `webhooks.timeout`).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// PEM file of the CA that signed Redis's certificate, for `rediss://` URLs with a private
+    /// CA (empty: the system's trust store, which also honours `SSL_CERT_FILE`).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -208,6 +211,7 @@ impl Default for RedisConfig {
             url: String::new(),
             prefix: "herald".into(),
             lease: Duration::from_secs(60),
+            tls_ca: None,
         }
     }
 }

@@ -29,16 +29,16 @@ use crate::webhook::{Queue, RedisQueue, WebhookError, WebhookStore, Webhooks};
 pub enum ServeError {
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    #[error("cannot open the event log: {0}")]
+    #[error("cannot open the event log")]
     Log(#[from] LogError),
     #[error(
         "refusing to listen on {0} with no API keys or token keys: anyone could publish. Set \
          auth.api_keys (or HERALD_API_KEY), or listen on a loopback address such as 127.0.0.1"
     )]
     OpenOnPublicAddress(SocketAddr),
-    #[error("auth configuration: {0}")]
+    #[error("auth configuration")]
     Auth(#[from] AuthSetupError),
-    #[error("cannot start webhooks: {0}")]
+    #[error("cannot start webhooks")]
     Webhooks(#[from] WebhookError),
 }
 
@@ -157,7 +157,8 @@ async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, Queue), ServeErr
         let queue = Queue::Local(WebhookStore::open(embedded.keyspace())?);
         return Ok((embedded, queue));
     }
-    let (client, conn) = crate::log::redis::connect(&config.redis.url).await?;
+    let (client, conn) =
+        crate::log::redis::connect(&config.redis.url, config.redis.tls_ca.as_deref()).await?;
     let log = RedisLog::open(client, conn, &config.redis.prefix, &config.log).await?;
     tracing::info!(redis = %config.redis.url, prefix = %config.redis.prefix, "cluster node on redis");
     // A claim must outlive the longest attempt, or a slow delivery would be repeated by

@@ -218,9 +218,23 @@ pub fn unavailable(e: redis::RedisError) -> LogError {
 
 /// Connects to Redis with timeouts that turn an outage into fast errors (publishers get a
 /// 503 within a second) while the manager reconnects in the background.
-pub async fn connect(url: &str) -> Result<(Client, ConnectionManager), LogError> {
-    let client = Client::open(url)
-        .map_err(|e| LogError::Storage(format!("invalid redis url {url:?}: {e}")))?;
+pub async fn connect(
+    url: &str,
+    tls_ca: Option<&std::path::Path>,
+) -> Result<(Client, ConnectionManager), LogError> {
+    let client = match tls_ca {
+        None => Client::open(url),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| LogError::Storage(format!("redis.tls_ca {}: {e}", path.display())))?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            Client::build_with_tls(url, certs)
+        }
+    }
+    .map_err(|e| LogError::Storage(format!("invalid redis url {url:?}: {e}")))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(5)))

@@ -1039,3 +1039,136 @@ async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster(
         "deliveries should come from several nodes: {per_node:?}"
     );
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` CLI.
+fn make_certs(dir: &std::path::Path) -> bool {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=herald test CA",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "redis.key",
+        "-out",
+        "redis.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "redis.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "redis.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+#[tokio::test]
+async fn nodes_reach_redis_over_tls_and_refuse_an_unknown_certificate() {
+    let Some(plain) = Redis::start() else { return };
+    drop(plain);
+    let dir = tempfile::tempdir().unwrap();
+    if !make_certs(dir.path()) {
+        let msg = "openssl is needed to make test certificates (apt-get install -y openssl)";
+        assert!(std::env::var("CI").is_err(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+        ])
+        .args([
+            "--tls-cert-file",
+            "redis.pem",
+            "--tls-key-file",
+            "redis.key",
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            "ca.pem",
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (tls) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = dir.path().join("ca.pem");
+    let toml = format!("[redis]\nurl = \"{url}\"\ntls_ca = \"{}\"\n", ca.display());
+    let (a, b) = (Herald::start(&toml), Herald::start(&toml));
+    let mut sse = Sse::connect(&b, "channel=t", Some(0)).await;
+    let seq = publish_one(&a, "t", json!("over tls")).await;
+    assert_eq!(sse.next().await.unwrap().id, Some(seq));
+    // Without the CA, the certificate is not trusted: the node refuses to start, and says why.
+    let bad = tempfile::tempdir().unwrap();
+    let config = bad.path().join("herald.toml");
+    std::fs::write(&config, format!("[redis]\nurl = \"{url}\"\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(bad.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("redis"), "{stderr}");
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
