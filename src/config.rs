@@ -18,6 +18,35 @@ pub struct Config {
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
     pub redis: RedisConfig,
+    /// Incoming webhooks: who may post to `/v1/hooks/{channel}` without an API key.
+    pub hooks: Vec<HookConfig>,
+}
+
+/// One `[[hooks]]` rule: requests to matching channels are accepted when they carry a valid
+/// signature of the named scheme (or from anyone, with `verify = "none"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// Channel patterns the rule covers (`github/*`).
+    pub channels: Vec<String>,
+    pub verify: HookVerify,
+    /// The sender's signing secret (github, stripe: as the sender shows it; standard:
+    /// `whsec_...`). Unused with `none`.
+    #[serde(default)]
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookVerify {
+    /// No signature: anyone who knows the URL may post.
+    None,
+    /// `X-Hub-Signature-256: sha256=<hex HMAC of the body>`.
+    Github,
+    /// `Stripe-Signature: t=<unix>,v1=<hex HMAC of "t.body">`.
+    Stripe,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    Standard,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

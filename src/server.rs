@@ -40,6 +40,8 @@ pub enum ServeError {
     Auth(#[from] AuthSetupError),
     #[error("cannot start webhooks")]
     Webhooks(#[from] WebhookError),
+    #[error("incoming webhooks configuration")]
+    Hooks(#[from] crate::http::hooks::HookConfigError),
 }
 
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
@@ -56,6 +58,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         );
     }
     let auth = Arc::new(Auth::from_config(&config.auth)?);
+    let hooks = Arc::new(crate::http::hooks::HookRules::from_config(&config.hooks)?);
     if auth.is_open() && !listen.ip().is_loopback() {
         return Err(ServeError::OpenOnPublicAddress(listen));
     }
@@ -97,6 +100,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         hub,
         webhooks: webhooks.clone(),
         auth,
+        hooks,
         publish_rate,
         metrics,
         config: Arc::new(config),

@@ -2,6 +2,7 @@
 //! transports. Handlers go through the hub; nothing here touches the store.
 
 pub mod api;
+pub mod hooks;
 pub mod sse;
 pub mod webhooks;
 pub mod ws;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub webhooks: Arc<Webhooks>,
     pub auth: Arc<Auth>,
+    /// Who may post incoming webhooks without an API key, and how they sign.
+    pub hooks: Arc<hooks::HookRules>,
     /// Publish rate per credential (per client IP without one).
     pub publish_rate: Arc<RateLimiter>,
     pub config: Arc<Config>,
@@ -61,6 +64,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", post(api::publish).get(api::history))
         .route("/v1/sse", get(sse::stream))
         .route("/v1/ws", get(ws::upgrade))
+        // A wildcard: channel names may contain `/`.
+        .route("/v1/hooks/{*channel}", post(hooks::receive))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
             "/v1/webhooks/{id}",

@@ -8,6 +8,7 @@ mod cluster;
 mod common;
 mod durability;
 mod flood;
+mod hooks;
 mod limits;
 mod resume;
 mod slow;

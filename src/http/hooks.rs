@@ -1,0 +1,434 @@
+//! Incoming webhooks: `POST /v1/hooks/{channel}` turns any HTTP request into an event, so a
+//! service that can only call a URL (GitHub, Stripe, any Standard Webhooks sender) feeds the
+//! log like a publisher.
+//!
+//! The request is kept exactly: a JSON body is embedded byte for byte, any other body as text
+//! or base64, so a subscriber can still verify the sender's signature over the original bytes.
+//! Who may post: a `[[hooks]]` rule matching the channel (its signature scheme checked here,
+//! before anything is written), or else any credential that may publish to the channel.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use serde_json::value::RawValue;
+use sha2::Sha256;
+
+use super::api::read_body;
+use super::{ApiError, AppState, Connection};
+use crate::auth::{AuthError, Principal};
+use crate::config::{HookConfig, HookVerify};
+use crate::event::{validate_channel, NewEvent, Pattern, MAX_NAME_LEN};
+
+/// How far a signed timestamp may be from now (both Stripe and Standard Webhooks use 5 min).
+const TOLERANCE_SECS: u64 = 300;
+
+/// Headers never copied into the event: they carry credentials meant for Herald, not for
+/// every subscriber of the channel.
+const PRIVATE_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+#[derive(Debug, thiserror::Error)]
+#[error("hooks rule {index}: {message}")]
+pub struct HookConfigError {
+    index: usize,
+    message: String,
+}
+
+/// The `[[hooks]]` rules, compiled.
+#[derive(Default)]
+pub struct HookRules(Vec<Rule>);
+
+struct Rule {
+    patterns: Vec<Pattern>,
+    verify: HookVerify,
+    key: Vec<u8>,
+}
+
+impl HookRules {
+    pub fn from_config(rules: &[HookConfig]) -> Result<HookRules, HookConfigError> {
+        let mut out = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let err = |message: String| HookConfigError { index, message };
+            if rule.channels.is_empty() {
+                return Err(err(
+                    "channels must name at least one channel or pattern".into()
+                ));
+            }
+            let patterns = rule
+                .channels
+                .iter()
+                .map(|c| Pattern::parse(c).map_err(|e| err(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = match rule.verify {
+                HookVerify::None => Vec::new(),
+                HookVerify::Github | HookVerify::Stripe if rule.secret.is_empty() => {
+                    return Err(err("a secret is needed to verify signatures".into()))
+                }
+                HookVerify::Github | HookVerify::Stripe => rule.secret.as_bytes().to_vec(),
+                HookVerify::Standard => rule
+                    .secret
+                    .strip_prefix("whsec_")
+                    .and_then(|b| STANDARD.decode(b).ok())
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| err("a standard secret is \"whsec_\" + base64".into()))?,
+            };
+            out.push(Rule {
+                patterns,
+                verify: rule.verify,
+                key,
+            });
+        }
+        Ok(HookRules(out))
+    }
+
+    fn rule_for(&self, channel: &str) -> Option<&Rule> {
+        self.0
+            .iter()
+            .find(|r| r.patterns.iter().any(|p| p.matches(channel)))
+    }
+}
+
+/// Why a signature was refused (the 401's message).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsigned(&'static str);
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn hmac(key: &[u8]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length")
+}
+
+fn fresh(timestamp: &str, now: u64) -> Result<(), Unsigned> {
+    let t: u64 = timestamp
+        .parse()
+        .map_err(|_| Unsigned("the signature timestamp is not a number"))?;
+    if t.abs_diff(now) > TOLERANCE_SECS {
+        return Err(Unsigned(
+            "the signature timestamp is more than 5 minutes off",
+        ));
+    }
+    Ok(())
+}
+
+impl Rule {
+    /// Checks the sender's signature over the exact body. Comparisons are constant-time
+    /// (`verify_slice`).
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), Unsigned> {
+        match self.verify {
+            HookVerify::None => Ok(()),
+            HookVerify::Github => {
+                let sig = header(headers, "x-hub-signature-256")
+                    .ok_or(Unsigned("missing X-Hub-Signature-256"))?;
+                let sig = sig
+                    .strip_prefix("sha256=")
+                    .and_then(|h| hex::decode(h).ok())
+                    .ok_or(Unsigned("X-Hub-Signature-256 is not sha256=<hex>"))?;
+                let mut mac = hmac(&self.key);
+                mac.update(body);
+                mac.verify_slice(&sig)
+                    .map_err(|_| Unsigned("the signature does not match"))
+            }
+            HookVerify::Stripe => {
+                let value = header(headers, "stripe-signature")
+                    .ok_or(Unsigned("missing Stripe-Signature"))?;
+                let mut t = None;
+                let mut sigs = Vec::new();
+                for part in value.split(',') {
+                    match part.trim().split_once('=') {
+                        Some(("t", v)) => t = Some(v),
+                        Some(("v1", v)) => sigs.extend(hex::decode(v).ok()),
+                        _ => {}
+                    }
+                }
+                let t = t.ok_or(Unsigned("Stripe-Signature has no t="))?;
+                fresh(t, now)?;
+                let matches = sigs.iter().any(|sig| {
+                    let mut mac = hmac(&self.key);
+                    mac.update(t.as_bytes());
+                    mac.update(b".");
+                    mac.update(body);
+                    mac.verify_slice(sig).is_ok()
+                });
+                matches
+                    .then_some(())
+                    .ok_or(Unsigned("no v1 signature matches"))
+            }
+            HookVerify::Standard => {
+                let id = header(headers, "webhook-id").ok_or(Unsigned("missing webhook-id"))?;
+                let ts = header(headers, "webhook-timestamp")
+                    .ok_or(Unsigned("missing webhook-timestamp"))?;
+                let sigs = header(headers, "webhook-signature")
+                    .ok_or(Unsigned("missing webhook-signature"))?;
+                fresh(ts, now)?;
+                let matches = sigs
+                    .split(' ')
+                    .filter_map(|s| s.strip_prefix("v1,"))
+                    .filter_map(|s| STANDARD.decode(s).ok())
+                    .any(|sig| {
+                        let mut mac = hmac(&self.key);
+                        mac.update(id.as_bytes());
+                        mac.update(b".");
+                        mac.update(ts.as_bytes());
+                        mac.update(b".");
+                        mac.update(body);
+                        mac.verify_slice(&sig).is_ok()
+                    });
+                matches
+                    .then_some(())
+                    .ok_or(Unsigned("no v1 signature matches"))
+            }
+        }
+    }
+
+    /// The sender's own delivery id, so a redelivery of the same request is deduplicated.
+    fn delivery_id(&self, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+        match self.verify {
+            HookVerify::Github => header(headers, "x-github-delivery").map(str::to_string),
+            HookVerify::Standard => header(headers, "webhook-id").map(str::to_string),
+            HookVerify::Stripe => serde_json::from_slice::<serde_json::Value>(body)
+                .ok()?
+                .get("id")?
+                .as_str()
+                .map(str::to_string),
+            HookVerify::None => None,
+        }
+    }
+}
+
+/// The captured request as event data:
+/// `{"method","path","query","headers":{..},"encoding":"json"|"text"|"base64","body"}`.
+pub fn capture(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> String {
+    let mut merged: BTreeMap<&str, String> = BTreeMap::new();
+    for (name, value) in headers {
+        if PRIVATE_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes());
+        merged
+            .entry(name.as_str())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    let head = json!({
+        "method": method.as_str(),
+        "path": uri.path(),
+        "query": uri.query().unwrap_or(""),
+        "headers": merged,
+    })
+    .to_string();
+    let (encoding, encoded) = encode_body(body);
+    // `head` is an object: splice the encoding and body in before its closing brace, so a
+    // JSON body stays the exact bytes it came as.
+    let mut out = String::with_capacity(head.len() + encoded.len() + 32);
+    out.push_str(&head[..head.len() - 1]);
+    out.push_str(",\"encoding\":\"");
+    out.push_str(encoding);
+    out.push_str("\",\"body\":");
+    out.push_str(&encoded);
+    out.push('}');
+    out
+}
+
+/// `json` only when the body is one JSON value with nothing around it (surrounding
+/// whitespace would be lost by embedding); `text` for other UTF-8; `base64` for the rest.
+fn encode_body(body: &[u8]) -> (&'static str, String) {
+    if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
+        if raw.get().len() == body.len() {
+            return ("json", raw.get().to_string());
+        }
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => (
+            "text",
+            serde_json::to_string(text).expect("a string serializes"),
+        ),
+        Err(_) => ("base64", format!("\"{}\"", STANDARD.encode(body))),
+    }
+}
+
+/// `POST /v1/hooks/{channel}` -> `202 {"seq":N}` once the captured request is durable.
+pub async fn receive(
+    State(app): State<AppState>,
+    Extension(conn): Extension<Connection>,
+    Path(channel): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    validate_channel(&channel)?;
+    let rule = app.hooks.rule_for(&channel);
+    // Without a rule, the usual publish credentials; checked before the body is read.
+    let principal = match rule {
+        Some(_) => Principal::Anonymous,
+        None => {
+            let principal = app.principal(&headers, None)?;
+            if matches!(principal, Principal::Anonymous) {
+                return Err(AuthError::Missing.into());
+            }
+            app.auth.check_publish(&principal, &channel)?;
+            principal
+        }
+    };
+    let limits = &app.config.limits;
+    let body = read_body(body, limits.max_body_bytes).await?;
+    let mut id = None;
+    if let Some(rule) = rule {
+        rule.verify(&headers, &body, crate::event::now_ms() / 1000)
+            .map_err(|Unsigned(why)| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", why)
+            })?;
+        id = rule
+            .delivery_id(&headers, &body)
+            .map(|d| format!("hook:{channel}:{d}"))
+            .filter(|d| d.len() <= MAX_NAME_LEN && !d.chars().any(char::is_control));
+    }
+    let data = capture(&method, &uri, &headers, &body);
+    if data.len() > limits.max_event_bytes {
+        return Err(ApiError::too_large(
+            "event_too_large",
+            format!(
+                "the captured request is {} bytes as event data; limits.max_event_bytes is {}",
+                data.len(),
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    app.take_publish_budget(&principal, conn.peer.ip(), 1)?;
+    let event = NewEvent {
+        channel,
+        kind: Some("webhook".into()),
+        data: RawValue::from_string(data).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?,
+        id,
+    };
+    let appended = app.hub.publish(vec![event]).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"seq": appended[0].seq})),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(verify: HookVerify, secret: &str) -> Rule {
+        HookRules::from_config(&[HookConfig {
+            channels: vec!["*".into()],
+            verify,
+            secret: secret.into(),
+        }])
+        .unwrap()
+        .0
+        .remove(0)
+    }
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn github_signatures() {
+        // From GitHub's docs: secret "It's a Secret to Everybody", payload "Hello, World!".
+        let r = rule(HookVerify::Github, "It's a Secret to Everybody");
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        let h = headers(&[("x-hub-signature-256", good.into())]);
+        assert_eq!(r.verify(&h, b"Hello, World!", 0), Ok(()));
+        assert!(r.verify(&h, b"Hello, World?", 0).is_err());
+        assert!(r.verify(&HeaderMap::new(), b"Hello, World!", 0).is_err());
+    }
+
+    #[test]
+    fn stripe_signatures_and_their_age() {
+        let r = rule(HookVerify::Stripe, "whsec_test");
+        let mut mac = hmac(b"whsec_test");
+        mac.update(b"1700000000.{\"id\":\"evt_1\"}");
+        let sig = hex::encode(mac.finalize().into_bytes());
+        let h = headers(&[("stripe-signature", format!("t=1700000000,v1=00ff,v1={sig}"))]);
+        let body = br#"{"id":"evt_1"}"#;
+        assert_eq!(r.verify(&h, body, 1_700_000_100), Ok(()));
+        assert!(r.verify(&h, body, 1_700_000_400).is_err(), "too old");
+        assert_eq!(r.delivery_id(&h, body).as_deref(), Some("evt_1"));
+    }
+
+    #[test]
+    fn standard_signatures_match_our_own_signer() {
+        let secret = crate::webhook::sign::Secret::generate();
+        let r = rule(HookVerify::Standard, secret.as_str());
+        let body = b"{\"a\":1}";
+        let sig = secret.sign("msg_1", 1_700_000_000, body);
+        let h = headers(&[
+            ("webhook-id", "msg_1".into()),
+            ("webhook-timestamp", "1700000000".into()),
+            ("webhook-signature", format!("v1,bm9wZQ== {sig}")),
+        ]);
+        assert_eq!(r.verify(&h, body, 1_700_000_010), Ok(()));
+        assert!(r.verify(&h, b"{\"a\":2}", 1_700_000_010).is_err());
+    }
+
+    #[test]
+    fn bodies_keep_their_exact_bytes() {
+        let get = |body: &[u8]| {
+            let data = capture(
+                &Method::POST,
+                &"/v1/hooks/x?a=1".parse().unwrap(),
+                &HeaderMap::new(),
+                body,
+            );
+            serde_json::from_str::<serde_json::Value>(&data).unwrap()
+        };
+        let v = get(br#"{"b": [1, 2.50]}"#);
+        assert_eq!(
+            (v["encoding"].as_str(), v["query"].as_str()),
+            (Some("json"), Some("a=1"))
+        );
+        let data = capture(
+            &Method::POST,
+            &"/h".parse().unwrap(),
+            &HeaderMap::new(),
+            br#"{"b": [1, 2.50]}"#,
+        );
+        assert!(data.ends_with(r#""body":{"b": [1, 2.50]}}"#), "{data}");
+        // Valid JSON with a trailing newline is kept as text: embedding would lose the newline.
+        assert_eq!(get(b"{\"a\":1}\n")["body"], "{\"a\":1}\n");
+        assert_eq!(get(b"a=1&b=2")["encoding"], "text");
+        let v = get(&[0xff, 0x00, 0x10]);
+        assert_eq!(v["encoding"], "base64");
+        assert_eq!(
+            STANDARD.decode(v["body"].as_str().unwrap()).unwrap(),
+            [0xff, 0x00, 0x10]
+        );
+        assert_eq!(get(b"")["encoding"], "text");
+    }
+
+    #[test]
+    fn credentials_are_not_copied_into_the_event() {
+        let h = headers(&[
+            ("authorization", "Bearer k".into()),
+            ("cookie", "herald_token=t".into()),
+            ("x-custom", "1".into()),
+        ]);
+        let data = capture(&Method::POST, &"/h".parse().unwrap(), &h, b"");
+        let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["headers"], json!({"x-custom": "1"}));
+    }
+}
