@@ -33,6 +33,9 @@ enum Command {
     /// Print events of channels as they arrive, one envelope JSON per line; reconnects and
     /// resumes on its own after a disconnect.
     Tail(TailArgs),
+    /// Replay requests captured by `/v1/hooks/{channel}` to a local URL, as they arrive
+    /// (resumes by itself; `--since` replays earlier ones too).
+    Forward(ForwardArgs),
     /// Manage outgoing webhook endpoints.
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -175,6 +178,21 @@ struct PublishArgs {
 }
 
 #[derive(Args)]
+struct ForwardArgs {
+    /// The channel (or pattern) the hook posts to; repeat for several.
+    #[arg(long = "channel", required = true)]
+    channels: Vec<String>,
+    /// Where to replay each request, e.g. http://localhost:3000/webhooks.
+    #[arg(long)]
+    to: String,
+    /// Replay captured requests after this seq first; default: new ones only.
+    #[arg(long)]
+    since: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
 struct TailArgs {
     /// Channels or patterns (`user:*`) to follow.
     #[arg(required = true)]
@@ -204,6 +222,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Publish(args) => publish(args).await,
             Command::Tail(args) => tail(args).await,
+            Command::Forward(args) => forward(args).await,
             Command::Webhook(command) => webhook(command).await,
             Command::Token(args) => token(args),
             Command::Bench(command) => match command {
@@ -409,16 +428,32 @@ async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let (http, headers) = client(&args.client)?;
+    let mut printed = 0u64;
+    follow(&args.client, &args.channels, args.since, async |event| {
+        println!("{}", event.data);
+        printed += 1;
+        Ok(args.count.is_none_or(|n| printed < n))
+    })
+    .await
+}
+
+/// Follows channels over SSE from `since` (live only without), reconnecting and resuming
+/// after the last seq by itself, and hands each event to `handle` until it returns false.
+async fn follow(
+    client_args: &ClientArgs,
+    channels: &[String],
+    since: Option<u64>,
+    mut handle: impl AsyncFnMut(SseEvent) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let (http, headers) = client(client_args)?;
     let mut url = reqwest::Url::parse(&format!(
         "{}/v1/sse",
-        args.client.server.trim_end_matches('/')
+        client_args.server.trim_end_matches('/')
     ))?;
-    for channel in &args.channels {
+    for channel in channels {
         url.query_pairs_mut().append_pair("channel", channel);
     }
-    let mut cursor = args.since;
-    let mut printed = 0u64;
+    let mut cursor = since;
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut request = http.get(url.clone()).headers(headers.clone());
@@ -440,9 +475,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
                             eprintln!("herald: events were trimmed by retention: {}", event.data);
                             continue;
                         }
-                        println!("{}", event.data);
-                        printed += 1;
-                        if args.count.is_some_and(|n| printed >= n) {
+                        if !handle(event).await? {
                             return Ok(());
                         }
                     }
@@ -465,6 +498,53 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Replays each request captured by `/v1/hooks/{channel}` to a local URL: develop against
+/// GitHub or Stripe webhooks from a laptop they cannot reach.
+async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    let to = reqwest::Url::parse(&args.to).context("--to must be a URL")?;
+    let local = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    follow(&args.client, &args.channels, args.since, async |event| {
+        if event.name.as_deref() != Some("webhook") {
+            return Ok(true);
+        }
+        // The data as raw text: a JSON body must go out as the exact bytes that came in.
+        #[derive(serde::Deserialize)]
+        struct Envelope<'a> {
+            seq: u64,
+            #[serde(borrow)]
+            data: &'a serde_json::value::RawValue,
+        }
+        let envelope: Envelope = serde_json::from_str(&event.data)?;
+        let seq = envelope.seq;
+        let request = match crate::http::hooks::restore(envelope.data.get()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("herald: seq {seq}: {e}; skipped");
+                return Ok(true);
+            }
+        };
+        let mut url = to.clone();
+        if url.query().is_none() && !request.query.is_empty() {
+            url.set_query(Some(&request.query));
+        }
+        let method =
+            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut req = local.request(method.clone(), url).body(request.body);
+        for (k, v) in &request.headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(r) => println!("seq {seq}: {method} {} -> {}", args.to, r.status().as_u16()),
+            Err(e) => eprintln!("herald: seq {seq}: {method} {}: {e}", args.to),
+        }
+        Ok(true)
+    })
+    .await
 }
 
 /// One parsed SSE event.

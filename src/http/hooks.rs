@@ -241,6 +241,65 @@ pub fn capture(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> 
     out
 }
 
+/// A captured request, restored: what `herald forward` replays.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub method: String,
+    pub query: String,
+    /// Without hop-by-hop and length headers (the replaying client sets its own).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The inverse of [`capture`], from an event's `data`.
+pub fn restore(data: &str) -> Result<Restored, String> {
+    #[derive(serde::Deserialize)]
+    struct Captured<'a> {
+        method: String,
+        #[serde(default)]
+        query: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        encoding: String,
+        #[serde(borrow)]
+        body: &'a RawValue,
+    }
+    let c: Captured =
+        serde_json::from_str(data).map_err(|e| format!("not a captured request: {e}"))?;
+    let body = match c.encoding.as_str() {
+        "json" => c.body.get().as_bytes().to_vec(),
+        "text" => serde_json::from_str::<String>(c.body.get())
+            .map_err(|e| e.to_string())?
+            .into_bytes(),
+        "base64" => {
+            let text: String = serde_json::from_str(c.body.get()).map_err(|e| e.to_string())?;
+            STANDARD.decode(text).map_err(|e| e.to_string())?
+        }
+        other => return Err(format!("unknown body encoding {other:?}")),
+    };
+    const HOP: [&str; 8] = [
+        "host",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+    ];
+    let headers = c
+        .headers
+        .into_iter()
+        .filter(|(k, _)| !HOP.contains(&k.as_str()))
+        .collect();
+    Ok(Restored {
+        method: c.method,
+        query: c.query,
+        headers,
+        body,
+    })
+}
+
 /// `json` only when the body is one JSON value with nothing around it (surrounding
 /// whitespace would be lost by embedding); `text` for other UTF-8; `base64` for the rest.
 fn encode_body(body: &[u8]) -> (&'static str, String) {
@@ -418,6 +477,26 @@ mod tests {
             [0xff, 0x00, 0x10]
         );
         assert_eq!(get(b"")["encoding"], "text");
+    }
+
+    #[test]
+    fn restore_gives_back_the_captured_request() {
+        let h = headers(&[
+            ("x-hub-signature-256", "sha256=00".into()),
+            ("host", "example.com".into()),
+            ("content-length", "3".into()),
+        ]);
+        let uri: Uri = "/v1/hooks/x?a=1".parse().unwrap();
+        for body in [&b"{\"k\": 1}"[..], b"plain text", &[0, 255, 7]] {
+            let r = restore(&capture(&Method::PUT, &uri, &h, body)).unwrap();
+            assert_eq!(r.body, body);
+            assert_eq!((r.method.as_str(), r.query.as_str()), ("PUT", "a=1"));
+            assert_eq!(
+                r.headers,
+                vec![("x-hub-signature-256".to_string(), "sha256=00".to_string())]
+            );
+        }
+        assert!(restore("{\"seq\":1}").is_err());
     }
 
     #[test]
