@@ -155,6 +155,8 @@ pub struct Event {
     pub time_ms: u64,
     envelope: Bytes,
     sse_frame: OnceLock<Bytes>,
+    /// Without the `event:` line, for `typed=false` subscribers (only built for typed events).
+    sse_untyped: OnceLock<Bytes>,
     ws_text: OnceLock<Utf8Bytes>,
 }
 
@@ -204,6 +206,7 @@ impl Event {
             time_ms,
             envelope,
             sse_frame: OnceLock::new(),
+            sse_untyped: OnceLock::new(),
             ws_text: OnceLock::new(),
         }
     }
@@ -224,6 +227,25 @@ impl Event {
                     out.extend_from_slice(b"\nevent: ");
                     out.extend_from_slice(kind.as_bytes());
                 }
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(&self.envelope);
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            })
+            .clone()
+    }
+
+    /// The SSE frame without an `event:` line: EventSource hands every such event to
+    /// `onmessage`, where a typed one only reaches a listener for its exact type.
+    pub fn sse_frame_untyped(&self) -> Bytes {
+        if self.kind.is_none() {
+            return self.sse_frame();
+        }
+        self.sse_untyped
+            .get_or_init(|| {
+                let mut out = Vec::with_capacity(self.envelope.len() + 32);
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(self.seq.to_string().as_bytes());
                 out.extend_from_slice(b"\ndata: ");
                 out.extend_from_slice(&self.envelope);
                 out.extend_from_slice(b"\n\n");

@@ -19,7 +19,7 @@ use crate::hub::{Item, Subscription, SubscriptionError};
 
 const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
-/// `GET /v1/sse?channel=C[&channel=D][&last_event_id=N]`.
+/// `GET /v1/sse?channel=C[&channel=D][&last_event_id=N][&typed=false]`.
 pub async fn stream(
     State(app): State<AppState>,
     Extension(conn): Extension<Connection>,
@@ -43,6 +43,19 @@ pub async fn stream(
         app.auth.check_subscribe(&principal, channel)?;
     }
     let filter = Filter::parse(channels.iter().copied())?;
+    // `typed=false`: no `event:` lines, so a browser gets every event in `onmessage` without
+    // knowing the types in advance.
+    let typed = match pairs.iter().find(|(k, _)| k == "typed") {
+        None => true,
+        Some((_, v)) if v == "true" => true,
+        Some((_, v)) if v == "false" => false,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "typed must be true or false",
+            ))
+        }
+    };
     // EventSource sends Last-Event-ID on reconnect while the URL keeps its original query, so
     // the header is the newer cursor and wins.
     let since = match headers.get("last-event-id") {
@@ -63,6 +76,7 @@ pub async fn stream(
     let server = &app.config.server;
     let body = Body::from_stream(frames(
         subscription,
+        typed,
         server.heartbeat,
         server.sse_retry,
         app.shutdown.clone(),
@@ -81,6 +95,7 @@ pub async fn stream(
 
 struct StreamState {
     subscription: Subscription,
+    typed: bool,
     heartbeat: tokio::time::Interval,
     shutdown: CancellationToken,
     /// When the subscriber's token expires, the stream ends.
@@ -91,6 +106,7 @@ struct StreamState {
 /// The body: `retry:` first, then events and heartbeats until shutdown or a lag.
 fn frames(
     subscription: Subscription,
+    typed: bool,
     heartbeat: Duration,
     retry: Duration,
     shutdown: CancellationToken,
@@ -101,6 +117,7 @@ fn frames(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = StreamState {
         subscription,
+        typed,
         heartbeat,
         shutdown,
         expires,
@@ -115,7 +132,8 @@ fn frames(
             _ = until(s.expires) => return None,
             _ = s.heartbeat.tick() => Bytes::from_static(HEARTBEAT),
             item = s.subscription.next() => match item {
-                Ok(Item::Event(event)) => event.sse_frame(),
+                Ok(Item::Event(event)) if s.typed => event.sse_frame(),
+                Ok(Item::Event(event)) => event.sse_frame_untyped(),
                 Ok(Item::Reset { oldest }) => reset_frame(oldest),
                 Err(SubscriptionError::Lagged) => return None,
                 Err(SubscriptionError::Log(e)) => {

@@ -155,3 +155,31 @@ async fn bad_sse_requests_get_clear_errors() {
         assert_error(status, &r.json().await.unwrap(), 400, code);
     }
 }
+
+#[tokio::test]
+async fn typed_false_leaves_out_event_lines_for_onmessage_clients() {
+    let h = Herald::start("");
+    publish(
+        &h,
+        json!({"channel": "t", "type": "order.created", "data": 1}),
+    )
+    .await;
+    publish_one(&h, "t", json!(2)).await;
+    let mut sse = Sse::connect(&h, "channel=t&typed=false", Some(0)).await;
+    let first = sse.next().await.unwrap();
+    assert_eq!((first.id, first.name.as_deref()), (Some(1), None));
+    // The type is still in the envelope.
+    assert_eq!(
+        serde_json::from_str::<Value>(&first.data).unwrap()["type"],
+        "order.created"
+    );
+    assert_eq!(sse.next().await.unwrap().id, Some(2));
+    assert!(!String::from_utf8_lossy(&sse.raw).contains("event:"));
+    let r = http()
+        .get(h.url("/v1/sse?channel=t&typed=maybe"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_error(status, &r.json().await.unwrap(), 400, "invalid_query");
+}
