@@ -4,6 +4,7 @@
 pub mod api;
 pub mod hooks;
 pub mod sse;
+pub mod ui;
 pub mod webhooks;
 pub mod ws;
 
@@ -78,7 +79,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz));
+        .route("/readyz", get(api::readyz))
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
+        .route("/favicon.ico", get(ui::favicon));
     if state.config.server.ws_echo {
         router = router.route("/v1/ws/echo", get(ws::echo));
     }

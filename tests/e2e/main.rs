@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod browser;
 mod cli;
 mod cluster;
 mod common;

@@ -1,0 +1,114 @@
+// Herald's dashboard: subscribe over EventSource, publish, list webhook endpoints. Plain
+// browser APIs only; everything goes through the public HTTP API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const tokenInput = $("token");
+tokenInput.value = localStorage.getItem("herald_token") || "";
+tokenInput.addEventListener("change", () => localStorage.setItem("herald_token", tokenInput.value));
+
+function authHeaders() {
+  const t = tokenInput.value.trim();
+  return t ? { Authorization: "Bearer " + t } : {};
+}
+
+async function health() {
+  const pill = $("health");
+  try {
+    const r = await fetch("/readyz");
+    const v = await r.json();
+    pill.textContent = r.ok ? "ready, head " + v.head : "not ready: " + v.error.message;
+    pill.className = "pill " + (r.ok ? "ok" : "bad");
+  } catch (e) {
+    pill.textContent = "unreachable";
+    pill.className = "pill bad";
+  }
+}
+health();
+setInterval(health, 5000);
+
+let source = null;
+
+function setState(text, ok) {
+  const s = $("state");
+  s.textContent = text;
+  s.className = "pill " + (ok === undefined ? "" : ok ? "ok" : "bad");
+}
+
+function show(text, seq, cls) {
+  const li = document.createElement("li");
+  if (seq !== undefined) li.value = seq;
+  if (cls) li.className = cls;
+  li.textContent = text;
+  const list = $("events");
+  list.prepend(li);
+  while (list.children.length > 500) list.lastChild.remove();
+}
+
+function subscribe(event) {
+  event.preventDefault();
+  if (source) source.close();
+  const params = new URLSearchParams();
+  for (const c of $("channels").value.split(",").map((s) => s.trim()).filter(Boolean)) {
+    params.append("channel", c);
+  }
+  params.set("typed", "false"); // every event reaches onmessage, whatever its type
+  if ($("from-start").checked) params.set("last_event_id", "0");
+  const t = tokenInput.value.trim();
+  if (t) params.set("token", t); // EventSource cannot send headers
+  source = new EventSource("/v1/sse?" + params);
+  setState("connecting");
+  source.onopen = () => setState("live", true);
+  source.onerror = () => setState(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting", false);
+  source.onmessage = (m) => {
+    const e = JSON.parse(m.data);
+    const type = e.type ? " " + e.type : "";
+    show(e.channel + type + " " + JSON.stringify(e.data), e.seq, "event");
+  };
+  source.addEventListener("reset", (m) => {
+    show("events before " + JSON.parse(m.data).oldest + " were trimmed by retention", undefined, "reset");
+  });
+}
+$("subscribe").addEventListener("submit", subscribe);
+$("unsubscribe").addEventListener("click", () => {
+  if (source) source.close();
+  source = null;
+  setState("idle");
+});
+
+$("publish").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const out = $("pub-result");
+  let data;
+  try {
+    data = JSON.parse($("pub-data").value);
+  } catch (e) {
+    data = $("pub-data").value; // not JSON: send it as a string
+  }
+  const body = { channel: $("pub-channel").value.trim(), data };
+  const type = $("pub-type").value.trim();
+  if (type) body.type = type;
+  const r = await fetch("/v1/events", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: JSON.stringify(body),
+  });
+  const v = await r.json();
+  out.textContent = r.ok ? "seq " + v.seq : r.status + " " + v.error.code + ": " + v.error.message;
+});
+
+$("load-webhooks").addEventListener("click", async () => {
+  const list = $("webhooks");
+  list.replaceChildren();
+  const r = await fetch("/v1/webhooks", { headers: authHeaders() });
+  const v = await r.json();
+  if (!r.ok) {
+    list.append(Object.assign(document.createElement("li"), { textContent: v.error.message }));
+    return;
+  }
+  for (const w of v.webhooks) {
+    const li = document.createElement("li");
+    li.textContent = `${w.id} ${w.url} [${w.channels.join(", ")}] ${w.enabled ? "enabled" : "disabled"}`;
+    list.append(li);
+  }
+});

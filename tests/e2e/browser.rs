@@ -1,0 +1,127 @@
+//! The dashboard in a real browser: headless Chromium driven by playwright-core
+//! (`tests/browser/dashboard.mjs`), against the real binary. It checks what only a browser
+//! can: the page loads under its CSP, EventSource receives every event (typed or not), the
+//! page publishes through the API, and EventSource's own reconnect resumes with
+//! Last-Event-ID after the server was killed and restarted, with nothing lost or doubled.
+//!
+//! Needs `chromium` and `node` on PATH and `npm --prefix tests/browser install`. Missing
+//! ones fail the test under `CI=true` and skip it (with a note) elsewhere.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::common::*;
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Chromium and the driver script, or None (outside CI) when they are not installed.
+fn browser() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var_os("HERALD_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| which("chromium"))
+        .or_else(|| which("chromium-browser"));
+    let ready = chromium.is_some()
+        && which("node").is_some()
+        && dir.join("node_modules/playwright-core").is_dir();
+    if !ready {
+        let msg = "the browser test needs chromium and node (apt-get install -y chromium nodejs \
+                   npm) and playwright-core (npm --prefix tests/browser install)";
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    Some((chromium.unwrap(), dir.join("dashboard.mjs")))
+}
+
+struct Driver {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Driver {
+    async fn line(&mut self) -> String {
+        let line = tokio::time::timeout(WAIT * 2, self.lines.next_line())
+            .await
+            .expect("the browser driver went quiet")
+            .expect("driver stdout")
+            .expect("the browser driver exited");
+        assert!(!line.starts_with("ERROR"), "{line}");
+        line
+    }
+
+    async fn send(&mut self, command: &str) -> String {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        self.line().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_follows_events_in_a_real_browser_across_a_server_restart() {
+    let Some((chromium, script)) = browser() else {
+        return;
+    };
+    let mut h = Herald::start("[server]\nsse_retry = \"300ms\"\n");
+    publish_one(&h, "demo", json!({"n": 1})).await;
+    let (status, _) = publish(
+        &h,
+        json!({"channel": "chat/room-1", "type": "message.sent", "data": "typed"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    publish_one(&h, "elsewhere", json!("not subscribed")).await;
+
+    let mut child = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(h.url("/"))
+        .arg(&chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut driver = Driver {
+        stdin: child.stdin.take().unwrap(),
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+        child,
+    };
+    assert_eq!(driver.line().await, "READY");
+    // History first ("from the start"), typed and untyped alike, only the page's channels.
+    assert_eq!(driver.send("2").await, "SEEN 1,2");
+    let seq = publish_one(&h, "demo", json!({"n": 4})).await;
+    assert_eq!(driver.send("3").await, format!("SEEN 1,2,{seq}"));
+    // The page's own publish form.
+    assert_eq!(driver.send("publish").await, "PUBLISHED 5");
+    assert_eq!(driver.send("4").await, "SEEN 1,2,4,5");
+    // The server dies and comes back on the same address: EventSource reconnects by itself
+    // with Last-Event-ID 5 and gets what was published meanwhile, nothing twice.
+    let port = h.addr.port();
+    h.kill9();
+    h.restart_on(port);
+    let seq = publish_one(&h, "chat/room-2", json!("after the restart")).await;
+    assert_eq!(seq, 6);
+    assert_eq!(driver.send("5").await, "SEEN 1,2,4,5,6");
+    driver.stdin.write_all(b"done\n").await.unwrap();
+    drop(driver.stdin);
+    // Anything the page logged as an error (a CSP violation, a script error) fails the test.
+    while let Ok(Some(line)) = driver.lines.next_line().await {
+        assert!(!line.starts_with("ERROR"), "{line}");
+    }
+    let _ = driver.child.wait().await;
+}
