@@ -215,6 +215,17 @@ async fn serve_connection(
         kill: CancellationToken::new(),
         permit: Some(permit),
     };
+    if crate::http::sse_direct::is_sse(&stream, server.handshake_timeout).await {
+        let serve = crate::http::sse_direct::serve(
+            stream,
+            conn,
+            router,
+            shutdown,
+            server.handshake_timeout,
+            max_header.max(8192),
+        );
+        return serve.await;
+    }
     let kill = conn.kill.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod hooks;
 pub mod sse;
+pub mod sse_direct;
 pub mod ui;
 pub mod webhooks;
 pub mod ws;

@@ -183,3 +183,67 @@ async fn typed_false_leaves_out_event_lines_for_onmessage_clients() {
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 400, "invalid_query");
 }
+
+/// Reads from a raw socket until `needle` shows up (or the server closes).
+async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("timed out on a raw SSE socket")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn raw_http_1_1_and_1_0_clients_get_well_framed_streams() {
+    use tokio::io::AsyncWriteExt;
+    let h = Herald::start("");
+    publish_one(&h, "raw", json!("x")).await;
+    // HTTP/1.1: chunked; each frame is one chunk with its exact length.
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /v1/sse?channel=raw&last_event_id=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_until(&mut s, "\"data\":\"x\"").await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let (size, rest) = body.split_once("\r\n").unwrap();
+    let size = usize::from_str_radix(size, 16).unwrap();
+    assert!(rest[..size].starts_with("retry: "), "{body}");
+    assert_eq!(&rest[size..size + 2], "\r\n", "{body}");
+    // HTTP/1.0: no chunking, the stream is delimited by the connection.
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /v1/sse?channel=raw&last_event_id=0 HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_until(&mut s, "\"data\":\"x\"").await;
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.contains("\r\n\r\nretry: "), "{text}");
+    // Errors on this path are ordinary JSON replies with a length.
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /v1/sse?nochannel=1 HTTP/1.1\r\n\r\n").await.unwrap();
+    let text = read_until(&mut s, "}}").await;
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(text.contains("content-length: "), "{text}");
+    assert!(text.contains("\"code\":\"missing_channel\""), "{text}");
+    // A keep-alive connection that asks for SSE after another request is served too.
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(h.url("/healthz")).send().await.unwrap().status(), 200);
+    let r = client
+        .get(h.url("/v1/sse?channel=raw&last_event_id=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+}

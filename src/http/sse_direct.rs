@@ -1,0 +1,221 @@
+//! A lean connection path for `GET /v1/sse`: the accept loop hands such connections here
+//! instead of to hyper.
+//!
+//! Why hand-written: hyper keeps a connection's read buffer (8 KiB) for the connection's whole
+//! life, and an SSE connection lives for hours while it is never read again after its request
+//! head. At 100k subscribers that buffer alone is ~800 MB. Here the head is parsed with
+//! `httparse` (hyper's own parser) from a buffer dropped right after, the request goes
+//! through the same router and handler as any other (auth, limits, CORS, errors are not
+//! duplicated), and the response is written as HTTP/1.1 chunked frames straight to the
+//! socket. Only the first request of a connection takes this path; a keep-alive connection
+//! that asks for SSE later is served by hyper as before.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Response};
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::Connection;
+
+/// Most headers in a request head.
+const MAX_HEADERS: usize = 64;
+/// Stop gathering ready frames into one write past this many bytes.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Whether the connection's first bytes are an SSE request (a cheap peek; short or
+/// inconclusive reads go to hyper, which handles everything).
+pub async fn is_sse(stream: &TcpStream, wait: Duration) -> bool {
+    let mut first = [0u8; 12];
+    let peek = tokio::time::timeout(wait, async {
+        // The request line may arrive in pieces; a few peeks cover a slow sender's first
+        // segment without waiting for a whole head.
+        for _ in 0..3 {
+            match stream.peek(&mut first).await {
+                Ok(n) if n >= 12 => return true,
+                Ok(0) | Err(_) => return false,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    peek && (&first == b"GET /v1/sse?" || &first == b"GET /v1/sse ")
+}
+
+/// Serves one SSE request on `stream` and closes it when the event stream ends.
+pub async fn serve(
+    mut stream: TcpStream,
+    conn: Connection,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    head_timeout: Duration,
+    max_head: usize,
+) {
+    let kill = conn.kill.clone();
+    let Ok(Some((request, http10))) =
+        tokio::time::timeout(head_timeout, read_head(&mut stream, max_head)).await
+    else {
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await;
+        return;
+    };
+    let mut request = request;
+    request.extensions_mut().insert(conn);
+    let Ok(response) = router.oneshot(request).await;
+    let _ = write_response(&mut stream, response, http10, &kill, &shutdown).await;
+}
+
+/// Reads and parses the request head; the buffer is gone once this returns. Returns the
+/// request and whether the client speaks HTTP/1.0 (no chunked encoding then).
+async fn read_head(stream: &mut TcpStream, max_head: usize) -> Option<(Request<Body>, bool)> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let mut builder = Request::builder().method(parsed.method?).uri(parsed.path?);
+                for h in parsed.headers.iter() {
+                    builder = builder.header(h.name, HeaderValue::from_bytes(h.value).ok()?);
+                }
+                let http10 = parsed.version == Some(0);
+                return builder.body(Body::empty()).ok().map(|r| (r, http10));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < max_head => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Writes the status line, headers and body. An event stream goes out frame by frame as
+/// chunks; anything else (an error) whole. Ends on client EOF, kill, or shutdown.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: Response<Body>,
+    http10: bool,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let streaming = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: close\r\n");
+    if !streaming {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
+        head.extend_from_slice(&bytes);
+        stream.write_all(&head).await?;
+        return stream.shutdown().await;
+    }
+    let chunked = !http10;
+    if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    stream.write_all(&head).await?;
+    drop(head);
+    let (mut reader, mut writer) = stream.split();
+    // Reads only to notice the client leaving; an SSE client sends nothing after its head.
+    let mut probe = [0u8; 16];
+    let mut ended = false;
+    while !ended {
+        let first = tokio::select! {
+            _ = kill.cancelled() => return Ok(()),
+            n = reader.read(&mut probe) => match n {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+            frame = body.frame() => frame,
+        };
+        // Everything already waiting goes out in one write: a subscriber behind by ten
+        // events costs one syscall, not ten (the WebSocket path batches the same way).
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        push_chunk(&mut out, &data, chunked);
+                    }
+                }
+                // The stream ended (lagged, expired, shutdown): finish the body properly.
+                Some(Err(_)) | None => {
+                    if chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    ended = true;
+                    break;
+                }
+            }
+            if out.len() < WRITE_BATCH {
+                next = body.frame().now_or_never();
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        // A full socket must not hold the task forever: the kill switch (slow consumer)
+        // and shutdown still end it.
+        tokio::select! {
+            r = writer.write_all(&out) => r?,
+            _ = kill.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    writer.shutdown().await
+}
+
+/// Appends one frame, as an HTTP/1.1 chunk unless the client speaks HTTP/1.0.
+fn push_chunk(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
