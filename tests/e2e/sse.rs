@@ -232,14 +232,19 @@ async fn raw_http_1_1_and_1_0_clients_get_well_framed_streams() {
     assert!(text.contains("\r\n\r\nretry: "), "{text}");
     // Errors on this path are ordinary JSON replies with a length.
     let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    s.write_all(b"GET /v1/sse?nochannel=1 HTTP/1.1\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /v1/sse?nochannel=1 HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
     let text = read_until(&mut s, "}}").await;
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
     assert!(text.contains("content-length: "), "{text}");
     assert!(text.contains("\"code\":\"missing_channel\""), "{text}");
     // A keep-alive connection that asks for SSE after another request is served too.
     let client = reqwest::Client::new();
-    assert_eq!(client.get(h.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client.get(h.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
     let r = client
         .get(h.url("/v1/sse?channel=raw&last_event_id=0"))
         .send()
