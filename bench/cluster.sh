@@ -14,7 +14,7 @@ SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 RATE="${RATE:-1000}"
 REDIS_PORT="${REDIS_PORT:-16399}"
 RUNS="${RUNS:-embedded redis1 redis3}"
-TESTS="${TESTS:-publish batch fanout}"
+TESTS="${TESTS:-publish batch fanout webhooks}"
 
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install -y redis-server)" >&2; exit 1; }
 cargo build --release --quiet --bin herald
@@ -29,6 +29,8 @@ idle_timeout = "1h"
 [limits]
 max_connections_per_ip = 1000000
 publish_rate = 0
+[webhooks]
+allow_private = true    # the bench's receiver is on loopback
 TOML
 ulimit -n "$(ulimit -Hn)" || true
 
@@ -66,6 +68,8 @@ run() {
       batch) $H bench publish --server "$URLS" --concurrency 32 --batch 100 --duration "$DURATION" ;;
       fanout) $H bench fanout --server "$URLS" --subscribers "$SUBSCRIBERS" --rate "$RATE" \
                 --duration "$DURATION" 2>/dev/null ;;
+      # Endpoints are shared: created through one node, delivered by all of them.
+      webhooks) $H bench webhooks --server "${URLS%%,*}" --endpoints 10 --events 10000 ;;
     esac
   done
   stop_all
