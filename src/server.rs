@@ -171,11 +171,11 @@ async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, Queue), ServeErr
         .redis
         .lease
         .max(config.webhooks.timeout + std::time::Duration::from_secs(2));
-    let queue = Queue::Shared(RedisQueue::new(
+    let queue = Queue::Shared(Box::new(RedisQueue::new(
         log.connection(),
         &config.redis.prefix,
         lease,
-    ));
+    )));
     Ok((log, queue))
 }
 

@@ -179,6 +179,8 @@ struct InFlight {
     total: usize,
     per_endpoint: HashMap<String, usize>,
     tasks: HashSet<(String, u64)>,
+    /// Cluster claims held by running attempts, to hand back at shutdown.
+    claims: HashMap<(String, u64), Arc<str>>,
 }
 
 pub struct Webhooks {
@@ -289,6 +291,31 @@ impl Webhooks {
     pub async fn close(&self, grace: Duration) {
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        // Attempts still running die with the process: hand their claims back so another
+        // node retries them now rather than when the lease runs out.
+        let claims: Vec<(String, u64, Arc<str>)> = self
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .claims
+            .iter()
+            .map(|((id, seq), token)| (id.clone(), *seq, token.clone()))
+            .collect();
+        if !claims.is_empty() {
+            let release = self.store.release(&claims, now_ms());
+            match tokio::time::timeout(Duration::from_secs(2), release).await {
+                Ok(Ok(())) => tracing::info!(
+                    count = claims.len(),
+                    "unfinished webhook attempts handed back"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "webhook claims not handed back; they expire with their lease")
+                }
+                Err(_) => tracing::warn!(
+                    "webhook claims not handed back in time; they expire with their lease"
+                ),
+            }
+        }
     }
 
     fn install(self: &Arc<Self>, endpoint: Endpoint) -> Result<Arc<Live>, WebhookError> {
@@ -672,6 +699,9 @@ impl Webhooks {
                 if !f.tasks.insert((id.clone(), task.seq)) {
                     continue;
                 }
+                if let Some(token) = &task.claim {
+                    f.claims.insert((id.clone(), task.seq), token.clone());
+                }
                 f.total += 1;
                 *f.per_endpoint.entry(id).or_default() += 1;
             }
@@ -695,6 +725,7 @@ impl Webhooks {
                     f.per_endpoint.remove(&id);
                 }
             }
+            f.claims.remove(&(id.clone(), seq));
             f.tasks.remove(&(id, seq));
         }
         self.wake.notify_one();

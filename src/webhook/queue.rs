@@ -10,6 +10,7 @@
 //! An enum rather than a trait object: two known backends, async methods, no boxing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
@@ -29,7 +30,7 @@ pub struct Want {
 
 pub enum Queue {
     Local(WebhookStore),
-    Shared(RedisQueue),
+    Shared(Box<RedisQueue>),
 }
 
 impl Queue {
@@ -127,6 +128,19 @@ impl Queue {
         match self {
             Queue::Local(s) => Ok(claim_local(s, now_ms, wants, total, in_flight)),
             Queue::Shared(r) => r.claim(now_ms, wants, total).await,
+        }
+    }
+
+    /// Hands claims back (due now) so another node takes the tasks at once. Only claims
+    /// still held by their token are touched; a single node has none.
+    pub async fn release(
+        &self,
+        claims: &[(String, u64, Arc<str>)],
+        now_ms: u64,
+    ) -> Result<(), LogError> {
+        match self {
+            Queue::Local(_) => Ok(()),
+            Queue::Shared(r) => r.release(claims, now_ms).await,
         }
     }
 
@@ -298,6 +312,21 @@ end
 return {n, owned and 1 or 0}
 "#;
 
+/// Gives claims back: due now, no claim token. Returns how many were still held.
+const RELEASE: &str = r#"#!lua
+local p, now = ARGV[1], ARGV[2]
+local n = 0
+for i = 3, #ARGV, 3 do
+  local id, seq, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('HGET', p .. ':wh:claims:' .. id, seq) == token then
+    redis.call('HDEL', p .. ':wh:claims:' .. id, seq)
+    redis.call('ZADD', p .. ':wh:due:' .. id, 'XX', now, seq)
+    n = n + 1
+  end
+end
+return n
+"#;
+
 /// Compare-and-set of one endpoint's JSON.
 const SWAP: &str = r#"#!lua
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -328,6 +357,7 @@ pub struct RedisQueue {
     claim: Script,
     finish: Script,
     swap: Script,
+    release: Script,
 }
 
 impl RedisQueue {
@@ -344,6 +374,7 @@ impl RedisQueue {
             claim: Script::new(CLAIM),
             finish: Script::new(FINISH),
             swap: Script::new(SWAP),
+            release: Script::new(RELEASE),
         }
     }
 
@@ -516,6 +547,23 @@ impl RedisQueue {
                 ))
             })
             .collect())
+    }
+
+    async fn release(
+        &self,
+        claims: &[(String, u64, Arc<str>)],
+        now_ms: u64,
+    ) -> Result<(), LogError> {
+        let mut invocation = self.release.prepare_invoke();
+        invocation.arg(&self.prefix).arg(now_ms);
+        for (id, seq, token) in claims {
+            invocation.arg(id).arg(seq).arg(token.as_ref());
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn pending_count(&self, id: &str) -> Result<usize, LogError> {

@@ -1179,3 +1179,38 @@ async fn nodes_reach_redis_over_tls_and_refuse_an_unknown_certificate() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_shutting_down_hands_its_unfinished_deliveries_to_the_others() {
+    let Some(redis) = Redis::start() else { return };
+    // A lease far longer than the test: only a claim handed back can be retried in time.
+    let extra = "lease = \"10m\"\n[server]\nshutdown_grace = \"500ms\"\n\
+                 [webhooks]\nallow_private = true\ntimeout = \"60s\"\n";
+    let mut a = nodes(&redis, 1, extra).remove(0);
+    // The first request hangs (node a is stuck on it); later ones succeed.
+    let receiver = Receiver::start(|n, _| {
+        if n == 0 {
+            Reply::Hang(Duration::from_secs(120))
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let (status, endpoint) =
+        create_webhook(&a, json!({"url": receiver.url(), "channels": ["h"]})).await;
+    assert_eq!(status, 201, "{endpoint}");
+    let seq = publish_one(&a, "h", json!("stuck")).await;
+    eventually("node a to be stuck on the delivery", WAIT, async || {
+        (receiver.count() == 1).then_some(())
+    })
+    .await;
+    let b = nodes(&redis, 1, extra).remove(0);
+    wait_for_endpoint(std::slice::from_ref(&b), endpoint["id"].as_str().unwrap()).await;
+    // A rolling restart: a is told to stop while its attempt hangs.
+    assert!(a.terminate().success());
+    eventually("node b to deliver what a left", WAIT, async || {
+        receiver.delivered().contains(&seq).then_some(())
+    })
+    .await;
+    assert_eq!(delivered_by(&b).await, 1);
+}
