@@ -244,7 +244,7 @@ fn ws_follower(
 }
 
 /// A subscriber under test: its name, what it saw, and its channels.
-type Subscriber = (&'static str, Arc<Mutex<Seen>>, Vec<&'static str>);
+type Subscriber = (String, Arc<Mutex<Seen>>, Vec<&'static str>);
 
 /// Acknowledged seqs by channel.
 type Acked = Arc<Mutex<BTreeMap<String, BTreeSet<u64>>>>;
@@ -333,6 +333,97 @@ fn endpoints(nodes: &[Herald]) -> Arc<Vec<(String, String)>> {
     Arc::new(nodes.iter().map(|h| (h.url(""), h.ws_url(""))).collect())
 }
 
+/// On each node of `at`: an SSE subscriber to `sse` (one subscription) and a WebSocket
+/// subscriber to each of `ws`, all failing over to the next node when theirs dies.
+fn subscribers(
+    cluster: &[Herald],
+    at: impl IntoIterator<Item = usize>,
+    sse: &'static [&'static str],
+    ws: &'static [&'static str],
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Subscriber> {
+    let urls = endpoints(cluster);
+    let query: &'static str = Box::leak(
+        sse.iter()
+            .map(|c| format!("channel={c}"))
+            .collect::<Vec<_>>()
+            .join("&")
+            .into_boxed_str(),
+    );
+    let mut out = Vec::new();
+    for i in at {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        sse_follower(urls.clone(), i, query, seen.clone(), stop.clone());
+        out.push((format!("sse on node {i}"), seen, sse.to_vec()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        ws_follower(urls.clone(), i, ws, seen.clone(), stop.clone());
+        out.push((format!("ws on node {i}"), seen, ws.to_vec()));
+    }
+    out
+}
+
+/// One publisher per node (node i publishes `count` events over `channels`), recording
+/// what was acknowledged and what was refused.
+struct Load {
+    acked: Acked,
+    refusals: Arc<Mutex<Vec<Value>>>,
+    publishers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `give_up[i]`, when set, lets node i's publisher stop once its node is gone.
+    fn start(
+        cluster: &[Herald],
+        names: &[&'static str],
+        count: usize,
+        channels: &'static [&'static str],
+        give_up: &[Arc<std::sync::atomic::AtomicBool>],
+    ) -> Load {
+        let acked: Acked = Arc::default();
+        let refusals = Arc::new(Mutex::new(Vec::new()));
+        let publishers = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let give_up = give_up.get(i).cloned().unwrap_or_else(flag);
+                let (acked, refusals) = (acked.clone(), refusals.clone());
+                tokio::spawn(publisher(
+                    cluster[i].url(""),
+                    name,
+                    count,
+                    channels,
+                    acked,
+                    refusals,
+                    give_up,
+                ))
+            })
+            .collect();
+        Load {
+            acked,
+            refusals,
+            publishers,
+        }
+    }
+
+    async fn reach(&self, n: usize) {
+        eventually(&format!("{n} acknowledged events"), WAIT, async || {
+            let got: usize = self.acked.lock().unwrap().values().map(BTreeSet::len).sum();
+            (got >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for every publisher; what was acknowledged, and what was refused.
+    async fn finish(self) -> (BTreeMap<String, BTreeSet<u64>>, Vec<Value>) {
+        for p in self.publishers {
+            p.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let refused = self.refusals.lock().unwrap().clone();
+        (acked, refused)
+    }
+}
+
 /// Waits until every subscriber has every acknowledged seq of its channels, then checks that
 /// each saw exactly those, per channel in increasing order with no duplicate (SSE: one
 /// subscription, so one increasing order across its channels).
@@ -397,51 +488,10 @@ fn flag() -> Arc<std::sync::atomic::AtomicBool> {
 async fn three_nodes_deliver_one_contiguous_order_to_every_subscriber() {
     let Some(redis) = Redis::start() else { return };
     let cluster = nodes(&redis, 3, "");
-    let urls = endpoints(&cluster);
     let stop = flag();
-    let mut subscribers = Vec::new();
-    let mut handles = Vec::new();
-    for i in 0..3 {
-        let sse = Arc::new(Mutex::new(Seen::default()));
-        handles.push(sse_follower(
-            urls.clone(),
-            i,
-            "channel=a&channel=b",
-            sse.clone(),
-            stop.clone(),
-        ));
-        subscribers.push(("sse a+b", sse, vec!["a", "b"]));
-        let ws = Arc::new(Mutex::new(Seen::default()));
-        handles.push(ws_follower(
-            urls.clone(),
-            i,
-            &["c", "a"],
-            ws.clone(),
-            stop.clone(),
-        ));
-        subscribers.push(("ws c+a", ws, vec!["c", "a"]));
-    }
-    let acked: Acked = Arc::default();
-    let refusals = Arc::new(Mutex::new(Vec::new()));
-    let publishers: Vec<_> = ["p1", "p2", "p3"]
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            tokio::spawn(publisher(
-                cluster[i].url(""),
-                name,
-                3334,
-                &["a", "b", "c"],
-                acked.clone(),
-                refusals.clone(),
-                flag(),
-            ))
-        })
-        .collect();
-    for p in publishers {
-        p.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let subscribers = subscribers(&cluster, 0..3, &["a", "b"], &["c", "a"], &stop);
+    let load = Load::start(&cluster, &["p1", "p2", "p3"], 3334, &["a", "b", "c"], &[]);
+    let (acked, refused) = load.finish().await;
     let total: usize = acked.values().map(BTreeSet::len).sum();
     assert_eq!(total, 10_002);
     // One order for the whole cluster: the acknowledged seqs are exactly 1..=N.
@@ -459,11 +509,7 @@ async fn three_nodes_deliver_one_contiguous_order_to_every_subscriber() {
     let want: Vec<u64> = acked["b"].iter().copied().take(1000).collect();
     assert_eq!(history, want);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        refusals.lock().unwrap().is_empty(),
-        "{:?}",
-        refusals.lock().unwrap()
-    );
+    assert!(refused.is_empty(), "{refused:?}");
 }
 
 const WEBHOOKS: &str = "[webhooks]\nallow_private = true\ntimeout = \"1s\"\n\
@@ -521,7 +567,6 @@ async fn killing_a_node_loses_no_acknowledged_event_or_queued_webhook() {
         3,
         &format!("lease = \"2s\"\n{WEBHOOKS}max_in_flight_per_endpoint = 8\n"),
     );
-    let urls = endpoints(&cluster);
     // A slow receiver keeps a backlog, so every node (the dying one included) always holds
     // claimed deliveries in flight.
     let receiver = Receiver::start(|_, _| Reply::Hang(Duration::from_millis(100))).await;
@@ -533,44 +578,16 @@ async fn killing_a_node_loses_no_acknowledged_event_or_queued_webhook() {
     assert_eq!(status, 201, "{endpoint}");
     wait_for_endpoint(&cluster, endpoint["id"].as_str().unwrap()).await;
     let stop = flag();
-    let mut subscribers = Vec::new();
-    for i in [0, 2] {
-        let sse = Arc::new(Mutex::new(Seen::default()));
-        sse_follower(
-            urls.clone(),
-            i,
-            "channel=a&channel=b",
-            sse.clone(),
-            stop.clone(),
-        );
-        subscribers.push(("sse a+b", sse, vec!["a", "b"]));
-        let ws = Arc::new(Mutex::new(Seen::default()));
-        ws_follower(urls.clone(), i, &["a", "b"], ws.clone(), stop.clone());
-        subscribers.push(("ws a,b", ws, vec!["a", "b"]));
-    }
-    let acked: Acked = Arc::default();
-    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let subscribers = subscribers(&cluster, [0, 2], &["a", "b"], &["a", "b"], &stop);
     let dying = flag();
-    let publishers: Vec<_> = ["k1", "k2", "k3"]
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            tokio::spawn(publisher(
-                cluster[i].url(""),
-                name,
-                1000,
-                &["a", "b"],
-                acked.clone(),
-                refusals.clone(),
-                if i == 2 { dying.clone() } else { flag() },
-            ))
-        })
-        .collect();
-    eventually("a third of the events", WAIT, async || {
-        let n: usize = acked.lock().unwrap().values().map(BTreeSet::len).sum();
-        (n >= 1000).then_some(())
-    })
-    .await;
+    let load = Load::start(
+        &cluster,
+        &["k1", "k2", "k3"],
+        1000,
+        &["a", "b"],
+        &[flag(), flag(), dying.clone()],
+    );
+    load.reach(1000).await;
     // The dying node takes part in deliveries (so it holds claims when it dies).
     eventually("the dying node delivering", WAIT, async || {
         (delivered_by(&cluster[2]).await > 0).then_some(())
@@ -578,10 +595,7 @@ async fn killing_a_node_loses_no_acknowledged_event_or_queued_webhook() {
     .await;
     dying.store(true, std::sync::atomic::Ordering::Relaxed);
     cluster[2].kill9();
-    for p in publishers {
-        p.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let (acked, _) = load.finish().await;
     assert!(acked.values().map(BTreeSet::len).sum::<usize>() > 2000);
     // The log may hold a few events more than were acknowledged: the dead node's last
     // requests could commit without their answer getting out. Subscribers must get exactly
@@ -624,27 +638,9 @@ async fn each_webhook_delivery_is_made_by_exactly_one_node() {
     assert_eq!(status, 201, "{endpoint}");
     let id = endpoint["id"].as_str().unwrap().to_string();
     wait_for_endpoint(&cluster, &id).await;
-    let acked: Acked = Arc::default();
-    let refusals = Arc::new(Mutex::new(Vec::new()));
-    let publishers: Vec<_> = ["w1", "w2", "w3"]
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            tokio::spawn(publisher(
-                cluster[i].url(""),
-                name,
-                400,
-                &["x", "y"],
-                acked.clone(),
-                refusals.clone(),
-                flag(),
-            ))
-        })
-        .collect();
-    for p in publishers {
-        p.await.unwrap();
-    }
-    let want: BTreeSet<u64> = acked.lock().unwrap().values().flatten().copied().collect();
+    let load = Load::start(&cluster, &["w1", "w2", "w3"], 400, &["x", "y"], &[]);
+    let (acked, _) = load.finish().await;
+    let want: BTreeSet<u64> = acked.values().flatten().copied().collect();
     assert_eq!(want.len(), 1200);
     eventually("every webhook delivery", WAIT, async || {
         (receiver.delivered() == want).then_some(())
@@ -695,45 +691,10 @@ async fn a_redis_restart_heals_by_itself_and_loses_no_acknowledged_event() {
         return;
     };
     let cluster = nodes(&redis, 2, "");
-    let urls = endpoints(&cluster);
     let stop = flag();
-    let mut subscribers = Vec::new();
-    for i in 0..2 {
-        let sse = Arc::new(Mutex::new(Seen::default()));
-        sse_follower(
-            urls.clone(),
-            i,
-            "channel=a&channel=b",
-            sse.clone(),
-            stop.clone(),
-        );
-        subscribers.push(("sse a+b", sse, vec!["a", "b"]));
-        let ws = Arc::new(Mutex::new(Seen::default()));
-        ws_follower(urls.clone(), i, &["b"], ws.clone(), stop.clone());
-        subscribers.push(("ws b", ws, vec!["b"]));
-    }
-    let acked: Acked = Arc::default();
-    let refusals = Arc::new(Mutex::new(Vec::new()));
-    let publishers: Vec<_> = ["r1", "r2"]
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            tokio::spawn(publisher(
-                cluster[i].url(""),
-                name,
-                1500,
-                &["a", "b"],
-                acked.clone(),
-                refusals.clone(),
-                flag(),
-            ))
-        })
-        .collect();
-    eventually("a third of the events", WAIT, async || {
-        let n: usize = acked.lock().unwrap().values().map(BTreeSet::len).sum();
-        (n >= 1000).then_some(())
-    })
-    .await;
+    let subscribers = subscribers(&cluster, 0..2, &["a", "b"], &["b"], &stop);
+    let load = Load::start(&cluster, &["r1", "r2"], 1500, &["a", "b"], &[]);
+    load.reach(1000).await;
     redis.kill9();
     // Down: publishes are refused fast with a clear error, and readiness says so.
     for node in &cluster {
@@ -755,9 +716,7 @@ async fn a_redis_restart_heals_by_itself_and_loses_no_acknowledged_event() {
     assert_error(status, &reply, 503, "log_unavailable");
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart();
-    for p in publishers {
-        p.await.unwrap();
-    }
+    let (acked, refused) = load.finish().await;
     for node in &cluster {
         eventually("readiness to return", WAIT, async || {
             let r = http().get(node.url("/readyz")).send().await.ok()?;
@@ -765,10 +724,8 @@ async fn a_redis_restart_heals_by_itself_and_loses_no_acknowledged_event() {
         })
         .await;
     }
-    let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.values().map(BTreeSet::len).sum::<usize>(), 3000);
     assert_complete(&subscribers, &acked).await;
-    let refused = refusals.lock().unwrap().clone();
     assert!(
         refused
             .iter()
