@@ -25,7 +25,7 @@ use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
 use crate::config::{Durability, LogConfig};
@@ -47,10 +47,7 @@ const TRIM_CHUNK: usize = 10_000;
 const SCAN_BUDGET: usize = 20_000;
 
 enum Command {
-    Append {
-        events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
-    },
+    Append { events: Vec<NewEvent>, reply: Reply },
     Trim,
 }
 
@@ -156,16 +153,7 @@ fn spawn_trim_timer(tx: mpsc::Sender<Command>, every: Duration) {
 
 impl Log for EmbeddedLog {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'static, Result<Vec<Appended>, LogError>> {
-        let tx = self.sender();
-        async move {
-            let tx = tx.ok_or(LogError::Closed)?;
-            let (reply, rx) = oneshot::channel();
-            tx.send(Command::Append { events, reply })
-                .await
-                .map_err(|_| LogError::Closed)?;
-            rx.await.map_err(|_| LogError::Closed)?
-        }
-        .boxed()
+        super::request_append(self.sender(), |reply| Command::Append { events, reply })
     }
 
     fn read(
@@ -329,7 +317,7 @@ struct Writer {
     listener: Arc<RwLock<Option<Arc<dyn CommitListener>>>>,
 }
 
-type Reply = oneshot::Sender<Result<Vec<Appended>, LogError>>;
+type Reply = super::AppendReply;
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {

@@ -10,6 +10,8 @@ pub mod redis;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{EventRef, Filter, NewEvent};
 
@@ -76,6 +78,26 @@ pub trait CommitListener: Send + Sync {
     /// from the shared log for longer than retention): every live subscriber must resume from
     /// its cursor to learn of the gap.
     fn lost(&self) {}
+}
+
+/// Where a log's writer answers an append.
+pub(crate) type AppendReply = oneshot::Sender<Result<Vec<Appended>, LogError>>;
+
+/// Hands an append to a log's writer and waits for its answer: the request path of both
+/// logs, whose writers fold whatever is waiting into one commit. `None`: the log is closed.
+pub(crate) fn request_append<C: Send + 'static>(
+    tx: Option<mpsc::Sender<C>>,
+    command: impl FnOnce(AppendReply) -> C + Send + 'static,
+) -> BoxFuture<'static, Result<Vec<Appended>, LogError>> {
+    async move {
+        let tx = tx.ok_or(LogError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(command(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+    .boxed()
 }
 
 /// A durable, ordered log: the embedded store on one node, Redis shared by a cluster.

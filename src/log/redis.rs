@@ -34,7 +34,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, Script, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
@@ -184,7 +184,7 @@ impl Keys {
 
 struct Append {
     events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+    reply: super::AppendReply,
 }
 
 pub struct RedisLog {
@@ -748,15 +748,7 @@ fn int_of(v: Option<&Value>) -> u64 {
 impl Log for RedisLog {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'static, Result<Vec<Appended>, LogError>> {
         let tx = self.tx.lock().expect("log sender lock").clone();
-        async move {
-            let tx = tx.ok_or(LogError::Closed)?;
-            let (reply, rx) = oneshot::channel();
-            tx.send(Append { events, reply })
-                .await
-                .map_err(|_| LogError::Closed)?;
-            rx.await.map_err(|_| LogError::Closed)?
-        }
-        .boxed()
+        super::request_append(tx, |reply| Append { events, reply })
     }
 
     fn read(
