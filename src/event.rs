@@ -166,22 +166,7 @@ impl Event {
         let mut out = Vec::with_capacity(96 + new.channel.len() + new.data.get().len());
         out.extend_from_slice(b"{\"seq\":");
         out.extend_from_slice(seq.to_string().as_bytes());
-        out.extend_from_slice(b",\"channel\":");
-        push_json_str(&mut out, &new.channel);
-        if let Some(kind) = &new.kind {
-            out.extend_from_slice(b",\"type\":");
-            push_json_str(&mut out, kind);
-        }
-        out.extend_from_slice(b",\"data\":");
-        out.extend_from_slice(new.data.get().as_bytes());
-        out.extend_from_slice(b",\"time\":\"");
-        out.extend_from_slice(format_time(time_ms).as_bytes());
-        out.push(b'"');
-        if let Some(id) = &new.id {
-            out.extend_from_slice(b",\"id\":");
-            push_json_str(&mut out, id);
-        }
-        out.push(b'}');
+        push_envelope_tail(&mut out, time_ms, new);
         Event::from_parts(
             seq,
             new.channel.as_str().into(),
@@ -265,6 +250,28 @@ impl Event {
             })
             .clone()
     }
+}
+
+/// Appends the envelope after its leading `{"seq":N`, from `,"channel":` to the closing
+/// brace. The Redis log's append script prepends the seq, which only Redis knows, to these
+/// bytes; the embedded log writes both into one buffer.
+pub fn push_envelope_tail(out: &mut Vec<u8>, time_ms: u64, new: &NewEvent) {
+    out.extend_from_slice(b",\"channel\":");
+    push_json_str(out, &new.channel);
+    if let Some(kind) = &new.kind {
+        out.extend_from_slice(b",\"type\":");
+        push_json_str(out, kind);
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(new.data.get().as_bytes());
+    out.extend_from_slice(b",\"time\":\"");
+    out.extend_from_slice(format_time(time_ms).as_bytes());
+    out.push(b'"');
+    if let Some(id) = &new.id {
+        out.extend_from_slice(b",\"id\":");
+        push_json_str(out, id);
+    }
+    out.push(b'}');
 }
 
 /// Shared handle to a committed event.

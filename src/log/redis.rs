@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
 use crate::config::LogConfig;
-use crate::event::{now_ms, Event, EventRef, Filter, NewEvent};
+use crate::event::{now_ms, push_envelope_tail, Event, EventRef, Filter, NewEvent};
 
 /// Publishes waiting for the writer; a full queue makes publishers wait (backpressure).
 const QUEUE_DEPTH: usize = 4096;
@@ -389,7 +389,7 @@ async fn writer(
                     .arg(&event.channel)
                     .arg(event.kind.as_deref().unwrap_or(""))
                     .arg(event.id.as_deref().unwrap_or(""))
-                    .arg(envelope_tail(event, now));
+                    .arg(envelope_tail(now, event));
             }
         }
         let started = std::time::Instant::now();
@@ -431,13 +431,11 @@ async fn writer(
     }
 }
 
-/// The envelope after `{"seq":N`, which only the script knows: the same bytes
-/// [`Event::encode`] writes.
-fn envelope_tail(event: &NewEvent, time_ms: u64) -> Vec<u8> {
-    let whole = Event::encode(0, time_ms, event);
-    let env = whole.envelope();
-    // `{"seq":0` is 8 bytes.
-    env[8..].to_vec()
+/// The envelope after `{"seq":N` (the script adds that part).
+fn envelope_tail(time_ms: u64, event: &NewEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80 + event.channel.len() + event.data.get().len());
+    push_envelope_tail(&mut out, time_ms, event);
+    out
 }
 
 /// Applies retention on a timer. Every node runs it; the script makes that harmless.
@@ -895,7 +893,7 @@ mod tests {
         // What the append script does: `{"seq":` .. seq .. tail.
         let mut made = b"{\"seq\":".to_vec();
         made.extend_from_slice(b"9007199254740991");
-        made.extend_from_slice(&envelope_tail(&new, 1_764_000_000_123));
+        made.extend_from_slice(&envelope_tail(1_764_000_000_123, &new));
         let embedded = Event::encode(9_007_199_254_740_991, 1_764_000_000_123, &new);
         assert_eq!(made, embedded.envelope()[..]);
     }
