@@ -23,6 +23,26 @@ pub struct Redis {
     persist: bool,
 }
 
+/// A free loopback port below the kernel's ephemeral range. Redis is killed and restarted on
+/// its port while nodes keep reconnecting to it; a port from the ephemeral range can be
+/// handed to one of those reconnecting sockets (a TCP self-connect), and Redis then cannot
+/// bind it again.
+fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1024), low.saturating_sub(1));
+    loop {
+        let mut b = [0u8; 2];
+        getrandom::fill(&mut b).unwrap();
+        let port = from + u16::from_le_bytes(b) % (to - from);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl Redis {
     /// Starts Redis, or returns None (outside CI) when redis-server is not installed.
     pub fn start() -> Option<Redis> {
@@ -45,11 +65,7 @@ impl Redis {
             eprintln!("SKIPPED: {msg}");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut redis = Redis {
             child: None,
             port,
@@ -136,61 +152,82 @@ impl Seen {
     }
 }
 
-/// Follows `query` over SSE on `nodes[at]` (moving to the next node if that one dies),
-/// resuming from the last id, until `stop`.
-fn sse_follower(
+/// Runs one subscriber on `nodes[at]` and, each time its connection fails or ends, again on
+/// the next node (as a client behind a balancer would), until `stop`.
+fn fail_over<F, Fut>(
     nodes: Arc<Vec<(String, String)>>,
     at: usize,
-    channels: &'static str,
-    seen: Arc<Mutex<Seen>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
+    mut session: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut((String, String), Arc<std::sync::atomic::AtomicBool>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         let mut node = at;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let last = seen.lock().unwrap().last;
-            let url = format!("{}/v1/sse?{channels}", nodes[node].0);
-            let req = reqwest::Client::new()
-                .get(&url)
-                .header("Last-Event-ID", last.to_string());
-            let Ok(Ok(response)) = tokio::time::timeout(WAIT, req.send()).await else {
-                node = (node + 1) % nodes.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            if response.status() != 200 {
-                node = (node + 1) % nodes.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            let mut body = response.bytes_stream();
-            let mut reader = herald::cli::SseReader::default();
-            use futures_util::StreamExt;
-            loop {
-                let chunk = tokio::select! {
-                    c = body.next() => c,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) { return; }
-                        continue;
-                    }
-                };
-                let Some(Ok(chunk)) = chunk else { break };
-                for event in reader.push(&chunk) {
-                    if event.name.as_deref() == Some("reset") {
-                        continue;
-                    }
-                    let v: Value = serde_json::from_str(&event.data).unwrap();
-                    seen.lock().unwrap().add(&v);
-                }
-            }
-            // The stream ended (node died): resume elsewhere.
+            session(nodes[node].clone(), stop.clone()).await;
             node = (node + 1) % nodes.len();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
 }
 
-/// Follows `channels` over WebSocket on `nodes[at]`, resuming with `since` on another node
-/// if the connection drops.
+/// The next item of `stream`, looking at `stop` meanwhile: None once stopped.
+async fn next_or_stop<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<Option<S::Item>> {
+    use futures_util::StreamExt;
+    loop {
+        tokio::select! {
+            item = stream.next() => return Some(item),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Follows `query` over SSE, resuming from the last id on every (re)connect.
+fn sse_follower(
+    nodes: Arc<Vec<(String, String)>>,
+    at: usize,
+    query: &'static str,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    fail_over(nodes, at, stop, move |(url, _), stop| {
+        let seen = seen.clone();
+        async move {
+            let last = seen.lock().unwrap().last;
+            let req = reqwest::Client::new()
+                .get(format!("{url}/v1/sse?{query}"))
+                .header("Last-Event-ID", last.to_string());
+            let Ok(Ok(response)) = tokio::time::timeout(WAIT, req.send()).await else {
+                return;
+            };
+            if response.status() != 200 {
+                return;
+            }
+            let mut body = response.bytes_stream();
+            let mut reader = herald::cli::SseReader::default();
+            while let Some(Some(Ok(chunk))) = next_or_stop(&mut body, &stop).await {
+                for event in reader.push(&chunk) {
+                    if event.name.as_deref() != Some("reset") {
+                        let v: Value = serde_json::from_str(&event.data).unwrap();
+                        seen.lock().unwrap().add(&v);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Follows `channels` over WebSocket, one subscription each, resuming each with `since`.
 fn ws_follower(
     nodes: Arc<Vec<(String, String)>>,
     at: usize,
@@ -198,19 +235,15 @@ fn ws_follower(
     seen: Arc<Mutex<Seen>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    tokio::spawn(async move {
-        let mut node = at;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    fail_over(nodes, at, stop, move |(_, ws_url), stop| {
+        let seen = seen.clone();
+        async move {
             let last = seen.lock().unwrap().last_of.clone();
-            let url = format!("{}/v1/ws", nodes[node].1);
-            let Ok(Ok((mut ws, _))) =
-                tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url)).await
-            else {
-                node = (node + 1) % nodes.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+            let connect = tokio_tungstenite::connect_async(format!("{ws_url}/v1/ws"));
+            let Ok(Ok((mut ws, _))) = tokio::time::timeout(WAIT, connect).await else {
+                return;
             };
             for c in channels {
                 let since = last.get(*c).copied().unwrap_or(0);
@@ -220,25 +253,16 @@ fn ws_follower(
                     .await
                     .is_err()
                 {
-                    break;
+                    return;
                 }
             }
-            loop {
-                let msg = tokio::select! {
-                    m = ws.next() => m,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) { return; }
-                        continue;
-                    }
-                };
-                let Some(Ok(msg)) = msg else { break };
+            while let Some(Some(Ok(msg))) = next_or_stop(&mut ws, &stop).await {
                 let Message::Text(t) = msg else { continue };
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
                 if v["op"] == "event" {
                     seen.lock().unwrap().add(&v);
                 }
             }
-            node = (node + 1) % nodes.len();
         }
     })
 }
@@ -1071,11 +1095,7 @@ async fn nodes_reach_redis_over_tls_and_refuse_an_unknown_certificate() {
         eprintln!("SKIPPED: {msg}");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut redis = Command::new("redis-server")
         .args([
             "--bind",
