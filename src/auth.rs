@@ -3,6 +3,12 @@
 //! Auth is on as soon as an API key or a JWT key is configured. Off, Herald is open, which
 //! `server` allows only on loopback. Credentials come from `Authorization: Bearer`, the `token`
 //! query parameter, or the `herald_token` cookie (EventSource cannot set headers).
+//!
+//! Where a credential came from matters. A browser attaches a cookie to any request, whoever's
+//! page made it, and a URL ends up in logs and histories. So an API key counts only in the
+//! `Authorization` header; the cookie counts only on reads (SSE, WebSocket upgrade, history),
+//! where a forged request gains its sender nothing it can read. Browsers that hold an API key
+//! trade it for a short-lived session token (`POST /v1/tokens`) to put in a URL.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::AuthConfig;
 use crate::event::Pattern;
+
+/// The furthest ahead an expiry is taken literally.
+const MAX_TOKEN_HORIZON: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 5;
@@ -27,7 +36,30 @@ pub enum AuthError {
     Expired,
     #[error("not allowed: {0}")]
     Forbidden(String),
+    #[error("API keys are accepted only in the Authorization header; in a URL or cookie use a token (POST /v1/tokens or herald token)")]
+    KeyOutsideHeader,
 }
+
+/// Where the request may carry its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Unsafe methods: the `Authorization` header (or `?token=` for a token).
+    Write,
+    /// Reads: also the `herald_token` cookie.
+    Read,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// The `kid` of session tokens minted by `POST /v1/tokens`.
+pub const SESSION_KID: &str = "herald-session";
+/// Longest a session token may live: it is meant for a URL, which leaks into logs.
+pub const MAX_SESSION_SECS: u64 = 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -79,10 +111,17 @@ impl Principal {
         }
     }
 
-    /// When this principal's access ends (tokens only).
+    /// When this principal's access ends (tokens only). A far-future `exp` (up to u64::MAX,
+    /// which would overflow time arithmetic) counts as a century from now.
     pub fn expires_at(&self) -> Option<SystemTime> {
         match self {
-            Principal::Token { exp, .. } => Some(UNIX_EPOCH + Duration::from_secs(*exp)),
+            Principal::Token { exp, .. } => {
+                let limit = SystemTime::now() + MAX_TOKEN_HORIZON;
+                let at = UNIX_EPOCH
+                    .checked_add(Duration::from_secs(*exp))
+                    .unwrap_or(limit);
+                Some(at.min(limit))
+            }
             _ => None,
         }
     }
@@ -96,6 +135,9 @@ enum Verifier {
 
 pub struct Auth {
     api_keys: Vec<Vec<u8>>,
+    /// Signs session tokens; derived from the first API key, so every node of a cluster (same
+    /// config) agrees on it and changing the keys revokes the sessions.
+    session_key: Option<Vec<u8>>,
     verifier: Option<Verifier>,
     public: Vec<Pattern>,
 }
@@ -113,6 +155,20 @@ impl Auth {
         if !config.jwt_public_key.is_empty() {
             keys.extend(load_public_keys(&config.jwt_public_key)?);
         }
+        let session_key = config.api_keys.iter().find(|k| !k.is_empty()).map(|k| {
+            use hmac::Mac;
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(k.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(b"herald session tokens v1");
+            mac.finalize().into_bytes().to_vec()
+        });
+        if let Some(key) = &session_key {
+            keys.push((
+                Some(SESSION_KID.to_string()),
+                DecodingKey::from_secret(key),
+                Algorithm::HS256,
+            ));
+        }
         let public = config
             .public_channels
             .iter()
@@ -126,8 +182,17 @@ impl Auth {
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
             verifier: (!keys.is_empty()).then_some(Verifier::Keys { keys }),
+            session_key,
             public,
         })
+    }
+
+    /// Mints a session token (`POST /v1/tokens`); None without API keys.
+    pub fn mint_session(&self, claims: &Claims) -> Option<String> {
+        let key = self.session_key.as_ref()?;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(SESSION_KID.into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key)).ok()
     }
 
     /// Auth is off: no key of any kind is configured.
@@ -139,16 +204,18 @@ impl Auth {
         !self.api_keys.is_empty()
     }
 
-    /// Identifies the caller from a bearer token, the `token` query parameter or the cookie.
+    /// Identifies the caller from a bearer token, the `token` query parameter or (on reads)
+    /// the cookie.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
+        via: Via,
     ) -> Result<Principal, AuthError> {
         if self.is_open() {
             return Ok(Principal::Open);
         }
-        let Some(credential) = credential(headers, query_token) else {
+        let Some((credential, source)) = credential(headers, query_token, via) else {
             return Ok(Principal::Anonymous);
         };
         // Compare against every key, so timing says nothing about which one matched.
@@ -159,6 +226,9 @@ impl Auth {
             }
         }
         if let Some(key) = found {
+            if source != Source::Header {
+                return Err(AuthError::KeyOutsideHeader);
+            }
             return Ok(Principal::Admin { key });
         }
         match &self.verifier {
@@ -297,7 +367,11 @@ fn load_public_keys(
     ))
 }
 
-fn credential(headers: &HeaderMap, query_token: Option<&str>) -> Option<String> {
+fn credential(
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    via: Via,
+) -> Option<(String, Source)> {
     if let Some(v) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -306,11 +380,14 @@ fn credential(headers: &HeaderMap, query_token: Option<&str>) -> Option<String> 
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
         {
-            return Some(token.trim().to_string());
+            return Some((token.trim().to_string(), Source::Header));
         }
     }
     if let Some(t) = query_token.filter(|t| !t.is_empty()) {
-        return Some(t.to_string());
+        return Some((t.to_string(), Source::Query));
+    }
+    if via != Via::Read {
+        return None;
     }
     headers
         .get_all(axum::http::header::COOKIE)
@@ -318,6 +395,7 @@ fn credential(headers: &HeaderMap, query_token: Option<&str>) -> Option<String> 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|c| c.trim().strip_prefix("herald_token=").map(str::to_string))
+        .map(|c| (c, Source::Cookie))
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a key matched.
@@ -391,15 +469,15 @@ mod tests {
     fn keys_tokens_and_scopes() {
         let a = auth(&["k1"], "s3cret", &["news"]);
         assert!(matches!(
-            a.authenticate(&bearer("k1"), None),
+            a.authenticate(&bearer("k1"), None, Via::Write),
             Ok(Principal::Admin { key: 0 })
         ));
         assert_eq!(
-            a.authenticate(&bearer("k2"), None).unwrap_err(),
+            a.authenticate(&bearer("k2"), None, Via::Write).unwrap_err(),
             AuthError::Invalid
         );
         assert!(matches!(
-            a.authenticate(&HeaderMap::new(), None),
+            a.authenticate(&HeaderMap::new(), None, Via::Write),
             Ok(Principal::Anonymous)
         ));
         let token = mint(
@@ -407,7 +485,7 @@ mod tests {
             &claims(&["user:1", "room:*"], &["room:1"], now_secs() + 60),
         )
         .unwrap();
-        let p = a.authenticate(&HeaderMap::new(), Some(&token)).unwrap();
+        let p = a.authenticate(&HeaderMap::new(), Some(&token), Via::Write).unwrap();
         assert!(a.check_subscribe(&p, "user:1").is_ok());
         assert!(a.check_subscribe(&p, "user:2").is_err());
         assert!(
@@ -422,12 +500,12 @@ mod tests {
         assert!(a.require_admin(&p).is_err());
         let expired = mint("s3cret", &claims(&["*"], &[], now_secs() - 60)).unwrap();
         assert_eq!(
-            a.authenticate(&bearer(&expired), None).unwrap_err(),
+            a.authenticate(&bearer(&expired), None, Via::Write).unwrap_err(),
             AuthError::Expired
         );
         let forged = mint("other", &claims(&["*"], &[], now_secs() + 60)).unwrap();
         assert_eq!(
-            a.authenticate(&bearer(&forged), None).unwrap_err(),
+            a.authenticate(&bearer(&forged), None, Via::Write).unwrap_err(),
             AuthError::Invalid
         );
         let mut cookie = HeaderMap::new();
@@ -436,9 +514,34 @@ mod tests {
             format!("a=b; herald_token={token}").parse().unwrap(),
         );
         assert!(matches!(
-            a.authenticate(&cookie, None),
+            a.authenticate(&cookie, None, Via::Read),
             Ok(Principal::Token { .. })
         ));
+        assert!(
+            matches!(
+                a.authenticate(&cookie, None, Via::Write),
+                Ok(Principal::Anonymous)
+            ),
+            "no cookie on writes"
+        );
+        let mut key_cookie = HeaderMap::new();
+        key_cookie.insert("cookie", "herald_token=k1".parse().unwrap());
+        assert_eq!(
+            a.authenticate(&key_cookie, None, Via::Read).unwrap_err(),
+            AuthError::KeyOutsideHeader
+        );
+        assert_eq!(
+            a.authenticate(&HeaderMap::new(), Some("k1"), Via::Read)
+                .unwrap_err(),
+            AuthError::KeyOutsideHeader
+        );
+        let session = a
+            .mint_session(&claims(&["s:*"], &[], now_secs() + 60))
+            .unwrap();
+        let p = a
+            .authenticate(&HeaderMap::new(), Some(&session), Via::Read)
+            .unwrap();
+        assert!(a.check_subscribe(&p, "s:1").is_ok() && a.check_subscribe(&p, "t").is_err());
         assert!(auth(&[], "", &[]).is_open());
     }
 

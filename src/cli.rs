@@ -430,6 +430,12 @@ async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
 async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let mut printed = 0u64;
     follow(&args.client, &args.channels, args.since, async |event| {
+        // One envelope per line, or nothing: a frame that is not one JSON value would break
+        // every consumer of the NDJSON stream, so it is reported and skipped.
+        if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(&event.data) {
+            eprintln!("herald: {}: not a JSON envelope ({e}); skipped", frame_name(&event));
+            return Ok(true);
+        }
         println!("{}", event.data);
         printed += 1;
         Ok(args.count.is_none_or(|n| printed < n))
@@ -519,7 +525,13 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             #[serde(borrow)]
             data: &'a serde_json::value::RawValue,
         }
-        let envelope: Envelope = serde_json::from_str(&event.data)?;
+        let envelope: Envelope = match serde_json::from_str(&event.data) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                eprintln!("herald: {}: not a JSON envelope ({e}); skipped", frame_name(&event));
+                return Ok(true);
+            }
+        };
         let seq = envelope.seq;
         let request = match crate::http::hooks::restore(envelope.data.get()) {
             Ok(r) => r,
@@ -547,6 +559,14 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// How a frame is named in a warning: by its id when it has one.
+fn frame_name(event: &SseEvent) -> String {
+    match event.id {
+        Some(id) => format!("seq {id}"),
+        None => "a frame without an id".into(),
+    }
+}
+
 /// One parsed SSE event.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SseEvent {
@@ -556,50 +576,73 @@ pub struct SseEvent {
 }
 
 /// An incremental `text/event-stream` parser (the HTML5 rules that Herald's frames use:
-/// `id`, `event`, `data`, comments, blank-line dispatch).
+/// `id`, `event`, `data`, comments, blank-line dispatch; lines end in CRLF, LF or a lone CR).
 #[derive(Debug, Default)]
 pub struct SseReader {
     buffer: Vec<u8>,
     current: SseEvent,
     has_data: bool,
+    /// The last chunk ended in CR: an LF starting the next one belongs to that line end.
+    after_cr: bool,
 }
 
 impl SseReader {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        let mut chunk = chunk;
+        if self.after_cr {
+            self.after_cr = false;
+            chunk = chunk.strip_prefix(b"\n").unwrap_or(chunk);
+        }
         self.buffer.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]);
-            let line = line.strip_suffix('\r').unwrap_or(&line);
-            if line.is_empty() {
-                if self.has_data {
-                    out.push(std::mem::take(&mut self.current));
-                } else {
-                    self.current = SseEvent::default();
+        let mut start = 0;
+        while let Some(at) = self.buffer[start..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+        {
+            let end = start + at;
+            let line = String::from_utf8_lossy(&self.buffer[start..end]).into_owned();
+            start = end + 1;
+            if self.buffer[end] == b'\r' {
+                match self.buffer.get(start) {
+                    Some(b'\n') => start += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
                 }
-                self.has_data = false;
-                continue;
             }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "id" => self.current.id = value.parse().ok(),
-                "event" => self.current.name = Some(value.to_string()),
-                "data" => {
-                    if self.has_data {
-                        self.current.data.push('\n');
-                    }
-                    self.current.data.push_str(value);
-                    self.has_data = true;
-                }
-                _ => {}
-            }
+            self.line(&line, &mut out);
         }
+        self.buffer.drain(..start);
         out
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            if self.has_data {
+                out.push(std::mem::take(&mut self.current));
+            } else {
+                self.current = SseEvent::default();
+            }
+            self.has_data = false;
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => self.current.id = value.parse().ok(),
+            "event" => self.current.name = Some(value.to_string()),
+            "data" => {
+                if self.has_data {
+                    self.current.data.push('\n');
+                }
+                self.current.data.push_str(value);
+                self.has_data = true;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -627,6 +670,16 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn sse_reader_takes_every_line_ending() {
+        let mut r = SseReader::default();
+        let got = r.push(b"id: 1\r\ndata: a\r\n\r\nid: 2\rdata: b\r");
+        assert_eq!(got.len(), 1);
+        let got2 = r.push(b"\ndata: c\n\n");
+        assert_eq!(got2[0].data, "b\nc", "a CR then LF across chunks is one line end");
+        assert_eq!((got[0].id, got2[0].id), (Some(1), Some(2)));
     }
 
     #[test]

@@ -137,8 +137,17 @@ pub struct LimitsConfig {
     pub max_batch: usize,
     /// Largest HTTP request body.
     pub max_body_bytes: usize,
-    /// Most subscriptions one WebSocket connection may hold.
+    /// Most subscriptions one connection may hold (WebSocket subscriptions, or channels in
+    /// one SSE or WebSocket URL).
     pub max_subscriptions: usize,
+    /// Most of those that may be patterns: each is tested against every published event.
+    pub max_patterns: usize,
+    /// How long a client may take to send a request body; a stalled upload is cut off.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// IPv6 clients are counted per network of this prefix length for the per-IP limits (a
+    /// single host usually holds a whole /64).
+    pub ipv6_prefix: u8,
     /// Largest request head (request line and headers).
     pub max_header_bytes: usize,
     /// Open connections, in total and per client IP.
@@ -160,6 +169,9 @@ impl Default for LimitsConfig {
             max_batch: 1000,
             max_body_bytes: 8 * 1024 * 1024,
             max_subscriptions: 100,
+            max_patterns: 10,
+            body_timeout: Duration::from_secs(10),
+            ipv6_prefix: 64,
             max_header_bytes: 16 * 1024,
             max_connections: 100_000,
             max_connections_per_ip: 10_000,

@@ -132,6 +132,10 @@ impl Filter {
         !self.patterns.is_empty()
     }
 
+    pub fn patterns(&self) -> impl Iterator<Item = &Pattern> {
+        self.patterns.iter()
+    }
+
     pub fn matches(&self, channel: &str) -> bool {
         self.channels.contains(channel) || self.patterns.iter().any(|p| p.matches(channel))
     }
@@ -263,7 +267,7 @@ pub fn push_envelope_tail(out: &mut Vec<u8>, time_ms: u64, new: &NewEvent) {
         push_json_str(out, kind);
     }
     out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(new.data.get().as_bytes());
+    push_single_line(out, new.data.get().as_bytes());
     out.extend_from_slice(b",\"time\":\"");
     out.extend_from_slice(format_time(time_ms).as_bytes());
     out.push(b'"');
@@ -272,6 +276,22 @@ pub fn push_envelope_tail(out: &mut Vec<u8>, time_ms: u64, new: &NewEvent) {
         push_json_str(out, id);
     }
     out.push(b'}');
+}
+
+/// Copies JSON text with every raw CR and LF turned into a space. In valid JSON those bytes
+/// can only be insignificant whitespace (inside a string they must be escaped), so the value
+/// is unchanged, and the envelope stays one line: one SSE `data:` line, one NDJSON line.
+/// This is the only place data enters an envelope, so the invariant holds for every ingest.
+fn push_single_line(out: &mut Vec<u8>, json: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(json);
+    if json.iter().any(|&b| b == b'\n' || b == b'\r') {
+        for b in &mut out[start..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
+    }
 }
 
 /// Shared handle to a committed event.
@@ -361,6 +381,20 @@ mod tests {
             .ws_text()
             .as_str()
             .starts_with(r#"{"op":"event","seq":42,"channel""#));
+    }
+
+    #[test]
+    fn envelopes_never_hold_a_raw_line_break() {
+        let new = NewEvent {
+            channel: "x".into(),
+            kind: None,
+            data: RawValue::from_string("[1,\n\r\n2, {\"a\":\r\"b\\nc\"}]".into()).unwrap(),
+            id: None,
+        };
+        let ev = Event::encode(1, 0, &new);
+        assert!(!ev.envelope().iter().any(|&b| b == b'\n' || b == b'\r'));
+        let v: serde_json::Value = serde_json::from_slice(ev.envelope()).unwrap();
+        assert_eq!(v["data"], serde_json::json!([1, 2, {"a": "b\nc"}]));
     }
 
     #[test]

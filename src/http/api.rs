@@ -9,13 +9,16 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{parse_cursor, query_pairs, query_token, ApiError, AppState, Connection};
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Principal, Via};
 use crate::config::LimitsConfig;
 use crate::event::{validate_channel, Filter, NewEvent, MAX_NAME_LEN};
 use crate::log::Appended;
 use axum::http::HeaderMap;
 use axum::Extension;
 use std::sync::Arc;
+
+/// The type of events made by `POST /v1/hooks/{channel}`, and only there.
+pub const HOOK_TYPE: &str = "webhook";
 
 /// An event as a publisher sends it (HTTP body or WebSocket `publish`).
 #[derive(Debug, Deserialize)]
@@ -38,6 +41,14 @@ impl EventIn {
                 return Err(ApiError::bad_request(
                     "invalid_type",
                     "type must be 1-200 characters of A-Z a-z 0-9 _ . : @ / -",
+                ));
+            }
+            // `herald forward` replays `webhook` events as HTTP requests to a developer's
+            // app: only `/v1/hooks` may make one, or any publisher could forge a request.
+            if kind == HOOK_TYPE {
+                return Err(ApiError::bad_request(
+                    "reserved_type",
+                    "type \"webhook\" is reserved for requests captured by /v1/hooks",
                 ));
             }
         }
@@ -156,7 +167,7 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     // Credentials first: an unauthenticated client does not get its body read.
-    let principal = app.principal(&headers, None)?;
+    let principal = app.principal(&headers, None, Via::Write)?;
     if matches!(principal, Principal::Anonymous) {
         return Err(AuthError::Missing.into());
     }
@@ -191,7 +202,7 @@ pub async fn history(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(query.as_deref())?;
-    let principal = app.principal(&headers, query_token(&pairs))?;
+    let principal = app.principal(&headers, query_token(&pairs), Via::Read)?;
     let mut after = 0;
     let mut limit = 100;
     let mut channels = Vec::new();
@@ -289,7 +300,8 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "log_unavailable",
-            "the shared event log (redis) is unreachable",
+            "the event log is not accepting writes (Redis is unreachable, or a storage \
+             failure halted it: see the server log)",
         )
         .into_response()
     } else {
@@ -353,6 +365,10 @@ mod tests {
         check(
             r#"{"channel":"a","type":"x\ny","data":1}"#,
             Err(("invalid_type", 400)),
+        );
+        check(
+            r#"{"channel":"a","type":"webhook","data":1}"#,
+            Err(("reserved_type", 400)),
         );
         check(
             r#"{"channel":"a","id":"","data":1}"#,

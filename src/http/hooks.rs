@@ -119,48 +119,102 @@ fn fresh(timestamp: &str, now: u64) -> Result<(), Unsigned> {
     Ok(())
 }
 
+/// Most signatures one request may offer: senders list one or two (two while a secret is
+/// rotated). More is not a sender but someone making each request cost many MACs.
+const MAX_SIGNATURES: usize = 4;
+
+/// A request whose signature headers are well formed and fresh, ready to check against its
+/// body. Split from the body check so a stale or malformed request is refused before its
+/// body is read.
+struct Signed {
+    /// What the MAC covers before the body (`t.` for Stripe, `id.ts.` for Standard Webhooks).
+    prefix: Vec<u8>,
+    /// Candidate MACs: each exactly 32 bytes, at most [`MAX_SIGNATURES`].
+    candidates: Vec<[u8; 32]>,
+    /// The sender's delivery id where the signature covers it (Standard Webhooks).
+    signed_id: Option<String>,
+}
+
+impl Signed {
+    /// One MAC over the body, then constant-time comparisons with each candidate.
+    fn verify(&self, key: &[u8], body: &[u8]) -> Result<[u8; 32], Unsigned> {
+        let mut mac = hmac(key);
+        mac.update(&self.prefix);
+        mac.update(body);
+        let expected: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut found = false;
+        for candidate in &self.candidates {
+            found |= constant_time_eq(candidate, &expected);
+        }
+        if found {
+            Ok(expected)
+        } else {
+            Err(Unsigned("the signature does not match"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Collects well-formed candidates, refusing a request that offers too many.
+fn candidates<'a>(
+    values: impl Iterator<Item = &'a str>,
+    decode: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Vec<[u8; 32]>, Unsigned> {
+    let mut out = Vec::new();
+    for value in values {
+        if out.len() == MAX_SIGNATURES {
+            return Err(Unsigned("too many signatures"));
+        }
+        if let Some(sig) = decode(value).and_then(|s| <[u8; 32]>::try_from(s).ok()) {
+            out.push(sig);
+        }
+    }
+    if out.is_empty() {
+        return Err(Unsigned("no well-formed signature"));
+    }
+    Ok(out)
+}
+
 impl Rule {
-    /// Checks the sender's signature over the exact body. Comparisons are constant-time
-    /// (`verify_slice`).
-    fn verify(&self, headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), Unsigned> {
+    /// Checks what can be checked from the headers alone: the signature is present and well
+    /// formed, and its timestamp is fresh.
+    fn precheck(&self, headers: &HeaderMap, now: u64) -> Result<Option<Signed>, Unsigned> {
         match self.verify {
-            HookVerify::None => Ok(()),
+            HookVerify::None => Ok(None),
             HookVerify::Github => {
                 let sig = header(headers, "x-hub-signature-256")
                     .ok_or(Unsigned("missing X-Hub-Signature-256"))?;
-                let sig = sig
-                    .strip_prefix("sha256=")
-                    .and_then(|h| hex::decode(h).ok())
-                    .ok_or(Unsigned("X-Hub-Signature-256 is not sha256=<hex>"))?;
-                let mut mac = hmac(&self.key);
-                mac.update(body);
-                mac.verify_slice(&sig)
-                    .map_err(|_| Unsigned("the signature does not match"))
+                let candidates = candidates(std::iter::once(sig), |s| {
+                    s.strip_prefix("sha256=").and_then(|h| hex::decode(h).ok())
+                })
+                .map_err(|_| Unsigned("X-Hub-Signature-256 is not sha256=<64 hex digits>"))?;
+                Ok(Some(Signed {
+                    prefix: Vec::new(),
+                    candidates,
+                    signed_id: None,
+                }))
             }
             HookVerify::Stripe => {
                 let value = header(headers, "stripe-signature")
                     .ok_or(Unsigned("missing Stripe-Signature"))?;
-                let mut t = None;
-                let mut sigs = Vec::new();
-                for part in value.split(',') {
-                    match part.trim().split_once('=') {
-                        Some(("t", v)) => t = Some(v),
-                        Some(("v1", v)) => sigs.extend(hex::decode(v).ok()),
-                        _ => {}
-                    }
-                }
-                let t = t.ok_or(Unsigned("Stripe-Signature has no t="))?;
+                let parts = || value.split(',').filter_map(|p| p.trim().split_once('='));
+                let t = parts()
+                    .find(|(k, _)| *k == "t")
+                    .map(|(_, v)| v)
+                    .ok_or(Unsigned("Stripe-Signature has no t="))?;
                 fresh(t, now)?;
-                let matches = sigs.iter().any(|sig| {
-                    let mut mac = hmac(&self.key);
-                    mac.update(t.as_bytes());
-                    mac.update(b".");
-                    mac.update(body);
-                    mac.verify_slice(sig).is_ok()
-                });
-                matches
-                    .then_some(())
-                    .ok_or(Unsigned("no v1 signature matches"))
+                let candidates = candidates(
+                    parts().filter(|(k, _)| *k == "v1").map(|(_, v)| v),
+                    |h| hex::decode(h).ok(),
+                )?;
+                Ok(Some(Signed {
+                    prefix: format!("{t}.").into_bytes(),
+                    candidates,
+                    signed_id: None,
+                }))
             }
             HookVerify::Standard => {
                 let id = header(headers, "webhook-id").ok_or(Unsigned("missing webhook-id"))?;
@@ -169,31 +223,36 @@ impl Rule {
                 let sigs = header(headers, "webhook-signature")
                     .ok_or(Unsigned("missing webhook-signature"))?;
                 fresh(ts, now)?;
-                let matches = sigs
-                    .split(' ')
-                    .filter_map(|s| s.strip_prefix("v1,"))
-                    .filter_map(|s| STANDARD.decode(s).ok())
-                    .any(|sig| {
-                        let mut mac = hmac(&self.key);
-                        mac.update(id.as_bytes());
-                        mac.update(b".");
-                        mac.update(ts.as_bytes());
-                        mac.update(b".");
-                        mac.update(body);
-                        mac.verify_slice(&sig).is_ok()
-                    });
-                matches
-                    .then_some(())
-                    .ok_or(Unsigned("no v1 signature matches"))
+                let candidates = candidates(
+                    sigs.split(' ').filter_map(|s| s.strip_prefix("v1,")),
+                    |b| STANDARD.decode(b).ok(),
+                )?;
+                Ok(Some(Signed {
+                    prefix: format!("{id}.{ts}.").into_bytes(),
+                    candidates,
+                    signed_id: Some(id.to_string()),
+                }))
             }
         }
     }
 
-    /// The sender's own delivery id, so a redelivery of the same request is deduplicated.
-    fn delivery_id(&self, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    /// Checks the sender's signature over the exact body (for tests and callers that have
+    /// both at once).
+    #[cfg(test)]
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), Unsigned> {
+        match self.precheck(headers, now)? {
+            None => Ok(()),
+            Some(signed) => signed.verify(&self.key, body).map(|_| ()),
+        }
+    }
+
+    /// What deduplicates a redelivery of the same request, from signed material only: an
+    /// unsigned delivery id (GitHub's) could be changed by anyone replaying a request they
+    /// saw, so GitHub deliveries are keyed by their signature, which only a new body changes.
+    fn delivery_id(&self, signed: &Signed, mac: &[u8; 32], body: &[u8]) -> Option<String> {
         match self.verify {
-            HookVerify::Github => header(headers, "x-github-delivery").map(str::to_string),
-            HookVerify::Standard => header(headers, "webhook-id").map(str::to_string),
+            HookVerify::Github => Some(format!("sha256={}", hex::encode(mac))),
+            HookVerify::Standard => signed.signed_id.clone(),
             HookVerify::Stripe => serde_json::from_slice::<serde_json::Value>(body)
                 .ok()?
                 .get("id")?
@@ -287,10 +346,15 @@ pub fn restore(data: &str) -> Result<Restored, String> {
         "te",
         "trailer",
     ];
+    // Credentials are never replayed, whatever the event says: capture leaves them out, so
+    // one present here was put there by someone else.
     let headers = c
         .headers
         .into_iter()
-        .filter(|(k, _)| !HOP.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            !HOP.contains(&k.as_str()) && !PRIVATE_HEADERS.contains(&k.as_str())
+        })
         .collect();
     Ok(Restored {
         method: c.method,
@@ -301,10 +365,13 @@ pub fn restore(data: &str) -> Result<Restored, String> {
 }
 
 /// `json` only when the body is one JSON value with nothing around it (surrounding
-/// whitespace would be lost by embedding); `text` for other UTF-8; `base64` for the rest.
+/// whitespace would be lost by embedding) and on one line (an envelope never holds a raw CR
+/// or LF, so a pretty-printed body's line breaks would become spaces and its signature would
+/// no longer verify); `text` for other UTF-8; `base64` for the rest.
 fn encode_body(body: &[u8]) -> (&'static str, String) {
+    let one_line = !body.iter().any(|&b| b == b'\n' || b == b'\r');
     if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
-        if raw.get().len() == body.len() {
+        if raw.get().len() == body.len() && one_line {
             return ("json", raw.get().to_string());
         }
     }
@@ -333,7 +400,7 @@ pub async fn receive(
     let principal = match rule {
         Some(_) => Principal::Anonymous,
         None => {
-            let principal = app.principal(&headers, None)?;
+            let principal = app.principal(&headers, None, crate::auth::Via::Write)?;
             if matches!(principal, Principal::Anonymous) {
                 return Err(AuthError::Missing.into());
             }
@@ -342,16 +409,23 @@ pub async fn receive(
         }
     };
     let limits = &app.config.limits;
-    let body = read_body(body, limits.max_body_bytes).await?;
+    let unsigned =
+        |Unsigned(why)| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", why);
+    // Headers first: a stale or malformed signature is refused before the body is read.
+    let signed = match rule {
+        Some(rule) => rule
+            .precheck(&headers, crate::event::now_ms() / 1000)
+            .map_err(unsigned)?,
+        None => None,
+    };
+    // The captured request must fit in one event, so no body larger than that is read.
+    let body = read_body(body, limits.max_body_bytes.min(limits.max_event_bytes)).await?;
     let mut id = None;
-    if let Some(rule) = rule {
-        rule.verify(&headers, &body, crate::event::now_ms() / 1000)
-            .map_err(|Unsigned(why)| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", why)
-            })?;
+    if let (Some(rule), Some(signed)) = (rule, &signed) {
+        let mac = signed.verify(&rule.key, &body).map_err(unsigned)?;
         id = rule
-            .delivery_id(&headers, &body)
-            .map(|d| format!("hook:{channel}:{d}"))
+            .delivery_id(signed, &mac, &body)
+            .map(|d| format!("hook:{d}"))
             .filter(|d| d.len() <= MAX_NAME_LEN && !d.chars().any(char::is_control));
     }
     let data = capture(&method, &uri, &headers, &body);
@@ -368,7 +442,7 @@ pub async fn receive(
     app.take_publish_budget(&principal, conn.peer.ip(), 1)?;
     let event = NewEvent {
         channel,
-        kind: Some("webhook".into()),
+        kind: Some(super::api::HOOK_TYPE.into()),
         data: RawValue::from_string(data).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?,
@@ -426,7 +500,13 @@ mod tests {
         let body = br#"{"id":"evt_1"}"#;
         assert_eq!(r.verify(&h, body, 1_700_000_100), Ok(()));
         assert!(r.verify(&h, body, 1_700_000_400).is_err(), "too old");
-        assert_eq!(r.delivery_id(&h, body).as_deref(), Some("evt_1"));
+        let signed = r.precheck(&h, 1_700_000_100).unwrap().unwrap();
+        let mac = signed.verify(&r.key, body).unwrap();
+        assert_eq!(r.delivery_id(&signed, &mac, body).as_deref(), Some("evt_1"));
+        // A flood of candidates is refused from the header alone, before any MAC.
+        let many = format!("t=1700000000{}", ",v1=".repeat(4000));
+        let h = headers(&[("stripe-signature", many)]);
+        assert!(r.precheck(&h, 1_700_000_100).is_err());
     }
 
     #[test]
@@ -469,6 +549,11 @@ mod tests {
         assert!(data.ends_with(r#""body":{"b": [1, 2.50]}}"#), "{data}");
         // Valid JSON with a trailing newline is kept as text: embedding would lose the newline.
         assert_eq!(get(b"{\"a\":1}\n")["body"], "{\"a\":1}\n");
+        // Pretty-printed JSON too: its line breaks cannot go into an envelope.
+        let pretty = b"{\r\n  \"a\": [\n    1\n  ]\n}";
+        let v = get(pretty);
+        assert_eq!(v["encoding"], "text");
+        assert_eq!(v["body"].as_str().unwrap().as_bytes(), pretty);
         assert_eq!(get(b"a=1&b=2")["encoding"], "text");
         let v = get(&[0xff, 0x00, 0x10]);
         assert_eq!(v["encoding"], "base64");

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, AuthError, Principal};
+use crate::auth::{Auth, AuthError, Principal, Via};
 use crate::config::Config;
 use crate::event::NameError;
 use crate::hub::Hub;
@@ -172,6 +172,23 @@ impl From<LogError> for ApiError {
                 err.retry_after = Some(1);
                 err
             }
+            LogError::Uncertain(_) => {
+                tracing::error!(error = %e, "log halted");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outcome_unknown",
+                    format!(
+                        "{e}: they may or may not have been stored. This server accepts no \
+                         more writes until it is restarted; publish again with the same ids \
+                         (a retry is never doubled)"
+                    ),
+                )
+            }
+            LogError::Halted => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_failed",
+                format!("{e}; nothing was written. Restart the server (see its log)"),
+            ),
             LogError::Storage(_) => {
                 tracing::error!(error = %e, "log error");
                 Self::new(
@@ -187,7 +204,7 @@ impl From<LogError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing | AuthError::Invalid => {
+            AuthError::Missing | AuthError::Invalid | AuthError::KeyOutsideHeader => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
             }
             AuthError::Expired => {
@@ -204,13 +221,14 @@ impl AppState {
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
+        via: Via,
     ) -> Result<Principal, ApiError> {
-        Ok(self.auth.authenticate(headers, query_token)?)
+        Ok(self.auth.authenticate(headers, query_token, via)?)
     }
 
     /// Webhook management needs an API key.
     pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let p = self.principal(headers, None)?;
+        let p = self.principal(headers, None, Via::Write)?;
         Ok(self.auth.require_admin(&p)?)
     }
 
@@ -280,6 +298,40 @@ impl From<NameError> for ApiError {
         };
         Self::bad_request(code, e.to_string())
     }
+}
+
+/// Refuses a set of subscriptions (channel names and patterns, as a URL or a WebSocket
+/// connection holds them) beyond `max_subscriptions`, or with more than `max_patterns`
+/// patterns, naming the limit.
+pub fn check_subscription_caps<'a>(
+    limits: &crate::config::LimitsConfig,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    let (mut total, mut patterns) = (0, 0);
+    for name in names {
+        total += 1;
+        patterns += usize::from(name.contains('*'));
+    }
+    if total > limits.max_subscriptions {
+        return Err(ApiError::bad_request(
+            "too_many_subscriptions",
+            format!(
+                "{total} channels; a connection may hold at most {} subscriptions \
+                 (limits.max_subscriptions)",
+                limits.max_subscriptions
+            ),
+        ));
+    }
+    if patterns > limits.max_patterns {
+        return Err(ApiError::bad_request(
+            "too_many_patterns",
+            format!(
+                "{patterns} patterns; a connection may hold at most {} (limits.max_patterns)",
+                limits.max_patterns
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a query string where keys may repeat (`channel=a&channel=b`).

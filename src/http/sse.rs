@@ -12,8 +12,11 @@ use axum::Extension;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
-use super::{parse_cursor, query_pairs, query_token, ApiError, AppState, Connection};
-use crate::auth::Principal;
+use super::{
+    check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState,
+    Connection,
+};
+use crate::auth::{Principal, Via};
 use crate::event::Filter;
 use crate::hub::{Item, Subscription, SubscriptionError};
 
@@ -38,7 +41,11 @@ pub async fn stream(
             "give at least one channel=NAME (or a pattern with *)",
         ));
     }
-    let principal = app.principal(&headers, query_token(&pairs))?;
+    let mut distinct = channels.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    check_subscription_caps(&app.config.limits, distinct)?;
+    let principal = app.principal(&headers, query_token(&pairs), Via::Read)?;
     for channel in &channels {
         app.auth.check_subscribe(&principal, channel)?;
     }
@@ -152,7 +159,9 @@ pub fn deadline(principal: &Principal) -> Option<tokio::time::Instant> {
     let left = at
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    Some(tokio::time::Instant::now() + left)
+    let now = tokio::time::Instant::now();
+    // `expires_at` is bounded, but an Instant overflowing would panic the handler: clamp.
+    Some(now.checked_add(left).unwrap_or(now + Duration::from_secs(86_400 * 365)))
 }
 
 /// Resolves at `at`, or never.

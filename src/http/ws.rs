@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::EventIn;
 use super::sse::{deadline, until};
-use super::{parse_cursor, query_pairs, query_token, ApiError, AppState, Connection};
+use super::{
+    check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState,
+    Connection,
+};
 use crate::auth::Principal;
 use crate::event::Filter;
 use crate::hub::{Item, Subscription, SubscriptionError};
@@ -67,12 +70,20 @@ pub async fn upgrade(
         ));
     }
     let pairs = query_pairs(query.as_deref())?;
-    let principal = app.principal(&headers, query_token(&pairs))?;
+    let principal = app.principal(&headers, query_token(&pairs), crate::auth::Via::Read)?;
     let since = match pairs.iter().find(|(k, _)| k == "since") {
         Some((_, v)) => Some(parse_cursor(v, "since")?),
         None => None,
     };
     let mut initial = Vec::new();
+    let mut distinct: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "channel")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    check_subscription_caps(&app.config.limits, distinct)?;
     for (_, channel) in pairs.iter().filter(|(k, _)| k == "channel") {
         let filter = Filter::parse([channel.as_str()])?;
         app.auth.check_subscribe(&principal, channel)?;
@@ -344,15 +355,12 @@ impl Session {
             let e = ApiError::from(e);
             return error(reference, e.code, &e.message);
         }
-        if !self.subs.contains_key(&channel)
-            && self.subs.len() >= self.app.config.limits.max_subscriptions
-        {
-            let limit = self.app.config.limits.max_subscriptions;
-            return error(
-                reference,
-                "too_many_subscriptions",
-                &format!("a connection may hold at most {limit} subscriptions"),
-            );
+        if !self.subs.contains_key(&channel) {
+            let held = self.subs.keys().map(String::as_str);
+            let after = held.chain(std::iter::once(channel.as_str()));
+            if let Err(e) = check_subscription_caps(&self.app.config.limits, after) {
+                return error(reference, e.code, &e.message);
+            }
         }
         // Subscribing again replaces the old subscription (say, to resume from a new `since`).
         self.add_subscription(channel.clone(), filter, m.since);

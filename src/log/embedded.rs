@@ -10,13 +10,14 @@
 //! Layout (partitions):
 //! - `events`: seq (u64 BE) -> record (time, channel, type, envelope)
 //! - `by_channel`: channel 0x00 seq (BE) -> empty; the per-channel index for history reads
-//! - `dedup`: publisher id -> seq (BE) + time ms (BE)
+//! - `dedup`: channel 0x00 publisher id -> seq (BE) + time ms (BE); an id is scoped to its
+//!   channel, so a publisher of one channel cannot shadow another channel's events
 //! - `meta`: `head` (last seq ever assigned, so seqs are never reused even after trimming),
 //!   `oldest` (first retained seq)
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -62,6 +63,8 @@ struct Store {
 
 pub struct EmbeddedLog {
     store: Store,
+    /// Set for good after a failed commit or sync (see `Writer::halt`).
+    halted: Arc<AtomicBool>,
     oldest: Arc<AtomicU64>,
     head: Arc<AtomicU64>,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
@@ -102,7 +105,10 @@ impl EmbeddedLog {
         let head = Arc::new(AtomicU64::new(head));
         let listener: Arc<RwLock<Option<Arc<dyn CommitListener>>>> = Arc::default();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let halted = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            halted: halted.clone(),
+            syncs_before_fault: fault_injection(),
             assigned: head.load(Ordering::Acquire),
             store: store.clone(),
             config: config.clone(),
@@ -117,6 +123,7 @@ impl EmbeddedLog {
         spawn_trim_timer(tx.clone(), config.trim_interval);
         Ok(Arc::new(EmbeddedLog {
             store,
+            halted,
             oldest,
             head,
             tx: Mutex::new(Some(tx)),
@@ -180,6 +187,10 @@ impl Log for EmbeddedLog {
             oldest: self.oldest.load(Ordering::Acquire),
             head: self.head.load(Ordering::Acquire),
         }
+    }
+
+    fn ready(&self) -> bool {
+        !self.halted.load(Ordering::Acquire)
     }
 
     fn set_listener(&self, listener: Arc<dyn CommitListener>) {
@@ -309,6 +320,9 @@ impl Store {
 /// The writer thread's state. Only this thread writes to the store.
 struct Writer {
     store: Store,
+    halted: Arc<AtomicBool>,
+    /// Test hook: how many syncs succeed before one reports failure (see `fault_injection`).
+    syncs_before_fault: Option<u64>,
     /// Last seq assigned and committed (visible in the store, maybe not yet synced).
     assigned: u64,
     config: LogConfig,
@@ -360,21 +374,28 @@ impl Writer {
 
     /// Writes every waiting request in one batch, persists once, then acknowledges.
     fn commit(&mut self, group: &mut Vec<(Vec<NewEvent>, Reply)>) {
+        if self.halted.load(Ordering::Acquire) {
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(LogError::Halted));
+            }
+            return;
+        }
         let s = &self.store;
         let now = now_ms();
         let window_ms = self.config.dedup_window.as_millis() as u64;
         let mut batch = s.keyspace.batch();
         let mut next = self.assigned + 1;
-        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut committed: Vec<EventRef> = Vec::new();
         let mut results: Vec<Result<Vec<Appended>, LogError>> = Vec::with_capacity(group.len());
         for (events, _) in group.iter() {
             let mut out = Vec::with_capacity(events.len());
             for new in events {
-                if let Some(id) = &new.id {
-                    let original = match seen.get(id) {
+                let dedup = new.id.as_ref().map(|id| dedup_key(&new.channel, id));
+                if let Some(key) = &dedup {
+                    let original = match seen.get(key) {
                         Some(seq) => Some(*seq),
-                        None => match self.dedup_lookup(id, now, window_ms) {
+                        None => match self.dedup_lookup(key, now, window_ms) {
                             Ok(found) => found,
                             Err(e) => {
                                 tracing::error!(error = %e, "dedup lookup failed");
@@ -395,11 +416,11 @@ impl Writer {
                 let event = Event::encode(seq, now, new);
                 batch.insert(&s.events, seq_key(seq), Record::encode(&event));
                 batch.insert(&s.by_channel, index_key(&new.channel, seq), []);
-                if let Some(id) = &new.id {
+                if let Some(key) = dedup {
                     let mut v = seq.to_be_bytes().to_vec();
                     v.extend_from_slice(&now.to_be_bytes());
-                    batch.insert(&s.dedup, id.as_bytes(), v);
-                    seen.insert(id.clone(), seq);
+                    batch.insert(&s.dedup, &key, v);
+                    seen.insert(key, seq);
                 }
                 out.push(Appended {
                     seq,
@@ -413,21 +434,12 @@ impl Writer {
         if !committed.is_empty() {
             batch.insert(&s.meta, b"head", last.to_be_bytes());
             if let Err(e) = batch.commit() {
-                // Nothing was applied: the seqs are free again and every publisher hears why.
-                tracing::error!(error = %e, "log commit failed");
-                for (_, reply) in group.drain(..) {
-                    let _ = reply.send(Err(LogError::Storage(e.to_string())));
-                }
+                self.halt(group, "commit", e.to_string());
                 return;
             }
-            // The batch is applied from here on, so its seqs are used whatever the sync says;
-            // a failed sync only withholds the acknowledgement (and visibility to readers).
             self.assigned = last;
-            if let Err(e) = s.keyspace.persist(self.persist_mode()) {
-                tracing::error!(error = %e, "log sync failed");
-                for (_, reply) in group.drain(..) {
-                    let _ = reply.send(Err(LogError::Storage(e.to_string())));
-                }
+            if let Err(e) = self.sync() {
+                self.halt(group, "sync", e);
                 return;
             }
             self.head.store(last, Ordering::Release);
@@ -440,8 +452,44 @@ impl Writer {
         }
     }
 
-    fn dedup_lookup(&self, id: &str, now: u64, window_ms: u64) -> Result<Option<u64>, LogError> {
-        Ok(self.store.dedup.get(id.as_bytes())?.and_then(|v| {
+    /// Persists by the configured policy (or reports the injected fault).
+    fn sync(&mut self) -> Result<(), String> {
+        let result = self
+            .store
+            .keyspace
+            .persist(self.persist_mode())
+            .map_err(|e| e.to_string());
+        match &mut self.syncs_before_fault {
+            Some(0) => Err("injected sync failure (HERALD_TEST_FAIL_SYNC_AFTER)".into()),
+            Some(n) => {
+                *n -= 1;
+                result
+            }
+            None => result,
+        }
+    }
+
+    /// A commit or sync failed part-way. After a failed fsync the kernel may have dropped
+    /// the dirty pages and marked them clean, and fjall cannot say what reached the disk, so
+    /// nothing this process writes afterwards can be trusted to line up with it: a later
+    /// commit would make these seqs readable in history although no subscriber or webhook
+    /// was ever handed them. So the log stops for good: this group hears the truth (maybe
+    /// stored), later appends are refused, `/readyz` fails, and a restart re-reads the store,
+    /// where whatever did land is delivered to resuming subscribers and webhooks alike.
+    fn halt(&mut self, group: &mut Vec<(Vec<NewEvent>, Reply)>, step: &str, error: String) {
+        self.halted.store(true, Ordering::Release);
+        tracing::error!(
+            error = %error,
+            "the event log's {step} failed: it accepts no more writes; restart Herald once \
+             the disk is healthy"
+        );
+        for (_, reply) in group.drain(..) {
+            let _ = reply.send(Err(LogError::Uncertain(format!("{step} failed: {error}"))));
+        }
+    }
+
+    fn dedup_lookup(&self, key: &[u8], now: u64, window_ms: u64) -> Result<Option<u64>, LogError> {
+        Ok(self.store.dedup.get(key)?.and_then(|v| {
             let (seq, at) = (be_u64(&v[..8]), be_u64(&v[8..16]));
             (now.saturating_sub(at) <= window_ms).then_some(seq)
         }))
@@ -509,6 +557,26 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The test-only fault hook: `HERALD_TEST_FAIL_SYNC_AFTER=N` makes the (N+1)th sync report
+/// failure, so the end-to-end suite can drive the halt path through the real binary (no
+/// filesystem here lets a test make fsync fail on demand). Unset in production.
+fn fault_injection() -> Option<u64> {
+    std::env::var("HERALD_TEST_FAIL_SYNC_AFTER")
+        .ok()
+        .and_then(|n| n.parse().ok())
+}
+
+/// `channel 0x00 id`: channel names cannot hold a 0 byte, so no two pairs share a key.
+/// Keys written before ids were scoped (the bare id) are never matched and expire with the
+/// window.
+fn dedup_key(channel: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(channel.len() + 1 + id.len());
+    key.extend_from_slice(channel.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 /// The stored form of an event: what history needs without parsing JSON.

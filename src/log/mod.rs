@@ -27,6 +27,15 @@ pub enum LogError {
     /// The shared engine (Redis) cannot be reached: nothing was written, try again.
     #[error("the event log is unreachable: {0}")]
     Unavailable(String),
+    /// Making this append durable failed part-way: the events may or may not be on disk.
+    /// The log halted (see `Halted`); a retry with the same ids after a restart is never
+    /// doubled.
+    #[error("the event log could not make these events durable ({0})")]
+    Uncertain(String),
+    /// An earlier storage failure left the store in a state nobody can vouch for, so the log
+    /// accepts no more writes until the process restarts. Nothing was written.
+    #[error("the event log stopped accepting writes after a storage failure")]
+    Halted,
 }
 
 impl From<fjall::Error> for LogError {
@@ -122,7 +131,8 @@ pub trait Log: Send + Sync + 'static {
     /// readable), `oldest` the first retained one.
     fn bounds(&self) -> Bounds;
 
-    /// Whether appends can succeed now (false while a shared engine is unreachable).
+    /// Whether appends can succeed now (false while a shared engine is unreachable, or after
+    /// a storage failure halted the log).
     fn ready(&self) -> bool {
         true
     }

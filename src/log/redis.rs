@@ -16,7 +16,8 @@
 //!   `e` envelope
 //! - `P:ch:<channel>`: stream of the channel's seqs (an index for history reads), `P:channels`
 //!   the set of indexed channels (for trimming)
-//! - `P:dedup:<id>`: publisher id -> seq, expiring after the dedup window
+//! - `P:dedup:<channel>|<id>`: publisher id, scoped to its channel (`|` cannot occur in a
+//!   channel name) -> seq, expiring after the dedup window
 //!
 //! Durability is Redis's: run it with `appendonly yes` and `appendfsync always` for the
 //! embedded store's `fsync` guarantee (README, "Running a cluster").
@@ -47,6 +48,9 @@ const QUEUE_DEPTH: usize = 4096;
 const MAX_GROUP_EVENTS: usize = 2000;
 /// Most log entries a pattern read examines per page.
 const SCAN_BUDGET: usize = 5_000;
+/// Most envelope bytes one read returns (past its first event): a read shares the
+/// connection that appends use, so a large reply would hold publishes up behind it.
+const MAX_READ_BYTES: usize = 1024 * 1024;
 /// Most entries one live read fetches.
 const FOLLOW_BATCH: usize = 1024;
 /// How long one blocking live read waits; also how soon a dead connection is noticed.
@@ -65,7 +69,8 @@ end
 for i = 5, #ARGV, 4 do
   local channel, kind, id, tail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = false
-  if id ~= '' then prev = redis.call('GET', p .. ':dedup:' .. id) end
+  local dkey = p .. ':dedup:' .. channel .. '|' .. id
+  if id ~= '' then prev = redis.call('GET', dkey) end
   if prev then
     out[#out + 1] = tonumber(prev)
     out[#out + 1] = 1
@@ -76,7 +81,7 @@ for i = 5, #ARGV, 4 do
       'e', '{"seq":' .. string.format('%d', seq) .. tail)
     redis.call('XADD', p .. ':ch:' .. channel, sid, 's', '')
     redis.call('SADD', KEYS[3], channel)
-    if id ~= '' then redis.call('SET', p .. ':dedup:' .. id, seq, 'PX', window) end
+    if id ~= '' then redis.call('SET', dkey, seq, 'PX', window) end
     out[#out + 1] = seq
     out[#out + 1] = 0
   end
@@ -84,36 +89,92 @@ end
 return out
 "#;
 
-/// Returns `{head, oldest, complete, entry...}`. With no channels it scans the log itself
-/// (pattern reads, filtered by the caller) up to `limit` entries.
+/// Returns `{head, oldest, complete, last, entry...}`: the entries after `after` on the
+/// given channels or matching the given patterns, at most `limit` of them and, past the
+/// first, at most `max_bytes` of envelopes; `last` is the last seq the page covers (when it
+/// is not complete). Filtering happens here, in Redis, so a read sends back only what it
+/// returns: a rare pattern over a large log costs Redis a bounded scan, not the append
+/// connection a stream of envelopes nobody asked for.
+/// ARGV: prefix, after, limit, max_bytes, scan budget, number of channels, channels...,
+/// patterns... Globs are matched by the same linear algorithm as `Pattern::matches` (Lua's
+/// own patterns backtrack, which a crafted glob could make exponential).
 const READ: &str = r#"
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 local oldest = tonumber(redis.call('GET', KEYS[3]) or '1')
-local after, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, after, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_bytes, budget, nch = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local start = string.format('%d-0', math.max(after + 1, oldest))
-local out = {head, oldest, 1}
-if #ARGV == 3 then
-  local r = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', limit)
-  for _, e in ipairs(r) do out[#out + 1] = e end
+local out = {head, oldest, 1, after}
+local bytes = 0
+local function field(e, name)
+  local f = e[2]
+  for j = 1, #f, 2 do if f[j] == name then return f[j + 1] end end
+  return nil
+end
+-- Adds an entry unless the page is full; returns false when it is.
+local function take(e, seq)
+  local size = #(field(e, 'e') or '')
+  if #out - 4 >= limit or (#out > 4 and bytes + size > max_bytes) then
+    out[3] = 0
+    return false
+  end
+  bytes = bytes + size
+  out[#out + 1] = e
+  out[4] = seq
+  return true
+end
+local function glob(p, s)
+  local pi, si, sp, ss = 1, 1, 0, 0
+  local pl, sl = #p, #s
+  while si <= sl do
+    local pc = string.byte(p, pi)
+    if pi <= pl and pc == 42 then
+      sp, ss, pi = pi, si, pi + 1
+    elseif pi <= pl and pc == string.byte(s, si) then
+      pi, si = pi + 1, si + 1
+    elseif sp > 0 then
+      pi, ss = sp + 1, ss + 1
+      si = ss
+    else
+      return false
+    end
+  end
+  while pi <= pl and string.byte(p, pi) == 42 do pi = pi + 1 end
+  return pi > pl
+end
+local channels, patterns = {}, {}
+for i = 7, 6 + nch do channels[ARGV[i]] = true end
+for i = 7 + nch, #ARGV do patterns[#patterns + 1] = ARGV[i] end
+if #patterns > 0 then
+  local r = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', budget)
+  if #r >= budget then out[3] = 0 end
+  for _, e in ipairs(r) do
+    local seq = tonumber(string.match(e[1], '^%d+'))
+    local c = field(e, 'c') or ''
+    local hit = channels[c] or false
+    for _, p in ipairs(patterns) do
+      if hit then break end
+      hit = glob(p, c)
+    end
+    if hit and not take(e, seq) then return out end
+    out[4] = seq
+  end
   return out
 end
 local seqs = {}
-for i = 4, #ARGV do
-  local r = redis.call('XRANGE', ARGV[1] .. ':ch:' .. ARGV[i], start, '+', 'COUNT', limit + 1)
+for i = 7, 6 + nch do
+  local r = redis.call('XRANGE', prefix .. ':ch:' .. ARGV[i], start, '+', 'COUNT', limit + 1)
   if #r > limit then out[3] = 0 end
   for _, e in ipairs(r) do seqs[#seqs + 1] = tonumber(string.match(e[1], '^%d+')) end
 end
 table.sort(seqs)
 local last = nil
-local n = 0
 for _, s in ipairs(seqs) do
   if s ~= last then
-    if n >= limit then out[3] = 0 break end
     last = s
-    n = n + 1
     local id = string.format('%d-0', s)
     local r = redis.call('XRANGE', KEYS[2], id, id)
-    if r[1] then out[#out + 1] = r[1] end
+    if r[1] and not take(r[1], s) then return out end
   end
 end
 return out
@@ -761,7 +822,6 @@ impl Log for RedisLog {
         let oldest_seen = self.oldest.clone();
         async move {
             let limit = limit.max(1);
-            let scan = filter.has_patterns();
             let mut invocation = scripts.read.prepare_invoke();
             invocation
                 .key(&keys.seq)
@@ -769,11 +829,15 @@ impl Log for RedisLog {
                 .key(&keys.oldest)
                 .arg(&keys.prefix)
                 .arg(after)
-                .arg(if scan { SCAN_BUDGET } else { limit });
-            if !scan {
-                for channel in filter.channels() {
-                    invocation.arg(channel);
-                }
+                .arg(limit)
+                .arg(MAX_READ_BYTES)
+                .arg(SCAN_BUDGET)
+                .arg(filter.channels().count());
+            for channel in filter.channels() {
+                invocation.arg(channel);
+            }
+            for pattern in filter.patterns() {
+                invocation.arg(pattern.as_str());
             }
             let reply: Value = invocation
                 .invoke_async(&mut conn)
@@ -784,39 +848,22 @@ impl Log for RedisLog {
             };
             let (head, oldest) = (int_of(items.first()), int_of(items.get(1)));
             let complete = int_of(items.get(2)) == 1;
+            let last = int_of(items.get(3));
             oldest_seen.store(oldest, Ordering::Release);
             let mut page = Page {
                 reset: (after.saturating_add(1) < oldest && after < head).then_some(oldest),
                 ..Page::default()
             };
             let after = after.max(oldest.saturating_sub(1));
-            let entries = items.get(3..).unwrap_or(&[]);
-            if scan {
-                page.end = entries.len() < SCAN_BUDGET;
-                let mut last = after;
-                for v in entries {
-                    let event = entry(v)?;
-                    last = event.seq;
-                    if filter.matches(&event.channel) {
-                        page.events.push(event);
-                        if page.events.len() >= limit {
-                            page.end = false;
-                            break;
-                        }
-                    }
-                }
-                page.next = if page.end { head.max(after) } else { last };
-            } else {
-                for v in entries {
-                    page.events.push(entry(v)?);
-                }
-                page.end = complete;
-                page.next = match (complete, page.events.last()) {
-                    (true, _) => head.max(after),
-                    (false, Some(e)) => e.seq,
-                    (false, None) => after,
-                };
+            for v in items.get(4..).unwrap_or(&[]) {
+                page.events.push(entry(v)?);
             }
+            page.end = complete;
+            page.next = if complete {
+                head.max(after)
+            } else {
+                last.max(after)
+            };
             Ok(page)
         }
         .boxed()
