@@ -485,7 +485,9 @@ mod tests {
             &claims(&["user:1", "room:*"], &["room:1"], now_secs() + 60),
         )
         .unwrap();
-        let p = a.authenticate(&HeaderMap::new(), Some(&token), Via::Write).unwrap();
+        let p = a
+            .authenticate(&HeaderMap::new(), Some(&token), Via::Write)
+            .unwrap();
         assert!(a.check_subscribe(&p, "user:1").is_ok());
         assert!(a.check_subscribe(&p, "user:2").is_err());
         assert!(
@@ -500,12 +502,14 @@ mod tests {
         assert!(a.require_admin(&p).is_err());
         let expired = mint("s3cret", &claims(&["*"], &[], now_secs() - 60)).unwrap();
         assert_eq!(
-            a.authenticate(&bearer(&expired), None, Via::Write).unwrap_err(),
+            a.authenticate(&bearer(&expired), None, Via::Write)
+                .unwrap_err(),
             AuthError::Expired
         );
         let forged = mint("other", &claims(&["*"], &[], now_secs() + 60)).unwrap();
         assert_eq!(
-            a.authenticate(&bearer(&forged), None, Via::Write).unwrap_err(),
+            a.authenticate(&bearer(&forged), None, Via::Write)
+                .unwrap_err(),
             AuthError::Invalid
         );
         let mut cookie = HeaderMap::new();

@@ -433,7 +433,10 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         // One envelope per line, or nothing: a frame that is not one JSON value would break
         // every consumer of the NDJSON stream, so it is reported and skipped.
         if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(&event.data) {
-            eprintln!("herald: {}: not a JSON envelope ({e}); skipped", frame_name(&event));
+            eprintln!(
+                "herald: {}: not a JSON envelope ({e}); skipped",
+                frame_name(&event)
+            );
             return Ok(true);
         }
         println!("{}", event.data);
@@ -528,7 +531,10 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         let envelope: Envelope = match serde_json::from_str(&event.data) {
             Ok(envelope) => envelope,
             Err(e) => {
-                eprintln!("herald: {}: not a JSON envelope ({e}); skipped", frame_name(&event));
+                eprintln!(
+                    "herald: {}: not a JSON envelope ({e}); skipped",
+                    frame_name(&event)
+                );
                 return Ok(true);
             }
         };
@@ -678,7 +684,10 @@ mod tests {
         let got = r.push(b"id: 1\r\ndata: a\r\n\r\nid: 2\rdata: b\r");
         assert_eq!(got.len(), 1);
         let got2 = r.push(b"\ndata: c\n\n");
-        assert_eq!(got2[0].data, "b\nc", "a CR then LF across chunks is one line end");
+        assert_eq!(
+            got2[0].data, "b\nc",
+            "a CR then LF across chunks is one line end"
+        );
         assert_eq!((got[0].id, got2[0].id), (Some(1), Some(2)));
     }
 

@@ -64,7 +64,12 @@ pub struct ServerConfig {
     pub send_queue: usize,
     /// Serve `/v1/ws/echo` for the Autobahn conformance suite.
     pub ws_echo: bool,
+    /// Browser origins allowed to call the API and open WebSockets (`*`: any). Empty: the
+    /// server's own origin, and while open (no keys) also loopback origins.
     pub allowed_origins: Vec<String>,
+    /// While open (no keys), `Host` names accepted besides loopback ones (localhost,
+    /// 127.0.0.0/8, [::1]); anything else is refused, which defeats DNS rebinding.
+    pub allowed_hosts: Vec<String>,
     /// A client gets this long to send its request headers (and the WebSocket handshake).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -86,6 +91,7 @@ impl Default for ServerConfig {
             send_queue: 1024,
             ws_echo: false,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),

@@ -7,10 +7,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The client an address counts as for per-IP limits: an IPv6 host usually holds a whole
+/// /64 (or more), so counting single addresses would let one host open a connection per
+/// address; IPv4-mapped IPv6 addresses count as their IPv4 address.
+pub fn client_of(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+    }
+}
+
 /// Counts open connections; a [`ConnectionPermit`] gives its slot back when dropped.
 pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
+    ipv6_prefix: u8,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -27,16 +45,18 @@ pub struct ConnectionPermit {
 }
 
 impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimits> {
+    pub fn new(max_total: usize, max_per_ip: usize, ipv6_prefix: u8) -> Arc<ConnectionLimits> {
         Arc::new(ConnectionLimits {
             max_total,
             max_per_ip,
+            ipv6_prefix,
             total: AtomicUsize::new(0),
             per_ip: Mutex::default(),
         })
     }
 
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        let ip = client_of(ip, self.ipv6_prefix);
         let mut per_ip = self.per_ip.lock().expect("connection limits");
         if self.total.load(Ordering::Relaxed) >= self.max_total {
             return Err(Refusal::Total(self.max_total));
@@ -207,7 +227,7 @@ mod tests {
 
     #[test]
     fn connection_permits_count_per_ip_and_total() {
-        let limits = ConnectionLimits::new(3, 2);
+        let limits = ConnectionLimits::new(3, 2, 64);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let p1 = limits.acquire(a).unwrap();
@@ -217,5 +237,26 @@ mod tests {
         assert_eq!(limits.acquire(b).err(), Some(Refusal::Total(3)));
         drop(p1);
         assert!(limits.acquire(a).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_client() {
+        let limits = ConnectionLimits::new(100, 2, 64);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = limits.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = limits.acquire(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            limits.acquire(ip("2001:db8:1:2::3")).err(),
+            Some(Refusal::PerIp(2)),
+            "same /64"
+        );
+        assert!(limits.acquire(ip("2001:db8:1:3::1")).is_ok(), "next /64");
+        assert_eq!(client_of(ip("::ffff:10.1.2.3"), 64), ip("10.1.2.3"));
+        assert_eq!(client_of(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(client_of(ip("2001:db8::1"), 0), ip("::"));
+        assert_eq!(
+            client_of(ip("2001:db8:aa:bb:cc::1"), 48),
+            ip("2001:db8:aa::")
+        );
     }
 }

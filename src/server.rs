@@ -91,7 +91,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         tracing::info!(head = bounds.head, "event log open on redis");
     }
     let limits = &config.limits;
-    let connections = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
+    let connections = ConnectionLimits::new(
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        limits.ipv6_prefix,
+    );
     let publish_rate = Arc::new(RateLimiter::new(limits.publish_rate, limits.publish_burst));
     let tasks = TaskTracker::new();
     let server_config = Arc::new(config.server.clone());
@@ -164,7 +168,8 @@ async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, Queue), ServeErr
     let (client, conn) =
         crate::log::redis::connect(&config.redis.url, config.redis.tls_ca.as_deref()).await?;
     let log = RedisLog::open(client, conn, &config.redis.prefix, &config.log).await?;
-    tracing::info!(redis = %config.redis.url, prefix = %config.redis.prefix, "cluster node on redis");
+    let redis = crate::log::redis::redact_url(&config.redis.url);
+    tracing::info!(redis = %redis, prefix = %config.redis.prefix, "cluster node on redis");
     // A claim must outlive the longest attempt, or a slow delivery would be repeated by
     // another node while it is still running.
     let lease = config

@@ -93,12 +93,27 @@ pub fn json_error(e: serde_json::Error) -> ApiError {
     }
 }
 
-/// Reads a request body up to `limit` bytes.
-pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    to_bytes(body, limit).await.map_err(|e| {
+/// Reads a request body up to `limit` bytes, within `limits.body_timeout` in all: a client
+/// that stalls part-way (or dribbles a byte at a time) is cut off, not waited for.
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    limits: &LimitsConfig,
+) -> Result<axum::body::Bytes, ApiError> {
+    let read = tokio::time::timeout(limits.body_timeout, to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} (limits.body_timeout)",
+                humantime::format_duration(limits.body_timeout)
+            ),
+        ));
+    };
+    read.map_err(|e| {
         let too_big = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_big {
             ApiError::too_large(
                 "body_too_large",
@@ -111,6 +126,29 @@ pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
             )
         }
     })
+}
+
+/// JSON routes take only `application/json` (`application/*+json` too). A cross-site HTML
+/// form or a no-CORS `fetch` can send a body only as `text/plain`, form data or with no type
+/// at all, so this alone keeps another site's page from posting JSON here.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| {
+            t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json (curl: --json)",
+        ))
+    }
 }
 
 /// Parses a publish body: one event object or a non-empty array (an atomic batch).
@@ -171,8 +209,15 @@ pub async fn publish(
     if matches!(principal, Principal::Anonymous) {
         return Err(AuthError::Missing.into());
     }
+    // A token that may publish nowhere is refused before its body is read.
+    if let Principal::Token { publish, .. } = &principal {
+        if publish.is_empty() {
+            return Err(AuthError::Forbidden("the token may not publish".into()).into());
+        }
+    }
+    require_json(&headers)?;
     let limits = &app.config.limits;
-    let body = read_body(body, limits.max_body_bytes).await?;
+    let body = read_body(body, limits.max_body_bytes, limits).await?;
     let (events, batch) = parse_publish(&body, limits)?;
     for event in &events {
         app.auth.check_publish(&principal, &event.channel)?;

@@ -206,10 +206,10 @@ impl Rule {
                     .map(|(_, v)| v)
                     .ok_or(Unsigned("Stripe-Signature has no t="))?;
                 fresh(t, now)?;
-                let candidates = candidates(
-                    parts().filter(|(k, _)| *k == "v1").map(|(_, v)| v),
-                    |h| hex::decode(h).ok(),
-                )?;
+                let candidates =
+                    candidates(parts().filter(|(k, _)| *k == "v1").map(|(_, v)| v), |h| {
+                        hex::decode(h).ok()
+                    })?;
                 Ok(Some(Signed {
                     prefix: format!("{t}.").into_bytes(),
                     candidates,
@@ -223,10 +223,10 @@ impl Rule {
                 let sigs = header(headers, "webhook-signature")
                     .ok_or(Unsigned("missing webhook-signature"))?;
                 fresh(ts, now)?;
-                let candidates = candidates(
-                    sigs.split(' ').filter_map(|s| s.strip_prefix("v1,")),
-                    |b| STANDARD.decode(b).ok(),
-                )?;
+                let candidates =
+                    candidates(sigs.split(' ').filter_map(|s| s.strip_prefix("v1,")), |b| {
+                        STANDARD.decode(b).ok()
+                    })?;
                 Ok(Some(Signed {
                     prefix: format!("{id}.{ts}.").into_bytes(),
                     candidates,
@@ -419,7 +419,12 @@ pub async fn receive(
         None => None,
     };
     // The captured request must fit in one event, so no body larger than that is read.
-    let body = read_body(body, limits.max_body_bytes.min(limits.max_event_bytes)).await?;
+    let body = read_body(
+        body,
+        limits.max_body_bytes.min(limits.max_event_bytes),
+        limits,
+    )
+    .await?;
     let mut id = None;
     if let (Some(rule), Some(signed)) = (rule, &signed) {
         let mac = signed.verify(&rule.key, &body).map_err(unsigned)?;

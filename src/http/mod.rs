@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod hooks;
+pub mod origin;
 pub mod sse;
 pub mod sse_direct;
+pub mod tokens;
 pub mod ui;
 pub mod webhooks;
 pub mod ws;
@@ -66,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events", post(api::publish).get(api::history))
         .route("/v1/sse", get(sse::stream))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/tokens", post(tokens::create))
         // A wildcard: channel names may contain `/`.
         .route("/v1/hooks/{*channel}", post(hooks::receive))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
@@ -88,8 +91,13 @@ pub fn app(state: AppState) -> Router {
     if state.config.server.ws_echo {
         router = router.route("/v1/ws/echo", get(ws::echo));
     }
-    let cors = cors(&state);
-    router.fallback(not_found).layer(cors).with_state(state)
+    let cors = origin::cors(&state);
+    let guard = axum::middleware::from_fn_with_state(state.clone(), origin::guard);
+    router
+        .fallback(not_found)
+        .layer(guard)
+        .layer(cors)
+        .with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -239,55 +247,11 @@ impl AppState {
         peer: std::net::IpAddr,
         n: usize,
     ) -> Result<(), ApiError> {
+        let client = crate::limits::client_of(peer, self.config.limits.ipv6_prefix);
         self.publish_rate
-            .take(&p.rate_key(peer), n as u32)
+            .take(&p.rate_key(client), n as u32)
             .map_err(ApiError::rate_limited)
     }
-
-    /// Browsers may connect from an allowed origin, from the same origin, or from anywhere
-    /// while Herald runs open with no list.
-    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers
-            .get(axum::http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return true; // not a browser
-        };
-        let allowed = &self.config.server.allowed_origins;
-        if allowed.iter().any(|o| o == origin || o == "*")
-            || (allowed.is_empty() && self.auth.is_open())
-        {
-            return true;
-        }
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|v| v.to_str().ok());
-        let origin_host = origin.split_once("://").map(|(_, h)| h);
-        host.is_some() && origin_host == host
-    }
-}
-
-/// CORS for the HTTP API and SSE, from `server.allowed_origins` (any origin while open with
-/// no list; none otherwise).
-pub fn cors(state: &AppState) -> tower_http::cors::CorsLayer {
-    use axum::http::{header, Method};
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    let allowed = &state.config.server.allowed_origins;
-    let origin = if allowed.iter().any(|o| o == "*") || (allowed.is_empty() && state.auth.is_open())
-    {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(allowed.iter().filter_map(|o| o.parse().ok()))
-    };
-    CorsLayer::new()
-        .allow_origin(origin)
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            "last-event-id".parse().expect("static header"),
-        ])
-        .expose_headers([header::RETRY_AFTER])
 }
 
 impl From<NameError> for ApiError {

@@ -13,8 +13,7 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState,
-    Connection,
+    check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState, Connection,
 };
 use crate::auth::{Principal, Via};
 use crate::event::Filter;
@@ -161,7 +160,10 @@ pub fn deadline(principal: &Principal) -> Option<tokio::time::Instant> {
         .unwrap_or_default();
     let now = tokio::time::Instant::now();
     // `expires_at` is bounded, but an Instant overflowing would panic the handler: clamp.
-    Some(now.checked_add(left).unwrap_or(now + Duration::from_secs(86_400 * 365)))
+    Some(
+        now.checked_add(left)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+    )
 }
 
 /// Resolves at `at`, or never.

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::read_body;
+use super::api::{read_body, require_json};
 use super::{parse_cursor, query_pairs, ApiError, AppState};
 use crate::event::format_time;
 use crate::webhook::{CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
@@ -48,8 +48,14 @@ fn view(e: &Endpoint, secret: bool) -> Value {
     v
 }
 
-async fn json_body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(body, 64 * 1024.min(app.config.limits.max_body_bytes)).await?;
+async fn json_body<T: DeserializeOwned>(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let limits = &app.config.limits;
+    let bytes = read_body(body, 64 * 1024.min(limits.max_body_bytes), limits).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request(
@@ -68,7 +74,7 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     app.require_admin(&headers)?;
-    let req: CreateEndpoint = json_body(&app, body).await?;
+    let req: CreateEndpoint = json_body(&app, &headers, body).await?;
     let endpoint = app.webhooks.create(req).await?;
     Ok((StatusCode::CREATED, Json(view(&endpoint, true))).into_response())
 }
@@ -107,7 +113,7 @@ pub async fn update(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     app.require_admin(&headers)?;
-    let req: UpdateEndpoint = json_body(&app, body).await?;
+    let req: UpdateEndpoint = json_body(&app, &headers, body).await?;
     Ok(Json(view(&app.webhooks.update(&id, req).await?, false)))
 }
 
@@ -144,7 +150,7 @@ pub async fn replay(
     body: Body,
 ) -> Result<Response, ApiError> {
     app.require_admin(&headers)?;
-    let req: Replay = json_body(&app, body).await?;
+    let req: Replay = json_body(&app, &headers, body).await?;
     let (since, until) = app.webhooks.replay(&id, req.since).await?;
     Ok((
         StatusCode::ACCEPTED,

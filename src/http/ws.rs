@@ -21,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::EventIn;
 use super::sse::{deadline, until};
 use super::{
-    check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState,
-    Connection,
+    check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState, Connection,
 };
 use crate::auth::Principal;
 use crate::event::Filter;

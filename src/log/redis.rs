@@ -277,9 +277,46 @@ pub fn unavailable(e: redis::RedisError) -> LogError {
     LogError::Unavailable(format!("redis: {e}"))
 }
 
+/// The URL as it may be logged: userinfo (`user:password@`) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("***");
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        // Unparseable: show only the scheme, the rest may hold anything.
+        Err(_) => format!("{}://(unparseable)", url.split("://").next().unwrap_or("?")),
+    }
+}
+
+/// Removes the URL's password from an error message that may quote it.
+fn scrub(message: String, url: &str) -> String {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+    {
+        Some(pw) if !pw.is_empty() => message.replace(&pw, "***"),
+        _ => message,
+    }
+}
+
 /// Connects to Redis with timeouts that turn an outage into fast errors (publishers get a
-/// 503 within a second) while the manager reconnects in the background.
+/// 503 within a second) while the manager reconnects in the background. Errors never quote
+/// the URL's password.
 pub async fn connect(
+    url: &str,
+    tls_ca: Option<&std::path::Path>,
+) -> Result<(Client, ConnectionManager), LogError> {
+    connect_inner(url, tls_ca).await.map_err(|e| match e {
+        LogError::Storage(m) => LogError::Storage(scrub(m, url)),
+        LogError::Unavailable(m) => LogError::Unavailable(scrub(m, url)),
+        other => other,
+    })
+}
+
+async fn connect_inner(
     url: &str,
     tls_ca: Option<&std::path::Path>,
 ) -> Result<(Client, ConnectionManager), LogError> {
@@ -295,7 +332,7 @@ pub async fn connect(
             Client::build_with_tls(url, certs)
         }
     }
-    .map_err(|e| LogError::Storage(format!("invalid redis url {url:?}: {e}")))?;
+    .map_err(|e| LogError::Storage(format!("invalid redis url {}: {e}", redact_url(url))))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(5)))
@@ -928,6 +965,27 @@ impl Log for RedisLog {
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
+
+    #[test]
+    fn urls_are_logged_without_credentials() {
+        assert_eq!(
+            redact_url("redis://:hunter2@10.0.0.1:6379/2"),
+            "redis://***@10.0.0.1:6379/2"
+        );
+        assert_eq!(
+            redact_url("rediss://app:hunter2@cache.internal"),
+            "rediss://***@cache.internal"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert!(!redact_url("redis://:hunter2@[bad").contains("hunter2"));
+        assert_eq!(
+            scrub("auth failed for hunter2".into(), "redis://:hunter2@h"),
+            "auth failed for ***"
+        );
+    }
 
     #[test]
     fn the_script_envelope_is_byte_identical_to_the_embedded_one() {

@@ -65,6 +65,9 @@ impl Deliverer {
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
             }))
+            // Never a proxy from HTTP(S)_PROXY/ALL_PROXY: a proxy resolves the target
+            // itself, past the guarded resolver, so any destination would be reachable.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))

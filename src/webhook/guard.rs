@@ -71,31 +71,58 @@ impl Policy {
     }
 }
 
-/// Classifies addresses a webhook must not reach by default.
+/// Classifies addresses a webhook must not reach by default: anything but global unicast.
+/// IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by the
+/// IPv4 address inside, since that is where a translator or relay would connect.
 pub fn forbidden_kind(addr: IpAddr) -> Option<&'static str> {
     match addr {
         IpAddr::V4(ip) => v4_kind(ip),
-        IpAddr::V6(ip) => {
-            if let Some(v4) = ip.to_ipv4_mapped() {
-                return v4_kind(v4);
-            }
-            let seg = ip.segments();
-            if ip.is_loopback() {
-                Some("loopback")
-            } else if ip.is_unspecified() {
-                Some("unspecified")
-            } else if seg[0] & 0xfe00 == 0xfc00 {
-                Some("unique-local")
-            } else if seg[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if ip.is_multicast() {
-                Some("multicast")
-            } else if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-                Some("cloud metadata")
-            } else {
-                None
-            }
-        }
+        IpAddr::V6(ip) => v6_kind(ip),
+    }
+}
+
+fn embedded_v4(ip: Ipv6Addr, at: usize) -> Ipv4Addr {
+    let o = ip.octets();
+    Ipv4Addr::new(o[at], o[at + 1], o[at + 2], o[at + 3])
+}
+
+fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return v4_kind(v4);
+    }
+    let seg = ip.segments();
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_unspecified() {
+        Some("unspecified")
+    } else if seg[..6].iter().all(|&s| s == 0) {
+        // IPv4-compatible (::a.b.c.d, deprecated): never a real destination.
+        Some("IPv4-compatible")
+    } else if seg[0] & 0xfe00 == 0xfc00 {
+        Some("unique-local")
+    } else if seg[0] & 0xffc0 == 0xfe80 {
+        Some("link-local")
+    } else if seg[0] & 0xffc0 == 0xfec0 {
+        Some("site-local")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        // NAT64 well-known prefix: the translator connects to the IPv4 address inside.
+        v4_kind(embedded_v4(ip, 12))
+    } else if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        Some("NAT64 local-use")
+    } else if seg[0] == 0x2002 {
+        // 6to4: the relay connects to the IPv4 address in bits 16-47.
+        v4_kind(embedded_v4(ip, 2))
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        Some("Teredo")
+    } else if seg[0] == 0x2001 && seg[1] == 0xdb8 {
+        Some("documentation")
+    } else if seg[0] & 0xe000 != 0x2000 {
+        // Outside 2000::/3, the only block of global unicast addresses.
+        Some("reserved")
+    } else {
+        None
     }
 }
 
@@ -113,6 +140,17 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
         Some("unspecified")
     } else if ip.is_broadcast() || ip.is_multicast() {
         Some("broadcast or multicast")
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        Some("benchmarking")
+    } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+        Some("IETF protocol assignment")
+    } else if o[0] >= 240 {
+        Some("reserved")
+    } else if matches!(
+        (o[0], o[1], o[2]),
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113)
+    ) {
+        Some("documentation")
     } else {
         None
     }
@@ -172,6 +210,24 @@ mod tests {
             ("fe80::1", Some("link-local")),
             ("::ffff:127.0.0.1", Some("loopback")),
             ("fd00:ec2::254", Some("unique-local")),
+            ("198.18.0.1", Some("benchmarking")),
+            ("198.19.255.255", Some("benchmarking")),
+            ("192.0.0.8", Some("IETF protocol assignment")),
+            ("240.0.0.1", Some("reserved")),
+            ("255.255.255.254", Some("reserved")),
+            ("fec0::1", Some("site-local")),
+            ("64:ff9b::7f00:1", Some("loopback")),
+            ("64:ff9b::a9fe:a9fe", Some("cloud metadata")),
+            ("64:ff9b::5db8:d822", None),
+            ("64:ff9b:1::1", Some("NAT64 local-use")),
+            ("2002:7f00:1::1", Some("loopback")),
+            ("2002:c0a8:101::1", Some("private")),
+            ("2002:5db8:d822::1", None),
+            ("::127.0.0.1", Some("IPv4-compatible")),
+            ("::8.8.8.8", Some("IPv4-compatible")),
+            ("2001::1", Some("Teredo")),
+            ("2001:db8::1", Some("documentation")),
+            ("4000::1", Some("reserved")),
             ("93.184.216.34", None),
             ("2606:4700::1111", None),
         ] {

@@ -45,29 +45,67 @@ function show(text, seq, cls) {
   while (list.children.length > 500) list.lastChild.remove();
 }
 
-function subscribe(event) {
-  event.preventDefault();
+const isToken = (t) => /^[\w-]+\.[\w-]+\.[\w-]*$/.test(t);
+
+// What goes into the EventSource URL: a token as it is; an API key never (URLs end up in
+// logs and histories, and Herald refuses keys there), but a short-lived session token
+// minted with it.
+async function urlToken() {
+  const t = tokenInput.value.trim();
+  if (!t || isToken(t)) return t;
+  const r = await fetch("/v1/tokens", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: JSON.stringify({ sub_channels: ["*"], ttl_secs: 600 }),
+  });
+  const v = await r.json();
+  if (!r.ok) throw new Error(v.error.message);
+  return v.token;
+}
+
+let lastSeq = null;
+
+async function open(channels, fromStart) {
   if (source) source.close();
   const params = new URLSearchParams();
-  for (const c of $("channels").value.split(",").map((s) => s.trim()).filter(Boolean)) {
-    params.append("channel", c);
-  }
+  for (const c of channels) params.append("channel", c);
   params.set("typed", "false"); // every event reaches onmessage, whatever its type
-  if ($("from-start").checked) params.set("last_event_id", "0");
-  const t = tokenInput.value.trim();
+  if (lastSeq !== null) params.set("last_event_id", String(lastSeq));
+  else if (fromStart) params.set("last_event_id", "0");
+  let t;
+  try {
+    t = await urlToken();
+  } catch (e) {
+    setState("refused: " + e.message, false);
+    return;
+  }
   if (t) params.set("token", t); // EventSource cannot send headers
-  source = new EventSource("/v1/sse?" + params);
+  const es = new EventSource("/v1/sse?" + params);
+  source = es;
   setState("connecting");
-  source.onopen = () => setState("live", true);
-  source.onerror = () => setState(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting", false);
-  source.onmessage = (m) => {
+  es.onopen = () => setState("live", true);
+  es.onerror = () => {
+    if (es.readyState !== EventSource.CLOSED) return setState("reconnecting", false);
+    setState("closed", false);
+    // Refused (say, the session token expired): mint a new one and resume where we were.
+    if (source === es) setTimeout(() => source === es && open(channels, fromStart), 2000);
+  };
+  es.onmessage = (m) => {
     const e = JSON.parse(m.data);
+    lastSeq = e.seq;
     const type = e.type ? " " + e.type : "";
     show(e.channel + type + " " + JSON.stringify(e.data), e.seq, "event");
   };
-  source.addEventListener("reset", (m) => {
+  es.addEventListener("reset", (m) => {
     show("events before " + JSON.parse(m.data).oldest + " were trimmed by retention", undefined, "reset");
   });
+}
+
+function subscribe(event) {
+  event.preventDefault();
+  lastSeq = null;
+  const channels = $("channels").value.split(",").map((s) => s.trim()).filter(Boolean);
+  open(channels, $("from-start").checked);
 }
 $("subscribe").addEventListener("submit", subscribe);
 $("unsubscribe").addEventListener("click", () => {

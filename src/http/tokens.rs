@@ -1,0 +1,83 @@
+//! `POST /v1/tokens`: trades an API key (in the `Authorization` header) for a short-lived
+//! session token. A browser must put its credential in an EventSource or WebSocket URL, and
+//! URLs end up in logs, histories and proxies; an API key there would be a standing admin
+//! credential, a session token expires within the hour and cannot manage anything.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api::{read_body, require_json};
+use super::{ApiError, AppState};
+use crate::auth::{now_secs, Claims, MAX_SESSION_SECS};
+use crate::event::Pattern;
+
+/// The default lifetime of a session token.
+const DEFAULT_SESSION_SECS: u64 = 300;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    /// Patterns the token may subscribe to (default: everything).
+    #[serde(default = "everything")]
+    sub_channels: Vec<String>,
+    /// Patterns it may publish to (default: none).
+    #[serde(default)]
+    pub_channels: Vec<String>,
+    /// Seconds until it expires, 1-3600 (default 300).
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".into()]
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.require_admin(&headers)?;
+    require_json(&headers)?;
+    let limits = &app.config.limits;
+    let bytes = read_body(body, 16 * 1024, limits).await?;
+    let req: SessionRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("bad token request: {e}")))?;
+    for name in req.sub_channels.iter().chain(&req.pub_channels) {
+        Pattern::parse(name)?;
+    }
+    let ttl = req.ttl_secs.unwrap_or(DEFAULT_SESSION_SECS);
+    if !(1..=MAX_SESSION_SECS).contains(&ttl) {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("ttl_secs must be 1-{MAX_SESSION_SECS}"),
+        ));
+    }
+    let exp = now_secs() + ttl;
+    let claims = Claims {
+        sub: req.sub,
+        exp,
+        nbf: None,
+        sub_channels: req.sub_channels,
+        pub_channels: req.pub_channels,
+    };
+    let token = app.auth.mint_session(&claims).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_api_keys",
+            "session tokens are signed with a key derived from auth.api_keys; with none \
+             configured (open mode) no token is needed",
+        )
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"token": token, "exp": exp})),
+    )
+        .into_response())
+}
