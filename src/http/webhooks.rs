@@ -22,7 +22,11 @@ impl From<WebhookError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             WebhookError::Invalid(m) => ApiError::bad_request("invalid_webhook", m),
-            WebhookError::Guard(g) => ApiError::bad_request("forbidden_url", g.to_string()),
+            WebhookError::Guard(g) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "forbidden_url",
+                g.to_string(),
+            ),
             WebhookError::Storage(s) => s.into(),
         }
     }

@@ -5,7 +5,9 @@
 import { chromium } from "playwright-core";
 import readline from "node:readline";
 
-const [url, executablePath] = process.argv.slice(2);
+// An optional third argument is a credential typed into the page's key field; no request URL
+// may ever contain it.
+const [url, executablePath, credential] = process.argv.slice(2);
 const lines = readline.createInterface({ input: process.stdin });
 const next = () => new Promise((resolve) => lines.once("line", resolve));
 
@@ -21,7 +23,12 @@ try {
   // logged as an error (a CSP violation, a 404, a script error) is a failure.
   const expected = /net::ERR_(INCOMPLETE_CHUNKED_ENCODING|CONNECTION_REFUSED|CONNECTION_RESET|EMPTY_RESPONSE)/;
   page.on("console", (m) => m.type() === "error" && !expected.test(m.text()) && problems.push(m.text()));
+  page.on("request", (r) => credential && r.url().includes(credential) && problems.push("credential in a URL: " + r.url()));
   await page.goto(url);
+  if (credential) {
+    await page.fill("#token", credential);
+    await page.dispatchEvent("#token", "change");
+  }
   await page.fill("#channels", "demo, chat/*");
   await page.check("#from-start");
   await page.click("#subscribe button");

@@ -57,6 +57,7 @@ async fn data_is_kept_byte_for_byte() {
     let body = r#"{"channel":"raw","data":{"b": 1.50, "a":[ true ,null]}}"#;
     let r = http()
         .post(h.url("/v1/events"))
+        .header("content-type", "application/json")
         .body(body)
         .send()
         .await
@@ -132,6 +133,7 @@ async fn bad_input_gets_clear_errors() {
     for (body, status, code) in cases {
         let r = client
             .post(h.url("/v1/events"))
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
@@ -155,6 +157,7 @@ async fn bad_input_gets_clear_errors() {
     );
     let r = client
         .post(h.url("/v1/events"))
+        .header("content-type", "application/json")
         .body(huge)
         .send()
         .await

@@ -52,6 +52,41 @@ struct Driver {
 }
 
 impl Driver {
+    /// Starts the page driver; `credential` is typed into the page's key field first.
+    fn launch(
+        script: &std::path::Path,
+        h: &Herald,
+        chromium: &std::path::Path,
+        credential: Option<&str>,
+    ) -> Driver {
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .arg(h.url("/"))
+            .arg(chromium)
+            .args(credential)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node");
+        Driver {
+            stdin: child.stdin.take().unwrap(),
+            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+            child,
+        }
+    }
+
+    /// Ends the session; any error the page logged fails the test.
+    async fn finish(mut self) {
+        self.stdin.write_all(b"done\n").await.unwrap();
+        drop(self.stdin);
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            assert!(!line.starts_with("ERROR"), "{line}");
+        }
+        let _ = self.child.wait().await;
+    }
+
     async fn line(&mut self) -> String {
         let line = tokio::time::timeout(WAIT * 2, self.lines.next_line())
             .await
@@ -85,43 +120,69 @@ async fn the_dashboard_follows_events_in_a_real_browser_across_a_server_restart(
     .await;
     assert_eq!(status, 201);
     publish_one(&h, "elsewhere", json!("not subscribed")).await;
+    // Raw line breaks in published JSON (item 1 of #10): EventSource must still get one
+    // event whose data is one whole envelope, or the page's JSON.parse throws.
+    let r = http()
+        .post(h.url("/v1/events"))
+        .header("content-type", "application/json")
+        .body("{\"channel\":\"demo\",\r\n\"data\":[1,\n\n2]}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
 
-    let mut child = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(h.url("/"))
-        .arg(&chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node");
-    let mut driver = Driver {
-        stdin: child.stdin.take().unwrap(),
-        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
-        child,
-    };
+    let mut driver = Driver::launch(&script, &h, &chromium, None);
     assert_eq!(driver.line().await, "READY");
     // History first ("from the start"), typed and untyped alike, only the page's channels.
-    assert_eq!(driver.send("2").await, "SEEN 1,2");
-    let seq = publish_one(&h, "demo", json!({"n": 4})).await;
-    assert_eq!(driver.send("3").await, format!("SEEN 1,2,{seq}"));
+    assert_eq!(driver.send("3").await, "SEEN 1,2,4");
+    let seq = publish_one(&h, "demo", json!({"n": 5})).await;
+    assert_eq!(driver.send("4").await, format!("SEEN 1,2,4,{seq}"));
     // The page's own publish form.
-    assert_eq!(driver.send("publish").await, "PUBLISHED 5");
-    assert_eq!(driver.send("4").await, "SEEN 1,2,4,5");
+    assert_eq!(driver.send("publish").await, "PUBLISHED 6");
+    assert_eq!(driver.send("5").await, "SEEN 1,2,4,5,6");
     // The server dies and comes back on the same address: EventSource reconnects by itself
     // with Last-Event-ID 5 and gets what was published meanwhile, nothing twice.
     let port = h.addr.port();
     h.kill9();
     h.restart_on(port);
     let seq = publish_one(&h, "chat/room-2", json!("after the restart")).await;
-    assert_eq!(seq, 6);
-    assert_eq!(driver.send("5").await, "SEEN 1,2,4,5,6");
-    driver.stdin.write_all(b"done\n").await.unwrap();
-    drop(driver.stdin);
+    assert_eq!(seq, 7);
+    assert_eq!(driver.send("6").await, "SEEN 1,2,4,5,6,7");
     // Anything the page logged as an error (a CSP violation, a script error) fails the test.
-    while let Ok(Some(line)) = driver.lines.next_line().await {
-        assert!(!line.starts_with("ERROR"), "{line}");
+    driver.finish().await;
+}
+
+/// Item 11 of #10: with auth on, the dashboard holds an API key, but no URL it requests
+/// (EventSource's above all) ever carries it; it subscribes with a session token instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_never_puts_an_api_key_in_a_url() {
+    let Some((chromium, script)) = browser() else {
+        return;
+    };
+    let h = Herald::start("[auth]\napi_keys = [\"k-browser-secret\"]\n");
+    for n in 1..=2 {
+        let r = http()
+            .post(h.url("/v1/events"))
+            .bearer_auth("k-browser-secret")
+            .json(&json!({"channel": "demo", "data": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
     }
-    let _ = driver.child.wait().await;
+    let mut driver = Driver::launch(&script, &h, &chromium, Some("k-browser-secret"));
+    assert_eq!(driver.line().await, "READY");
+    assert_eq!(driver.send("2").await, "SEEN 1,2");
+    assert_eq!(driver.send("publish").await, "PUBLISHED 3");
+    let r = http()
+        .post(h.url("/v1/events"))
+        .bearer_auth("k-browser-secret")
+        .json(&json!({"channel": "chat/x", "data": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(driver.send("4").await, "SEEN 1,2,3,4");
+    // The driver reports any request URL holding the key as an ERROR.
+    driver.finish().await;
 }

@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Herald {
     child: Option<Child>,
+    /// Extra environment for the server process (kept across restarts; clear it to drop).
+    pub env: Vec<(String, String)>,
     pub addr: SocketAddr,
     pub data: PathBuf,
     config: PathBuf,
@@ -30,12 +32,22 @@ pub struct Herald {
 impl Herald {
     /// Starts Herald with default settings plus `toml` (a herald.toml fragment).
     pub fn start(toml: &str) -> Herald {
+        Self::start_with_env(toml, &[])
+    }
+
+    /// Starts Herald with extra environment variables.
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Herald {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let config = dir.path().join("herald.toml");
         std::fs::write(&config, toml).expect("write config");
-        let (child, addr, stderr) = spawn(&data, &config);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr, stderr) = spawn_on(0, &data, &config, &env);
         Herald {
+            env,
             child: Some(child),
             addr,
             data,
@@ -53,7 +65,7 @@ impl Herald {
     /// Restarts on a given port (0: any free one).
     pub fn restart_on(&mut self, port: u16) {
         assert!(self.child.is_none(), "stop the server before restarting it");
-        let (child, addr, stderr) = spawn_on(port, &self.data, &self.config);
+        let (child, addr, stderr) = spawn_on(port, &self.data, &self.config, &self.env);
         self.child = Some(child);
         self.addr = addr;
         self.stderr = stderr;
@@ -123,14 +135,16 @@ impl Drop for Herald {
     }
 }
 
-fn spawn(data: &Path, config: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
-    spawn_on(0, data, config)
-}
-
 // The child is returned to `Herald`, whose Drop kills and reaps it.
 #[allow(clippy::zombie_processes)]
-fn spawn_on(port: u16, data: &Path, config: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+fn spawn_on(
+    port: u16,
+    data: &Path,
+    config: &Path,
+    env: &[(String, String)],
+) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data)
         .arg("--config")
@@ -348,4 +362,43 @@ pub async fn ws_until_op(ws: &mut Ws, op: &str, skipped: &mut Vec<Value>) -> Val
         }
         skipped.push(v);
     }
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns the server's response (head and,
+/// by its Content-Length, body) as soon as it is complete, or whatever came before the
+/// server closed or `wait` passed. For requests no HTTP client would send: bodies that stall.
+pub async fn raw_http(h: &Herald, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
+    // The server may answer and close before taking everything: not an error here.
+    let _ = stream.write_all(request).await;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| out.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP response ("HTTP/1.1 408 ..." -> 408), 0 if there is none.
+pub fn raw_status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

@@ -23,9 +23,9 @@ async fn handshake_dropper(
 ) {
     let partials: [&[u8]; 4] = [
         b"",
-        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",
+        b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n",
         b"GET /v1/sse?channel=flood HTTP/1.1\r\nHo",
-        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"channel\":",
+        b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{\"channel\":",
     ];
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {

@@ -87,8 +87,11 @@ async fn any_request_becomes_an_event_that_keeps_its_exact_body() {
         .decode(event["data"]["body"].as_str().unwrap())
         .unwrap();
     assert_eq!(decoded, bytes);
-    // Bounded like any event, with a clear error.
+    // Bounded like any event, with a clear error: a body larger than an event is not even
+    // read whole; one that only grows past the limit as event data (escaped) is refused too.
     let (status, reply) = post_hook(&h, "/v1/hooks/inbox/big", &[], "x".repeat(4000)).await;
+    assert_error(status, &reply, 413, "body_too_large");
+    let (status, reply) = post_hook(&h, "/v1/hooks/inbox/big", &[], "\"".repeat(1500)).await;
     assert_error(status, &reply, 413, "event_too_large");
     let (status, reply) = post_hook(&h, "/v1/hooks/bad%20name", &[], "x").await;
     assert_error(status, &reply, 400, "invalid_channel");

@@ -126,7 +126,7 @@ async fn oversized_headers_and_slow_handshakes_are_cut_off() {
     );
     let mut big = TcpStream::connect(h.addr).await.unwrap();
     let request = format!(
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20_000)
     );
     let _ = big.write_all(request.as_bytes()).await;
@@ -134,7 +134,7 @@ async fn oversized_headers_and_slow_handshakes_are_cut_off() {
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.80}");
 
     let mut slow = TcpStream::connect(h.addr).await.unwrap();
-    slow.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
     let reply = read_to_close(&mut slow).await;

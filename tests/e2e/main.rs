@@ -9,6 +9,7 @@ mod cluster;
 mod common;
 mod durability;
 mod flood;
+mod hardening;
 mod hooks;
 mod limits;
 mod resume;

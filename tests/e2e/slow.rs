@@ -69,7 +69,7 @@ async fn stalled_clients_are_dropped_and_memory_stays_bounded() {
     // Slow SSE: a raw socket that sends the request and never reads.
     let mut slow_sse = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     slow_sse
-        .write_all(b"GET /v1/sse?channel=flood HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /v1/sse?channel=flood HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     // A normal subscriber on the same channel.

@@ -209,7 +209,7 @@ async fn raw_http_1_1_and_1_0_clients_get_well_framed_streams() {
     publish_one(&h, "raw", json!("x")).await;
     // HTTP/1.1: chunked; each frame is one chunk with its exact length.
     let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    s.write_all(b"GET /v1/sse?channel=raw&last_event_id=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /v1/sse?channel=raw&last_event_id=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let text = read_until(&mut s, "\"data\":\"x\"").await;

@@ -726,7 +726,7 @@ async fn private_and_metadata_destinations_are_refused_by_default() {
         ),
     ] {
         let (status, reply) = create_webhook(&h, json!({"url": url, "channels": ["*"]})).await;
-        assert_error(status, &reply, 400, "forbidden_url");
+        assert_error(status, &reply, 422, "forbidden_url");
         assert!(
             reply["error"]["message"].as_str().unwrap().contains(kind),
             "{reply}"
@@ -738,21 +738,22 @@ async fn private_and_metadata_destinations_are_refused_by_default() {
             "forbidden_url",
         ),
         (
-            json!({"url": "https://example.com/", "channels": []}),
+            json!({"url": "https://93.184.216.34/", "channels": []}),
             "invalid_webhook",
         ),
         (
-            json!({"url": "https://example.com/", "channels": ["bad name"]}),
+            json!({"url": "https://93.184.216.34/", "channels": ["bad name"]}),
             "invalid_webhook",
         ),
         (
-            json!({"url": "https://example.com/", "channels": ["*"], "secret": "nope"}),
+            json!({"url": "https://93.184.216.34/", "channels": ["*"], "secret": "nope"}),
             "invalid_webhook",
         ),
         (json!({"channels": ["*"]}), "invalid_webhook"),
     ] {
         let (status, reply) = create_webhook(&h, body).await;
-        assert_error(status, &reply, 400, code);
+        let want = if code == "forbidden_url" { 422 } else { 400 };
+        assert_error(status, &reply, want, code);
     }
     let r = http()
         .get(h.url("/v1/webhooks/wh_nope"))
