@@ -42,7 +42,7 @@ pub fn is_loopback_origin(origin: &str) -> bool {
         .is_some_and(|host| !host.contains('/') && is_loopback_host(host))
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

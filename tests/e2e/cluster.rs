@@ -21,6 +21,8 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     persist: bool,
+    /// Extra redis-server arguments (say, `--requirepass`).
+    args: Vec<String>,
 }
 
 /// A free loopback port below the kernel's ephemeral range. Redis is killed and restarted on
@@ -51,6 +53,10 @@ impl Redis {
 
     /// `persist: false`: no AOF, so a restart comes back empty (a misconfigured Redis).
     pub fn start_with(persist: bool) -> Option<Redis> {
+        Self::start_with_args(persist, &[])
+    }
+
+    pub fn start_with_args(persist: bool, args: &[&str]) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -71,6 +77,7 @@ impl Redis {
             port,
             dir: tempfile::tempdir().unwrap(),
             persist,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         redis.spawn();
         Some(redis)
@@ -83,6 +90,7 @@ impl Redis {
             .args(["--appendfsync", "always", "--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -100,8 +108,11 @@ impl Redis {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        // Up, with or without a password (`-NOAUTH` says it is up and wants one).
+        let mut buf = [0u8; 5];
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && (&buf == b"+PONG" || &buf == b"-NOAU")
     }
 
     pub fn url(&self) -> String {
@@ -1190,4 +1201,127 @@ async fn a_node_shutting_down_hands_its_unfinished_deliveries_to_the_others() {
     })
     .await;
     assert_eq!(delivered_by(&b).await, 1);
+}
+
+/// One `INFO` field of a Redis server, over a raw connection.
+fn redis_info(port: u16, field: &str) -> u64 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"INFO stats\r\n").unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains(&format!("{field}:")) || !text.ends_with("\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "redis closed");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO: {text}"))
+}
+
+/// All seqs of `query`, paging with `next`; also the largest page seen.
+async fn page_through(node: &Herald, query: &str) -> (Vec<u64>, usize) {
+    let (mut after, mut seqs, mut largest) = (0, Vec::new(), 0);
+    loop {
+        let page =
+            get_json(node.url(&format!("/v1/events?{query}&after={after}&limit=1000"))).await;
+        let events = page["events"].as_array().unwrap();
+        largest = largest.max(events.len());
+        seqs.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+        let next = page["next"].as_u64().unwrap();
+        if events.is_empty() && next == after {
+            return (seqs, largest);
+        }
+        after = next;
+    }
+}
+
+/// #10 item 2, on Redis: an id is scoped to its channel across the cluster too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item02_ids_are_scoped_to_their_channel_on_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let cluster = nodes(&redis, 2, "");
+    let squat = json!({"channel": "chat:eve", "id": "order-1001", "data": "squat"});
+    let (status, eve) = publish(&cluster[0], squat).await;
+    assert_eq!(status, 201);
+    let real = json!({"channel": "orders", "id": "order-1001", "data": {"total": 5}});
+    let (status, first) = publish(&cluster[1], real.clone()).await;
+    assert_eq!(status, 201, "the real order is written: {first}");
+    assert_ne!(first["seq"], eve["seq"]);
+    let (status, again) = publish(&cluster[0], real).await;
+    assert_eq!((status, &again["seq"]), (200, &first["seq"]));
+    let page = get_json(cluster[0].url("/v1/events?channel=orders")).await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+}
+
+/// #10 item 13: a pattern read is filtered inside Redis and bounded in bytes, so it never
+/// pulls a large log over the connection that appends use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item13_pattern_reads_send_only_what_they_return() {
+    let Some(redis) = Redis::start() else { return };
+    let node = &nodes(&redis, 1, "")[0];
+    // 1,600 events of 5 KB: 8 MB in the log.
+    let blob = "x".repeat(5000);
+    for _ in 0..8 {
+        let batch: Vec<Value> = (0..200)
+            .map(|_| json!({"channel": "bulk", "data": blob}))
+            .collect();
+        let (status, v) = publish(node, Value::Array(batch)).await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let before = redis_info(redis.port, "total_net_output_bytes");
+    let page = get_json(node.url("/v1/events?channel=none:*&after=0&limit=1000")).await;
+    let sent = redis_info(redis.port, "total_net_output_bytes") - before;
+    assert!(page["events"].as_array().unwrap().is_empty());
+    assert_eq!(page["next"], 1600, "{page}");
+    assert!(
+        sent < 256 * 1024,
+        "a read that matched nothing made Redis send {sent} bytes"
+    );
+    // Matching reads come in pages of at most ~1 MiB of envelopes, and paging gets all.
+    for query in ["channel=bul*", "channel=bulk", "channel=bulk&channel=b*"] {
+        let (seqs, largest) = page_through(node, query).await;
+        assert_eq!(seqs, (1..=1600).collect::<Vec<u64>>(), "{query}");
+        assert!(
+            largest < 1000 && largest > 100,
+            "{query}: page of {largest}"
+        );
+    }
+}
+
+/// #10 item 11: the Redis password never reaches the log, working or failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item11_the_redis_password_is_never_logged() {
+    let Some(redis) = Redis::start_with_args(true, &["--requirepass", "s3cret-pw-42"]) else {
+        return;
+    };
+    let url = format!("redis://:s3cret-pw-42@127.0.0.1:{}", redis.port);
+    let node = Herald::start(&format!("[redis]\nurl = \"{url}\"\n"));
+    publish_one(&node, "a", json!(1)).await;
+    let mut lines = node.startup_log.clone();
+    lines.extend(node.stderr.try_iter());
+    assert!(
+        lines.iter().any(|l| l.contains("redis://***@127.0.0.1")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("s3cret-pw-42")),
+        "{lines:?}"
+    );
+    // A wrong password: startup fails, and says so without quoting it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .args([
+            "--redis",
+            &format!("redis://:wrong-pw-77@127.0.0.1:{}", redis.port),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("wrong-pw-77"), "{err}");
 }

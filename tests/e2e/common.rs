@@ -27,6 +27,8 @@ pub struct Herald {
     config: PathBuf,
     _dir: tempfile::TempDir,
     pub stderr: mpsc::Receiver<String>,
+    /// What the server logged up to `listening on` (the rest comes through `stderr`).
+    pub startup_log: Vec<String>,
 }
 
 impl Herald {
@@ -45,8 +47,9 @@ impl Herald {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr, stderr) = spawn_on(0, &data, &config, &env);
+        let (child, addr, stderr, startup_log) = spawn_on(0, &data, &config, &env);
         Herald {
+            startup_log,
             env,
             child: Some(child),
             addr,
@@ -65,7 +68,9 @@ impl Herald {
     /// Restarts on a given port (0: any free one).
     pub fn restart_on(&mut self, port: u16) {
         assert!(self.child.is_none(), "stop the server before restarting it");
-        let (child, addr, stderr) = spawn_on(port, &self.data, &self.config, &self.env);
+        let (child, addr, stderr, startup_log) =
+            spawn_on(port, &self.data, &self.config, &self.env);
+        self.startup_log = startup_log;
         self.child = Some(child);
         self.addr = addr;
         self.stderr = stderr;
@@ -142,7 +147,7 @@ fn spawn_on(
     data: &Path,
     config: &Path,
     env: &[(String, String)],
-) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+) -> (Child, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -168,10 +173,12 @@ fn spawn_on(
         }
     });
     let deadline = std::time::Instant::now() + WAIT;
+    let mut startup = Vec::new();
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .expect("herald did not log `listening on`");
+        startup.push(line.clone());
         if let Some(rest) = line.split("listening on http://").nth(1) {
             let addr = rest
                 .split_whitespace()
@@ -179,7 +186,7 @@ fn spawn_on(
                 .expect("address")
                 .parse()
                 .expect("socket address");
-            return (child, addr, rx);
+            return (child, addr, rx, startup);
         }
     }
 }
