@@ -1271,6 +1271,11 @@ async fn item13_pattern_reads_send_only_what_they_return() {
         let (status, v) = publish(node, Value::Array(batch)).await;
         assert_eq!(status, 201, "{v}");
     }
+    // The node's follower has read everything, so the bytes counted below are the read's.
+    eventually("the follower to catch up", WAIT, async || {
+        (get_json(node.url("/readyz")).await["head"] == 1600).then_some(())
+    })
+    .await;
     let before = redis_info(redis.port, "total_net_output_bytes");
     let page = get_json(node.url("/v1/events?channel=none:*&after=0&limit=1000")).await;
     let sent = redis_info(redis.port, "total_net_output_bytes") - before;
