@@ -198,8 +198,9 @@ async fn item01_a_pretty_printed_signed_hook_is_forwarded_byte_for_byte() {
     let h = Herald::start(
         "[[hooks]]\nchannels = [\"gh/*\"]\nverify = \"github\"\nsecret = \"dev secret\"\n",
     );
-    // How GitHub and Stripe send JSON: indented, CRLF or LF, trailing newline.
-    let body = "{\r\n  \"ref\": \"refs/heads/main\",\n  \"commits\": [\n    {\"id\": 1}\n  ]\n}\n";
+    // How GitHub and Stripe send JSON: indented, with CRLF or LF line breaks (and no
+    // trailing newline, so it is one JSON value, byte for byte).
+    let body = "{\r\n  \"ref\": \"refs/heads/main\",\n  \"commits\": [\n    {\"id\": 1}\n  ]\n}";
     let sig = format!("sha256={}", hmac_hex(b"dev secret", &[body.as_bytes()]));
     let (status, v) = reply(
         http()
