@@ -28,7 +28,7 @@ async fn bearer_status(url: String, credential: &str) -> u16 {
 
 /// Mints a token with the real CLI (`herald token`), from the server's config file.
 fn token(h: &Herald, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = herald_command()
         .arg("token")
         .args(args)
         .arg("--config")
@@ -318,7 +318,7 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
         "[auth]\napi_keys = [\"k\"]\njwt_public_key = \"{}\"\n",
         public.display()
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = herald_command()
         .args([
             "token",
             "--sub",
@@ -377,7 +377,7 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
 #[test]
 fn open_mode_refuses_non_loopback_addresses() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = herald_command()
         .args(["serve", "--listen", "0.0.0.0:0", "--data"])
         .arg(dir.path())
         .env_remove("HERALD_API_KEY")

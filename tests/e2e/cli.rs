@@ -1,13 +1,13 @@
 //! The command line: `herald publish` and `herald tail` against a running server.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
 use crate::common::*;
 
 fn herald(args: &[&str], server: &Herald) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
+    herald_command()
         .args(args)
         .env("HERALD_URL", server.url(""))
         .stdin(Stdio::null())
@@ -66,7 +66,7 @@ async fn tail_resumes_after_a_server_restart() {
     let mut h = Herald::start("");
     publish_one(&h, "t", serde_json::json!(1)).await;
     let addr = h.url("");
-    let tail = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let tail = herald_command()
         .args(["tail", "t", "--since", "0", "--count", "3"])
         .env("HERALD_URL", &addr)
         .stdout(Stdio::piped())
@@ -188,7 +188,7 @@ async fn bench(h: &Herald, args: &[&str]) -> Value {
         args.extend(["--server-pid".to_string(), pid]);
     }
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_herald"))
+        herald_command()
             .arg("bench")
             .args(&args)
             .arg("--json")

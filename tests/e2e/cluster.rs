@@ -215,7 +215,7 @@ fn sse_follower(
         let seen = seen.clone();
         async move {
             let last = seen.lock().unwrap().last;
-            let req = reqwest::Client::new()
+            let req = client()
                 .get(format!("{url}/v1/sse?{query}"))
                 .header("Last-Event-ID", last.to_string());
             let Ok(Ok(response)) = tokio::time::timeout(WAIT, req.send()).await else {
@@ -297,6 +297,7 @@ async fn publisher(
     give_up: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let client = reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -535,12 +536,7 @@ async fn three_nodes_deliver_one_contiguous_order_to_every_subscriber() {
     assert_complete(&subscribers, &acked).await;
     // History through any node agrees.
     let page = get_json(cluster[2].url("/v1/events?channel=b&after=0&limit=1000")).await;
-    let history: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
+    let history = page_seqs(&page);
     let want: Vec<u64> = acked["b"].iter().copied().take(1000).collect();
     assert_eq!(history, want);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -816,13 +812,7 @@ async fn ids_deduplicate_and_retention_trims_across_the_cluster() {
     })
     .await;
     let page = get_json(cluster[0].url("/v1/events?channel=d&after=0")).await;
-    let seqs: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, (head - 4..=head).collect::<Vec<_>>());
+    assert_eq!(page_seqs(&page), (head - 4..=head).collect::<Vec<_>>());
     // Operators can see what the shared log costs.
     let metrics = get_text(cluster[0].url("/metrics")).await;
     assert!(
@@ -1154,7 +1144,7 @@ async fn nodes_reach_redis_over_tls_and_refuse_an_unknown_certificate() {
     let bad = tempfile::tempdir().unwrap();
     let config = bad.path().join("herald.toml");
     std::fs::write(&config, format!("[redis]\nurl = \"{url}\"\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = herald_command()
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(bad.path().join("data"))
         .arg("--config")
@@ -1317,7 +1307,7 @@ async fn item11_the_redis_password_is_never_logged() {
     );
     // A wrong password: startup fails, and says so without quoting it.
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = herald_command()
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path())
         .args([

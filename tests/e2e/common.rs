@@ -148,7 +148,7 @@ fn spawn_on(
     config: &Path,
     env: &[(String, String)],
 ) -> (Child, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = herald_command()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data)
@@ -191,8 +191,34 @@ fn spawn_on(
     }
 }
 
+/// Variables a test's `herald` process may inherit; everything else (a developer's
+/// `HERALD_API_KEY`, `HERALD_REDIS_URL`, `HTTP_PROXY`, ...) would change what is tested.
+const INHERITED_ENV: [&str; 6] = ["PATH", "HOME", "TMPDIR", "LANG", "RUST_BACKTRACE", "USER"];
+
+/// The `herald` binary with a cleared environment plus [`INHERITED_ENV`]; a test adds what it
+/// means to set.
+pub fn herald_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.env_clear();
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
+/// An HTTP client that never goes through a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .timeout(WAIT)
         .build()
         .expect("client")
@@ -263,7 +289,7 @@ pub struct Sse {
 
 impl Sse {
     pub async fn connect(h: &Herald, query: &str, last_event_id: Option<u64>) -> Sse {
-        let mut req = reqwest::Client::new().get(h.url(&format!("/v1/sse?{query}")));
+        let mut req = client().get(h.url(&format!("/v1/sse?{query}")));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
@@ -408,4 +434,64 @@ pub fn raw_status(response: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// What a local app (say, behind `herald forward`) received: method, URI, headers, body.
+pub type Got =
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, axum::http::HeaderMap, bytes::Bytes)>>>;
+
+/// An HTTP app on a free loopback port that records every request; returns its base URL.
+pub async fn local_app() -> (String, Got) {
+    let got: Got = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method,
+              uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              body: bytes::Bytes| {
+            let g = g.clone();
+            async move {
+                g.lock()
+                    .unwrap()
+                    .push((method.to_string(), uri.to_string(), headers, body));
+                "ok"
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), got)
+}
+
+/// Starts `herald forward` from `server`'s `channel` to `to` (stderr piped, for reading after
+/// the child is killed).
+pub fn spawn_forward(server: &str, channel: &str, to: &str, since: Option<u64>) -> Child {
+    let mut command = herald_command();
+    command
+        .args([
+            "forward",
+            "--server",
+            server,
+            "--channel",
+            channel,
+            "--to",
+            to,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(since) = since {
+        command.args(["--since", &since.to_string()]);
+    }
+    command.spawn().expect("spawn herald forward")
+}
+
+/// The seqs of a history page, in order.
+pub fn page_seqs(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
 }

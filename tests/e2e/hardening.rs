@@ -3,7 +3,7 @@
 //! raw TCP where no well-behaved client would send what an attacker sends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -51,7 +51,7 @@ fn hmac_hex(secret: &[u8], parts: &[&[u8]]) -> String {
 
 /// Runs the CLI and returns (stdout, stderr).
 fn herald_cli(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = herald_command()
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -60,32 +60,6 @@ fn herald_cli(args: &[&str]) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// What a local app (behind `herald forward`) received: method, URI, headers, body.
-type Got = Arc<Mutex<Vec<(String, String, axum::http::HeaderMap, bytes::Bytes)>>>;
-
-async fn local_app() -> (String, Got) {
-    let got: Got = Default::default();
-    let g = got.clone();
-    let app = axum::Router::new().fallback(
-        move |method: axum::http::Method,
-              uri: axum::http::Uri,
-              headers: axum::http::HeaderMap,
-              body: bytes::Bytes| {
-            let g = g.clone();
-            async move {
-                g.lock()
-                    .unwrap()
-                    .push((method.to_string(), uri.to_string(), headers, body));
-                "ok"
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), got)
 }
 
 /// A stand-in server whose `/v1/sse` sends `stream` once and then stays open: for frames a
@@ -219,13 +193,7 @@ async fn item01_a_pretty_printed_signed_hook_is_forwarded_byte_for_byte() {
     assert_eq!(page["events"][0]["data"]["body"], body);
     // `herald forward` replays the exact bytes, and the signature still verifies.
     let (app, got) = local_app().await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["forward", "--server", &h.url(""), "--channel", "gh/*"])
-        .args(["--since", "0", "--to", &format!("{app}/hooks")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_forward(&h.url(""), "gh/*", &format!("{app}/hooks"), Some(0));
     let seen = eventually("the forwarded request", WAIT, async || {
         let g = got.lock().unwrap();
         (!g.is_empty()).then(|| g[0].clone())
@@ -264,13 +232,7 @@ async fn item01_tail_and_forward_report_a_bad_frame_and_go_on() {
     );
 
     let (app, got) = local_app().await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["forward", "--server", &server, "--channel", "c"])
-        .args(["--to", &format!("{app}/hooks")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_forward(&server, "c", &format!("{app}/hooks"), None);
     let seen = eventually("the good frame, forwarded", WAIT, async || {
         let g = got.lock().unwrap();
         (!g.is_empty()).then(|| g[0].clone())
@@ -365,13 +327,7 @@ async fn item03_a_failed_sync_halts_writes_and_tells_the_truth() {
     assert_eq!(v["code"], "log_failed");
     // Nothing undelivered ever became readable here: history and live agree on 1, 2.
     let page = get_json(h.url("/v1/events?channel=f")).await;
-    let seqs: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(page_seqs(&page), vec![1, 2]);
     assert_eq!(live.next().await.unwrap().id, Some(1));
     assert_eq!(live.next().await.unwrap().id, Some(2));
     assert!(
@@ -901,13 +857,7 @@ async fn item12_only_hooks_make_webhook_events_and_forward_replays_no_credential
     });
     let server = fake_sse(stream).await;
     let (app, got) = local_app().await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["forward", "--server", &server, "--channel", "c"])
-        .args(["--to", &format!("{app}/hooks")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_forward(&server, "c", &format!("{app}/hooks"), None);
     let (_, _, headers, _) = eventually("the forwarded request", WAIT, async || {
         let g = got.lock().unwrap();
         (!g.is_empty()).then(|| g[0].clone())

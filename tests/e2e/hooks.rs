@@ -206,35 +206,13 @@ async fn one_heralds_outgoing_webhooks_feed_anothers_incoming_hook() {
     assert_eq!(deliveries["deliveries"][0]["status_code"], 202);
 }
 
-/// What the local app behind `herald forward` received.
-type Got =
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String, axum::http::HeaderMap, bytes::Bytes)>>>;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_replays_captured_requests_to_a_local_app_and_signatures_still_verify() {
     let h = Herald::start(
         "[[hooks]]\nchannels = [\"gh/*\"]\nverify = \"github\"\nsecret = \"dev secret\"\n",
     );
     // The developer's app on localhost.
-    let got: Got = Default::default();
-    let g = got.clone();
-    let app = axum::Router::new().fallback(
-        move |method: axum::http::Method,
-              uri: axum::http::Uri,
-              headers: axum::http::HeaderMap,
-              body: bytes::Bytes| {
-            let g = g.clone();
-            async move {
-                g.lock()
-                    .unwrap()
-                    .push((method.to_string(), uri.to_string(), headers, body));
-                "ok"
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (local, got) = local_app().await;
     // Captured before forward runs; `--since 0` replays it.
     let body = br#"{"ref": "refs/heads/main", "n": 1.0}"#;
     let sig = github_signature("dev secret", body);
@@ -244,21 +222,7 @@ async fn forward_replays_captured_requests_to_a_local_app_and_signatures_still_v
     ];
     let (status, _) = post_hook(&h, "/v1/hooks/gh/push?x=1", &headers, body.to_vec()).await;
     assert_eq!(status, 202);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "forward",
-            "--server",
-            &h.url(""),
-            "--channel",
-            "gh/*",
-            "--since",
-            "0",
-        ])
-        .args(["--to", &format!("http://{local}/webhooks")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_forward(&h.url(""), "gh/*", &format!("{local}/webhooks"), Some(0));
     // And one that arrives while it runs.
     let later = br#"{"ref":"refs/heads/dev"}"#;
     let sig2 = github_signature("dev secret", later);

@@ -240,7 +240,7 @@ async fn raw_http_1_1_and_1_0_clients_get_well_framed_streams() {
     assert!(text.contains("content-length: "), "{text}");
     assert!(text.contains("\"code\":\"missing_channel\""), "{text}");
     // A keep-alive connection that asks for SSE after another request is served too.
-    let client = reqwest::Client::new();
+    let client = client();
     assert_eq!(
         client.get(h.url("/healthz")).send().await.unwrap().status(),
         200
