@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::api::{read_body, require_json};
 use super::{parse_cursor, query_pairs, ApiError, AppState};
 use crate::event::format_time;
-use crate::webhook::{CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
+use crate::webhook::{AttemptStatus, CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
 
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
@@ -192,24 +192,17 @@ pub async fn deliveries(
                     })?
             }
             "status" => {
-                if !matches!(
-                    value.as_str(),
-                    "delivered" | "retrying" | "failed" | "disabled"
-                ) {
-                    return Err(ApiError::bad_request(
+                status = Some(AttemptStatus::parse(&value).ok_or_else(|| {
+                    ApiError::bad_request(
                         "invalid_status",
                         "status must be delivered, retrying, failed or disabled",
-                    ));
-                }
-                status = Some(value);
+                    )
+                })?);
             }
             _ => {}
         }
     }
-    let attempts = app
-        .webhooks
-        .attempts(&id, after, status.as_deref(), limit)
-        .await?;
+    let attempts = app.webhooks.attempts(&id, after, status, limit).await?;
     let next = attempts.last().map_or(after, |a| a.id);
     let list: Vec<Value> = attempts
         .into_iter()

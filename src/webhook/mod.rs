@@ -6,6 +6,7 @@
 pub mod deliver;
 pub mod guard;
 pub mod queue;
+pub mod retry;
 pub mod sign;
 pub mod store;
 
@@ -27,6 +28,8 @@ use deliver::{Deliverer, Message, Outcome};
 use guard::{GuardError, Policy};
 use queue::Want;
 pub use queue::{Queue, RedisQueue};
+pub use retry::AttemptStatus;
+use retry::Decision;
 use sign::Secret;
 pub use store::{Attempt, Endpoint, WebhookStore};
 use store::{Resolution, Task};
@@ -187,6 +190,8 @@ pub struct Webhooks {
     store: Queue,
     hub: Arc<Hub>,
     config: WebhooksConfig,
+    /// `config.retry_schedule`, unwrapped.
+    schedule: Vec<Duration>,
     attempt_retention: Duration,
     deliverer: Deliverer,
     live: RwLock<HashMap<String, Arc<Live>>>,
@@ -211,6 +216,7 @@ impl Webhooks {
         };
         let service = Arc::new(Webhooks {
             deliverer: Deliverer::new(policy, config.timeout),
+            schedule: config.retry_schedule.iter().map(|d| **d).collect(),
             store,
             hub,
             config,
@@ -481,7 +487,7 @@ impl Webhooks {
         &self,
         id: &str,
         after: u64,
-        status: Option<&str>,
+        status: Option<AttemptStatus>,
         limit: usize,
     ) -> Result<Vec<Attempt>, WebhookError> {
         self.get(id).await?;
@@ -743,7 +749,7 @@ impl Webhooks {
                 retry_after: None,
                 body: None,
             };
-            self.record(live, task, &outcome, "failed", None, Resolution::Failed)
+            self.record(live, task, &outcome, Decision::Exhausted)
                 .await?;
             return Ok(());
         };
@@ -758,93 +764,78 @@ impl Webhooks {
         let now = now_ms();
         metrics::histogram!("herald_webhook_delivery_seconds")
             .record(outcome.duration.as_secs_f64());
-        if outcome.delivered() {
-            metrics::counter!("herald_webhook_attempts_total", "outcome" => "delivered")
-                .increment(1);
-            self.record(
-                live,
-                task,
-                &outcome,
-                "delivered",
-                None,
-                Resolution::Delivered,
-            )
-            .await?;
-            if endpoint.failing_since_ms.is_some() {
+        let policy = retry::Policy {
+            schedule: &self.schedule,
+            disable_after: self.config.disable_after,
+        };
+        let decision = retry::decide(
+            &outcome,
+            task.attempts,
+            endpoint.failing_since_ms,
+            &policy,
+            now,
+            jitter,
+        );
+        let label = match decision {
+            Decision::Delivered => "delivered",
+            Decision::Gone => "gone",
+            _ => "failed",
+        };
+        metrics::counter!("herald_webhook_attempts_total", "outcome" => label).increment(1);
+        self.record(live, task, &outcome, decision).await?;
+        match decision {
+            Decision::Delivered if endpoint.failing_since_ms.is_some() => {
                 self.mark(endpoint.id.as_str(), &|e: &mut Endpoint| {
                     e.failing_since_ms = None
                 })
                 .await?;
             }
-            return Ok(());
-        }
-        if outcome.gone() {
-            metrics::counter!("herald_webhook_attempts_total", "outcome" => "gone").increment(1);
-            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)
-                .await?;
-            self.disable(&endpoint.id, "the endpoint answered 410 Gone")
-                .await?;
-            return Ok(());
-        }
-        metrics::counter!("herald_webhook_attempts_total", "outcome" => "failed").increment(1);
-        let failing_since = endpoint.failing_since_ms.unwrap_or(now);
-        if endpoint.failing_since_ms.is_none() {
-            // Another node may have noticed first: its start of the run stands.
-            self.mark(&endpoint.id, &|e: &mut Endpoint| {
-                e.failing_since_ms.get_or_insert(now);
-            })
-            .await?;
-        }
-        if now.saturating_sub(failing_since) >= self.config.disable_after.as_millis() as u64 {
-            self.record(live, task, &outcome, "disabled", None, Resolution::Keep)
-                .await?;
-            self.disable(
-                &endpoint.id,
-                "failing continuously for longer than webhooks.disable_after",
-            )
-            .await?;
-            return Ok(());
-        }
-        let made = task.attempts + 1;
-        match self.config.retry_schedule.get(made as usize - 1) {
-            Some(delay) => {
-                let delay = outcome.retry_after.unwrap_or_else(|| jitter(**delay));
-                let next_at = now + delay.as_millis() as u64;
-                self.record(
-                    live,
-                    task,
-                    &outcome,
-                    "retrying",
-                    Some(next_at),
-                    Resolution::Retry {
-                        next_at_ms: next_at,
-                    },
+            Decision::Delivered => {}
+            Decision::Gone => {
+                self.disable(&endpoint.id, "the endpoint answered 410 Gone")
+                    .await?;
+            }
+            Decision::FailingTooLong => {
+                self.disable(
+                    &endpoint.id,
+                    "failing continuously for longer than webhooks.disable_after",
                 )
                 .await?;
             }
-            None => {
-                self.record(live, task, &outcome, "failed", None, Resolution::Failed)
-                    .await?
+            Decision::Retry { .. } | Decision::Exhausted => {
+                if endpoint.failing_since_ms.is_none() {
+                    // Another node may have noticed first: its start of the run stands.
+                    self.mark(&endpoint.id, &|e: &mut Endpoint| {
+                        e.failing_since_ms.get_or_insert(now);
+                    })
+                    .await?;
+                }
             }
         }
         Ok(())
     }
 
+    /// Logs the attempt and moves the task on, in one store write.
     async fn record(
         &self,
         live: &Live,
         task: Task,
         outcome: &Outcome,
-        status: &str,
-        next_at: Option<u64>,
-        resolution: Resolution,
+        decision: Decision,
     ) -> Result<(), WebhookError> {
         let now = now_ms();
+        let (next_at, resolution) = match decision {
+            Decision::Delivered => (None, Resolution::Delivered),
+            Decision::Retry { at_ms } => (Some(at_ms), Resolution::Retry { next_at_ms: at_ms }),
+            Decision::Exhausted => (None, Resolution::Failed),
+            // The task stays queued for when the endpoint is enabled again.
+            Decision::Gone | Decision::FailingTooLong => (None, Resolution::Keep),
+        };
         let attempt = Attempt {
             id: 0,
             seq: task.seq,
             attempt: task.attempts + 1,
-            status: status.to_string(),
+            status: decision.status(),
             status_code: outcome.status,
             error: outcome.error.clone(),
             duration_ms: outcome.duration.as_millis() as u64,

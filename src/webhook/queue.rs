@@ -15,6 +15,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
+use super::retry::AttemptStatus;
 use super::store::{Attempt, Endpoint, Resolution, Step, Task, WebhookStore};
 use crate::log::redis::unavailable;
 use crate::log::LogError;
@@ -170,7 +171,7 @@ impl Queue {
         &self,
         id: &str,
         after: u64,
-        status: Option<&str>,
+        status: Option<AttemptStatus>,
         limit: usize,
     ) -> Result<Vec<Attempt>, LogError> {
         match self {
@@ -619,7 +620,7 @@ impl RedisQueue {
         &self,
         id: &str,
         after: u64,
-        status: Option<&str>,
+        status: Option<AttemptStatus>,
         limit: usize,
     ) -> Result<Vec<Attempt>, LogError> {
         let mut out = Vec::new();

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle};
 use serde::{Deserialize, Serialize};
 
+use super::retry::AttemptStatus;
 use crate::log::LogError;
 
 /// An outgoing webhook endpoint, as stored.
@@ -66,8 +67,7 @@ pub struct Attempt {
     pub id: u64,
     pub seq: u64,
     pub attempt: u32,
-    /// `delivered`, `retrying`, `failed` (out of retries), or `disabled` (410 or too long failing).
-    pub status: String,
+    pub status: AttemptStatus,
     pub status_code: Option<u16>,
     pub error: Option<String>,
     pub duration_ms: u64,
@@ -394,7 +394,7 @@ impl WebhookStore {
         &self,
         id: &str,
         after: u64,
-        status: Option<&str>,
+        status: Option<AttemptStatus>,
         limit: usize,
     ) -> Result<Vec<Attempt>, LogError> {
         let mut from = prefix(id);
