@@ -1,0 +1,264 @@
+//! Dispatch: the scheduler walks due tasks within the global and per-endpoint limits
+//! (ordered endpoints: one at a time, the head), workers sign and POST them, and each
+//! attempt is recorded with the task's next state (decided by `retry`) in one store write.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::deliver::{Message, Outcome};
+use super::endpoint::Live;
+use super::queue::Want;
+use super::retry::{self, Decision};
+use super::store::{Attempt, Endpoint, Resolution, Task};
+use super::{WebhookError, Webhooks};
+use crate::event::{format_time, now_ms};
+use crate::log::LogError;
+
+/// Scheduling passes happen at least this often (retries come due without a wake-up).
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+pub(super) struct InFlight {
+    total: usize,
+    per_endpoint: HashMap<String, usize>,
+    tasks: HashSet<(String, u64)>,
+    /// Cluster claims held by running attempts, to hand back at shutdown.
+    pub(super) claims: HashMap<(String, u64), Arc<str>>,
+}
+
+impl Webhooks {
+    /// Hands due tasks to delivery workers within the concurrency limits.
+    pub(super) async fn schedule(self: Arc<Self>) {
+        let mut last_trim = 0;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let now = now_ms();
+            match self.dispatch_due(now).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("webhook scheduling resumed");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    // Said once per outage; retried each second until the store is back.
+                    if !failing {
+                        tracing::error!(error = %e, "webhook scheduling failed");
+                    }
+                    failing = true;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            if now.saturating_sub(last_trim) > 60_000 {
+                last_trim = now;
+                let cutoff = now.saturating_sub(self.attempt_retention.as_millis() as u64);
+                if let Err(e) = self.store.trim_attempts(cutoff).await {
+                    tracing::error!(error = %e, "webhook attempt log trim failed");
+                }
+            }
+            // Let completions accumulate a little instead of rescanning per completion.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), LogError> {
+        let live_map = self.live.read().expect("webhook map").clone();
+        let max_total = self.config.max_in_flight.max(1);
+        let (wants, total, in_flight) = {
+            let f = self.in_flight.lock().expect("in-flight lock");
+            let wants: HashMap<String, Want> = live_map
+                .values()
+                .filter(|l| l.endpoint.enabled)
+                .filter_map(|l| {
+                    let ordered = l.endpoint.ordered;
+                    let limit = if ordered {
+                        1
+                    } else {
+                        self.config.max_in_flight_per_endpoint.max(1)
+                    };
+                    let busy = f.per_endpoint.get(&l.endpoint.id).copied().unwrap_or(0);
+                    (busy < limit).then(|| {
+                        let want = Want {
+                            capacity: limit - busy,
+                            ordered,
+                        };
+                        (l.endpoint.id.clone(), want)
+                    })
+                })
+                .collect();
+            (wants, max_total.saturating_sub(f.total), f.tasks.clone())
+        };
+        if wants.is_empty() || total == 0 {
+            return Ok(());
+        }
+        let claimed = self.store.claim(now, &wants, total, &in_flight).await?;
+        for (id, task) in claimed {
+            let Some(live) = live_map.get(&id) else {
+                continue;
+            };
+            {
+                let mut f = self.in_flight.lock().expect("in-flight lock");
+                if !f.tasks.insert((id.clone(), task.seq)) {
+                    continue;
+                }
+                if let Some(token) = &task.claim {
+                    f.claims.insert((id.clone(), task.seq), token.clone());
+                }
+                f.total += 1;
+                *f.per_endpoint.entry(id).or_default() += 1;
+            }
+            self.tasks.spawn(self.clone().attempt(live.clone(), task));
+        }
+        Ok(())
+    }
+
+    async fn attempt(self: Arc<Self>, live: Arc<Live>, task: Task) {
+        let id = live.endpoint.id.clone();
+        let seq = task.seq;
+        if let Err(e) = self.attempt_inner(&live, task).await {
+            tracing::error!(endpoint = %id, seq, error = %e, "webhook attempt failed to record");
+        }
+        {
+            let mut f = self.in_flight.lock().expect("in-flight lock");
+            f.total -= 1;
+            if let Some(n) = f.per_endpoint.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    f.per_endpoint.remove(&id);
+                }
+            }
+            f.claims.remove(&(id.clone(), seq));
+            f.tasks.remove(&(id, seq));
+        }
+        self.wake.notify_one();
+    }
+
+    async fn attempt_inner(&self, live: &Live, task: Task) -> Result<(), WebhookError> {
+        let endpoint = &live.endpoint;
+        let event = self.hub.log().get(task.seq).await?;
+        let now = now_ms();
+        let Some(event) = event else {
+            let outcome = Outcome {
+                status: None,
+                error: Some("the event is no longer in the log (trimmed by retention)".into()),
+                duration: Duration::ZERO,
+                retry_after: None,
+                body: None,
+            };
+            self.record(live, task, &outcome, Decision::Exhausted)
+                .await?;
+            return Ok(());
+        };
+        let webhook_id = format!("{}_{}", endpoint.id, task.seq);
+        let message = Message {
+            url: &endpoint.url,
+            webhook_id: &webhook_id,
+            body: event.envelope().clone(),
+            secrets: live.signing_secrets(now),
+        };
+        let outcome = self.deliverer.send(message, now / 1000).await;
+        let now = now_ms();
+        metrics::histogram!("herald_webhook_delivery_seconds")
+            .record(outcome.duration.as_secs_f64());
+        let policy = retry::Policy {
+            schedule: &self.schedule,
+            disable_after: self.config.disable_after,
+        };
+        let decision = retry::decide(
+            &outcome,
+            task.attempts,
+            endpoint.failing_since_ms,
+            &policy,
+            now,
+            jitter,
+        );
+        let label = match decision {
+            Decision::Delivered => "delivered",
+            Decision::Gone => "gone",
+            _ => "failed",
+        };
+        metrics::counter!("herald_webhook_attempts_total", "outcome" => label).increment(1);
+        self.record(live, task, &outcome, decision).await?;
+        match decision {
+            Decision::Delivered if endpoint.failing_since_ms.is_some() => {
+                self.mark(endpoint.id.as_str(), &|e: &mut Endpoint| {
+                    e.failing_since_ms = None
+                })
+                .await?;
+            }
+            Decision::Delivered => {}
+            Decision::Gone => {
+                self.disable(&endpoint.id, "the endpoint answered 410 Gone")
+                    .await?;
+            }
+            Decision::FailingTooLong => {
+                self.disable(
+                    &endpoint.id,
+                    "failing continuously for longer than webhooks.disable_after",
+                )
+                .await?;
+            }
+            Decision::Retry { .. } | Decision::Exhausted => {
+                if endpoint.failing_since_ms.is_none() {
+                    // Another node may have noticed first: its start of the run stands.
+                    self.mark(&endpoint.id, &|e: &mut Endpoint| {
+                        e.failing_since_ms.get_or_insert(now);
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs the attempt and moves the task on, in one store write.
+    async fn record(
+        &self,
+        live: &Live,
+        task: Task,
+        outcome: &Outcome,
+        decision: Decision,
+    ) -> Result<(), WebhookError> {
+        let now = now_ms();
+        let (next_at, resolution) = match decision {
+            Decision::Delivered => (None, Resolution::Delivered),
+            Decision::Retry { at_ms } => (Some(at_ms), Resolution::Retry { next_at_ms: at_ms }),
+            Decision::Exhausted => (None, Resolution::Failed),
+            // The task stays queued for when the endpoint is enabled again.
+            Decision::Gone | Decision::FailingTooLong => (None, Resolution::Keep),
+        };
+        let attempt = Attempt {
+            id: 0,
+            seq: task.seq,
+            attempt: task.attempts + 1,
+            status: decision.status(),
+            status_code: outcome.status,
+            error: outcome.error.clone(),
+            duration_ms: outcome.duration.as_millis() as u64,
+            time: format_time(now),
+            time_ms: now,
+            next_attempt: next_at.map(format_time),
+            response_body: outcome.body.clone(),
+        };
+        self.store
+            .finish(&live.endpoint.id, task, attempt, resolution)
+            .await?;
+        Ok(())
+    }
+}
+
+/// ±10% so that endpoints failing together do not retry in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let r = u16::from_le_bytes(b) as f64 / u16::MAX as f64;
+    delay.mul_f64(0.9 + 0.2 * r)
+}

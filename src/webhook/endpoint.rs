@@ -1,0 +1,164 @@
+//! An endpoint as requests describe it (create and update bodies, validation) and as the
+//! service runs it (`Live`: parsed secrets, compiled filter, the switch for its enqueuer).
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::sign::Secret;
+use super::store::Endpoint;
+use super::WebhookError;
+use crate::event::{validate_channel, Filter, Pattern};
+
+/// `POST /v1/webhooks` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    pub url: String,
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub ordered: Option<bool>,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// `PATCH /v1/webhooks/{id}` body; absent fields stay as they are (`types: null` clears).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    pub url: Option<String>,
+    pub channels: Option<Vec<String>>,
+    #[serde(default, with = "double_option")]
+    pub types: Option<Option<Vec<String>>>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    pub ordered: Option<bool>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<Vec<String>>>, D::Error> {
+        Ok(Some(Option::deserialize(d)?))
+    }
+}
+
+/// An endpoint as the service holds it: parsed secrets, compiled filter, and the switch that
+/// stops its enqueuer.
+pub(super) struct Live {
+    pub(super) endpoint: Endpoint,
+    pub(super) secret: Secret,
+    pub(super) previous: Option<Secret>,
+    pub(super) filter: Filter,
+    pub(super) stop: CancellationToken,
+    /// What the running enqueuer was started for; a change means a restart.
+    pub(super) route: Route,
+}
+
+/// The parts of an endpoint that decide what gets queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Route {
+    channels: Vec<String>,
+    types: Option<Vec<String>>,
+    enabled: bool,
+}
+
+impl Route {
+    pub(super) fn of(e: &Endpoint) -> Route {
+        Route {
+            channels: e.channels.clone(),
+            types: e.types.clone(),
+            enabled: e.enabled,
+        }
+    }
+}
+
+impl Live {
+    pub(super) fn new(endpoint: Endpoint) -> Result<Live, WebhookError> {
+        let secret =
+            Secret::parse(&endpoint.secret).map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        let previous = endpoint
+            .previous_secret
+            .as_deref()
+            .and_then(|s| Secret::parse(s).ok());
+        let filter = Filter::parse(endpoint.channels.iter().map(String::as_str))
+            .map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        Ok(Live {
+            route: Route::of(&endpoint),
+            endpoint,
+            secret,
+            previous,
+            filter,
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// This endpoint's new stored state, keeping the running enqueuer (and what it was
+    /// started for). Stops the enqueuer if the endpoint got disabled.
+    pub(super) fn updated(&self, endpoint: Endpoint) -> Result<Live, WebhookError> {
+        let fresh = Live::new(endpoint)?;
+        if !fresh.endpoint.enabled {
+            self.stop.cancel();
+        }
+        Ok(Live {
+            filter: self.filter.clone(),
+            stop: self.stop.clone(),
+            route: self.route.clone(),
+            ..fresh
+        })
+    }
+
+    pub(super) fn wants_type(&self, kind: Option<&str>) -> bool {
+        match &self.endpoint.types {
+            None => true,
+            Some(types) => kind.is_some_and(|k| types.iter().any(|t| t == k)),
+        }
+    }
+
+    /// Secrets to sign with now: the current one, plus the previous one during its overlap.
+    pub(super) fn signing_secrets(&self, now: u64) -> Vec<&Secret> {
+        let mut out = vec![&self.secret];
+        if let (Some(prev), Some(until)) = (&self.previous, self.endpoint.previous_expires_ms) {
+            if now < until {
+                out.push(prev);
+            }
+        }
+        out
+    }
+}
+
+pub(super) fn validate_channels(channels: &[String]) -> Result<(), WebhookError> {
+    if channels.is_empty() {
+        return Err(WebhookError::Invalid(
+            "channels must name at least one channel or pattern".into(),
+        ));
+    }
+    for c in channels {
+        Pattern::parse(c).map_err(|e| WebhookError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+pub(super) fn validate_types(types: &[String]) -> Result<(), WebhookError> {
+    for t in types {
+        validate_channel(t)
+            .map_err(|_| WebhookError::Invalid(format!("type {t:?} is not a valid event type")))?;
+    }
+    Ok(())
+}
+
+pub(super) fn validate_description(d: Option<String>) -> Result<String, WebhookError> {
+    let d = d.unwrap_or_default();
+    if d.len() > 1000 {
+        return Err(WebhookError::Invalid(
+            "description is limited to 1000 bytes".into(),
+        ));
+    }
+    Ok(d)
+}
