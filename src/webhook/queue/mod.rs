@@ -1,0 +1,196 @@
+//! Where the webhook queue lives: the embedded store on a single node, Redis in a cluster.
+//!
+//! Both keep the same durable state (endpoints, each endpoint's cursor into the log, pending
+//! tasks, failed tasks, the attempt log) with the same atomicity: tasks and cursor move
+//! together, and an attempt's record and its effect on the task land together. What differs
+//! is claiming: one node simply remembers what it has in flight; in a cluster a claim is a
+//! lease in Redis (the task's due time pushed past the lease), so exactly one node attempts a
+//! task, and a dead node's claims come due again for the others when their lease runs out.
+//!
+//! An enum rather than a trait object: two known backends, async methods, no boxing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+mod local;
+mod redis;
+
+pub use self::redis::RedisQueue;
+use super::retry::AttemptStatus;
+use super::store::{Attempt, Endpoint, Resolution, Task, WebhookStore};
+use crate::log::LogError;
+
+/// What the scheduler may start for one endpoint now.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    /// More attempts this node may start for the endpoint.
+    pub capacity: usize,
+    /// One in flight, lowest seq first.
+    pub ordered: bool,
+}
+
+pub enum Queue {
+    Local(WebhookStore),
+    Shared(Box<RedisQueue>),
+}
+
+impl Queue {
+    /// Whether endpoints can change under us (other nodes): then the service re-reads them.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Queue::Shared(_))
+    }
+
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, LogError> {
+        match self {
+            Queue::Local(s) => s.endpoints(),
+            Queue::Shared(r) => r.endpoints().await,
+        }
+    }
+
+    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, LogError> {
+        match self {
+            Queue::Local(s) => s.endpoint(id),
+            Queue::Shared(r) => r.endpoint(id).await,
+        }
+    }
+
+    /// Applies `change` to the stored endpoint and saves it, as a compare-and-set in a
+    /// cluster: a node's cached copy may be a second old, and writing it back whole would undo
+    /// another node's edit (say, re-enable an endpoint an operator just disabled). `change`
+    /// may run more than once. None: no such endpoint.
+    pub async fn modify(
+        &self,
+        id: &str,
+        change: &(dyn Fn(&mut Endpoint) + Send + Sync),
+    ) -> Result<Option<Endpoint>, LogError> {
+        match self {
+            Queue::Local(s) => {
+                let Some(mut endpoint) = s.endpoint(id)? else {
+                    return Ok(None);
+                };
+                change(&mut endpoint);
+                s.put_endpoint(&endpoint, None)?;
+                Ok(Some(endpoint))
+            }
+            Queue::Shared(r) => r.modify(id, change).await,
+        }
+    }
+
+    pub async fn put_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        cursor: Option<u64>,
+    ) -> Result<(), LogError> {
+        match self {
+            Queue::Local(s) => s.put_endpoint(endpoint, cursor),
+            Queue::Shared(r) => r.put_endpoint(endpoint, cursor).await,
+        }
+    }
+
+    pub async fn cursor(&self, id: &str) -> Result<u64, LogError> {
+        match self {
+            Queue::Local(s) => s.cursor(id),
+            Queue::Shared(r) => r.cursor(id).await,
+        }
+    }
+
+    pub async fn delete_endpoint(&self, id: &str) -> Result<(), LogError> {
+        match self {
+            Queue::Local(s) => s.delete_endpoint(id),
+            Queue::Shared(r) => r.delete_endpoint(id).await,
+        }
+    }
+
+    /// Queues `seqs` for `id` (due now). With `cursor`, only seqs after the stored cursor are
+    /// queued and the cursor moves to `cursor` (so several nodes following the same endpoint
+    /// queue each event once); without, the seqs are queued regardless (replay).
+    pub async fn enqueue(
+        &self,
+        id: &str,
+        seqs: &[u64],
+        cursor: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), LogError> {
+        match self {
+            Queue::Local(s) => s.enqueue(id, seqs, cursor, now_ms),
+            Queue::Shared(r) => r.enqueue(id, seqs, cursor, now_ms).await,
+        }
+    }
+
+    /// Claims due tasks within `wants` (per endpoint) and `total`. `in_flight` is what this
+    /// node is attempting now (the local queue has no other record of it).
+    pub async fn claim(
+        &self,
+        now_ms: u64,
+        wants: &HashMap<String, Want>,
+        total: usize,
+        in_flight: &HashSet<(String, u64)>,
+    ) -> Result<Vec<(String, Task)>, LogError> {
+        match self {
+            Queue::Local(s) => Ok(local::claim(s, now_ms, wants, total, in_flight)),
+            Queue::Shared(r) => r.claim(now_ms, wants, total).await,
+        }
+    }
+
+    /// Hands claims back (due now) so another node takes the tasks at once. Only claims
+    /// still held by their token are touched; a single node has none.
+    pub async fn release(
+        &self,
+        claims: &[(String, u64, Arc<str>)],
+        now_ms: u64,
+    ) -> Result<(), LogError> {
+        match self {
+            Queue::Local(_) => Ok(()),
+            Queue::Shared(r) => r.release(claims, now_ms).await,
+        }
+    }
+
+    pub async fn pending_count(&self, id: &str) -> Result<usize, LogError> {
+        match self {
+            Queue::Local(s) => Ok(s.pending_count(id)),
+            Queue::Shared(r) => r.pending_count(id).await,
+        }
+    }
+
+    /// Records an attempt and applies its resolution, atomically. In a cluster the resolution
+    /// applies only while this node still holds the claim.
+    pub async fn finish(
+        &self,
+        id: &str,
+        task: Task,
+        attempt: Attempt,
+        resolution: Resolution,
+    ) -> Result<Attempt, LogError> {
+        match self {
+            Queue::Local(s) => s.finish(id, task, attempt, resolution),
+            Queue::Shared(r) => r.finish(id, task, attempt, resolution).await,
+        }
+    }
+
+    pub async fn attempts(
+        &self,
+        id: &str,
+        after: u64,
+        status: Option<AttemptStatus>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, LogError> {
+        match self {
+            Queue::Local(s) => s.attempts(id, after, status, limit),
+            Queue::Shared(r) => r.attempts(id, after, status, limit).await,
+        }
+    }
+
+    pub async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, LogError> {
+        match self {
+            Queue::Local(s) => s.trim_attempts(cutoff_ms),
+            Queue::Shared(r) => r.trim_attempts(cutoff_ms).await,
+        }
+    }
+
+    pub async fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, LogError> {
+        match self {
+            Queue::Local(s) => s.failed_seqs(id, after),
+            Queue::Shared(r) => r.failed_seqs(id, after).await,
+        }
+    }
+}
