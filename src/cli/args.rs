@@ -1,0 +1,201 @@
+//! What the command line accepts: every subcommand and flag, with its env var and help.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A real-time event hub: publish once; deliver over SSE, WebSocket and webhooks from one durable, ordered log."
+)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(super) enum Command {
+    /// Run the server (embedded storage in ./herald-data unless told otherwise).
+    Serve(ServeArgs),
+    /// Publish one event and print its seq.
+    Publish(PublishArgs),
+    /// Print events of channels as they arrive, one envelope JSON per line; reconnects and
+    /// resumes on its own after a disconnect.
+    Tail(TailArgs),
+    /// Replay requests captured by `/v1/hooks/{channel}` to a local URL, as they arrive
+    /// (resumes by itself; `--since` replays earlier ones too).
+    Forward(ForwardArgs),
+    /// Manage outgoing webhook endpoints.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Mint a subscriber token (JWT) from the server's config (HS256 `auth.jwt_secret`) or a
+    /// private key (`--key`, RS256 or ES256).
+    Token(TokenArgs),
+    /// Load generators against a running server (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+pub(super) struct TokenArgs {
+    /// The token's subject (who it is for).
+    #[arg(long)]
+    pub(super) sub: Option<String>,
+    /// Channel or pattern the holder may subscribe to (repeat for several).
+    #[arg(long = "sub-channel")]
+    pub(super) sub_channels: Vec<String>,
+    /// Channel or pattern the holder may publish to (repeat for several).
+    #[arg(long = "pub-channel")]
+    pub(super) pub_channels: Vec<String>,
+    /// Lifetime, e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(super) ttl: Duration,
+    /// Config file holding auth.jwt_secret [default: ./herald.toml when present; HERALD_AUTH_JWT_SECRET].
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub(super) config: Option<PathBuf>,
+    /// Sign with this private key (PEM) instead of the config's secret.
+    #[arg(long)]
+    pub(super) key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(super) enum BenchCommand {
+    /// Open N connections (SSE, WS or a mix) and hold them: connect rate and the server's
+    /// memory per connection (with --server-pid).
+    Idle(crate::bench::idle::IdleArgs),
+    /// N subscribers on one channel, a publisher at a fixed rate: deliveries/s, publish ->
+    /// receive latency percentiles, losses.
+    Fanout(crate::bench::fanout::FanoutArgs),
+    /// N subscribers each on its own channel, the rate spread across them.
+    Channels(crate::bench::fanout::FanoutArgs),
+    /// HTTP publish throughput, single events or batches, durable by the server's policy.
+    Publish(crate::bench::publish::PublishArgs),
+    /// Webhook deliveries/s to a local receiver, with N endpoints on one channel.
+    Webhooks(crate::bench::webhooks::WebhooksArgs),
+}
+
+#[derive(Subcommand)]
+pub(super) enum WebhookCommand {
+    /// Create an endpoint; prints it with its signing secret (shown only here).
+    Add {
+        /// Where to POST events (http or https).
+        url: String,
+        /// Channel or pattern to deliver (repeat for several).
+        #[arg(long = "channel", required = true)]
+        channels: Vec<String>,
+        /// Only these event types (repeat for several); default: all.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// One delivery in flight, strictly in seq order.
+        #[arg(long)]
+        ordered: bool,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List endpoints (secrets are never listed).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show an endpoint's delivery attempts, oldest first.
+    Deliveries {
+        id: String,
+        /// Only attempts with this status: delivered, retrying, failed, disabled.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Re-send every matching event after a seq.
+    Replay {
+        id: String,
+        #[arg(long)]
+        since: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace the signing secret; the old one keeps signing beside it for a while.
+    Rotate {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub(super) struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one.
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub(super) listen: Option<SocketAddr>,
+    /// Data directory for the embedded log [default: ./herald-data].
+    #[arg(long, env = "HERALD_DATA")]
+    pub(super) data: Option<PathBuf>,
+    /// Config file (TOML) [default: ./herald.toml when present].
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub(super) config: Option<PathBuf>,
+    /// Run as a cluster node sharing this Redis (redis://host:6379).
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    pub(super) redis: Option<String>,
+}
+
+#[derive(Args)]
+pub(super) struct ClientArgs {
+    /// Herald's base URL.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub(super) server: String,
+    /// API key, sent as `Authorization: Bearer`.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub(super) api_key: Option<String>,
+}
+
+#[derive(Args)]
+pub(super) struct PublishArgs {
+    /// Channel name, e.g. `orders` or `user:42`.
+    pub(super) channel: String,
+    /// Event data: JSON (`'{"total":3}'`, `42`); anything that is not JSON is sent as a string.
+    pub(super) data: String,
+    /// Event type, e.g. `order.created` (becomes the SSE `event:` name).
+    #[arg(long = "type")]
+    pub(super) kind: Option<String>,
+    /// Idempotency key: publishing the same id again returns the original seq.
+    #[arg(long)]
+    pub(super) id: Option<String>,
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(super) struct ForwardArgs {
+    /// The channel (or pattern) the hook posts to; repeat for several.
+    #[arg(long = "channel", required = true)]
+    pub(super) channels: Vec<String>,
+    /// Where to replay each request, e.g. http://localhost:3000/webhooks.
+    #[arg(long)]
+    pub(super) to: String,
+    /// Replay captured requests after this seq first; default: new ones only.
+    #[arg(long)]
+    pub(super) since: Option<u64>,
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(super) struct TailArgs {
+    /// Channels or patterns (`user:*`) to follow.
+    #[arg(required = true)]
+    pub(super) channels: Vec<String>,
+    /// Start after this seq (replays history first); default: live events only.
+    #[arg(long)]
+    pub(super) since: Option<u64>,
+    /// Exit after printing this many events.
+    #[arg(long)]
+    pub(super) count: Option<u64>,
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+}
