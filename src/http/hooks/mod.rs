@@ -1,0 +1,172 @@
+//! Incoming webhooks: `POST /v1/hooks/{channel}` turns any HTTP request into an event, so a
+//! service that can only call a URL (GitHub, Stripe, any Standard Webhooks sender) feeds the
+//! log like a publisher.
+//!
+//! The request is kept exactly: a JSON body is embedded byte for byte, any other body as text
+//! or base64, so a subscriber can still verify the sender's signature over the original bytes.
+//! Who may post: a `[[hooks]]` rule matching the channel (its signature scheme checked here,
+//! before anything is written), or else any credential that may publish to the channel.
+
+//!
+//! - `verify`: the signature schemes (github, stripe, standard), checked in two steps so a
+//!   stale or malformed request is refused before its body is read;
+//! - `capture`: the request as event data, and its inverse (what `herald forward` replays).
+
+mod capture;
+mod verify;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::api::read_body;
+use super::{ApiError, AppState, Connection};
+use crate::auth::{AuthError, Principal};
+use crate::config::{HookConfig, HookVerify};
+use crate::event::{validate_channel, NewEvent, Pattern, MAX_NAME_LEN};
+pub use capture::{capture, restore, Restored};
+use verify::Unsigned;
+
+#[derive(Debug, thiserror::Error)]
+#[error("hooks rule {index}: {message}")]
+pub struct HookConfigError {
+    index: usize,
+    message: String,
+}
+
+/// The `[[hooks]]` rules, compiled.
+#[derive(Default)]
+pub struct HookRules(Vec<Rule>);
+
+struct Rule {
+    patterns: Vec<Pattern>,
+    verify: HookVerify,
+    key: Vec<u8>,
+}
+
+impl HookRules {
+    pub fn from_config(rules: &[HookConfig]) -> Result<HookRules, HookConfigError> {
+        let mut out = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let err = |message: String| HookConfigError { index, message };
+            if rule.channels.is_empty() {
+                return Err(err(
+                    "channels must name at least one channel or pattern".into()
+                ));
+            }
+            let patterns = rule
+                .channels
+                .iter()
+                .map(|c| Pattern::parse(c).map_err(|e| err(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = match rule.verify {
+                HookVerify::None => Vec::new(),
+                HookVerify::Github | HookVerify::Stripe if rule.secret.is_empty() => {
+                    return Err(err("a secret is needed to verify signatures".into()))
+                }
+                HookVerify::Github | HookVerify::Stripe => rule.secret.as_bytes().to_vec(),
+                HookVerify::Standard => rule
+                    .secret
+                    .strip_prefix("whsec_")
+                    .and_then(|b| STANDARD.decode(b).ok())
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| err("a standard secret is \"whsec_\" + base64".into()))?,
+            };
+            out.push(Rule {
+                patterns,
+                verify: rule.verify,
+                key,
+            });
+        }
+        Ok(HookRules(out))
+    }
+
+    fn rule_for(&self, channel: &str) -> Option<&Rule> {
+        self.0
+            .iter()
+            .find(|r| r.patterns.iter().any(|p| p.matches(channel)))
+    }
+}
+
+/// `POST /v1/hooks/{channel}` -> `202 {"seq":N}` once the captured request is durable.
+pub async fn receive(
+    State(app): State<AppState>,
+    Extension(conn): Extension<Connection>,
+    Path(channel): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    validate_channel(&channel)?;
+    let rule = app.hooks.rule_for(&channel);
+    // Without a rule, the usual publish credentials; checked before the body is read.
+    let principal = match rule {
+        Some(_) => Principal::Anonymous,
+        None => {
+            let principal = app.principal(&headers, None, crate::auth::Via::Write)?;
+            if matches!(principal, Principal::Anonymous) {
+                return Err(AuthError::Missing.into());
+            }
+            app.auth.check_publish(&principal, &channel)?;
+            principal
+        }
+    };
+    let limits = &app.config.limits;
+    let unsigned =
+        |Unsigned(why)| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", why);
+    // Headers first: a stale or malformed signature is refused before the body is read.
+    let signed = match rule {
+        Some(rule) => rule
+            .precheck(&headers, crate::event::now_ms() / 1000)
+            .map_err(unsigned)?,
+        None => None,
+    };
+    // The captured request must fit in one event, so no body larger than that is read.
+    let body = read_body(
+        body,
+        limits.max_body_bytes.min(limits.max_event_bytes),
+        limits,
+    )
+    .await?;
+    let mut id = None;
+    if let (Some(rule), Some(signed)) = (rule, &signed) {
+        let mac = signed.verify(&rule.key, &body).map_err(unsigned)?;
+        id = rule
+            .delivery_id(signed, &mac, &body)
+            .map(|d| format!("hook:{d}"))
+            .filter(|d| d.len() <= MAX_NAME_LEN && !d.chars().any(char::is_control));
+    }
+    let data = capture(&method, &uri, &headers, &body);
+    if data.len() > limits.max_event_bytes {
+        return Err(ApiError::too_large(
+            "event_too_large",
+            format!(
+                "the captured request is {} bytes as event data; limits.max_event_bytes is {}",
+                data.len(),
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    app.take_publish_budget(&principal, conn.peer.ip(), 1)?;
+    let event = NewEvent {
+        channel,
+        kind: Some(super::api::HOOK_TYPE.into()),
+        data: RawValue::from_string(data).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?,
+        id,
+    };
+    let appended = app.hub.publish(vec![event]).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"seq": appended[0].seq})),
+    )
+        .into_response())
+}
