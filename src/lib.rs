@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`event`]: channel names, patterns, and the envelope, encoded once per event.
+//! - [`store`]: key encodings shared by everything kept in the embedded store.
 //! - [`log`]: the durable log: seq assignment, group commit, idempotency, retention. The
 //!   only owner of order and durability.
 //! - [`hub`]: fan-out from the log's commits to live subscriptions, and resume (history, then
@@ -25,4 +26,5 @@ pub mod hub;
 pub mod limits;
 pub mod log;
 pub mod server;
+pub mod store;
 pub mod webhook;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::retry::AttemptStatus;
 use crate::log::LogError;
+use crate::store::keys::{be_u32, be_u64, name_prefix, name_seq, split_name_seq};
 
 /// An outgoing webhook endpoint, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -141,45 +142,15 @@ pub enum Resolution {
     Keep,
 }
 
+/// `endpoint 0x00 seq`: the key of a task.
 pub fn task_key(endpoint: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(endpoint.len() + 9);
-    k.extend_from_slice(endpoint.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn prefix(endpoint: &str) -> Vec<u8> {
-    let mut k = endpoint.as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_be_bytes(a)
+    name_seq(endpoint, seq)
 }
 
 fn task_value(attempts: u32, next_at_ms: u64) -> Vec<u8> {
     let mut v = attempts.to_be_bytes().to_vec();
     v.extend_from_slice(&next_at_ms.to_be_bytes());
     v
-}
-
-/// Splits `id 0x00 seq` (the tail of task/due keys).
-fn split_task_key(k: &[u8]) -> Option<(String, u64)> {
-    if k.len() < 9 {
-        return None;
-    }
-    let (id, rest) = k.split_at(k.len() - 9);
-    (rest[0] == 0).then(|| (String::from_utf8_lossy(id).into_owned(), be_u64(&rest[1..])))
 }
 
 fn json_err(e: serde_json::Error) -> LogError {
@@ -203,7 +174,7 @@ impl WebhookStore {
             let mut index = store.index.lock().expect("webhook index");
             for item in store.tasks.iter() {
                 let (k, v) = item?;
-                if let Some((id, seq)) = split_task_key(&k) {
+                if let Some((id, seq)) = split_name_seq(&k) {
                     index.put(&id, seq, be_u32(&v[..4]), be_u64(&v[4..12]));
                 }
             }
@@ -211,7 +182,7 @@ impl WebhookStore {
         // Attempt keys end in the attempt id, so each endpoint's last key holds its highest.
         let mut max = 0;
         for endpoint in store.endpoints()? {
-            if let Some(item) = store.attempts.prefix(prefix(&endpoint.id)).next_back() {
+            if let Some(item) = store.attempts.prefix(name_prefix(&endpoint.id)).next_back() {
                 let (k, _) = item?;
                 max = max.max(be_u64(&k[k.len() - 8..]));
             }
@@ -274,7 +245,7 @@ impl WebhookStore {
             batch.remove(&self.tasks, task_key(id, seq));
         }
         for partition in [&self.failed, &self.attempts] {
-            for item in partition.prefix(prefix(id)) {
+            for item in partition.prefix(name_prefix(id)) {
                 batch.remove(partition, item?.0);
             }
         }
@@ -372,7 +343,7 @@ impl WebhookStore {
         }
         let n = self.next_attempt.fetch_add(1, Ordering::AcqRel);
         attempt.id = n;
-        let mut akey = prefix(id);
+        let mut akey = name_prefix(id);
         akey.extend_from_slice(&n.to_be_bytes());
         batch.insert(
             &self.attempts,
@@ -397,9 +368,9 @@ impl WebhookStore {
         status: Option<AttemptStatus>,
         limit: usize,
     ) -> Result<Vec<Attempt>, LogError> {
-        let mut from = prefix(id);
+        let mut from = name_prefix(id);
         from.extend_from_slice(&(after.saturating_add(1)).to_be_bytes());
-        let mut to = prefix(id);
+        let mut to = name_prefix(id);
         to.extend_from_slice(&u64::MAX.to_be_bytes());
         let mut out = Vec::new();
         for item in self.attempts.range(from..=to) {
@@ -419,7 +390,7 @@ impl WebhookStore {
     pub fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, LogError> {
         let mut batch = self.keyspace.batch();
         for endpoint in self.endpoints()? {
-            for item in self.attempts.prefix(prefix(&endpoint.id)) {
+            for item in self.attempts.prefix(name_prefix(&endpoint.id)) {
                 let (k, v) = item?;
                 let attempt: Attempt = serde_json::from_slice(&v).map_err(json_err)?;
                 if attempt.time_ms >= cutoff_ms || batch.len() >= 10_000 {
@@ -442,7 +413,7 @@ impl WebhookStore {
             .failed
             .range(task_key(id, after.saturating_add(1))..=task_key(id, u64::MAX))
         {
-            if let Some((_, seq)) = split_task_key(&item?.0) {
+            if let Some((_, seq)) = split_name_seq(&item?.0) {
                 out.push(seq);
             }
         }
