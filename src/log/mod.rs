@@ -5,6 +5,8 @@
 //! to a [`CommitListener`] (the hub), in seq order.
 
 pub mod embedded;
+#[cfg(test)]
+pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
