@@ -109,7 +109,8 @@ pub async fn read_body(
                 "the request body did not arrive within {} (limits.body_timeout)",
                 humantime::format_duration(limits.body_timeout)
             ),
-        ));
+        )
+        .closing());
     };
     read.map_err(|e| {
         let too_big = std::error::Error::source(&e)
@@ -119,6 +120,7 @@ pub async fn read_body(
                 "body_too_large",
                 format!("request body exceeds {limit} bytes"),
             )
+            .closing()
         } else {
             ApiError::bad_request(
                 "invalid_body",

@@ -112,6 +112,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for `Retry-After` (rate limits).
     pub retry_after: Option<u64>,
+    /// The request body was left unread (too large, too slow), so the connection cannot
+    /// carry another request: the response says `Connection: close`.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -121,6 +124,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            close: false,
         }
     }
 
@@ -139,6 +143,12 @@ impl ApiError {
     pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
+
+    /// This connection ends with the response (its request body was not read to the end).
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -150,9 +160,8 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
-        if self.code == "body_too_large" {
-            // The rest of the body was never read, so this connection cannot carry another
-            // request; say so, or a pooling client would reuse it and fail.
+        if self.close {
+            // Say so, or a pooling client would reuse the connection and fail.
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,
                 axum::http::HeaderValue::from_static("close"),

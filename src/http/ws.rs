@@ -480,12 +480,13 @@ fn items(subscription: Subscription) -> ItemStream {
     .boxed()
 }
 
+/// 1009 for a message or frame over the limit (tungstenite's capacity errors), else 1002.
 fn receive_error(e: axum::Error) -> Close {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
-        Close(CLOSE_TOO_BIG, "message too big")
-    } else {
-        Close(CLOSE_PROTOCOL, "protocol error")
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => Close(CLOSE_TOO_BIG, "message too big"),
+        _ => Close(CLOSE_PROTOCOL, "protocol error"),
     }
 }
 
