@@ -40,6 +40,8 @@ pub enum ServeError {
     Auth(#[from] AuthSetupError),
     #[error("cannot start webhooks")]
     Webhooks(#[from] WebhookError),
+    #[error("cannot open the webhook store")]
+    WebhookStore(#[from] crate::store::StoreError),
     #[error("incoming webhooks configuration")]
     Hooks(#[from] crate::http::hooks::HookConfigError),
 }

@@ -27,7 +27,25 @@ impl From<WebhookError> for ApiError {
                 "forbidden_url",
                 g.to_string(),
             ),
-            WebhookError::Storage(s) => s.into(),
+            WebhookError::Log(e) => e.into(),
+            WebhookError::Store(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "webhook store unavailable");
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "webhook_store_unavailable",
+                    format!("{e}; retry shortly"),
+                );
+                err.retry_after = Some(1);
+                err
+            }
+            WebhookError::Store(e) => {
+                tracing::error!(error = %e, "webhook store error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "webhook_store",
+                    "the webhook store failed (see the server log)",
+                )
+            }
         }
     }
 }

@@ -32,6 +32,7 @@ use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
 use crate::config::{Durability, LogConfig};
 use crate::event::{now_ms, Event, EventRef, Filter, NewEvent};
 use crate::store::keys::{be_u64, name_seq};
+use crate::store::StoreError;
 
 mod record;
 mod writer;
@@ -82,8 +83,12 @@ pub struct EmbeddedLog {
 impl EmbeddedLog {
     /// Opens (or creates) the log in `dir` and starts its writer thread and retention timer.
     pub fn open(dir: &Path, config: &LogConfig) -> Result<Arc<EmbeddedLog>, LogError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| LogError::Storage(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| {
+            LogError::Storage(StoreError::Io {
+                what: dir.display().to_string(),
+                source,
+            })
+        })?;
         // Background sync each second covers state written beside the log without an explicit
         // persist (webhook queue bookkeeping, retention); the log itself persists per commit.
         // Memory is bounded explicitly (block cache, all memtables together, each memtable):
@@ -126,7 +131,12 @@ impl EmbeddedLog {
         let handle = std::thread::Builder::new()
             .name("herald-log-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| LogError::Storage(e.to_string()))?;
+            .map_err(|source| {
+                LogError::Storage(StoreError::Io {
+                    what: "starting the log writer".into(),
+                    source,
+                })
+            })?;
         spawn_trim_timer(tx.clone(), config.trim_interval);
         Ok(Arc::new(EmbeddedLog {
             store,
@@ -219,7 +229,7 @@ fn blocking<T: Send + 'static>(
     async move {
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| LogError::Storage(e.to_string()))?
+            .map_err(|e| LogError::Storage(StoreError::Task(e)))?
     }
     .boxed()
 }

@@ -16,19 +16,20 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{EventRef, Filter, NewEvent};
+use crate::store::StoreError;
 
 pub use embedded::EmbeddedLog;
 pub use redis::RedisLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("storage: {0}")]
-    Storage(String),
+    #[error("the event log's storage failed: {0}")]
+    Storage(#[source] StoreError),
     #[error("the log is shutting down")]
     Closed,
     /// The shared engine (Redis) cannot be reached: nothing was written, try again.
     #[error("the event log is unreachable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] StoreError),
     /// Making this append durable failed part-way: the events may or may not be on disk.
     /// The log halted (see `Halted`); a retry with the same ids after a restart is never
     /// doubled.
@@ -40,15 +41,27 @@ pub enum LogError {
     Halted,
 }
 
+/// Transient store failures (Redis unreachable) are `Unavailable`: retry. The rest are
+/// `Storage`.
+impl From<StoreError> for LogError {
+    fn from(e: StoreError) -> Self {
+        if e.is_transient() {
+            LogError::Unavailable(e)
+        } else {
+            LogError::Storage(e)
+        }
+    }
+}
+
 impl From<fjall::Error> for LogError {
     fn from(e: fjall::Error) -> Self {
-        LogError::Storage(e.to_string())
+        LogError::Storage(e.into())
     }
 }
 
 impl From<fjall::LsmError> for LogError {
     fn from(e: fjall::LsmError) -> Self {
-        LogError::Storage(e.to_string())
+        LogError::Storage(e.into())
     }
 }
 

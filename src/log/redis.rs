@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
 use crate::config::LogConfig;
 use crate::event::{now_ms, push_envelope_tail, Event, EventRef, Filter, NewEvent};
+use crate::store::StoreError;
 
 mod connect;
 mod follow;
@@ -271,11 +272,11 @@ async fn writer(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "append to redis failed");
-                let msg = e.to_string();
+                let e = Arc::new(e);
                 for request in group {
                     let _ = request
                         .reply
-                        .send(Err(LogError::Unavailable(format!("redis: {msg}"))));
+                        .send(Err(LogError::Unavailable(StoreError::Redis(e.clone()))));
                 }
             }
         }

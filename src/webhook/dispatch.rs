@@ -13,7 +13,6 @@ use super::retry::{self, Decision};
 use super::store::{Attempt, Endpoint, Resolution, Task};
 use super::{WebhookError, Webhooks};
 use crate::event::{format_time, now_ms};
-use crate::log::LogError;
 
 /// Scheduling passes happen at least this often (retries come due without a wake-up).
 const POLL: Duration = Duration::from_millis(50);
@@ -69,7 +68,7 @@ impl Webhooks {
         }
     }
 
-    async fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), LogError> {
+    async fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), WebhookError> {
         let live_map = self.live.read().expect("webhook map").clone();
         let max_total = self.config.max_in_flight.max(1);
         let (wants, total, in_flight) = {

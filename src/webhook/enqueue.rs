@@ -10,10 +10,10 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::Live;
+use super::WebhookError;
 use super::Webhooks;
 use crate::event::now_ms;
 use crate::hub::{Item, SubscriptionError};
-use crate::log::LogError;
 
 /// Most events folded into one enqueue batch.
 const ENQUEUE_BATCH: usize = 1000;
@@ -24,7 +24,7 @@ impl Webhooks {
         live: &Live,
         since: u64,
         until: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), WebhookError> {
         let mut after = since;
         while after < until {
             let page = self

@@ -25,6 +25,7 @@ use crate::config::WebhooksConfig;
 use crate::event::now_ms;
 use crate::hub::Hub;
 use crate::log::LogError;
+use crate::store::StoreError;
 use deliver::Deliverer;
 use dispatch::InFlight;
 use endpoint::{validate_channels, validate_description, validate_types, Live, Route};
@@ -46,8 +47,12 @@ pub enum WebhookError {
     Invalid(String),
     #[error(transparent)]
     Guard(#[from] GuardError),
+    /// The webhook store (endpoints, queue, attempt log) failed.
+    #[error("the webhook store failed: {0}")]
+    Store(#[from] StoreError),
+    /// Reading the event log (for a delivery or a replay) failed.
     #[error(transparent)]
-    Storage(#[from] LogError),
+    Log(#[from] LogError),
 }
 
 pub struct Webhooks {

@@ -22,8 +22,8 @@ use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle};
 use serde::{Deserialize, Serialize};
 
 use super::retry::AttemptStatus;
-use crate::log::LogError;
 use crate::store::keys::{be_u32, be_u64, name_prefix, name_seq, split_name_seq};
+use crate::store::StoreError;
 
 /// An outgoing webhook endpoint, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,12 +153,15 @@ fn task_value(attempts: u32, next_at_ms: u64) -> Vec<u8> {
     v
 }
 
-fn json_err(e: serde_json::Error) -> LogError {
-    LogError::Storage(format!("corrupt webhook record: {e}"))
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Json {
+        what: "webhook record",
+        source: e,
+    }
 }
 
 impl WebhookStore {
-    pub fn open(keyspace: Keyspace) -> Result<WebhookStore, LogError> {
+    pub fn open(keyspace: Keyspace) -> Result<WebhookStore, StoreError> {
         let open = |name: &str| keyspace.open_partition(name, PartitionCreateOptions::default());
         let store = WebhookStore {
             endpoints: open("wh_endpoints")?,
@@ -191,7 +194,7 @@ impl WebhookStore {
         Ok(store)
     }
 
-    pub fn endpoints(&self) -> Result<Vec<Endpoint>, LogError> {
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         self.endpoints
             .iter()
             .map(|item| {
@@ -201,7 +204,7 @@ impl WebhookStore {
             .collect()
     }
 
-    pub fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, LogError> {
+    pub fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         self.endpoints
             .get(id.as_bytes())?
             .map(|v| serde_json::from_slice(&v).map_err(json_err))
@@ -209,7 +212,7 @@ impl WebhookStore {
     }
 
     /// Saves an endpoint; `cursor` (the seq it starts after) is set only when given.
-    pub fn put_endpoint(&self, endpoint: &Endpoint, cursor: Option<u64>) -> Result<(), LogError> {
+    pub fn put_endpoint(&self, endpoint: &Endpoint, cursor: Option<u64>) -> Result<(), StoreError> {
         let mut batch = self.keyspace.batch();
         batch.insert(
             &self.endpoints,
@@ -222,7 +225,7 @@ impl WebhookStore {
         Ok(batch.commit()?)
     }
 
-    pub fn cursor(&self, id: &str) -> Result<u64, LogError> {
+    pub fn cursor(&self, id: &str) -> Result<u64, StoreError> {
         Ok(self
             .cursors
             .get(id.as_bytes())?
@@ -231,7 +234,7 @@ impl WebhookStore {
     }
 
     /// Deletes an endpoint with its cursor, tasks, failures and attempts.
-    pub fn delete_endpoint(&self, id: &str) -> Result<(), LogError> {
+    pub fn delete_endpoint(&self, id: &str) -> Result<(), StoreError> {
         let mut batch = self.keyspace.batch();
         batch.remove(&self.endpoints, id.as_bytes());
         batch.remove(&self.cursors, id.as_bytes());
@@ -264,7 +267,7 @@ impl WebhookStore {
         seqs: &[u64],
         cursor: Option<u64>,
         now_ms: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), StoreError> {
         let mut batch = self.keyspace.batch();
         for &seq in seqs {
             let key = task_key(id, seq);
@@ -326,7 +329,7 @@ impl WebhookStore {
         task: Task,
         mut attempt: Attempt,
         resolution: Resolution,
-    ) -> Result<Attempt, LogError> {
+    ) -> Result<Attempt, StoreError> {
         let mut batch = self.keyspace.batch();
         let key = task_key(id, task.seq);
         let attempts = task.attempts + 1;
@@ -367,7 +370,7 @@ impl WebhookStore {
         after: u64,
         status: Option<AttemptStatus>,
         limit: usize,
-    ) -> Result<Vec<Attempt>, LogError> {
+    ) -> Result<Vec<Attempt>, StoreError> {
         let mut from = name_prefix(id);
         from.extend_from_slice(&(after.saturating_add(1)).to_be_bytes());
         let mut to = name_prefix(id);
@@ -387,7 +390,7 @@ impl WebhookStore {
     }
 
     /// Drops attempt records older than `cutoff_ms` (the attempt log is bounded by retention).
-    pub fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, LogError> {
+    pub fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let mut batch = self.keyspace.batch();
         for endpoint in self.endpoints()? {
             for item in self.attempts.prefix(name_prefix(&endpoint.id)) {
@@ -407,7 +410,7 @@ impl WebhookStore {
     }
 
     /// Failed tasks of an endpoint with seq > `after` (replay re-queues them).
-    pub fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, LogError> {
+    pub fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
         for item in self
             .failed

@@ -1320,3 +1320,23 @@ async fn item11_the_redis_password_is_never_logged() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("wrong-pw-77"), "{err}");
 }
+
+/// #11: a webhook store failure is reported as one, not as "the event log is unreachable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_store_outage_is_reported_as_such() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let node = &nodes(&redis, 1, "")[0];
+    let r = http().get(node.url("/v1/webhooks")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    redis.kill9();
+    let r = http().get(node.url("/v1/webhooks")).send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r.headers().get("retry-after").cloned();
+    let body: Value = r.json().await.unwrap();
+    assert_error(status, &body, 503, "webhook_store_unavailable");
+    assert!(retry_after.is_some(), "{body}");
+    let (status, body) = publish(node, json!({"channel": "c", "data": 1})).await;
+    assert_error(status, &body, 503, "log_unavailable");
+}

@@ -360,10 +360,12 @@ pub enum WsRead {
     Closed(Option<(u16, String)>),
 }
 
-/// Next JSON text message or the close (pings and pongs skipped).
+/// Next JSON text message or the close (pings and pongs skipped). One deadline for the
+/// whole wait: the server's heartbeat pings must not keep a test waiting forever.
 pub async fn ws_read(ws: &mut Ws) -> WsRead {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let message = tokio::time::timeout(WAIT, ws.next())
+        let message = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("timed out waiting for a WS message");
         match message {

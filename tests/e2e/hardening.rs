@@ -499,7 +499,8 @@ async fn item07_a_token_that_never_expires_works_on_every_transport() {
         "pub_channels": ["*"]}),
     );
     let mut sse = Sse::connect(&h, &format!("channel=t&token={token}"), None).await;
-    let mut ws = ws_connect(&h, &format!("?channel=t&token={token}")).await;
+    // From seq 0: the WebSocket's subscription may register after the publish below.
+    let mut ws = ws_connect(&h, &format!("?channel=t&since=0&token={token}")).await;
     let (status, v) =
         reply(post_json(&h, "/v1/events", r#"{"channel":"t","data":"x"}"#).bearer_auth(&token))
             .await;

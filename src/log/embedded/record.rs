@@ -31,7 +31,7 @@ impl<'a> Record<'a> {
     }
 
     pub(super) fn decode(bytes: &'a [u8]) -> Result<Record<'a>, LogError> {
-        let corrupt = || LogError::Storage("corrupt event record".into());
+        let corrupt = || LogError::Storage(StoreError::Corrupt("event record".into()));
         if bytes.len() < 13 || bytes[0] != Self::VERSION {
             return Err(corrupt());
         }

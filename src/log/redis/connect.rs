@@ -5,7 +5,7 @@ use super::*;
 
 /// A Redis error as a log error: every failure to talk to Redis means "not written, retry".
 pub fn unavailable(e: redis::RedisError) -> LogError {
-    LogError::Unavailable(format!("redis: {e}"))
+    LogError::Unavailable(e.into())
 }
 
 /// The URL as it may be logged: userinfo (`user:password@`) replaced by `***`.
@@ -40,10 +40,16 @@ pub async fn connect(
     url: &str,
     tls_ca: Option<&std::path::Path>,
 ) -> Result<(Client, ConnectionManager), LogError> {
-    connect_inner(url, tls_ca).await.map_err(|e| match e {
-        LogError::Storage(m) => LogError::Storage(scrub(m, url)),
-        LogError::Unavailable(m) => LogError::Unavailable(scrub(m, url)),
-        other => other,
+    connect_inner(url, tls_ca).await.map_err(|e| {
+        // Redis's own errors do not quote the URL, but should one ever do, it is replaced by
+        // its scrubbed text rather than logged with the password.
+        let text = e.to_string();
+        let scrubbed = scrub(text.clone(), url);
+        if scrubbed == text {
+            e
+        } else {
+            LogError::Storage(StoreError::Corrupt(scrubbed))
+        }
     })
 }
 
@@ -54,8 +60,12 @@ pub(super) async fn connect_inner(
     let client = match tls_ca {
         None => Client::open(url),
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| LogError::Storage(format!("redis.tls_ca {}: {e}", path.display())))?;
+            let pem = std::fs::read(path).map_err(|source| {
+                LogError::Storage(StoreError::Io {
+                    what: format!("redis.tls_ca {}", path.display()),
+                    source,
+                })
+            })?;
             let certs = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem),
@@ -63,7 +73,13 @@ pub(super) async fn connect_inner(
             Client::build_with_tls(url, certs)
         }
     }
-    .map_err(|e| LogError::Storage(format!("invalid redis url {}: {e}", redact_url(url))))?;
+    .map_err(|e| {
+        LogError::Storage(StoreError::Corrupt(format!(
+            "redis url {}: {}",
+            redact_url(url),
+            scrub(e.to_string(), url)
+        )))
+    })?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(5)))

@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) fn corrupt(what: &str) -> LogError {
-    LogError::Storage(format!("unexpected redis reply ({what})"))
+    LogError::Storage(StoreError::Corrupt(format!("redis reply ({what})")))
 }
 
 pub(super) fn bytes_of(v: &Value) -> Option<&[u8]> {

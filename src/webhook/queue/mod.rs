@@ -18,7 +18,7 @@ mod redis;
 pub use self::redis::RedisQueue;
 use super::retry::AttemptStatus;
 use super::store::{Attempt, Endpoint, Resolution, Task, WebhookStore};
-use crate::log::LogError;
+use crate::store::StoreError;
 
 /// What the scheduler may start for one endpoint now.
 #[derive(Debug, Clone, Copy)]
@@ -40,14 +40,14 @@ impl Queue {
         matches!(self, Queue::Shared(_))
     }
 
-    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, LogError> {
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         match self {
             Queue::Local(s) => s.endpoints(),
             Queue::Shared(r) => r.endpoints().await,
         }
     }
 
-    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, LogError> {
+    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         match self {
             Queue::Local(s) => s.endpoint(id),
             Queue::Shared(r) => r.endpoint(id).await,
@@ -62,7 +62,7 @@ impl Queue {
         &self,
         id: &str,
         change: &(dyn Fn(&mut Endpoint) + Send + Sync),
-    ) -> Result<Option<Endpoint>, LogError> {
+    ) -> Result<Option<Endpoint>, StoreError> {
         match self {
             Queue::Local(s) => {
                 let Some(mut endpoint) = s.endpoint(id)? else {
@@ -80,21 +80,21 @@ impl Queue {
         &self,
         endpoint: &Endpoint,
         cursor: Option<u64>,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), StoreError> {
         match self {
             Queue::Local(s) => s.put_endpoint(endpoint, cursor),
             Queue::Shared(r) => r.put_endpoint(endpoint, cursor).await,
         }
     }
 
-    pub async fn cursor(&self, id: &str) -> Result<u64, LogError> {
+    pub async fn cursor(&self, id: &str) -> Result<u64, StoreError> {
         match self {
             Queue::Local(s) => s.cursor(id),
             Queue::Shared(r) => r.cursor(id).await,
         }
     }
 
-    pub async fn delete_endpoint(&self, id: &str) -> Result<(), LogError> {
+    pub async fn delete_endpoint(&self, id: &str) -> Result<(), StoreError> {
         match self {
             Queue::Local(s) => s.delete_endpoint(id),
             Queue::Shared(r) => r.delete_endpoint(id).await,
@@ -110,7 +110,7 @@ impl Queue {
         seqs: &[u64],
         cursor: Option<u64>,
         now_ms: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), StoreError> {
         match self {
             Queue::Local(s) => s.enqueue(id, seqs, cursor, now_ms),
             Queue::Shared(r) => r.enqueue(id, seqs, cursor, now_ms).await,
@@ -125,7 +125,7 @@ impl Queue {
         wants: &HashMap<String, Want>,
         total: usize,
         in_flight: &HashSet<(String, u64)>,
-    ) -> Result<Vec<(String, Task)>, LogError> {
+    ) -> Result<Vec<(String, Task)>, StoreError> {
         match self {
             Queue::Local(s) => Ok(local::claim(s, now_ms, wants, total, in_flight)),
             Queue::Shared(r) => r.claim(now_ms, wants, total).await,
@@ -138,14 +138,14 @@ impl Queue {
         &self,
         claims: &[(String, u64, Arc<str>)],
         now_ms: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), StoreError> {
         match self {
             Queue::Local(_) => Ok(()),
             Queue::Shared(r) => r.release(claims, now_ms).await,
         }
     }
 
-    pub async fn pending_count(&self, id: &str) -> Result<usize, LogError> {
+    pub async fn pending_count(&self, id: &str) -> Result<usize, StoreError> {
         match self {
             Queue::Local(s) => Ok(s.pending_count(id)),
             Queue::Shared(r) => r.pending_count(id).await,
@@ -160,7 +160,7 @@ impl Queue {
         task: Task,
         attempt: Attempt,
         resolution: Resolution,
-    ) -> Result<Attempt, LogError> {
+    ) -> Result<Attempt, StoreError> {
         match self {
             Queue::Local(s) => s.finish(id, task, attempt, resolution),
             Queue::Shared(r) => r.finish(id, task, attempt, resolution).await,
@@ -173,21 +173,21 @@ impl Queue {
         after: u64,
         status: Option<AttemptStatus>,
         limit: usize,
-    ) -> Result<Vec<Attempt>, LogError> {
+    ) -> Result<Vec<Attempt>, StoreError> {
         match self {
             Queue::Local(s) => s.attempts(id, after, status, limit),
             Queue::Shared(r) => r.attempts(id, after, status, limit).await,
         }
     }
 
-    pub async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, LogError> {
+    pub async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         match self {
             Queue::Local(s) => s.trim_attempts(cutoff_ms),
             Queue::Shared(r) => r.trim_attempts(cutoff_ms).await,
         }
     }
 
-    pub async fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, LogError> {
+    pub async fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, StoreError> {
         match self {
             Queue::Local(s) => s.failed_seqs(id, after),
             Queue::Shared(r) => r.failed_seqs(id, after).await,

@@ -10,8 +10,7 @@ use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::Want;
-use crate::log::redis::unavailable;
-use crate::log::LogError;
+use crate::store::StoreError;
 use crate::webhook::retry::AttemptStatus;
 use crate::webhook::store::{Attempt, Endpoint, Resolution, Task};
 
@@ -71,22 +70,22 @@ impl RedisQueue {
         format!("{}:wh:{name}:{id}", self.prefix)
     }
 
-    pub(super) async fn endpoints(&self) -> Result<Vec<Endpoint>, LogError> {
+    pub(super) async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.key("endpoints"))
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         all.iter().map(|(_, json)| parse_endpoint(json)).collect()
     }
 
-    pub(super) async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, LogError> {
+    pub(super) async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         let json: Option<String> = redis::cmd("HGET")
             .arg(self.key("endpoints"))
             .arg(id)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         json.map(|j| parse_endpoint(&j)).transpose()
     }
 
@@ -94,7 +93,7 @@ impl RedisQueue {
         &self,
         id: &str,
         change: &(dyn Fn(&mut Endpoint) + Send + Sync),
-    ) -> Result<Option<Endpoint>, LogError> {
+    ) -> Result<Option<Endpoint>, StoreError> {
         let key = self.key("endpoints");
         for _ in 0..16 {
             let old: Option<String> = redis::cmd("HGET")
@@ -102,12 +101,12 @@ impl RedisQueue {
                 .arg(id)
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::from)?;
             let Some(old) = old else { return Ok(None) };
             let mut endpoint = parse_endpoint(&old)?;
             change(&mut endpoint);
             let new =
-                serde_json::to_string(&endpoint).map_err(|e| LogError::Storage(e.to_string()))?;
+                serde_json::to_string(&endpoint).map_err(StoreError::json("webhook record"))?;
             let swapped: i64 = self
                 .swap
                 .key(&key)
@@ -116,12 +115,12 @@ impl RedisQueue {
                 .arg(&new)
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::from)?;
             if swapped == 1 {
                 return Ok(Some(endpoint));
             }
         }
-        Err(LogError::Unavailable(format!(
+        Err(StoreError::Contended(format!(
             "webhook endpoint {id} kept changing under this update; try again"
         )))
     }
@@ -130,8 +129,8 @@ impl RedisQueue {
         &self,
         endpoint: &Endpoint,
         cursor: Option<u64>,
-    ) -> Result<(), LogError> {
-        let json = serde_json::to_string(endpoint).map_err(|e| LogError::Storage(e.to_string()))?;
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(endpoint).map_err(StoreError::json("webhook record"))?;
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset(self.key("endpoints"), &endpoint.id, json)
@@ -141,20 +140,20 @@ impl RedisQueue {
         }
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(StoreError::from)
     }
 
-    pub(super) async fn cursor(&self, id: &str) -> Result<u64, LogError> {
+    pub(super) async fn cursor(&self, id: &str) -> Result<u64, StoreError> {
         let c: Option<u64> = redis::cmd("HGET")
             .arg(self.key("cursor"))
             .arg(id)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(c.unwrap_or(0))
     }
 
-    pub(super) async fn delete_endpoint(&self, id: &str) -> Result<(), LogError> {
+    pub(super) async fn delete_endpoint(&self, id: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hdel(self.key("endpoints"), id)
@@ -164,7 +163,7 @@ impl RedisQueue {
         }
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(StoreError::from)
     }
 
     pub(super) async fn enqueue(
@@ -173,7 +172,7 @@ impl RedisQueue {
         seqs: &[u64],
         cursor: Option<u64>,
         now_ms: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), StoreError> {
         let mut invocation = self.enqueue.prepare_invoke();
         invocation
             .arg(&self.prefix)
@@ -186,7 +185,7 @@ impl RedisQueue {
         let _: i64 = invocation
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -195,7 +194,7 @@ impl RedisQueue {
         now_ms: u64,
         wants: &HashMap<String, Want>,
         total: usize,
-    ) -> Result<Vec<(String, Task)>, LogError> {
+    ) -> Result<Vec<(String, Task)>, StoreError> {
         if wants.is_empty() || total == 0 {
             return Ok(Vec::new());
         }
@@ -219,7 +218,7 @@ impl RedisQueue {
         let flat: Vec<String> = invocation
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(flat
             .chunks(3)
             .filter_map(|c| {
@@ -242,7 +241,7 @@ impl RedisQueue {
         &self,
         claims: &[(String, u64, Arc<str>)],
         now_ms: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), StoreError> {
         let mut invocation = self.release.prepare_invoke();
         invocation.arg(&self.prefix).arg(now_ms);
         for (id, seq, token) in claims {
@@ -251,16 +250,16 @@ impl RedisQueue {
         let _: i64 = invocation
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
-    pub(super) async fn pending_count(&self, id: &str) -> Result<usize, LogError> {
+    pub(super) async fn pending_count(&self, id: &str) -> Result<usize, StoreError> {
         redis::cmd("ZCARD")
             .arg(self.key_of("pending", id))
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(StoreError::from)
     }
 
     pub(super) async fn finish(
@@ -269,9 +268,9 @@ impl RedisQueue {
         task: Task,
         mut attempt: Attempt,
         resolution: Resolution,
-    ) -> Result<Attempt, LogError> {
+    ) -> Result<Attempt, StoreError> {
         attempt.id = 0;
-        let json = serde_json::to_string(&attempt).map_err(|e| LogError::Storage(e.to_string()))?;
+        let json = serde_json::to_string(&attempt).map_err(StoreError::json("webhook record"))?;
         debug_assert!(json.starts_with("{\"id\":0,"));
         let (kind, next_at) = match resolution {
             Resolution::Delivered => ("delivered", 0),
@@ -292,7 +291,7 @@ impl RedisQueue {
             .arg(ATTEMPTS_KEPT)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         if owned == 0 {
             tracing::warn!(
                 endpoint = id,
@@ -310,7 +309,7 @@ impl RedisQueue {
         after: u64,
         status: Option<AttemptStatus>,
         limit: usize,
-    ) -> Result<Vec<Attempt>, LogError> {
+    ) -> Result<Vec<Attempt>, StoreError> {
         let mut out = Vec::new();
         let mut from = after.saturating_add(1);
         loop {
@@ -322,7 +321,7 @@ impl RedisQueue {
                 .arg(500)
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::from)?;
             let records = stream_records(&reply)?;
             let done = records.len() < 500;
             for (n, attempt) in records {
@@ -340,7 +339,7 @@ impl RedisQueue {
         }
     }
 
-    pub(super) async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, LogError> {
+    pub(super) async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let mut trimmed = 0;
         for endpoint in self.endpoints().await? {
             let key = self.key_of("attempts", &endpoint.id);
@@ -352,7 +351,7 @@ impl RedisQueue {
                 .arg(1000)
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::from)?;
             let records = stream_records(&reply)?;
             let young = records.iter().find(|(_, a)| a.time_ms >= cutoff_ms);
             let minid = match (young, records.last()) {
@@ -366,31 +365,30 @@ impl RedisQueue {
                 .arg(format!("{minid}-0"))
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::from)?;
             trimmed += n;
         }
         Ok(trimmed)
     }
 
-    pub(super) async fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, LogError> {
+    pub(super) async fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, StoreError> {
         redis::cmd("ZRANGEBYSCORE")
             .arg(self.key_of("failed", id))
             .arg(format!("({after}"))
             .arg("+inf")
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(StoreError::from)
     }
 }
 
-fn parse_endpoint(json: &str) -> Result<Endpoint, LogError> {
-    serde_json::from_str(json)
-        .map_err(|e| LogError::Storage(format!("corrupt webhook endpoint: {e}")))
+fn parse_endpoint(json: &str) -> Result<Endpoint, StoreError> {
+    serde_json::from_str(json).map_err(StoreError::json("webhook endpoint"))
 }
 
 /// Parses XRANGE entries of the attempt log: `[[id, ["a", json]], ...]`.
-fn stream_records(v: &Value) -> Result<Vec<(u64, Attempt)>, LogError> {
-    let corrupt = || LogError::Storage("corrupt webhook attempt record".into());
+fn stream_records(v: &Value) -> Result<Vec<(u64, Attempt)>, StoreError> {
+    let corrupt = || StoreError::Corrupt("webhook attempt record".into());
     let Value::Array(items) = v else {
         return Ok(Vec::new());
     };
