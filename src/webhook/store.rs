@@ -408,18 +408,4 @@ impl WebhookStore {
         }
         Ok(n)
     }
-
-    /// Failed tasks of an endpoint with seq > `after` (replay re-queues them).
-    pub fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, StoreError> {
-        let mut out = Vec::new();
-        for item in self
-            .failed
-            .range(task_key(id, after.saturating_add(1))..=task_key(id, u64::MAX))
-        {
-            if let Some((_, seq)) = split_name_seq(&item?.0) {
-                out.push(seq);
-            }
-        }
-        Ok(out)
-    }
 }

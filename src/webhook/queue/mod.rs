@@ -42,14 +42,17 @@ impl Queue {
 
     pub async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         match self {
-            Queue::Local(s) => s.endpoints(),
+            Queue::Local(s) => blocking(s, |s| s.endpoints()).await,
             Queue::Shared(r) => r.endpoints().await,
         }
     }
 
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         match self {
-            Queue::Local(s) => s.endpoint(id),
+            Queue::Local(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.endpoint(&id)).await
+            }
             Queue::Shared(r) => r.endpoint(id).await,
         }
     }
@@ -65,11 +68,13 @@ impl Queue {
     ) -> Result<Option<Endpoint>, StoreError> {
         match self {
             Queue::Local(s) => {
-                let Some(mut endpoint) = s.endpoint(id)? else {
+                let key = id.to_string();
+                let Some(mut endpoint) = blocking(s, move |s| s.endpoint(&key)).await? else {
                     return Ok(None);
                 };
                 change(&mut endpoint);
-                s.put_endpoint(&endpoint, None)?;
+                let saved = endpoint.clone();
+                blocking(s, move |s| s.put_endpoint(&saved, None)).await?;
                 Ok(Some(endpoint))
             }
             Queue::Shared(r) => r.modify(id, change).await,
@@ -82,21 +87,30 @@ impl Queue {
         cursor: Option<u64>,
     ) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => s.put_endpoint(endpoint, cursor),
+            Queue::Local(s) => {
+                let endpoint = endpoint.clone();
+                blocking(s, move |s| s.put_endpoint(&endpoint, cursor)).await
+            }
             Queue::Shared(r) => r.put_endpoint(endpoint, cursor).await,
         }
     }
 
     pub async fn cursor(&self, id: &str) -> Result<u64, StoreError> {
         match self {
-            Queue::Local(s) => s.cursor(id),
+            Queue::Local(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.cursor(&id)).await
+            }
             Queue::Shared(r) => r.cursor(id).await,
         }
     }
 
     pub async fn delete_endpoint(&self, id: &str) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => s.delete_endpoint(id),
+            Queue::Local(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.delete_endpoint(&id)).await
+            }
             Queue::Shared(r) => r.delete_endpoint(id).await,
         }
     }
@@ -112,7 +126,10 @@ impl Queue {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => s.enqueue(id, seqs, cursor, now_ms),
+            Queue::Local(s) => {
+                let (id, seqs) = (id.to_string(), seqs.to_vec());
+                blocking(s, move |s| s.enqueue(&id, &seqs, cursor, now_ms)).await
+            }
             Queue::Shared(r) => r.enqueue(id, seqs, cursor, now_ms).await,
         }
     }
@@ -162,7 +179,10 @@ impl Queue {
         resolution: Resolution,
     ) -> Result<Attempt, StoreError> {
         match self {
-            Queue::Local(s) => s.finish(id, task, attempt, resolution),
+            Queue::Local(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.finish(&id, task, attempt, resolution)).await
+            }
             Queue::Shared(r) => r.finish(id, task, attempt, resolution).await,
         }
     }
@@ -175,22 +195,30 @@ impl Queue {
         limit: usize,
     ) -> Result<Vec<Attempt>, StoreError> {
         match self {
-            Queue::Local(s) => s.attempts(id, after, status, limit),
+            Queue::Local(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.attempts(&id, after, status, limit)).await
+            }
             Queue::Shared(r) => r.attempts(id, after, status, limit).await,
         }
     }
 
     pub async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         match self {
-            Queue::Local(s) => s.trim_attempts(cutoff_ms),
+            Queue::Local(s) => blocking(s, move |s| s.trim_attempts(cutoff_ms)).await,
             Queue::Shared(r) => r.trim_attempts(cutoff_ms).await,
         }
     }
+}
 
-    pub async fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, StoreError> {
-        match self {
-            Queue::Local(s) => s.failed_seqs(id, after),
-            Queue::Shared(r) => r.failed_seqs(id, after).await,
-        }
-    }
+/// Runs embedded-store work on the blocking pool: a write may wait on an fsync or a memtable
+/// flush, and the async workers (which carry every connection) must never wait on a disk.
+async fn blocking<T: Send + 'static>(
+    store: &WebhookStore,
+    f: impl FnOnce(&WebhookStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(StoreError::Task)?
 }

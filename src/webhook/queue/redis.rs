@@ -370,16 +370,6 @@ impl RedisQueue {
         }
         Ok(trimmed)
     }
-
-    pub(super) async fn failed_seqs(&self, id: &str, after: u64) -> Result<Vec<u64>, StoreError> {
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(self.key_of("failed", id))
-            .arg(format!("({after}"))
-            .arg("+inf")
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::from)
-    }
 }
 
 fn parse_endpoint(json: &str) -> Result<Endpoint, StoreError> {
