@@ -34,11 +34,12 @@ pub fn validate_channel(name: &str) -> Result<(), NameError> {
     if ok {
         Ok(())
     } else {
-        Err(NameError::Channel(truncate(name)))
+        Err(NameError::Channel(excerpt(name)))
     }
 }
 
-fn truncate(s: &str) -> String {
+/// The start of a client's string, for quoting it in an error message (at most 64 chars).
+pub fn excerpt(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
@@ -54,7 +55,7 @@ impl Pattern {
         if ok {
             Ok(Pattern(text.into()))
         } else {
-            Err(NameError::Pattern(truncate(text)))
+            Err(NameError::Pattern(excerpt(text)))
         }
     }
 

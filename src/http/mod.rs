@@ -328,14 +328,10 @@ pub fn parse_cursor(text: &str, what: &str) -> Result<u64, ApiError> {
             "invalid_cursor",
             format!(
                 "{what} must be a sequence number (a non-negative integer), got {:?}",
-                truncate(text)
+                crate::event::excerpt(text)
             ),
         )
     })
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 #[cfg(test)]

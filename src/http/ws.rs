@@ -24,6 +24,7 @@ use super::{
     check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState, Connection,
 };
 use crate::auth::Principal;
+use crate::event::excerpt;
 use crate::event::Filter;
 use crate::hub::{Item, Subscription, SubscriptionError};
 use crate::limits::Bucket;
@@ -335,7 +336,7 @@ impl Session {
                 "unknown_op",
                 &format!(
                     "unknown op {:?}; expected subscribe, unsubscribe, publish or ping",
-                    truncate(other)
+                    excerpt(other)
                 ),
             ),
         };
@@ -374,7 +375,7 @@ impl Session {
             return error(
                 reference,
                 "not_subscribed",
-                &format!("not subscribed to {:?}", truncate(&channel)),
+                &format!("not subscribed to {:?}", excerpt(&channel)),
             );
         }
         with_ref(json!({"op": "unsubscribed", "channel": channel}), reference)
@@ -506,10 +507,6 @@ fn error(reference: Option<&Value>, code: &str, message: &str) -> Value {
         json!({"op": "error", "code": code, "message": message}),
         reference,
     )
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 /// `GET /v1/ws/echo` (only with `server.ws_echo`): echoes every message, through the same

@@ -51,16 +51,30 @@ impl Secret {
         &self.text
     }
 
+    /// The key bytes (for verifying what a sender signed with this secret).
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// `v1,<signature>` for one message.
     pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        let prefix = signed_prefix(id, &timestamp.to_string());
+        format!("v1,{}", STANDARD.encode(mac(&self.key, &prefix, body)))
     }
+}
+
+/// What a Standard Webhooks signature covers before the body: `{id}.{timestamp}.`.
+pub fn signed_prefix(id: &str, timestamp: &str) -> Vec<u8> {
+    format!("{id}.{timestamp}.").into_bytes()
+}
+
+/// HMAC-SHA256 of `prefix` then `body`: the one MAC behind outgoing signatures and the
+/// incoming schemes (GitHub: no prefix; Stripe: `t.`; Standard Webhooks: `id.ts.`).
+pub fn mac(key: &[u8], prefix: &[u8], body: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(prefix);
+    mac.update(body);
+    mac.finalize().into_bytes().into()
 }
 
 /// The `webhook-signature` header value: one signature per secret, space-separated (several

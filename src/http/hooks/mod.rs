@@ -20,8 +20,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde_json::json;
 use serde_json::value::RawValue;
 
@@ -71,12 +69,10 @@ impl HookRules {
                     return Err(err("a secret is needed to verify signatures".into()))
                 }
                 HookVerify::Github | HookVerify::Stripe => rule.secret.as_bytes().to_vec(),
-                HookVerify::Standard => rule
-                    .secret
-                    .strip_prefix("whsec_")
-                    .and_then(|b| STANDARD.decode(b).ok())
-                    .filter(|k| !k.is_empty())
-                    .ok_or_else(|| err("a standard secret is \"whsec_\" + base64".into()))?,
+                HookVerify::Standard => crate::webhook::sign::Secret::parse(&rule.secret)
+                    .map_err(|e| err(e.to_string()))?
+                    .key()
+                    .to_vec(),
             };
             out.push(Rule {
                 patterns,
