@@ -209,19 +209,7 @@ impl Event {
     /// The complete SSE frame (`id`, `event`, `data`, blank line), built on first use and shared.
     pub fn sse_frame(&self) -> Bytes {
         self.sse_frame
-            .get_or_init(|| {
-                let mut out = Vec::with_capacity(self.envelope.len() + 48);
-                out.extend_from_slice(b"id: ");
-                out.extend_from_slice(self.seq.to_string().as_bytes());
-                if let Some(kind) = &self.kind {
-                    out.extend_from_slice(b"\nevent: ");
-                    out.extend_from_slice(kind.as_bytes());
-                }
-                out.extend_from_slice(b"\ndata: ");
-                out.extend_from_slice(&self.envelope);
-                out.extend_from_slice(b"\n\n");
-                Bytes::from(out)
-            })
+            .get_or_init(|| sse_frame(self.seq, self.kind.as_deref(), &self.envelope))
             .clone()
     }
 
@@ -232,15 +220,7 @@ impl Event {
             return self.sse_frame();
         }
         self.sse_untyped
-            .get_or_init(|| {
-                let mut out = Vec::with_capacity(self.envelope.len() + 32);
-                out.extend_from_slice(b"id: ");
-                out.extend_from_slice(self.seq.to_string().as_bytes());
-                out.extend_from_slice(b"\ndata: ");
-                out.extend_from_slice(&self.envelope);
-                out.extend_from_slice(b"\n\n");
-                Bytes::from(out)
-            })
+            .get_or_init(|| sse_frame(self.seq, None, &self.envelope))
             .clone()
     }
 
@@ -255,6 +235,22 @@ impl Event {
             })
             .clone()
     }
+}
+
+/// One SSE frame: `id:`, `event:` (when there is a name), one `data:` line, a blank line.
+/// The one place SSE frames are written; `data` must hold no CR or LF (envelopes never do).
+pub fn sse_frame(id: u64, event: Option<&str>, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 48);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(id.to_string().as_bytes());
+    if let Some(name) = event {
+        out.extend_from_slice(b"\nevent: ");
+        out.extend_from_slice(name.as_bytes());
+    }
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 /// Appends the envelope after its leading `{"seq":N`, from `,"channel":` to the closing

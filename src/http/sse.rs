@@ -177,8 +177,6 @@ pub async fn until(at: Option<tokio::time::Instant>) {
 /// `event: reset` with an `id` just before the oldest retained event, so EventSource's own
 /// reconnect resumes from there instead of reporting the same gap again.
 fn reset_frame(oldest: u64) -> Bytes {
-    Bytes::from(format!(
-        "id: {}\nevent: reset\ndata: {{\"oldest\":{oldest}}}\n\n",
-        oldest.saturating_sub(1)
-    ))
+    let data = format!("{{\"oldest\":{oldest}}}");
+    crate::event::sse_frame(oldest.saturating_sub(1), Some("reset"), data.as_bytes())
 }
