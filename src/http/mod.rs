@@ -50,6 +50,24 @@ pub struct AppState {
     pub tasks: TaskTracker,
 }
 
+/// An extractor that admits only an admin credential (an API key in the `Authorization`
+/// header, or open mode). First among a handler's arguments, it decides before anything
+/// else is read: webhook management, minting session tokens.
+pub struct Admin;
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &AppState,
+    ) -> Result<Admin, ApiError> {
+        let principal = app.principal(&parts.headers, None, Via::Write)?;
+        app.auth.require_admin(&principal)?;
+        Ok(Admin)
+    }
+}
+
 /// Per-connection context, put in each request's extensions by the accept loop.
 #[derive(Clone)]
 pub struct Connection {
@@ -241,12 +259,6 @@ impl AppState {
         via: Via,
     ) -> Result<Principal, ApiError> {
         Ok(self.auth.authenticate(headers, query_token, via)?)
-    }
-
-    /// Webhook management needs an API key.
-    pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let p = self.principal(headers, None, Via::Write)?;
-        Ok(self.auth.require_admin(&p)?)
     }
 
     /// Takes `n` events from the caller's publish budget.

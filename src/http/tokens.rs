@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::{read_body, require_json};
-use super::{ApiError, AppState};
+use super::{Admin, ApiError, AppState};
 use crate::auth::{now_secs, Claims, MAX_SESSION_SECS};
 use crate::event::Pattern;
 
@@ -40,10 +40,10 @@ fn everything() -> Vec<String> {
 
 pub async fn create(
     State(app): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
     require_json(&headers)?;
     let limits = &app.config.limits;
     let bytes = read_body(body, 16 * 1024, limits).await?;

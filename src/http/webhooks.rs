@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::{read_body, require_json};
-use super::{parse_cursor, query_pairs, ApiError, AppState};
+use super::{parse_cursor, query_pairs, Admin, ApiError, AppState};
 use crate::event::format_time;
 use crate::webhook::{AttemptStatus, CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
 
@@ -92,20 +92,16 @@ async fn json_body<T: DeserializeOwned>(
 
 pub async fn create(
     State(app): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
     let req: CreateEndpoint = json_body(&app, &headers, body).await?;
     let endpoint = app.webhooks.create(req).await?;
     Ok((StatusCode::CREATED, Json(view(&endpoint, true))).into_response())
 }
 
-pub async fn list(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    app.require_admin(&headers)?;
+pub async fn list(State(app): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     let all: Vec<Value> = app
         .webhooks
         .list()
@@ -118,10 +114,9 @@ pub async fn list(
 
 pub async fn get(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.require_admin(&headers)?;
     let endpoint = app.webhooks.get(&id).await?;
     let mut v = view(&endpoint, false);
     v["pending"] = app.webhooks.pending(&id).await?.into();
@@ -130,31 +125,29 @@ pub async fn get(
 
 pub async fn update(
     State(app): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    app.require_admin(&headers)?;
     let req: UpdateEndpoint = json_body(&app, &headers, body).await?;
     Ok(Json(view(&app.webhooks.update(&id, req).await?, false)))
 }
 
 pub async fn delete(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.require_admin(&headers)?;
     app.webhooks.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn rotate(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.require_admin(&headers)?;
     let endpoint = app.webhooks.rotate(&id).await?;
     Ok(Json(view(&endpoint, true)))
 }
@@ -167,11 +160,11 @@ struct Replay {
 
 pub async fn replay(
     State(app): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.require_admin(&headers)?;
     let req: Replay = json_body(&app, &headers, body).await?;
     let (since, until) = app.webhooks.replay(&id, req.since).await?;
     Ok((
@@ -186,11 +179,10 @@ const MAX_ATTEMPTS_PAGE: usize = 1000;
 /// `GET /v1/webhooks/{id}/deliveries?status=S&after=N&limit=L`: the attempt log, oldest first.
 pub async fn deliveries(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    app.require_admin(&headers)?;
     let mut after = 0;
     let mut limit = 100;
     let mut status = None;
