@@ -49,16 +49,7 @@ pub enum ServeError {
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let listen = config.server.listen;
-    // Every connection is a file descriptor; the default soft limit (often 1024) would cap
-    // Herald far below its connection limits.
-    let nofile = crate::limits::raise_nofile();
-    if (nofile as usize) < config.limits.max_connections {
-        tracing::warn!(
-            nofile,
-            max_connections = config.limits.max_connections,
-            "open-file limit is below limits.max_connections"
-        );
-    }
+    raise_open_files(&config);
     let auth = Arc::new(Auth::from_config(&config.auth)?);
     let hooks = Arc::new(crate::http::hooks::HookRules::from_config(&config.hooks)?);
     if auth.is_open() && !listen.ip().is_loopback() {
@@ -83,6 +74,65 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Bind(listen, e))?;
+    announce(&config, &auth, log.as_ref());
+    let limits = &config.limits;
+    let acceptor = Acceptor {
+        connections: ConnectionLimits::new(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.ipv6_prefix,
+        ),
+        server: Arc::new(config.server.clone()),
+        max_header: limits.max_header_bytes,
+        tasks: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+    };
+    let state = AppState {
+        hub,
+        webhooks: webhooks.clone(),
+        auth,
+        hooks,
+        publish_rate: Arc::new(RateLimiter::new(limits.publish_rate, limits.publish_burst)),
+        metrics,
+        config: Arc::new(config),
+        shutdown,
+        tasks: acceptor.tasks.clone(),
+    };
+    let router = app(state);
+    tracing::info!("listening on http://{addr}");
+    acceptor.run(listener, router).await;
+    let grace = acceptor.server.shutdown_grace;
+    tracing::info!("shutting down: draining connections");
+    acceptor.tasks.close();
+    if tokio::time::timeout(grace, acceptor.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {grace:?}; closing anyway");
+    }
+    webhooks.close(grace).await;
+    // Every accepted publish has been answered or dropped with its connection; the writer
+    // commits whatever is still queued before it stops.
+    tokio::task::spawn_blocking(move || log.close()).await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Every connection is a file descriptor; the default soft limit (often 1024) would cap
+/// Herald far below its connection limits.
+fn raise_open_files(config: &Config) {
+    let nofile = crate::limits::raise_nofile();
+    if (nofile as usize) < config.limits.max_connections {
+        tracing::warn!(
+            nofile,
+            max_connections = config.limits.max_connections,
+            "open-file limit is below limits.max_connections"
+        );
+    }
+}
+
+/// What the operator should read at start.
+fn announce(config: &Config, auth: &Auth, log: &dyn Log) {
     if auth.is_open() {
         tracing::warn!("no API keys configured: running open, which is only allowed on loopback");
     }
@@ -92,42 +142,42 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     } else {
         tracing::info!(head = bounds.head, "event log open on redis");
     }
-    let limits = &config.limits;
-    let connections = ConnectionLimits::new(
-        limits.max_connections,
-        limits.max_connections_per_ip,
-        limits.ipv6_prefix,
-    );
-    let publish_rate = Arc::new(RateLimiter::new(limits.publish_rate, limits.publish_burst));
-    let tasks = TaskTracker::new();
-    let server_config = Arc::new(config.server.clone());
-    let max_header = config.limits.max_header_bytes;
-    let state = AppState {
-        hub,
-        webhooks: webhooks.clone(),
-        auth,
-        hooks,
-        publish_rate,
-        metrics,
-        config: Arc::new(config),
-        shutdown: shutdown.clone(),
-        tasks: tasks.clone(),
-    };
-    let router = app(state);
-    tracing::info!("listening on http://{addr}");
+}
 
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => match connections.acquire(peer.ip()) {
+/// The accept loop's parts: connection limits, and a tracker so shutdown can wait for every
+/// connection it started.
+struct Acceptor {
+    connections: Arc<ConnectionLimits>,
+    server: Arc<ServerConfig>,
+    max_header: usize,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Acceptor {
+    /// Accepts until shutdown; each connection runs as a tracked task, or is refused (with a
+    /// 429) past the limits.
+    async fn run(&self, listener: TcpListener, router: axum::Router) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.connections.acquire(peer.ip()) {
                 Ok(permit) => {
                     let (router, shutdown, server) =
-                        (router.clone(), shutdown.clone(), server_config.clone());
-                    let permit = Arc::new(permit);
-                    tasks.spawn(async move {
+                        (router.clone(), self.shutdown.clone(), self.server.clone());
+                    let (permit, max_header) = (Arc::new(permit), self.max_header);
+                    self.tasks.spawn(async move {
                         serve_connection(
                             stream, peer, permit, router, shutdown, &server, max_header,
                         )
@@ -135,29 +185,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
                     });
                 }
                 Err(refusal) => {
-                    tasks.spawn(refuse(stream, refusal));
+                    self.tasks.spawn(refuse(stream, refusal));
                 }
-            },
-            Err(e) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
-    drop(listener);
-    let grace = server_config.shutdown_grace;
-    tracing::info!("shutting down: draining connections");
-    tasks.close();
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        tracing::warn!("connections still open after {grace:?}; closing anyway");
-    }
-    webhooks.close(grace).await;
-    // Every accepted publish has been answered or dropped with its connection; the writer
-    // commits whatever is still queued before it stops.
-    tokio::task::spawn_blocking(move || log.close()).await.ok();
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The embedded store by default; Redis (shared by every node) when `redis.url` is set.
