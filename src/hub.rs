@@ -358,6 +358,12 @@ mod tests {
         (log, hub)
     }
 
+    fn commit_n(log: &MemoryLog, channel: &str, n: u64) {
+        for _ in 0..n {
+            log.commit(channel);
+        }
+    }
+
     fn subscribe(hub: &Arc<Hub>, names: &[&str], since: Option<u64>) -> Subscription {
         let filter = Filter::parse(names.iter().copied()).unwrap();
         hub.subscribe(filter, since, CancellationToken::new())
@@ -390,9 +396,7 @@ mod tests {
     #[tokio::test]
     async fn commits_between_the_last_page_and_registration_are_read_not_lost() {
         let (log, hub) = hub(64);
-        for _ in 0..5 {
-            log.commit("a");
-        }
+        commit_n(&log, "a", 5);
         log.commit("b");
         let mut sub = subscribe(&hub, &["a"], Some(2));
         // The last history page sees up to 6; before the subscriber registers, 7 and 8 land.
@@ -411,9 +415,7 @@ mod tests {
     #[tokio::test]
     async fn commits_during_the_gap_read_arrive_once() {
         let (log, hub) = hub(64);
-        for _ in 0..3 {
-            log.commit("a");
-        }
+        commit_n(&log, "a", 3);
         let mut sub = subscribe(&hub, &["a"], Some(0));
         let l = log.clone();
         // After the history page: 4 lands before registration (the gap read must fetch it).
@@ -436,9 +438,7 @@ mod tests {
     #[tokio::test]
     async fn a_cursor_at_the_head_gets_only_what_comes_next() {
         let (log, hub) = hub(64);
-        for _ in 0..3 {
-            log.commit("a");
-        }
+        commit_n(&log, "a", 3);
         let mut at_head = subscribe(&hub, &["a"], Some(3));
         let mut live = subscribe(&hub, &["a"], None);
         log.commit("b");
@@ -464,9 +464,7 @@ mod tests {
     #[tokio::test]
     async fn a_trimmed_gap_is_reported_then_delivery_goes_on() {
         let (log, hub) = hub(64);
-        for _ in 0..10 {
-            log.commit("a");
-        }
+        commit_n(&log, "a", 10);
         log.trim_to(6);
         let mut sub = subscribe(&hub, &["a"], Some(2));
         let mut want = vec!["r6".to_string()];
@@ -477,9 +475,7 @@ mod tests {
     #[tokio::test]
     async fn retention_overtaking_a_catch_up_is_reported_once() {
         let (log, hub) = hub(64);
-        for _ in 0..(PAGE as u64 + 100) {
-            log.commit("a");
-        }
+        commit_n(&log, "a", PAGE as u64 + 100);
         let mut sub = subscribe(&hub, &["a*"], Some(0));
         // After the first page (1..=512), retention moves past where the subscriber is.
         let l = log.clone();
@@ -494,9 +490,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_lags_mid_catch_up_ends_after_a_gapless_prefix() {
         let (log, hub) = hub(4);
-        for _ in 0..3 {
-            log.commit("a");
-        }
+        commit_n(&log, "a", 3);
         let mut sub = subscribe(&hub, &["a"], Some(0));
         // 4 lands before registration, so a gap read follows; once it has its snapshot (the
         // subscriber is registered by then), ten events flood a queue of four.

@@ -139,13 +139,7 @@ fn encode_body(body: &[u8]) -> (&'static str, String) {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap());
-        }
-        h
-    }
+    use crate::http::hooks::verify::tests::headers;
 
     #[test]
     fn bodies_keep_their_exact_bytes() {

@@ -184,7 +184,7 @@ impl Rule {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::HookRules;
     use super::*;
     use crate::config::HookConfig;
@@ -200,7 +200,7 @@ mod tests {
         .remove(0)
     }
 
-    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+    pub(in crate::http::hooks) fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(*k, v.parse().unwrap());
