@@ -3,17 +3,18 @@
 //! The task owns the socket and every subscription of the connection, so there is no extra
 //! task per direction. Events go out as their pre-encoded text (a refcount bump each), fed in
 //! batches and flushed once per batch.
+//!
+//! `message.rs`: what clients send (parsed totally: fuzzed and property-tested) and the
+//! shapes of replies. `echo.rs`: the Autobahn echo endpoint.
 
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, FuturesUnordered, SplitSink};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
@@ -31,22 +32,40 @@ use crate::limits::Bucket;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Extension;
 
+mod echo;
+mod message;
+
+pub use echo::echo;
+use message::{error, text, with_ref};
+pub use message::{parse_client_message, ClientMessage, MessageError};
+
 pub const CLOSE_NORMAL: u16 = 1000;
+
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+
 pub const CLOSE_PROTOCOL: u16 = 1002;
+
 pub const CLOSE_POLICY: u16 = 1008;
+
 pub const CLOSE_TOO_BIG: u16 = 1009;
+
 pub const CLOSE_INTERNAL: u16 = 1011;
+
 pub const CLOSE_SLOW: u16 = 4008;
 
 const READ_BUFFER: usize = 1024;
+
 const WRITE_BUFFER: usize = 8 * 1024;
+
 /// Bounds what one connection's writer may hold (frames fed before a flush).
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Most events written before one flush.
 const WRITE_BATCH: usize = 64;
+
 /// Most publishes awaiting their ack on one connection; past it the reader waits.
 const MAX_IN_FLIGHT: usize = 256;
+
 /// How long a close frame may take to leave; a stuck peer is then just dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -109,48 +128,8 @@ pub async fn upgrade(
         }))
 }
 
-/// A client message. Every field but `op` is optional here and checked per op.
-#[derive(Debug, Deserialize)]
-pub struct ClientMessage {
-    pub op: String,
-    pub channel: Option<String>,
-    pub since: Option<u64>,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub data: Option<Box<RawValue>>,
-    pub id: Option<String>,
-    #[serde(rename = "ref")]
-    _ref: Option<Value>,
-}
-
-/// Why a client message was refused, with its `ref` when one could be read.
-#[derive(Debug)]
-pub struct MessageError {
-    pub reference: Option<Value>,
-    pub code: &'static str,
-    pub message: String,
-}
-
-/// Parses one client text frame. Total: any input gives a message or an error, never a panic
-/// (fuzzed and property-tested).
-pub fn parse_client_message(text: &str) -> Result<(ClientMessage, Option<Value>), MessageError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| MessageError {
-        reference: None,
-        code: "invalid_json",
-        message: format!("message is not valid JSON: {e}"),
-    })?;
-    let reference = value.get("ref").cloned();
-    match serde_json::from_value::<ClientMessage>(value) {
-        Ok(m) => Ok((m, reference)),
-        Err(e) => Err(MessageError {
-            reference,
-            code: "invalid_message",
-            message: format!("message has the wrong shape: {e}"),
-        }),
-    }
-}
-
 type Sink = SplitSink<WebSocket, Message>;
+
 type ItemStream = BoxStream<'static, Result<Item, SubscriptionError>>;
 
 struct Session {
@@ -488,81 +467,5 @@ fn receive_error(e: axum::Error) -> Close {
     match inner.downcast_ref::<WsError>() {
         Some(WsError::Capacity(_)) => Close(CLOSE_TOO_BIG, "message too big"),
         _ => Close(CLOSE_PROTOCOL, "protocol error"),
-    }
-}
-
-fn text(value: Value) -> Message {
-    Message::Text(value.to_string().into())
-}
-
-fn with_ref(mut value: Value, reference: Option<&Value>) -> Value {
-    if let (Some(r), Some(obj)) = (reference, value.as_object_mut()) {
-        obj.insert("ref".into(), r.clone());
-    }
-    value
-}
-
-fn error(reference: Option<&Value>, code: &str, message: &str) -> Value {
-    with_ref(
-        json!({"op": "error", "code": code, "message": message}),
-        reference,
-    )
-}
-
-/// `GET /v1/ws/echo` (only with `server.ws_echo`): echoes every message, through the same
-/// stack and limits as `/v1/ws`, for the Autobahn conformance suite.
-pub async fn echo(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> impl IntoResponse {
-    let limit = max_message(&app).max(16 * 1024 * 1024);
-    let guard = app.tasks.token();
-    upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |mut socket| async move {
-            let _guard = guard;
-            // Keep reading after a Close so the library can finish the closing handshake.
-            while let Some(Ok(message)) = socket.recv().await {
-                let reply = match message {
-                    Message::Text(t) => Message::Text(t),
-                    Message::Binary(b) => Message::Binary(b),
-                    _ => continue,
-                };
-                if socket.send(reply).await.is_err() {
-                    break;
-                }
-            }
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    proptest::proptest! {
-        /// Any text gives a message or a typed error, never a panic.
-        #[test]
-        fn parser_is_total(text in "\\PC{0,300}") {
-            let _ = parse_client_message(&text);
-        }
-
-        #[test]
-        fn subscribe_round_trips(channel in "[a-z:*]{1,20}", since in proptest::option::of(proptest::num::u64::ANY), r in proptest::option::of("[a-z0-9]{1,8}")) {
-            let mut v = json!({"op": "subscribe", "channel": channel});
-            if let Some(s) = since { v["since"] = s.into(); }
-            if let Some(r) = &r { v["ref"] = r.clone().into(); }
-            let (m, reference) = parse_client_message(&v.to_string()).unwrap();
-            proptest::prop_assert_eq!(m.op, "subscribe");
-            proptest::prop_assert_eq!(m.channel.as_deref(), Some(channel.as_str()));
-            proptest::prop_assert_eq!(m.since, since);
-            proptest::prop_assert_eq!(reference.and_then(|r| r.as_str().map(String::from)), r);
-        }
-
-        /// JSON of the wrong shape keeps its `ref` in the error.
-        #[test]
-        fn wrong_shapes_keep_their_ref(since in "[a-z]{1,5}") {
-            let text = json!({"op": "subscribe", "channel": "a", "since": since, "ref": "r1"}).to_string();
-            let e = parse_client_message(&text).unwrap_err();
-            proptest::prop_assert_eq!(e.code, "invalid_message");
-            proptest::prop_assert_eq!(e.reference, Some(json!("r1")));
-        }
     }
 }
