@@ -296,11 +296,10 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
     match generated {
         Ok(s) if s.success() => {}
         other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "openssl is needed (apt-get install -y openssl): {other:?}"
+            dependency_missing(
+                &format!("openssl ({other:?})"),
+                "apt-get install -y openssl",
             );
-            eprintln!("SKIPPED: no openssl");
             return;
         }
     }

@@ -497,3 +497,25 @@ pub fn page_seqs(page: &Value) -> Vec<u64> {
         .map(|e| e["seq"].as_u64().expect("seq"))
         .collect()
 }
+
+/// The one rule for a missing test dependency (redis-server, chromium, openssl, a Python
+/// package): under CI (`CI` set to anything but `false`/`0`) the test fails with `install`
+/// in its message; elsewhere it is skipped, said on stderr, and counted in
+/// `target/e2e-skipped.txt` so a local run cannot pass quietly on skips. Returns true when
+/// the caller should return (skip).
+pub fn dependency_missing(what: &str, install: &str) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let message = format!("{what} is needed: {install}");
+    assert!(!ci, "{message}");
+    eprintln!("SKIPPED: {message}");
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-skipped.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{message}");
+    }
+    true
+}
