@@ -40,6 +40,8 @@ pub enum Reply {
     Status(u16),
     RetryAfter(u16, u64),
     Hang(Duration),
+    /// Answers with the status after the delay (requests overlap if Herald sends them so).
+    After(Duration, u16),
 }
 
 type Plan = Box<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
@@ -50,6 +52,8 @@ pub struct Receiver {
     pub got: Arc<Mutex<Vec<Received>>>,
     /// Status of each reply, in order.
     pub replies: Arc<Mutex<Vec<(u64, u16)>>>,
+    /// Most requests being handled at once.
+    pub max_concurrent: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,9 +80,15 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let plan = Arc::new(plan);
         let (g, r) = (got.clone(), replies.clone());
+        let now = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let max_concurrent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let m = max_concurrent.clone();
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let (got, replies, plan) = (g.clone(), r.clone(), plan.clone());
+            let (now, max) = (now.clone(), m.clone());
             async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                max.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
                 let received = Received {
                     headers: headers
                         .iter()
@@ -111,8 +121,13 @@ impl Receiver {
                         tokio::time::sleep(d).await;
                         (200, StatusCode::OK.into_response())
                     }
+                    Reply::After(d, s) => {
+                        tokio::time::sleep(d).await;
+                        (s, StatusCode::from_u16(s).unwrap().into_response())
+                    }
                 };
                 replies.lock().unwrap().push((seq, status));
+                now.fetch_sub(1, SeqCst);
                 // No keep-alive: a stopped receiver must refuse the next attempt.
                 let mut response = response;
                 response
@@ -128,6 +143,7 @@ impl Receiver {
             addr,
             got,
             replies,
+            max_concurrent,
             task,
         }
     }
@@ -592,21 +608,16 @@ async fn ordered_endpoint_delivers_strictly_in_order_under_failures() {
     let h = Herald::start(&format!(
         "{OPEN}retry_schedule = [\"10ms\", \"10ms\", \"10ms\", \"10ms\", \"10ms\"]\n"
     ));
-    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let max_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (f, m) = (in_flight.clone(), max_seen.clone());
-    let receiver = Receiver::start(move |n, _| {
-        use std::sync::atomic::Ordering::SeqCst;
-        let now = f.fetch_add(1, SeqCst) + 1;
-        m.fetch_max(now, SeqCst);
-        f.fetch_sub(1, SeqCst);
-        if n % 3 == 1 {
-            Reply::Status(500)
-        } else {
-            Reply::Status(200)
-        }
-    })
-    .await;
+    // Each request is held for 20 ms, so any overlap would be seen.
+    let plan = |n: usize, _: &Received| {
+        let status = if n % 3 == 1 { 500 } else { 200 };
+        Reply::After(Duration::from_millis(20), status)
+    };
+    let receiver = Receiver::start(plan).await;
+    // The control: the same load to an unordered endpoint does overlap, so the check below
+    // can see concurrency when there is some.
+    let unordered = Receiver::start(plan).await;
+    create_webhook(&h, json!({"url": unordered.url(), "channels": ["o"]})).await;
     let (_, _ep) = create_webhook(
         &h,
         json!({"url": receiver.url(), "channels": ["o"], "ordered": true}),
@@ -633,7 +644,20 @@ async fn ordered_endpoint_delivers_strictly_in_order_under_failures() {
             expected += 1;
         }
     }
-    assert_eq!(max_seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(
+        receiver.max_concurrent.load(SeqCst),
+        1,
+        "ordered: one at a time"
+    );
+    eventually("the unordered endpoint's 40", WAIT, async || {
+        (unordered.delivered().len() == 40).then_some(())
+    })
+    .await;
+    assert!(
+        unordered.max_concurrent.load(SeqCst) > 1,
+        "the control saw no overlap"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
