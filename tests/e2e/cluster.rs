@@ -276,8 +276,25 @@ fn ws_follower(
     })
 }
 
-/// A subscriber under test: its name, what it saw, and its channels.
-type Subscriber = (String, Arc<Mutex<Seen>>, Vec<&'static str>);
+/// A subscriber under test: its name, what it saw, its channels, and its task (joined at the
+/// end, so a panic inside it fails the test instead of vanishing).
+struct Subscriber {
+    name: String,
+    seen: Arc<Mutex<Seen>>,
+    channels: Vec<&'static str>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Stops every subscriber and joins its task: a follower that panicked fails the test here.
+async fn stop_subscribers(subscribers: Vec<Subscriber>, stop: &std::sync::atomic::AtomicBool) {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in subscribers {
+        tokio::time::timeout(WAIT * 2, s.task)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop", s.name))
+            .unwrap_or_else(|e| panic!("{} failed: {e}", s.name));
+    }
+}
 
 /// Acknowledged seqs by channel.
 type Acked = Arc<Mutex<BTreeMap<String, BTreeSet<u64>>>>;
@@ -387,11 +404,19 @@ fn subscribers(
     let mut out = Vec::new();
     for i in at {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        sse_follower(urls.clone(), i, query, seen.clone(), stop.clone());
-        out.push((format!("sse on node {i}"), seen, sse.to_vec()));
+        out.push(Subscriber {
+            name: format!("sse on node {i}"),
+            task: sse_follower(urls.clone(), i, query, seen.clone(), stop.clone()),
+            seen,
+            channels: sse.to_vec(),
+        });
         let seen = Arc::new(Mutex::new(Seen::default()));
-        ws_follower(urls.clone(), i, ws, seen.clone(), stop.clone());
-        out.push((format!("ws on node {i}"), seen, ws.to_vec()));
+        out.push(Subscriber {
+            name: format!("ws on node {i}"),
+            task: ws_follower(urls.clone(), i, ws, seen.clone(), stop.clone()),
+            seen,
+            channels: ws.to_vec(),
+        });
     }
     out
 }
@@ -462,7 +487,17 @@ impl Load {
 /// each saw exactly those, per channel in increasing order with no duplicate (SSE: one
 /// subscription, so one increasing order across its channels).
 async fn assert_complete(subscribers: &[Subscriber], acked: &BTreeMap<String, BTreeSet<u64>>) {
-    for (name, seen, channels) in subscribers {
+    for Subscriber {
+        name,
+        seen,
+        channels,
+        task,
+    } in subscribers
+    {
+        assert!(
+            !task.is_finished(),
+            "{name} ended early (it runs until stopped)"
+        );
         for channel in channels {
             let want = acked.get(*channel).cloned().unwrap_or_default();
             let max = want.iter().copied().max().unwrap_or(0);
@@ -537,7 +572,7 @@ async fn three_nodes_deliver_one_contiguous_order_to_every_subscriber() {
     let history = page_seqs(&page);
     let want: Vec<u64> = acked["b"].iter().copied().take(1000).collect();
     assert_eq!(history, want);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_subscribers(subscribers, &stop).await;
     assert!(refused.is_empty(), "{refused:?}");
 }
 
@@ -651,7 +686,7 @@ async fn killing_a_node_loses_no_acknowledged_event_or_queued_webhook() {
         },
     )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_subscribers(subscribers, &stop).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -761,7 +796,7 @@ async fn a_redis_restart_heals_by_itself_and_loses_no_acknowledged_event() {
             .all(|r| r["status"] == 503 && r["body"]["error"]["code"] == "log_unavailable"),
         "{refused:?}"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_subscribers(subscribers, &stop).await;
 }
 
 #[tokio::test]
