@@ -258,67 +258,12 @@ impl Store {
             page.next = after;
             return Ok(page);
         }
+        let window = Window { after, head, limit };
         if filter.has_patterns() {
-            // A pattern can match any channel: scan the log itself, bounded per page.
-            let mut scanned = 0;
-            let mut last = after;
-            let mut iter = events.range(seq_key(after.saturating_add(1))..);
-            page.end = true;
-            for item in iter.by_ref() {
-                let (k, v) = item?;
-                let seq = be_u64(&k);
-                if seq > head {
-                    break;
-                }
-                last = seq;
-                scanned += 1;
-                let record = Record::decode(&v)?;
-                if filter.matches(record.channel) {
-                    page.events.push(Arc::new(record.into_event(seq, &v)));
-                }
-                if page.events.len() >= limit || scanned >= SCAN_BUDGET {
-                    page.end = false;
-                    break;
-                }
-            }
-            page.next = if page.end { head.max(after) } else { last };
+            scan(&events, filter, window, &mut page)?;
         } else {
-            // Exact channels: merge the per-channel index ranges by seq.
             let index = s.by_channel.snapshot_at(instant);
-            let mut seqs = Vec::new();
-            let mut complete = true;
-            for channel in filter.channels() {
-                let mut n = 0;
-                let from = name_seq(channel, after.saturating_add(1));
-                let to = name_seq(channel, head);
-                for item in index.range(from..=to) {
-                    let (k, _) = item?;
-                    seqs.push(be_u64(&k[k.len() - 8..]));
-                    n += 1;
-                    if n > limit {
-                        complete = false;
-                        break;
-                    }
-                }
-            }
-            seqs.sort_unstable();
-            seqs.dedup();
-            if seqs.len() > limit {
-                complete = false;
-                seqs.truncate(limit);
-            }
-            for seq in &seqs {
-                if let Some(v) = events.get(seq_key(*seq))? {
-                    let record = Record::decode(&v)?;
-                    page.events.push(Arc::new(record.into_event(*seq, &v)));
-                }
-            }
-            page.end = complete;
-            page.next = match (complete, seqs.last()) {
-                (true, _) => head.max(after),
-                (false, Some(last)) => *last,
-                (false, None) => after,
-            };
+            read_channels(&events, &index, filter, window, &mut page)?;
         }
         Ok(page)
     }
@@ -332,6 +277,88 @@ impl Store {
             None => Ok(None),
         }
     }
+}
+
+/// The seqs a read may return: after `after`, up to `head`, at most `limit` of them.
+#[derive(Clone, Copy)]
+struct Window {
+    after: u64,
+    head: u64,
+    limit: usize,
+}
+
+/// A pattern can match any channel: scan the log itself, bounded per page.
+fn scan(
+    events: &fjall::Snapshot,
+    filter: &Filter,
+    w: Window,
+    page: &mut Page,
+) -> Result<(), LogError> {
+    let mut scanned = 0;
+    let mut last = w.after;
+    page.end = true;
+    for item in events.range(seq_key(w.after.saturating_add(1))..) {
+        let (k, v) = item?;
+        let seq = be_u64(&k);
+        if seq > w.head {
+            break;
+        }
+        last = seq;
+        scanned += 1;
+        let record = Record::decode(&v)?;
+        if filter.matches(record.channel) {
+            page.events.push(Arc::new(record.into_event(seq, &v)));
+        }
+        if page.events.len() >= w.limit || scanned >= SCAN_BUDGET {
+            page.end = false;
+            break;
+        }
+    }
+    page.next = if page.end { w.head.max(w.after) } else { last };
+    Ok(())
+}
+
+/// Exact channels: merge the per-channel index ranges by seq.
+fn read_channels(
+    events: &fjall::Snapshot,
+    index: &fjall::Snapshot,
+    filter: &Filter,
+    w: Window,
+    page: &mut Page,
+) -> Result<(), LogError> {
+    let mut seqs = Vec::new();
+    let mut complete = true;
+    for channel in filter.channels() {
+        let from = name_seq(channel, w.after.saturating_add(1));
+        let to = name_seq(channel, w.head);
+        for (n, item) in index.range(from..=to).enumerate() {
+            if n >= w.limit {
+                complete = false;
+                break;
+            }
+            let (k, _) = item?;
+            seqs.push(be_u64(&k[k.len() - 8..]));
+        }
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    if seqs.len() > w.limit {
+        complete = false;
+        seqs.truncate(w.limit);
+    }
+    for seq in &seqs {
+        if let Some(v) = events.get(seq_key(*seq))? {
+            let record = Record::decode(&v)?;
+            page.events.push(Arc::new(record.into_event(*seq, &v)));
+        }
+    }
+    page.end = complete;
+    page.next = match (complete, seqs.last()) {
+        (true, _) => w.head.max(w.after),
+        (false, Some(last)) => *last,
+        (false, None) => w.after,
+    };
+    Ok(())
 }
 
 /// The key of an event: its seq, big-endian (so the partition is in seq order).
