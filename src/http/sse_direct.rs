@@ -118,25 +118,7 @@ async fn write_response(
         .headers
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"connection: close\r\n");
+    let mut head = response_head(&parts, http10);
     if !streaming {
         let bytes = body
             .collect()
@@ -168,30 +150,7 @@ async fn write_response(
             },
             frame = body.frame() => frame,
         };
-        // Everything already waiting goes out in one write: a subscriber behind by ten
-        // events costs one syscall, not ten (the WebSocket path batches the same way).
-        let mut out = Vec::new();
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            match frame {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        push_chunk(&mut out, &data, chunked);
-                    }
-                }
-                // The stream ended (lagged, expired, shutdown): finish the body properly.
-                Some(Err(_)) | None => {
-                    if chunked {
-                        out.extend_from_slice(b"0\r\n\r\n");
-                    }
-                    ended = true;
-                    break;
-                }
-            }
-            if out.len() < WRITE_BATCH {
-                next = body.frame().now_or_never();
-            }
-        }
+        let out = gather(first, &mut body, chunked, &mut ended);
         if out.is_empty() {
             continue;
         }
@@ -204,6 +163,58 @@ async fn write_response(
         }
     }
     writer.shutdown().await
+}
+
+/// The status line and headers (without the blank line), closing the connection after.
+fn response_head(parts: &axum::http::response::Parts, http10: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    let reason = parts.status.canonical_reason().unwrap_or("Unknown");
+    head.extend_from_slice(reason.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: close\r\n");
+    head
+}
+
+/// `first` and every frame already waiting behind it, as one buffer: a subscriber behind by
+/// ten events costs one write, not ten (the WebSocket path batches the same way). Sets
+/// `ended` when the stream ended (lagged, expired, shutdown), finishing the body properly.
+fn gather(
+    first: Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>,
+    body: &mut Body,
+    chunked: bool,
+    ended: &mut bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    push_chunk(&mut out, &data, chunked);
+                }
+            }
+            Some(Err(_)) | None => {
+                if chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                *ended = true;
+                break;
+            }
+        }
+        if out.len() < WRITE_BATCH {
+            next = body.frame().now_or_never();
+        }
+    }
+    out
 }
 
 /// Appends one frame, as an HTTP/1.1 chunk unless the client speaks HTTP/1.0.
