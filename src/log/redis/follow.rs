@@ -52,19 +52,9 @@ pub(super) async fn follow(
         }
         loop {
             let last = head.load(Ordering::Acquire);
-            let mut xread = redis::cmd("XREAD");
-            xread
-                .arg("COUNT")
-                .arg(FOLLOW_BATCH)
-                .arg("BLOCK")
-                .arg(FOLLOW_BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&keys.log)
-                .arg(format!("{last}-0"));
-            let read = xread.query_async::<Value>(&mut conn);
             let reply = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = read => r,
+                r = read_after(&mut conn, &keys, last) => r,
             };
             let entries = match reply.map_err(unavailable).and_then(|v| xread_entries(&v)) {
                 Ok(entries) => entries,
@@ -82,29 +72,58 @@ pub(super) async fn follow(
                 continue;
             }
             if entries[0].seq > last + 1 {
-                // Either seqs that were never written (a failed script) or events trimmed
-                // before this node could read them; only the latter is a loss.
-                let first: Option<u64> = redis::cmd("GET")
-                    .arg(&keys.oldest)
-                    .query_async(&mut conn)
-                    .await
-                    .ok()
-                    .flatten();
-                if let Some(first) = first {
-                    oldest.store(first, Ordering::Release);
-                    if first > last + 1 {
-                        tracing::warn!(
-                            last,
-                            oldest = first,
-                            "events were trimmed before this node read them"
-                        );
-                        listener.lost();
-                    }
-                }
+                notice_trim(&mut conn, &keys, &oldest, last, listener.as_ref()).await;
             }
             let newest = entries.last().map_or(last, |e| e.seq);
             listener.committed(&entries);
             head.store(newest, Ordering::Release);
+        }
+    }
+}
+
+/// One blocking read of the log stream after `last`.
+async fn read_after(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    last: u64,
+) -> redis::RedisResult<Value> {
+    redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(FOLLOW_BATCH)
+        .arg("BLOCK")
+        .arg(FOLLOW_BLOCK.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(&keys.log)
+        .arg(format!("{last}-0"))
+        .query_async::<Value>(conn)
+        .await
+}
+
+/// The next entry is past `last + 1`: either seqs that were never written (a failed script)
+/// or events trimmed before this node could read them. Only the latter is a loss, and then
+/// every live subscriber must resume to learn of the gap.
+async fn notice_trim(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    oldest: &AtomicU64,
+    last: u64,
+    listener: &dyn CommitListener,
+) {
+    let first: Option<u64> = redis::cmd("GET")
+        .arg(&keys.oldest)
+        .query_async(conn)
+        .await
+        .ok()
+        .flatten();
+    if let Some(first) = first {
+        oldest.store(first, Ordering::Release);
+        if first > last + 1 {
+            tracing::warn!(
+                last,
+                oldest = first,
+                "events were trimmed before this node read them"
+            );
+            listener.lost();
         }
     }
 }
