@@ -16,15 +16,17 @@
 //!   retries, the SSRF guard.
 //! - [`config`], [`cli`], [`bench`]: configuration, the `herald` command line, load tools.
 
-pub mod auth;
-pub mod bench;
+// Public: what the binary, the end-to-end tests, the fuzz targets and the benches use; the
+// rest is the crate's own (the compiler then points out what nothing uses).
+pub(crate) mod auth;
+pub(crate) mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
 pub mod http;
-pub mod hub;
-pub mod limits;
+pub(crate) mod hub;
+pub(crate) mod limits;
 pub mod log;
-pub mod server;
-pub mod store;
-pub mod webhook;
+pub(crate) mod server;
+pub(crate) mod store;
+pub(crate) mod webhook;

@@ -72,10 +72,6 @@ impl ConnectionLimits {
             ip,
         })
     }
-
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for ConnectionPermit {
