@@ -12,6 +12,7 @@ mod flood;
 mod hardening;
 mod hooks;
 mod limits;
+mod promises;
 mod resume;
 mod slow;
 mod sse;

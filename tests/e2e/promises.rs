@@ -1,0 +1,118 @@
+//! README promises that had no test of their own (issue #11, item 8).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::webhooks::{create_webhook, eventually};
+
+/// "Redirects are not followed": a 302 is a failed attempt, and its target never hears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_redirects_are_not_followed() {
+    let h = Herald::start("[webhooks]\nallow_private = true\nretry_schedule = [\"1h\"]\n");
+    let (target, target_got) = local_app().await;
+    let redirect = axum::Router::new().fallback(move || {
+        let to = format!("{target}/stolen");
+        async move { (axum::http::StatusCode::FOUND, [("location", to)]) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, redirect).await.unwrap() });
+    let (status, ep) = create_webhook(
+        &h,
+        json!({"url": format!("http://{addr}/hook"), "channels": ["r"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{ep}");
+    publish_one(&h, "r", json!(1)).await;
+    let id = ep["id"].as_str().unwrap().to_string();
+    let attempt = eventually("the attempt", WAIT, async || {
+        let v = get_json(h.url(&format!("/v1/webhooks/{id}/deliveries"))).await;
+        v["deliveries"].as_array().and_then(|d| d.first().cloned())
+    })
+    .await;
+    assert_eq!(attempt["status_code"], 302, "{attempt}");
+    assert_eq!(attempt["status"], "retrying", "{attempt}");
+    assert!(
+        target_got.lock().unwrap().is_empty(),
+        "the redirect was followed"
+    );
+}
+
+/// "`HERALD_*` environment variables override herald.toml, flags override both."
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_the_file_and_flags_override_both() {
+    let h = Herald::start_with_env(
+        "[limits]\nmax_batch = 5\n",
+        &[("HERALD_LIMITS_MAX_BATCH", "3")],
+    );
+    let batch = |n: usize| Value::Array(vec![json!({"channel": "p", "data": 1}); n]);
+    let (status, v) = publish(&h, batch(3)).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = publish(&h, batch(4)).await;
+    assert_error(status, &v, 413, "batch_too_large");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("limit is 3"));
+    // `--listen` (a flag, which the harness always passes) wins over HERALD_LISTEN.
+    let h = Herald::start_with_env("", &[("HERALD_LISTEN", "127.0.0.1:1")]);
+    assert_ne!(h.addr.port(), 1);
+}
+
+/// "Keys are never logged": an API key used right and wrong, and a token, leave no trace in
+/// the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_the_log() {
+    let h = Herald::start_with_env(
+        "[auth]\napi_keys = [\"k-secret-4711\"]\n",
+        &[("HERALD_LOG", "debug")],
+    );
+    for key in ["k-secret-4711", "k-wrong-4712"] {
+        http()
+            .post(h.url("/v1/events"))
+            .bearer_auth(key)
+            .json(&json!({"channel": "a", "data": 1}))
+            .send()
+            .await
+            .unwrap();
+        http()
+            .get(h.url(&format!("/v1/sse?channel=a&token={key}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    // An absence cannot be waited for: give lines still in the stderr pipe a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut lines = h.startup_log.clone();
+    lines.extend(h.stderr.try_iter());
+    assert!(lines.len() > 3, "the server logged: {lines:?}");
+    for line in &lines {
+        assert!(
+            !line.contains("k-secret-4711") && !line.contains("k-wrong-4712"),
+            "{line}"
+        );
+    }
+}
+
+/// "`nbf`: a token is not valid before it" (with 5 s of leeway for clocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_refused_before_its_nbf() {
+    let h = Herald::start("[auth]\napi_keys = [\"k\"]\njwt_secret = \"s\"\n");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |nbf: u64| {
+        let claims = json!({"sub": "t", "exp": now + 3600, "nbf": nbf, "sub_channels": ["*"]});
+        let key = jsonwebtoken::EncodingKey::from_secret(b"s");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let status = |t: String| {
+        let url = h.url(&format!("/v1/events?channel=a&token={t}"));
+        async move { http().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(token(now + 600)).await, 401);
+    assert_eq!(status(token(now.saturating_sub(10))).await, 200);
+}
