@@ -33,8 +33,7 @@ fn token(h: &Herald, args: &[&str]) -> String {
         .args(args)
         .arg("--config")
         .arg(h.config_path())
-        .output()
-        .unwrap();
+        .output_within();
     assert!(
         out.status.success(),
         "{}",
@@ -327,8 +326,7 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
             "--key",
             private.to_str().unwrap(),
         ])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(
         out.status.success(),
         "{}",
@@ -381,8 +379,7 @@ fn open_mode_refuses_non_loopback_addresses() {
         .arg(dir.path())
         .env_remove("HERALD_API_KEY")
         .current_dir(dir.path())
-        .output()
-        .unwrap();
+        .output_within();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

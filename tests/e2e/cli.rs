@@ -11,8 +11,7 @@ fn herald(args: &[&str], server: &Herald) -> std::process::Output {
         .args(args)
         .env("HERALD_URL", server.url(""))
         .stdin(Stdio::null())
-        .output()
-        .expect("run herald")
+        .output_within()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,32 +65,46 @@ async fn tail_resumes_after_a_server_restart() {
     let mut h = Herald::start("");
     publish_one(&h, "t", serde_json::json!(1)).await;
     let addr = h.url("");
-    let tail = herald_command()
+    let mut tail = herald_command()
         .args(["tail", "t", "--since", "0", "--count", "3"])
         .env("HERALD_URL", &addr)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Restart on the same port so the running tail can find it again.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Its lines, as they come, from a reader thread.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let seq_of = |line: String| -> u64 {
+        serde_json::from_str::<Value>(&line).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    // Once tail has printed event 1 it is following: then the server dies and comes back on
+    // the same port, so the running tail can find it again.
+    let first = lines.recv_timeout(WAIT).expect("tail printed event 1");
+    let mut seqs = vec![seq_of(first)];
     h.kill9();
     let port = h.addr.port();
     h.restart_on(port);
     publish_one(&h, "t", serde_json::json!(2)).await;
     publish_one(&h, "t", serde_json::json!(3)).await;
-    let out = tokio::task::spawn_blocking(move || tail.wait_with_output())
+    while seqs.len() < 3 {
+        seqs.push(seq_of(lines.recv_timeout(WAIT).expect("tail's next line")));
+    }
+    let status = tokio::task::spawn_blocking(move || tail.wait())
         .await
-        .unwrap()
         .unwrap();
-    let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    assert!(status.unwrap().success(), "tail exits after --count 3");
     assert_eq!(
         seqs,
         vec![1, 2, 3],
@@ -193,8 +206,7 @@ async fn bench(h: &Herald, args: &[&str]) -> Value {
             .args(&args)
             .arg("--json")
             .env("HERALD_URL", url)
-            .output()
-            .unwrap()
+            .output_within()
     })
     .await
     .unwrap();

@@ -1180,8 +1180,7 @@ async fn nodes_reach_redis_over_tls_and_refuse_an_unknown_certificate() {
         .arg(bad.path().join("data"))
         .arg("--config")
         .arg(&config)
-        .output()
-        .unwrap();
+        .output_within();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("redis"), "{stderr}");
@@ -1345,8 +1344,7 @@ async fn item11_the_redis_password_is_never_logged() {
             "--redis",
             &format!("redis://:wrong-pw-77@127.0.0.1:{}", redis.port),
         ])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("wrong-pw-77"), "{err}");

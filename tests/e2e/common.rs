@@ -519,3 +519,52 @@ pub fn dependency_missing(what: &str, install: &str) -> bool {
     }
     true
 }
+
+/// Like `Command::output`, but never waits past `WAIT`: a command that hangs is killed and
+/// fails the test instead of hanging the suite.
+pub trait OutputWithin {
+    fn output_within(&mut self) -> std::process::Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> std::process::Output {
+        use std::io::Read;
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+        let status = wait_within(&mut child, WAIT);
+        std::process::Output {
+            status,
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+        }
+    }
+}
+
+/// Waits for `child` at most `wait`; past it, kills it and fails.
+pub fn wait_within(child: &mut Child, wait: Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a child process was still running after {wait:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

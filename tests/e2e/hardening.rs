@@ -54,8 +54,7 @@ fn herald_cli(args: &[&str]) -> (String, String) {
     let out = herald_command()
         .args(args)
         .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run herald");
+        .output_within();
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
