@@ -89,10 +89,8 @@ async fn connections_per_ip_and_in_total_are_capped() {
     let h = Herald::start("[limits]\nmax_connections_per_ip = 3\nmax_connections = 5\n");
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(connect_from("127.0.0.1", h.addr).await);
+        held.push(held_open("127.0.0.1", h.addr).await);
     }
-    // Let the server account for them.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut fourth = connect_from("127.0.0.1", h.addr).await;
     let reply = read_to_close(&mut fourth).await;
     assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
@@ -101,22 +99,43 @@ async fn connections_per_ip_and_in_total_are_capped() {
         "{reply}"
     );
     // Another address still gets in, up to the total.
-    held.push(connect_from("127.0.0.2", h.addr).await);
-    held.push(connect_from("127.0.0.3", h.addr).await);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.push(held_open("127.0.0.2", h.addr).await);
+    held.push(held_open("127.0.0.3", h.addr).await);
     let mut over = connect_from("127.0.0.4", h.addr).await;
     let reply = read_to_close(&mut over).await;
     assert!(
         reply.contains("too_many_connections") && reply.contains("maximum of 5"),
         "{reply}"
     );
-    // Freeing slots lets clients in again.
+    // Freeing slots lets clients in again (once the server has seen the closes).
     held.clear();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        http().get(h.url("/healthz")).send().await.unwrap().status(),
-        200
-    );
+    crate::webhooks::eventually("a slot to be free again", WAIT, async || {
+        let r = http().get(h.url("/healthz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// A keep-alive connection from `source` that has had one answered request: by then the
+/// server has certainly counted it (no sleep needed to let it account for the connection).
+async fn held_open(source: &str, to: std::net::SocketAddr) -> TcpStream {
+    let mut stream = connect_from(source, to).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\"ok\"") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    stream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
