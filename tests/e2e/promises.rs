@@ -116,3 +116,40 @@ async fn a_token_is_refused_before_its_nbf() {
     assert_eq!(status(token(now + 600)).await, 401);
     assert_eq!(status(token(now.saturating_sub(10))).await, 200);
 }
+
+/// "`herald forward` resumes after a disconnect": the server dies and comes back while it
+/// runs; what was captured meanwhile is replayed, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_resumes_after_the_server_restarts() {
+    let mut h = Herald::start("[[hooks]]\nchannels = [\"in\"]\nverify = \"none\"\n");
+    let hook = |h: &Herald, body: &'static str| {
+        let url = h.url("/v1/hooks/in");
+        async move {
+            let r = http().post(url).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    };
+    hook(&h, "one").await;
+    let (app, got) = local_app().await;
+    let port = h.addr.port();
+    let mut child = spawn_forward(&h.url(""), "in", &format!("{app}/x"), Some(0));
+    let bodies = |n: usize| {
+        let got = got.clone();
+        async move {
+            eventually(&format!("{n} forwarded"), WAIT, async || {
+                let g = got.lock().unwrap();
+                (g.len() >= n).then(|| g.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+            })
+            .await
+        }
+    };
+    bodies(1).await;
+    h.kill9();
+    h.restart_on(port);
+    hook(&h, "two").await;
+    let seen = bodies(2).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, ["one", "two"]);
+    assert_eq!(got.lock().unwrap().len(), 2, "nothing replayed twice");
+}
