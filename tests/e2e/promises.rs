@@ -153,3 +153,44 @@ async fn forward_resumes_after_the_server_restarts() {
     assert_eq!(seen, ["one", "two"]);
     assert_eq!(got.lock().unwrap().len(), 2, "nothing replayed twice");
 }
+
+/// "During a rotation both signatures are sent, for `webhooks.rotation_overlap`": after it,
+/// only the new secret signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_secret_stops_signing_when_the_overlap_ends() {
+    use crate::webhooks::{Receiver, Reply};
+    let h = Herald::start("[webhooks]\nallow_private = true\nrotation_overlap = \"1s\"\n");
+    let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
+    let (status, ep) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["r"]})).await;
+    assert_eq!(status, 201, "{ep}");
+    let id = ep["id"].as_str().unwrap().to_string();
+    let r = http()
+        .post(h.url(&format!("/v1/webhooks/{id}/rotate-secret")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let signatures = |n: usize| {
+        let got = receiver.got.lock().unwrap();
+        got.get(n)
+            .and_then(|r| r.header("webhook-signature"))
+            .map(|s| s.split(' ').count())
+    };
+    publish_one(&h, "r", json!(1)).await;
+    let first = eventually("the first delivery", WAIT, async || signatures(0)).await;
+    assert_eq!(first, 2, "both secrets sign during the overlap");
+    // Publish until a delivery carries one signature: the overlap (1 s) has ended.
+    let mut n = 1;
+    let single = eventually(
+        "a delivery signed by the new secret only",
+        WAIT,
+        async || {
+            publish_one(&h, "r", json!(n)).await;
+            let count = eventually("the delivery", WAIT, async || signatures(n)).await;
+            n += 1;
+            (count == 1).then_some(n)
+        },
+    )
+    .await;
+    assert!(single > 2, "the overlap ended at once");
+}
