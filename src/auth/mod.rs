@@ -162,7 +162,7 @@ impl Auth {
                 .filter(|k| !k.is_empty())
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
-            verifier: (!keys.is_empty()).then_some(Verifier::Keys { keys }),
+            verifier: (!keys.is_empty()).then_some(Verifier { keys }),
             session_key,
             public,
         })

@@ -27,15 +27,15 @@ pub struct Claims {
     pub pub_channels: Vec<String>,
 }
 
-pub(super) enum Verifier {
-    Keys {
-        keys: Vec<(Option<String>, DecodingKey, Algorithm)>,
-    },
+/// The keys tokens may be signed with: (kid, key, algorithm). A token is tried against those
+/// of its algorithm (and kid, when both name one).
+pub(super) struct Verifier {
+    pub(super) keys: Vec<(Option<String>, DecodingKey, Algorithm)>,
 }
 
 impl Verifier {
     pub(super) fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let Verifier::Keys { keys } = self;
+        let keys = &self.keys;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let candidates = keys.iter().filter(|(kid, _, alg)| {
             *alg == header.alg && (kid.is_none() || header.kid.is_none() || *kid == header.kid)

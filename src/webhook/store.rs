@@ -57,7 +57,6 @@ pub struct Task {
     pub seq: u64,
     /// Attempts made so far.
     pub attempts: u32,
-    pub next_at_ms: u64,
     /// The cluster claim this node holds on the task (none on a single node).
     pub claim: Option<Arc<str>>,
 }
@@ -298,14 +297,13 @@ impl WebhookStore {
                 break;
             }
             let tasks = &index.tasks[&id];
-            let &(attempts, next_at_ms) = &tasks[&seq];
+            let &(attempts, _) = &tasks[&seq];
             let is_head = tasks.first_key_value().is_some_and(|(s, _)| *s == seq);
             from = match visit(
                 &id,
                 Task {
                     seq,
                     attempts,
-                    next_at_ms,
                     claim: None,
                 },
                 is_head,

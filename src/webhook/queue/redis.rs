@@ -229,7 +229,6 @@ impl RedisQueue {
                     Task {
                         seq,
                         attempts,
-                        next_at_ms: now_ms,
                         claim: Some(token.clone().into()),
                     },
                 ))
