@@ -48,21 +48,19 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 
 impl AppState {
     /// May a browser page from this request's `Origin` drive the server? Requests without
-    /// one are not from a page (or are same-origin navigations) and pass.
+    /// one are not from a page (or are same-origin navigations) and pass; so do same-origin
+    /// pages (while open, their `Host` has already passed `host_allowed`, which is what stops
+    /// DNS rebinding), listed origins, and while open any loopback origin.
     pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
         let Some(origin) = header_str(headers, header::ORIGIN) else {
             return true;
         };
         let allowed = &self.config.server.allowed_origins;
-        if allowed.iter().any(|o| o == origin || o == "*") {
-            return true;
-        }
-        if self.auth.is_open() {
-            return is_loopback_origin(origin);
-        }
         let host = header_str(headers, header::HOST);
-        let origin_host = origin.split_once("://").map(|(_, h)| h);
-        host.is_some() && origin_host == host
+        let same_origin = host.is_some() && origin.split_once("://").map(|(_, h)| h) == host;
+        same_origin
+            || allowed.iter().any(|o| o == origin || o == "*")
+            || (self.auth.is_open() && is_loopback_origin(origin))
     }
 
     /// While open, only loopback host names (and `server.allowed_hosts`) are served.

@@ -652,6 +652,14 @@ async fn item09_open_mode_refuses_foreign_hosts_and_origins() {
         .await
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
+    // A page served by Herald itself under an allowed name may use it (same origin).
+    let body_len = body.len();
+    let post = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: herald.test\r\nOrigin: http://herald.test\r\n\
+         Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n{body}"
+    );
+    let response = raw_http(&h, post.as_bytes(), WAIT).await;
+    assert_eq!(raw_status(&response), 201, "{response}");
     // A page served from loopback (a dev server) is welcome.
     let (status, _) =
         reply(post_json(&h, "/v1/events", body).header("origin", "http://localhost:3000")).await;
