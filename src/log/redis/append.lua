@@ -9,8 +9,11 @@ end
 for i = 5, #ARGV, 4 do
   local channel, kind, id, tail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = false
-  local dkey = p .. ':dedup:' .. channel .. '|' .. id
-  if id ~= '' then prev = redis.call('GET', dkey) end
+  local dkey = false
+  if id ~= '' then
+    dkey = p .. ':dedup:' .. channel .. '|' .. id
+    prev = redis.call('GET', dkey)
+  end
   if prev then
     out[#out + 1] = tonumber(prev)
     out[#out + 1] = 1
@@ -21,7 +24,7 @@ for i = 5, #ARGV, 4 do
       'e', '{"seq":' .. string.format('%d', seq) .. tail)
     redis.call('XADD', p .. ':ch:' .. channel, sid, 's', '')
     redis.call('SADD', KEYS[3], channel)
-    if id ~= '' then redis.call('SET', dkey, seq, 'PX', window) end
+    if dkey then redis.call('SET', dkey, seq, 'PX', window) end
     out[#out + 1] = seq
     out[#out + 1] = 0
   end
