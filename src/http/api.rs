@@ -130,6 +130,27 @@ pub async fn read_body(
     })
 }
 
+/// A small JSON request body (management routes): the content type checked, at most `limit`
+/// bytes within the body deadline, parsed into `T`. `shape_code` is the error code for JSON
+/// of the wrong shape (`invalid_json` is for text that is not JSON).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    limits: &LimitsConfig,
+    shape_code: &'static str,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let bytes = read_body(body, limit.min(limits.max_body_bytes), limits).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_request(shape_code, format!("request has the wrong shape: {e}"))
+        } else {
+            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+        }
+    })
+}
+
 /// JSON routes take only `application/json` (`application/*+json` too). A cross-site HTML
 /// form or a no-CORS `fetch` can send a body only as `text/plain`, form data or with no type
 /// at all, so this alone keeps another site's page from posting JSON here.

@@ -162,6 +162,13 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
 
+    /// 503 with `Retry-After: 1`: a shared store is unreachable, nothing was done; retry.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        e.retry_after = Some(1);
+        e
+    }
+
     /// This connection ends with the response (its request body was not read to the end).
     pub fn closing(mut self) -> Self {
         self.close = true;
@@ -199,13 +206,10 @@ impl From<LogError> for ApiError {
             ),
             LogError::Unavailable(_) => {
                 tracing::warn!(error = %e, "log unavailable");
-                let mut err = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                Self::unavailable(
                     "log_unavailable",
                     format!("{e}; retry shortly (with the same id, a retry is never doubled)"),
-                );
-                err.retry_after = Some(1);
-                err
+                )
             }
             LogError::Uncertain(_) => {
                 tracing::error!(error = %e, "log halted");

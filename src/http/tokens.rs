@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{read_body, require_json};
+use super::api::read_json;
 use super::{Admin, ApiError, AppState};
 use crate::auth::{now_secs, Claims, MAX_SESSION_SECS};
 use crate::event::Pattern;
@@ -44,11 +44,14 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let limits = &app.config.limits;
-    let bytes = read_body(body, 16 * 1024, limits).await?;
-    let req: SessionRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("bad token request: {e}")))?;
+    let req: SessionRequest = read_json(
+        &headers,
+        body,
+        16 * 1024,
+        &app.config.limits,
+        "invalid_json",
+    )
+    .await?;
     for name in req.sub_channels.iter().chain(&req.pub_channels) {
         Pattern::parse(name)?;
     }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{read_body, require_json};
+use super::api::read_json;
 use super::{parse_cursor, query_pairs, Admin, ApiError, AppState};
 use crate::event::format_time;
 use crate::webhook::{AttemptStatus, CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
@@ -30,13 +30,7 @@ impl From<WebhookError> for ApiError {
             WebhookError::Log(e) => e.into(),
             WebhookError::Store(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "webhook store unavailable");
-                let mut err = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "webhook_store_unavailable",
-                    format!("{e}; retry shortly"),
-                );
-                err.retry_after = Some(1);
-                err
+                ApiError::unavailable("webhook_store_unavailable", format!("{e}; retry shortly"))
             }
             WebhookError::Store(e) => {
                 tracing::error!(error = %e, "webhook store error");
@@ -75,19 +69,14 @@ async fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    require_json(headers)?;
-    let limits = &app.config.limits;
-    let bytes = read_body(body, 64 * 1024.min(limits.max_body_bytes), limits).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            ApiError::bad_request(
-                "invalid_webhook",
-                format!("request has the wrong shape: {e}"),
-            )
-        } else {
-            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
-        }
-    })
+    read_json(
+        headers,
+        body,
+        64 * 1024,
+        &app.config.limits,
+        "invalid_webhook",
+    )
+    .await
 }
 
 pub async fn create(
