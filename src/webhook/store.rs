@@ -1,5 +1,6 @@
 //! Durable webhook state on the embedded store: endpoints, each endpoint's cursor into the log,
-//! pending delivery tasks with a due-time index, failed tasks, and the attempt log.
+//! pending delivery tasks with a due-time index, and the attempt log (where a failed delivery
+//! is found: its last attempt says `failed`).
 //!
 //! Enqueuing writes the tasks and the endpoint's cursor in one atomic batch, so after a crash
 //! either both exist or neither does, and the enqueuer re-reads the log from the cursor: no
@@ -11,7 +12,6 @@
 //! - `wh_endpoints`: id -> endpoint JSON
 //! - `wh_cursor`: id -> last seq enqueued (BE)
 //! - `wh_tasks`: id 0x00 seq -> attempts made (u32 BE) + next attempt ms (u64 BE)
-//! - `wh_failed`: id 0x00 seq -> attempts made (u32 BE)
 //! - `wh_attempts`: id 0x00 attempt number (BE) -> attempt JSON
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -83,7 +83,6 @@ pub struct WebhookStore {
     endpoints: PartitionHandle,
     cursors: PartitionHandle,
     tasks: PartitionHandle,
-    failed: PartitionHandle,
     attempts: PartitionHandle,
     /// Next attempt id; attempt ids increase across the whole store.
     next_attempt: Arc<AtomicU64>,
@@ -162,11 +161,14 @@ fn json_err(e: serde_json::Error) -> StoreError {
 impl WebhookStore {
     pub fn open(keyspace: Keyspace) -> Result<WebhookStore, StoreError> {
         let open = |name: &str| keyspace.open_partition(name, PartitionCreateOptions::default());
+        // Earlier versions kept a set of failed tasks that nothing read; drop it.
+        if keyspace.partition_exists("wh_failed") {
+            keyspace.delete_partition(open("wh_failed")?)?;
+        }
         let store = WebhookStore {
             endpoints: open("wh_endpoints")?,
             cursors: open("wh_cursor")?,
             tasks: open("wh_tasks")?,
-            failed: open("wh_failed")?,
             attempts: open("wh_attempts")?,
             next_attempt: Default::default(),
             index: Default::default(),
@@ -246,10 +248,8 @@ impl WebhookStore {
         for &seq in &seqs {
             batch.remove(&self.tasks, task_key(id, seq));
         }
-        for partition in [&self.failed, &self.attempts] {
-            for item in partition.prefix(name_prefix(id)) {
-                batch.remove(partition, item?.0);
-            }
+        for item in self.attempts.prefix(name_prefix(id)) {
+            batch.remove(&self.attempts, item?.0);
         }
         batch.commit()?;
         for seq in seqs {
@@ -259,7 +259,7 @@ impl WebhookStore {
     }
 
     /// Queues `seqs` for `id` (due now) and moves its cursor, atomically. Re-queuing a seq
-    /// resets its attempts and takes it out of the failed set (replay).
+    /// resets its attempts (replay).
     pub fn enqueue(
         &self,
         id: &str,
@@ -270,8 +270,7 @@ impl WebhookStore {
         let mut batch = self.keyspace.batch();
         for &seq in seqs {
             let key = task_key(id, seq);
-            batch.insert(&self.tasks, key.clone(), task_value(0, now_ms));
-            batch.remove(&self.failed, key);
+            batch.insert(&self.tasks, key, task_value(0, now_ms));
         }
         if let Some(c) = cursor {
             batch.insert(&self.cursors, id.as_bytes(), c.to_be_bytes());
@@ -332,13 +331,9 @@ impl WebhookStore {
         let key = task_key(id, task.seq);
         let attempts = task.attempts + 1;
         match resolution {
-            Resolution::Delivered => batch.remove(&self.tasks, key),
+            Resolution::Delivered | Resolution::Failed => batch.remove(&self.tasks, key),
             Resolution::Retry { next_at_ms } => {
                 batch.insert(&self.tasks, key, task_value(attempts, next_at_ms))
-            }
-            Resolution::Failed => {
-                batch.remove(&self.tasks, key.clone());
-                batch.insert(&self.failed, key, attempts.to_be_bytes());
             }
             Resolution::Keep => {}
         }

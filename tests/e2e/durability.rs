@@ -163,3 +163,73 @@ async fn sigterm_closes_clients_drains_and_exits_zero() {
         "the seq continues where it stopped"
     );
 }
+
+/// Counts the fsync-family calls the server makes while `n` events are published one at a
+/// time (each acknowledged before the next is sent). strace watches the real process: no
+/// test hook stands between the setting and the disk.
+async fn syncs_during_publishes(durability: &str, n: usize) -> Option<usize> {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        dependency_missing("strace", "apt-get install -y strace");
+        return None;
+    }
+    let h = Herald::start(&format!(
+        "[log]\ndurability = \"{durability}\"\n[limits]\npublish_rate = 0\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("strace.txt");
+    let mut strace = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range,syncfs",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["-p", &h.pid().to_string()])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn strace");
+    // strace prints nothing when attached with -qq; a first publish after a pause gives it
+    // time to attach to every thread (what it sees before that is not counted anyway).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    for i in 0..n {
+        publish_one(&h, "d", json!(i)).await;
+    }
+    let after = std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let _ = strace.kill();
+    wait_within(&mut strace, WAIT);
+    Some(after - before)
+}
+
+/// `fsync` puts every acknowledged event on disk before the ack (at least one sync per
+/// commit, and sequential publishes are one commit each); `os` leaves it to the kernel and
+/// the store's once-a-second background sync.
+#[tokio::test]
+async fn fsync_syncs_before_every_ack_and_os_does_not() {
+    const N: usize = 40;
+    let Some(fsync) = syncs_during_publishes("fsync", N).await else {
+        return;
+    };
+    let os = syncs_during_publishes("os", N).await.unwrap();
+    assert!(
+        fsync >= N,
+        "fsync: {fsync} syncs for {N} acknowledged publishes"
+    );
+    assert!(
+        os < N / 4,
+        "os: {os} syncs for {N} publishes (expected only periodic ones)"
+    );
+}

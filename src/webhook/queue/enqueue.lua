@@ -12,7 +12,6 @@ for i = 5, #ARGV do
     redis.call('ZADD', p .. ':wh:pending:' .. id, s, s)
     redis.call('HSET', p .. ':wh:tasks:' .. id, s, 0)
     redis.call('HDEL', p .. ':wh:claims:' .. id, s)
-    redis.call('ZREM', p .. ':wh:failed:' .. id, s)
     n = n + 1
   end
 end

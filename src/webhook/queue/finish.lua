@@ -15,7 +15,6 @@ if owned then
     redis.call('ZREM', p .. ':wh:due:' .. id, seq)
     redis.call('ZREM', p .. ':wh:pending:' .. id, seq)
     redis.call('HDEL', p .. ':wh:tasks:' .. id, seq)
-    if kind == 'failed' then redis.call('ZADD', p .. ':wh:failed:' .. id, seq, seq) end
   elseif kind == 'retry' then
     redis.call('ZADD', p .. ':wh:due:' .. id, next_at, seq)
     redis.call('HSET', p .. ':wh:tasks:' .. id, seq, made)

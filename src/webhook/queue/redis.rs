@@ -27,8 +27,8 @@ const ATTEMPTS_KEPT: usize = 100_000;
 /// `endpoints` (hash id -> JSON), `cursor` (hash id -> seq), and per endpoint `due:<id>`
 /// (zset seq by due ms; a claimed task's due time is its lease end), `pending:<id>` (zset seq
 /// by seq: the head for ordered delivery), `tasks:<id>` (hash seq -> attempts made),
-/// `claims:<id>` (hash seq -> claim token), `failed:<id>` (zset), `attempts:<id>` (stream,
-/// ID = attempt id), and `attempt_seq`.
+/// `claims:<id>` (hash seq -> claim token), `attempts:<id>` (stream, ID = attempt id), and
+/// `attempt_seq`. (`failed:<id>`, written by earlier versions and never read, is only deleted.)
 pub struct RedisQueue {
     conn: ConnectionManager,
     prefix: String,

@@ -1,0 +1,182 @@
+//! The hand-over from history to live, driven deterministically: the in-memory log runs
+//! commits and trims at exact points of a subscriber's catch-up.
+
+use super::*;
+use crate::log::memory::MemoryLog;
+
+fn hub(queue: usize) -> (Arc<MemoryLog>, Arc<Hub>) {
+    let log = MemoryLog::new();
+    let hub = Hub::new(log.clone(), queue);
+    (log, hub)
+}
+
+fn commit_n(log: &MemoryLog, channel: &str, n: u64) {
+    for _ in 0..n {
+        log.commit(channel);
+    }
+}
+
+fn subscribe(hub: &Arc<Hub>, names: &[&str], since: Option<u64>) -> Subscription {
+    let filter = Filter::parse(names.iter().copied()).unwrap();
+    hub.subscribe(filter, since, CancellationToken::new())
+}
+
+/// Seqs until `last` (inclusive); a reset is written as `r<oldest>`.
+async fn until(sub: &mut Subscription, last: u64) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let item = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())
+            .await
+            .expect("an item")
+            .expect("no error");
+        match item {
+            Item::Event(e) => {
+                got.push(e.seq.to_string());
+                if e.seq >= last {
+                    return got;
+                }
+            }
+            Item::Reset { oldest } => got.push(format!("r{oldest}")),
+        }
+    }
+}
+
+fn seqs(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    range.map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn commits_between_the_last_page_and_registration_are_read_not_lost() {
+    let (log, hub) = hub(64);
+    commit_n(&log, "a", 5);
+    log.commit("b");
+    let mut sub = subscribe(&hub, &["a"], Some(2));
+    // The last history page sees up to 6; before the subscriber registers, 7 and 8 land.
+    let l = log.clone();
+    log.after_next_read(move || {
+        l.commit("a");
+        l.commit("a");
+    });
+    let first = until(&mut sub, 8).await;
+    log.commit("a");
+    let mut got = first;
+    got.extend(until(&mut sub, 9).await);
+    assert_eq!(got, ["3", "4", "5", "7", "8", "9"]);
+}
+
+#[tokio::test]
+async fn commits_during_the_gap_read_arrive_once() {
+    let (log, hub) = hub(64);
+    commit_n(&log, "a", 3);
+    let mut sub = subscribe(&hub, &["a"], Some(0));
+    let l = log.clone();
+    // After the history page: 4 lands before registration (the gap read must fetch it).
+    log.after_next_read(move || {
+        l.commit("a");
+        let l2 = l.clone();
+        // The gap read: 5 lands before its snapshot (it is both in the page, past the
+        // gap's end, and queued live), 6 after it (queued live only).
+        l.before_next_read(move || {
+            l2.commit("a");
+            let l3 = l2.clone();
+            l2.after_next_read(move || {
+                l3.commit("a");
+            });
+        });
+    });
+    assert_eq!(until(&mut sub, 6).await, seqs(1..=6));
+}
+
+#[tokio::test]
+async fn a_cursor_at_the_head_gets_only_what_comes_next() {
+    let (log, hub) = hub(64);
+    commit_n(&log, "a", 3);
+    let mut at_head = subscribe(&hub, &["a"], Some(3));
+    let mut live = subscribe(&hub, &["a"], None);
+    log.commit("b");
+    log.commit("a");
+    assert_eq!(until(&mut at_head, 5).await, ["5"]);
+    assert_eq!(until(&mut live, 5).await, ["5"]);
+    // A cursor past the head (a client that saw a longer log, say before a restore)
+    // gets nothing at or below it, live included.
+    let mut ahead = subscribe(&hub, &["a"], Some(7));
+    let quiet = std::time::Duration::from_millis(50);
+    // (Its first `next` reads history, finds nothing, and registers.)
+    assert!(tokio::time::timeout(quiet, ahead.next()).await.is_err());
+    log.commit("a");
+    log.commit("a");
+    assert!(
+        tokio::time::timeout(quiet, ahead.next()).await.is_err(),
+        "6 and 7 are at or below the cursor"
+    );
+    log.commit("a");
+    assert_eq!(until(&mut ahead, 8).await, ["8"]);
+}
+
+#[tokio::test]
+async fn a_trimmed_gap_is_reported_then_delivery_goes_on() {
+    let (log, hub) = hub(64);
+    commit_n(&log, "a", 10);
+    log.trim_to(6);
+    let mut sub = subscribe(&hub, &["a"], Some(2));
+    let mut want = vec!["r6".to_string()];
+    want.extend(seqs(6..=10));
+    assert_eq!(until(&mut sub, 10).await, want);
+}
+
+#[tokio::test]
+async fn retention_overtaking_a_catch_up_is_reported_once() {
+    let (log, hub) = hub(64);
+    commit_n(&log, "a", PAGE as u64 + 100);
+    let mut sub = subscribe(&hub, &["a*"], Some(0));
+    // After the first page (1..=512), retention moves past where the subscriber is.
+    let l = log.clone();
+    log.after_next_read(move || l.trim_to(550));
+    let got = until(&mut sub, PAGE as u64 + 100).await;
+    let mut want = seqs(1..=PAGE as u64);
+    want.push("r550".into());
+    want.extend(seqs(550..=PAGE as u64 + 100));
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_lags_mid_catch_up_ends_after_a_gapless_prefix() {
+    let (log, hub) = hub(4);
+    commit_n(&log, "a", 3);
+    let mut sub = subscribe(&hub, &["a"], Some(0));
+    // 4 lands before registration, so a gap read follows; once it has its snapshot (the
+    // subscriber is registered by then), ten events flood a queue of four.
+    let l = log.clone();
+    log.after_next_read(move || {
+        l.commit("a");
+        let l2 = l.clone();
+        l.after_next_read(move || {
+            for _ in 0..10 {
+                l2.commit("a");
+            }
+        });
+    });
+    let mut got = Vec::new();
+    let end = loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next());
+        match next.await.expect("an item or the end") {
+            Ok(Item::Event(e)) => got.push(e.seq),
+            Ok(Item::Reset { .. }) => panic!("no reset here"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(end, SubscriptionError::Lagged), "{end}");
+    let n = got.len() as u64;
+    assert_eq!(got, (1..=n).collect::<Vec<_>>(), "a gapless prefix");
+    assert!(n < 14, "it did lag");
+    // Resuming from the last seq it saw delivers the rest exactly once.
+    let mut resumed = subscribe(&hub, &["a"], Some(n));
+    let mut rest: Vec<u64> = until(&mut resumed, 14)
+        .await
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    got.append(&mut rest);
+    assert_eq!(got, (1..=14).collect::<Vec<_>>());
+    assert_eq!(hub.subscriptions(), 1, "the lagged one was unregistered");
+}
