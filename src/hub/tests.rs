@@ -41,6 +41,14 @@ async fn until(sub: &mut Subscription, last: u64) -> Vec<String> {
     }
 }
 
+/// A subscriber to `a` from 0 whose catch-up has not started; three events are in history.
+fn catching_up(queue: usize) -> (Arc<MemoryLog>, Arc<Hub>, Subscription) {
+    let (log, hub) = hub(queue);
+    commit_n(&log, "a", 3);
+    let sub = subscribe(&hub, &["a"], Some(0));
+    (log, hub, sub)
+}
+
 fn seqs(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
     range.map(|s| s.to_string()).collect()
 }
@@ -66,9 +74,7 @@ async fn commits_between_the_last_page_and_registration_are_read_not_lost() {
 
 #[tokio::test]
 async fn commits_during_the_gap_read_arrive_once() {
-    let (log, hub) = hub(64);
-    commit_n(&log, "a", 3);
-    let mut sub = subscribe(&hub, &["a"], Some(0));
+    let (log, _hub, mut sub) = catching_up(64);
     let l = log.clone();
     // After the history page: 4 lands before registration (the gap read must fetch it).
     log.after_next_read(move || {
@@ -141,9 +147,7 @@ async fn retention_overtaking_a_catch_up_is_reported_once() {
 
 #[tokio::test]
 async fn a_subscriber_that_lags_mid_catch_up_ends_after_a_gapless_prefix() {
-    let (log, hub) = hub(4);
-    commit_n(&log, "a", 3);
-    let mut sub = subscribe(&hub, &["a"], Some(0));
+    let (log, hub, mut sub) = catching_up(4);
     // 4 lands before registration, so a gap read follows; once it has its snapshot (the
     // subscriber is registered by then), ten events flood a queue of four.
     let l = log.clone();
