@@ -18,6 +18,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
     pub redis: RedisConfig,
+    pub presence: PresenceConfig,
     /// Incoming webhooks: who may post to `/v1/hooks/{channel}` without an API key.
     pub hooks: Vec<HookConfig>,
 }
@@ -263,11 +264,46 @@ impl Default for RedisConfig {
     }
 }
 
+/// Presence: who is subscribed to a channel as a member, and how changes are told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Joins and leaves of one channel within this window go out as one notification (a
+    /// member who joins and leaves inside it is never announced).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Above this many members a channel's notifications and subscribe replies carry only
+    /// the count; the list is paged from `GET /v1/presence`.
+    pub list_limit: usize,
+    /// Most bytes of a member's `info` (JSON).
+    pub max_info_bytes: usize,
+    /// Cluster: how often a node tells Redis it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Cluster: a node silent this long is dead; its members leave everywhere.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            window: Duration::from_millis(100),
+            list_limit: 100,
+            max_info_bytes: 1024,
+            heartbeat: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const SECTIONS: [&str; 6] = ["server", "log", "limits", "auth", "webhooks", "redis"];
+const SECTIONS: [&str; 7] = [
+    "server", "log", "limits", "auth", "webhooks", "redis", "presence",
+];
 
 /// Maps `HERALD_<SECTION>_<KEY>` to `section.key`; the short forms `HERALD_LISTEN`,
 /// `HERALD_DATA` and `HERALD_API_KEY` are handled in [`Config::load`].

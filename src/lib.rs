@@ -27,6 +27,7 @@ pub mod http;
 pub(crate) mod hub;
 pub(crate) mod limits;
 pub mod log;
+pub(crate) mod presence;
 pub(crate) mod server;
 pub(crate) mod store;
 pub(crate) mod webhook;

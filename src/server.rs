@@ -23,6 +23,7 @@ use crate::http::{app, AppState, Connection};
 use crate::hub::Hub;
 use crate::limits::{ConnectionLimits, RateLimiter, Refusal};
 use crate::log::{EmbeddedLog, Log, LogError, RedisLog};
+use crate::presence::{Notice, Presence, RedisPresence};
 use crate::webhook::{Queue, RedisQueue, WebhookError, WebhookStore, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +56,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     if auth.is_open() && !listen.ip().is_loopback() {
         return Err(ServeError::OpenOnPublicAddress(listen));
     }
-    let (log, webhook_store) = open_storage(&config).await?;
+    let Storage {
+        log,
+        queue: webhook_store,
+        presence,
+        notices,
+    } = open_storage(&config, &shutdown).await?;
     let hub = Hub::new(log.clone(), config.server.send_queue);
     let webhooks = Webhooks::start(
         webhook_store,
@@ -65,6 +71,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         shutdown.clone(),
     )
     .await?;
+    drop(notices); // TODO webhooks
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
@@ -89,6 +96,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     };
     let state = AppState {
         hub,
+        presence,
         webhooks: webhooks.clone(),
         auth,
         hooks,
@@ -192,16 +200,42 @@ impl Acceptor {
     }
 }
 
+/// Where state lives: the log, the webhook queue and presence.
+struct Storage {
+    log: Arc<dyn Log>,
+    queue: Queue,
+    presence: Arc<Presence>,
+    /// Presence changes for the webhook side.
+    notices: tokio::sync::mpsc::Receiver<Notice>,
+}
+
 /// The embedded store by default; Redis (shared by every node) when `redis.url` is set.
-async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, Queue), ServeError> {
+async fn open_storage(config: &Config, stop: &CancellationToken) -> Result<Storage, ServeError> {
     if config.redis.url.is_empty() {
         let embedded = EmbeddedLog::open(&config.server.data, &config.log)?;
         let queue = Queue::Local(WebhookStore::open(embedded.keyspace())?);
-        return Ok((embedded, queue));
+        let (presence, notices) = Presence::local(config.presence.clone());
+        return Ok(Storage {
+            log: embedded,
+            queue,
+            presence,
+            notices,
+        });
     }
     let (client, conn) =
         crate::log::redis::connect(&config.redis.url, config.redis.tls_ca.as_deref()).await?;
-    let log = RedisLog::open(client, conn, &config.redis.prefix, &config.log).await?;
+    let log = RedisLog::open(client.clone(), conn, &config.redis.prefix, &config.log).await?;
+    let (presence, notices) = Presence::shared(config.presence.clone(), |notifier, notices| {
+        RedisPresence::start(
+            client,
+            log.connection(),
+            &config.redis.prefix,
+            &config.presence,
+            notifier,
+            notices,
+            stop.clone(),
+        )
+    });
     let redis = crate::log::redis::redact_url(&config.redis.url);
     tracing::info!(redis = %redis, prefix = %config.redis.prefix, "cluster node on redis");
     // A claim must outlive the longest attempt, or a slow delivery would be repeated by
@@ -215,7 +249,12 @@ async fn open_storage(config: &Config) -> Result<(Arc<dyn Log>, Queue), ServeErr
         &config.redis.prefix,
         lease,
     )));
-    Ok((log, queue))
+    Ok(Storage {
+        log,
+        queue,
+        presence,
+        notices,
+    })
 }
 
 /// Answers a connection over the limits with a 429 and closes it.

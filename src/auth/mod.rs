@@ -10,6 +10,7 @@
 //! where a forged request gains its sender nothing it can read. Browsers that hold an API key
 //! trade it for a short-lived session token (`POST /v1/tokens`) to put in a URL.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
@@ -38,7 +39,16 @@ pub enum AuthError {
     Forbidden(String),
     #[error("API keys are accepted only in the Authorization header; in a URL or cookie use a token (POST /v1/tokens or herald token)")]
     KeyOutsideHeader,
+    /// The credential may not make its holder a presence member of this channel.
+    #[error("not allowed to be present: {0}")]
+    PresenceForbidden(String),
+    /// Who the member is cannot be told (or the request contradicts the token).
+    #[error("{0}")]
+    NoIdentity(String),
 }
+
+/// A presence member's identity as the credential allows it: the user and what others see.
+pub type MemberIdentity = (String, Option<Arc<serde_json::Value>>);
 
 /// Where the request may carry its credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +93,9 @@ pub enum Principal {
         exp: u64,
         subscribe: Vec<Pattern>,
         publish: Vec<Pattern>,
+        /// Channels the holder may be present in, as `sub`.
+        presence: Vec<Pattern>,
+        info: Option<Arc<serde_json::Value>>,
     },
     /// No credentials: public channels only.
     Anonymous,
@@ -264,6 +277,59 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Who `p` is as a member of `channel`. A token says it (`sub`, `info`) and needs a
+    /// `presence_channels` grant; open mode and API keys (a trusted backend) state the user
+    /// in the request. A request that contradicts its token is refused, never corrected.
+    pub fn presence_identity(
+        &self,
+        p: &Principal,
+        channel: &str,
+        user: Option<&str>,
+        info: Option<Arc<serde_json::Value>>,
+    ) -> Result<MemberIdentity, AuthError> {
+        match p {
+            Principal::Open | Principal::Admin { .. } => match user {
+                Some(u) => Ok((u.to_string(), info)),
+                None => Err(AuthError::NoIdentity(
+                    "a presence member needs a user: give `user` (and optionally `info`)".into(),
+                )),
+            },
+            Principal::Anonymous => Err(AuthError::PresenceForbidden(
+                "presence needs a token with a presence_channels grant".into(),
+            )),
+            Principal::Token {
+                sub,
+                presence,
+                info: claimed,
+                ..
+            } => {
+                if !presence.iter().any(|g| covers(g, channel)) {
+                    return Err(AuthError::PresenceForbidden(format!(
+                        "the token's presence_channels do not cover {channel:?}"
+                    )));
+                }
+                let Some(sub) = sub else {
+                    return Err(AuthError::NoIdentity(
+                        "a presence member needs a user: the token has no sub".into(),
+                    ));
+                };
+                if user.is_some_and(|u| u != sub) {
+                    return Err(AuthError::NoIdentity(
+                        "user differs from the token's sub; a token's member is its sub".into(),
+                    ));
+                }
+                if info.is_some() {
+                    return Err(AuthError::NoIdentity(
+                        "info comes from the token's info claim, not the request".into(),
+                    ));
+                }
+                Ok((sub.clone(), claimed.clone()))
+            }
+        }
+    }
+}
+
 /// Does grant `g` cover every channel that `name` (a channel or a pattern) can match?
 /// `g`'s literal characters can never match a `*` in `name` (channel names cannot hold one),
 /// so if `g` matches `name` read literally, each `*` of `name` falls inside a `*` of `g`,
@@ -339,6 +405,8 @@ mod tests {
             nbf: None,
             sub_channels: sub.iter().map(|s| s.to_string()).collect(),
             pub_channels: publ.iter().map(|s| s.to_string()).collect(),
+            presence_channels: Vec::new(),
+            info: None,
         }
     }
 

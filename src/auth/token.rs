@@ -25,6 +25,12 @@ pub struct Claims {
     pub sub_channels: Vec<String>,
     #[serde(default)]
     pub pub_channels: Vec<String>,
+    /// Patterns of channels the holder may join as a presence member (as `sub`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presence_channels: Vec<String>,
+    /// What other members see about the holder (a JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The keys tokens may be signed with: (kid, key, algorithm). A token is tried against those
@@ -69,6 +75,10 @@ pub(super) fn principal(claims: Claims) -> Result<Principal, AuthError> {
         exp: claims.exp,
         subscribe: parse(&claims.sub_channels)?,
         publish: parse(&claims.pub_channels)?,
+        presence: parse(&claims.presence_channels)?,
+        info: claims
+            .info
+            .map(|m| std::sync::Arc::new(serde_json::Value::Object(m))),
     })
 }
 

@@ -51,6 +51,12 @@ pub(super) struct TokenArgs {
     /// Channel or pattern the holder may publish to (repeat for several).
     #[arg(long = "pub-channel")]
     pub(super) pub_channels: Vec<String>,
+    /// Channel or pattern the holder may join as a presence member, as --sub (repeat).
+    #[arg(long = "presence-channel")]
+    pub(super) presence_channels: Vec<String>,
+    /// What other presence members see about the holder: a JSON object.
+    #[arg(long)]
+    pub(super) info: Option<String>,
     /// Lifetime, e.g. 15m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub(super) ttl: Duration,

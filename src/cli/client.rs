@@ -49,7 +49,12 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 
 pub(super) fn token(args: TokenArgs) -> anyhow::Result<()> {
     use crate::auth::{mint, mint_with_pem, now_secs, Claims};
-    for name in args.sub_channels.iter().chain(&args.pub_channels) {
+    for name in args
+        .sub_channels
+        .iter()
+        .chain(&args.pub_channels)
+        .chain(&args.presence_channels)
+    {
         crate::event::Pattern::parse(name)?;
     }
     let claims = Claims {
@@ -58,6 +63,11 @@ pub(super) fn token(args: TokenArgs) -> anyhow::Result<()> {
         nbf: None,
         sub_channels: args.sub_channels,
         pub_channels: args.pub_channels,
+        presence_channels: args.presence_channels,
+        info: match &args.info {
+            None => None,
+            Some(text) => Some(serde_json::from_str(text).context("--info must be a JSON object")?),
+        },
     };
     let token = match args.key {
         Some(path) => {

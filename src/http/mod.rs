@@ -4,6 +4,7 @@
 pub mod api;
 pub mod hooks;
 pub mod origin;
+pub mod presence;
 pub mod sse;
 pub mod sse_direct;
 pub mod tokens;
@@ -35,6 +36,7 @@ use crate::webhook::Webhooks;
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    pub presence: Arc<crate::presence::Presence>,
     pub webhooks: Arc<Webhooks>,
     pub auth: Arc<Auth>,
     /// Who may post incoming webhooks without an API key, and how they sign.
@@ -87,6 +89,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sse", get(sse::stream))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/tokens", post(tokens::create))
+        .route("/v1/presence", get(presence::members))
+        .route("/v1/channels", get(presence::channels))
         // A wildcard: channel names may contain `/`.
         .route("/v1/hooks/{*channel}", post(hooks::receive))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
@@ -240,6 +244,25 @@ impl From<LogError> for ApiError {
     }
 }
 
+impl From<crate::presence::PresenceError> for ApiError {
+    fn from(e: crate::presence::PresenceError) -> Self {
+        use crate::presence::PresenceError as P;
+        match e {
+            P::InvalidUser(_) | P::InvalidInfo(_) => {
+                Self::bad_request("invalid_presence", e.to_string())
+            }
+            P::Pattern(_) => Self::bad_request("presence_pattern", e.to_string()),
+            P::Store(source) => {
+                tracing::warn!(error = %source, "presence store unavailable");
+                Self::unavailable(
+                    "presence_unavailable",
+                    "the presence store is unreachable; retry shortly",
+                )
+            }
+        }
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
@@ -250,6 +273,10 @@ impl From<AuthError> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, "token_expired", e.to_string())
             }
             AuthError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            AuthError::PresenceForbidden(_) => {
+                Self::new(StatusCode::FORBIDDEN, "presence_forbidden", e.to_string())
+            }
+            AuthError::NoIdentity(_) => Self::bad_request("presence_identity", e.to_string()),
         }
     }
 }

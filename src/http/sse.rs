@@ -12,12 +12,17 @@ use axum::Extension;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
+use super::presence::updates;
 use super::{
     check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState, Connection,
 };
 use crate::auth::{Principal, Via};
 use crate::event::Filter;
 use crate::hub::{Item, Subscription, SubscriptionError};
+use crate::presence::{presence_frame, Occupant, Update};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio_stream::StreamMap;
 
 const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
@@ -76,12 +81,22 @@ pub async fn stream(
             None => None,
         },
     };
+    let presence = join_presence(&app, &principal, &pairs, &channels).await?;
+    let occupants = channels
+        .iter()
+        .filter(|c| !c.contains('*'))
+        .map(|c| app.presence.occupy(c))
+        .collect();
     // A slow consumer cancels the connection's kill token: its socket is likely full, so the
     // only sure way to free the server's buffers is to drop the connection.
     let subscription = app.hub.subscribe(filter, since, conn.kill.clone());
     let server = &app.config.server;
     let body = Body::from_stream(frames(
-        subscription,
+        Sources {
+            subscription,
+            presence,
+            _occupants: occupants,
+        },
         typed,
         server.heartbeat,
         server.sse_retry,
@@ -99,8 +114,68 @@ pub async fn stream(
     Ok(response)
 }
 
-struct StreamState {
+/// `&presence=true[&user=U][&info=JSON]`: the reader is a member of every channel of the
+/// URL while its stream is open (patterns cannot be joined). Each channel's members come
+/// first, as `event: presence` frames.
+async fn join_presence(
+    app: &AppState,
+    principal: &Principal,
+    pairs: &[(String, String)],
+    channels: &[&str],
+) -> Result<Presence, ApiError> {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut presence = Presence::default();
+    match get("presence") {
+        None | Some("false") => return Ok(presence),
+        Some("true") => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "presence must be true or false",
+            ))
+        }
+    }
+    let info = match get("info") {
+        None => None,
+        Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request("invalid_presence", format!("info is not JSON: {e}"))
+        })?),
+    };
+    let mut distinct = channels.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for channel in distinct {
+        let (watch, snapshot) = app
+            .join_presence(principal, channel, get("user"), info.clone())
+            .await?;
+        presence.first.push(presence_frame(&snapshot.body()));
+        presence.watches.insert(channel.to_string(), updates(watch));
+    }
+    Ok(presence)
+}
+
+#[derive(Default)]
+struct Presence {
+    /// Each channel's members, sent before anything else.
+    first: Vec<Bytes>,
+    watches: StreamMap<String, BoxStream<'static, Update>>,
+}
+
+/// What a stream reads from, and what it holds while open.
+struct Sources {
     subscription: Subscription,
+    presence: Presence,
+    /// Counted in their channels' occupancy until the stream ends.
+    _occupants: Vec<Occupant>,
+}
+
+struct StreamState {
+    sources: Sources,
     typed: bool,
     heartbeat: tokio::time::Interval,
     shutdown: CancellationToken,
@@ -111,7 +186,7 @@ struct StreamState {
 
 /// The body: `retry:` first, then events and heartbeats until shutdown or a lag.
 fn frames(
-    subscription: Subscription,
+    sources: Sources,
     typed: bool,
     heartbeat: Duration,
     retry: Duration,
@@ -121,13 +196,16 @@ fn frames(
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut preamble = vec![Bytes::from(format!("retry: {}\n\n", retry.as_millis()))];
+    let mut sources = sources;
+    preamble.append(&mut sources.presence.first);
     let state = StreamState {
-        subscription,
+        sources,
         typed,
         heartbeat,
         shutdown,
         expires,
-        preamble: Some(Bytes::from(format!("retry: {}\n\n", retry.as_millis()))),
+        preamble: Some(Bytes::from(preamble.concat())),
     };
     stream::unfold(state, |mut s| async move {
         if let Some(preamble) = s.preamble.take() {
@@ -137,7 +215,13 @@ fn frames(
             _ = s.shutdown.cancelled() => return None,
             _ = until(s.expires) => return None,
             _ = s.heartbeat.tick() => Bytes::from_static(HEARTBEAT),
-            item = s.subscription.next() => match item {
+            Some((_, update)) = s.sources.presence.watches.next(), if !s.sources.presence.watches.is_empty() => {
+                match update {
+                    Update::Diff(d) => d.sse_frame(),
+                    Update::Sync(_) => presence_frame(&update.body()),
+                }
+            }
+            item = s.sources.subscription.next() => match item {
                 Ok(Item::Event(event)) if s.typed => event.sse_frame(),
                 Ok(Item::Event(event)) => event.sse_frame_untyped(),
                 Ok(Item::Reset { oldest }) => reset_frame(oldest),

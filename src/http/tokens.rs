@@ -27,6 +27,9 @@ struct SessionRequest {
     /// Patterns it may publish to (default: none).
     #[serde(default)]
     pub_channels: Vec<String>,
+    /// Patterns it may join as a presence member (needs `sub`; default: none).
+    #[serde(default)]
+    presence_channels: Vec<String>,
     /// Seconds until it expires, 1-3600 (default 300).
     #[serde(default)]
     ttl_secs: Option<u64>,
@@ -52,7 +55,12 @@ pub async fn create(
         "invalid_json",
     )
     .await?;
-    for name in req.sub_channels.iter().chain(&req.pub_channels) {
+    for name in req
+        .sub_channels
+        .iter()
+        .chain(&req.pub_channels)
+        .chain(&req.presence_channels)
+    {
         Pattern::parse(name)?;
     }
     let ttl = req.ttl_secs.unwrap_or(DEFAULT_SESSION_SECS);
@@ -69,6 +77,8 @@ pub async fn create(
         nbf: None,
         sub_channels: req.sub_channels,
         pub_channels: req.pub_channels,
+        presence_channels: req.presence_channels,
+        info: None,
     };
     let token = app.auth.mint_session(&claims).ok_or_else(|| {
         ApiError::new(

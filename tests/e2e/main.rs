@@ -12,6 +12,7 @@ mod flood;
 mod hardening;
 mod hooks;
 mod limits;
+mod presence;
 mod promises;
 mod resume;
 mod slow;

@@ -15,6 +15,12 @@ pub struct ClientMessage {
     pub kind: Option<String>,
     pub data: Option<Box<RawValue>>,
     pub id: Option<String>,
+    /// subscribe: join the channel's presence (as `user`/`info` in open mode or with an API
+    /// key; a token says who its holder is).
+    #[serde(default)]
+    pub presence: bool,
+    pub user: Option<String>,
+    pub info: Option<Value>,
     #[serde(rename = "ref")]
     _ref: Option<Value>,
 }

@@ -20,6 +20,7 @@ use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
 use super::api::EventIn;
+use super::presence::updates;
 use super::sse::{deadline, until};
 use super::{
     check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState, Connection,
@@ -29,6 +30,7 @@ use crate::event::excerpt;
 use crate::event::Filter;
 use crate::hub::{Item, Subscription, SubscriptionError};
 use crate::limits::Bucket;
+use crate::presence::{Occupant, Update};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Extension;
 
@@ -132,11 +134,15 @@ type Sink = SplitSink<WebSocket, Message>;
 
 type ItemStream = BoxStream<'static, Result<Item, SubscriptionError>>;
 
+type UpdateStream = BoxStream<'static, Update>;
+
 struct Session {
     app: AppState,
     sink: Sink,
     stream: futures_util::stream::SplitStream<WebSocket>,
     subs: StreamMap<String, ItemStream>,
+    /// Presence watches (each holding its membership), by channel.
+    watches: StreamMap<String, UpdateStream>,
     acks: FuturesUnordered<BoxFuture<'static, Message>>,
     /// Shared by every subscription of the connection: one lag closes it with 4008.
     lagged: CancellationToken,
@@ -164,6 +170,7 @@ impl Session {
             sink,
             stream,
             subs: StreamMap::new(),
+            watches: StreamMap::new(),
             acks: FuturesUnordered::new(),
             lagged: CancellationToken::new(),
         }
@@ -211,6 +218,9 @@ impl Session {
                 Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.feed_flush(ack).await?,
                 Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
                     self.write_items(channel, item).await?;
+                }
+                Some((_, update)) = self.watches.next(), if !self.watches.is_empty() => {
+                    self.feed_flush(presence_message(&update)).await?;
                 }
                 message = self.stream.next() => match message {
                     None => return Ok(()),
@@ -306,7 +316,7 @@ impl Session {
             }
         };
         let reply = match message.op.as_str() {
-            "subscribe" => self.on_subscribe(message, reference.as_ref()),
+            "subscribe" => self.on_subscribe(message, reference.as_ref()).await,
             "unsubscribe" => self.on_unsubscribe(message, reference.as_ref()),
             "publish" => return self.on_publish(message, reference).await,
             "ping" => with_ref(json!({"op": "pong"}), reference.as_ref()),
@@ -322,7 +332,7 @@ impl Session {
         self.send(reply).await
     }
 
-    fn on_subscribe(&mut self, m: ClientMessage, reference: Option<&Value>) -> Value {
+    async fn on_subscribe(&mut self, m: ClientMessage, reference: Option<&Value>) -> Value {
         let Some(channel) = m.channel else {
             return error(reference, "missing_channel", "subscribe needs a channel");
         };
@@ -341,15 +351,36 @@ impl Session {
                 return error(reference, e.code, &e.message);
             }
         }
-        // Subscribing again replaces the old subscription (say, to resume from a new `since`).
+        let mut reply = json!({"op": "subscribed", "channel": channel});
+        // Subscribing again replaces the old subscription (say, to resume from a new `since`)
+        // and its presence: the new membership is made before the old one is dropped, so a
+        // member who subscribes again never leaves in between.
+        if m.presence {
+            let joined = self
+                .app
+                .join_presence(&self.principal, &channel, m.user.as_deref(), m.info)
+                .await;
+            match joined {
+                Ok((watch, snapshot)) => {
+                    let mut body = snapshot.body();
+                    body.as_object_mut().map(|o| o.remove("channel"));
+                    reply["presence"] = body;
+                    self.watches.insert(channel.clone(), updates(watch));
+                }
+                Err(e) => return error(reference, e.code, &e.message),
+            }
+        } else {
+            self.watches.remove(&channel);
+        }
         self.add_subscription(channel.clone(), filter, m.since);
-        with_ref(json!({"op": "subscribed", "channel": channel}), reference)
+        with_ref(reply, reference)
     }
 
     fn on_unsubscribe(&mut self, m: ClientMessage, reference: Option<&Value>) -> Value {
         let Some(channel) = m.channel else {
             return error(reference, "missing_channel", "unsubscribe needs a channel");
         };
+        self.watches.remove(&channel);
         if self.subs.remove(&channel).is_none() {
             return error(
                 reference,
@@ -429,14 +460,17 @@ impl Session {
     }
 
     fn add_subscription(&mut self, channel: String, filter: Filter, since: Option<u64>) {
+        // An exact channel counts in its occupancy while subscribed (patterns do not).
+        let occupant = (!filter.has_patterns()).then(|| self.app.presence.occupy(&channel));
         let subscription = self.app.hub.subscribe(filter, since, self.lagged.clone());
-        self.subs.insert(channel, items(subscription));
+        self.subs.insert(channel, items(subscription, occupant));
     }
 
     /// Sends a close frame (bounded in time), then reads until the peer's close or EOF so the
     /// closing handshake completes cleanly.
     async fn close(mut self, code: u16, reason: &'static str) {
         self.subs = StreamMap::new();
+        self.watches = StreamMap::new();
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -452,12 +486,25 @@ impl Session {
     }
 }
 
-fn items(subscription: Subscription) -> ItemStream {
-    futures_util::stream::unfold(subscription, |mut s| async move {
+/// The subscription's items; the stream holds the occupancy count until it is dropped.
+fn items(subscription: Subscription, occupant: Option<Occupant>) -> ItemStream {
+    futures_util::stream::unfold((subscription, occupant), |(mut s, o)| async move {
         let item = s.next().await;
-        Some((item, s))
+        Some((item, (s, o)))
     })
     .boxed()
+}
+
+/// `{"op":"presence", ...}`: a diff's frame is built once for every watcher.
+fn presence_message(update: &Update) -> Message {
+    match update {
+        Update::Diff(d) => Message::Text(Utf8Bytes::try_from(d.ws_text()).expect("JSON is UTF-8")),
+        Update::Sync(_) => {
+            let mut body = update.body();
+            body["op"] = "presence".into();
+            text(body)
+        }
+    }
 }
 
 /// 1009 for a message or frame over the limit (tungstenite's capacity errors), else 1002.
