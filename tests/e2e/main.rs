@@ -6,6 +6,7 @@ mod auth;
 mod browser;
 mod cli;
 mod cluster;
+mod cluster_presence;
 mod common;
 mod durability;
 mod flood;

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 /// Joins `channel` as a member over a new WebSocket; returns it and the subscribe reply.
-async fn member(h: &Herald, channel: &str, user: &str, info: Value) -> (Ws, Value) {
+pub async fn member(h: &Herald, channel: &str, user: &str, info: Value) -> (Ws, Value) {
     let mut ws = ws_connect(h, "").await;
     ws_json(&mut ws).await; // welcome
     ws_send(
@@ -20,7 +20,7 @@ async fn member(h: &Herald, channel: &str, user: &str, info: Value) -> (Ws, Valu
 }
 
 /// The next presence message, as (joined users, left users, count).
-async fn next_presence(ws: &mut Ws) -> (Vec<String>, Vec<String>, u64) {
+pub async fn next_presence(ws: &mut Ws) -> (Vec<String>, Vec<String>, u64) {
     let mut skipped = Vec::new();
     let m = ws_until_op(ws, "presence", &mut skipped).await;
     let users = |side: &str| -> Vec<String> {
@@ -40,7 +40,7 @@ async fn next_presence(ws: &mut Ws) -> (Vec<String>, Vec<String>, u64) {
     )
 }
 
-fn users(list: &Value) -> Vec<String> {
+pub fn users(list: &Value) -> Vec<String> {
     let mut u: Vec<String> = list
         .as_array()
         .unwrap()

@@ -1,0 +1,163 @@
+//! Presence across a cluster on a real redis-server: one member per user whatever the node,
+//! every node told each change once, a dead node's members leave, no phantom after Redis
+//! comes back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cluster::{nodes, Redis};
+use crate::common::*;
+use crate::presence::{member, next_presence, users};
+use crate::webhooks::eventually;
+
+/// Fast heartbeats so a dead node is noticed within a second or two.
+const FAST: &str = "[presence]\nheartbeat = \"200ms\"\nnode_timeout = \"1500ms\"\n";
+
+/// What a node says about a channel's members: user -> connections.
+async fn members_on(node: &Herald, channel: &str) -> BTreeMap<String, u64> {
+    let page = get_json(node.url(&format!("/v1/presence?channel={channel}"))).await;
+    page["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["user"].as_str().unwrap().to_string(),
+                m["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn members_on_three_nodes_agree_and_every_node_hears_each_change_once() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let cluster = nodes(&redis, 3, "");
+    let mut watchers = Vec::new();
+    for (i, node) in cluster.iter().enumerate() {
+        let (ws, _) = member(node, "room:c", &format!("watcher{i}"), json!({})).await;
+        watchers.push(ws);
+    }
+    // Alice in two tabs on two nodes, bob and carol elsewhere.
+    let (_a0, _) = member(&cluster[0], "room:c", "alice", json!({"n": 1})).await;
+    let (_a1, _) = member(&cluster[1], "room:c", "alice", json!({"n": 1})).await;
+    let (_b, _) = member(&cluster[1], "room:c", "bob", json!({})).await;
+    let (_c, reply) = member(&cluster[2], "room:c", "carol", json!({})).await;
+    assert_eq!(reply["presence"]["count"], 6, "{reply}");
+
+    let mut want = BTreeMap::new();
+    for i in 0..3 {
+        want.insert(format!("watcher{i}"), 1);
+    }
+    want.insert("alice".to_string(), 2);
+    want.insert("bob".to_string(), 1);
+    want.insert("carol".to_string(), 1);
+    for node in &cluster {
+        assert_eq!(members_on(node, "room:c").await, want);
+    }
+    // Every watcher hears each join after its own exactly once, and nothing twice: the
+    // last joiner's (carol's) join ends what it is told.
+    for (i, ws) in watchers.iter_mut().enumerate() {
+        let mut joined: Vec<String> = Vec::new();
+        while !joined.contains(&"carol".to_string()) {
+            let (joins, leaves, _) = next_presence(ws).await;
+            assert!(leaves.is_empty(), "{leaves:?}");
+            joined.extend(joins);
+        }
+        let mut expected: Vec<String> = (i + 1..3).map(|j| format!("watcher{j}")).collect();
+        expected.extend(["alice", "bob", "carol"].map(String::from));
+        joined.sort();
+        expected.sort();
+        assert_eq!(joined, expected, "watcher{i}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_has_its_members_leave_everywhere() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut cluster = nodes(&redis, 3, FAST);
+    let (mut watcher, _) = member(&cluster[0], "room:k", "watcher", json!({})).await;
+    let (_v, _) = member(&cluster[2], "room:k", "victim", json!({})).await;
+    // Present on the dying node and a live one: stays.
+    let (_s1, _) = member(&cluster[2], "room:k", "sturdy", json!({})).await;
+    let (_s2, _) = member(&cluster[1], "room:k", "sturdy", json!({})).await;
+    let mut joined = Vec::new();
+    while joined.len() < 2 {
+        joined.extend(next_presence(&mut watcher).await.0);
+    }
+    let _occupant = Sse::connect(&cluster[2], "channel=room:k", None).await;
+    cluster[2].kill9();
+    // The bound: node_timeout plus a heartbeat, with room for a slow box; WAIT is far above.
+    let (joins, leaves, count) = next_presence(&mut watcher).await;
+    assert_eq!((joins, leaves, count), (vec![], vec!["victim".to_string()], 2));
+    for node in &cluster[..2] {
+        let members = members_on(node, "room:k").await;
+        assert_eq!(members.get("sturdy"), Some(&1), "{members:?}");
+        assert!(!members.contains_key("victim"));
+        // The dead node's subscribers no longer occupy the channel (left: the watcher and
+        // sturdy on node 1).
+        let page = get_json(node.url("/v1/channels?prefix=room:k")).await;
+        assert_eq!(page["channels"][0]["subscribers"], 2, "{page}");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_leaves_no_phantom_and_loses_no_member() {
+    for persist in [true, false] {
+        let Some(mut redis) = Redis::start_with(persist) else {
+            return;
+        };
+        let cluster = nodes(&redis, 2, FAST);
+        let (mut stay, _) = member(&cluster[0], "room:p", "stay", json!({})).await;
+        let (gone, _) = member(&cluster[1], "room:p", "gone", json!({})).await;
+        next_presence(&mut stay).await;
+        redis.kill9();
+        // While Redis is down, `gone` leaves: its node cannot tell anyone yet.
+        drop(gone);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.restart();
+        // With its data back (persist) Redis still lists `gone` until the node re-states
+        // what it holds; without (a Redis that lost everything) `stay` must come back.
+        for node in &cluster {
+            eventually("the members to settle", WAIT, async || {
+                let members = get_json(node.url("/v1/presence?channel=room:p")).await;
+                (users_of(&members) == ["stay"]).then_some(())
+            })
+            .await;
+        }
+        // The watcher's view converges too: a fresh list or a leave, never a phantom.
+        let mut view: Vec<String> = vec!["gone".into(), "stay".into()];
+        eventually("the watcher's view to settle", WAIT, async || {
+            let m = match ws_read(&mut stay).await {
+                WsRead::Json(m) => m,
+                WsRead::Closed(c) => panic!("watcher closed: {c:?}"),
+            };
+            if m["op"] == "presence" {
+                if let Some(list) = m.get("members") {
+                    view = users(list);
+                }
+                for l in m["leaves"].as_array().into_iter().flatten() {
+                    view.retain(|u| u != l["user"].as_str().unwrap());
+                }
+                for j in m["joins"].as_array().into_iter().flatten() {
+                    let u = j["user"].as_str().unwrap().to_string();
+                    if !view.contains(&u) {
+                        view.push(u);
+                    }
+                }
+            }
+            (view == ["stay"]).then_some(())
+        })
+        .await;
+    }
+}
+
+fn users_of(page: &Value) -> Vec<String> {
+    users(&page["members"])
+}
