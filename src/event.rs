@@ -72,6 +72,10 @@ impl Pattern {
     /// matching with backtracking to the last star.
     pub fn matches(&self, name: &str) -> bool {
         let (p, s) = (self.0.as_bytes(), name.as_bytes());
+        // Notice channels are matched only by notice patterns (which clients cannot write).
+        if s.first() == Some(&NOTICE_MARK) && p.first() != Some(&NOTICE_MARK) {
+            return false;
+        }
         let (mut pi, mut si) = (0, 0);
         let mut star: Option<(usize, usize)> = None;
         while si < s.len() {
@@ -99,6 +103,11 @@ impl fmt::Display for Pattern {
     }
 }
 
+/// The first byte of a notice channel: `$` + the channel a presence or occupancy notice is
+/// about. No client can name one (`$` is not a name character) and no client pattern
+/// matches one, so notices reach only the webhook endpoints that asked for them.
+pub const NOTICE_MARK: u8 = b'$';
+
 /// What a subscriber or a history read wants: exact channels and patterns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -123,6 +132,19 @@ impl Filter {
 
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty() && self.patterns.is_empty()
+    }
+
+    /// The filter plus the notice channels of what it matches.
+    pub fn with_notices(&self) -> Filter {
+        let mark = char::from(NOTICE_MARK);
+        let mut f = self.clone();
+        for c in &self.channels {
+            f.channels.insert(format!("{mark}{c}").into());
+        }
+        for p in &self.patterns {
+            f.patterns.push(Pattern(format!("{mark}{p}").into()));
+        }
+        f
     }
 
     pub fn channels(&self) -> impl Iterator<Item = &str> {

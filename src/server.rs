@@ -71,7 +71,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         shutdown.clone(),
     )
     .await?;
-    drop(notices); // TODO webhooks
+    webhooks.take_notices(notices);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();

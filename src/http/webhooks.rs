@@ -50,6 +50,7 @@ fn view(e: &Endpoint, secret: bool) -> Value {
         "url": e.url,
         "channels": e.channels,
         "types": e.types,
+        "notifications": e.notifications,
         "description": e.description,
         "enabled": e.enabled,
         "ordered": e.ordered,

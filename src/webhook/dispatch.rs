@@ -160,7 +160,7 @@ impl Webhooks {
         let message = Message {
             url: &endpoint.url,
             webhook_id: &webhook_id,
-            body: event.envelope().clone(),
+            body: super::notices::delivery_body(&event),
             secrets: live.signing_secrets(now),
         };
         let outcome = self.deliverer.send(message, now / 1000).await;

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::sign::Secret;
 use super::store::Endpoint;
 use super::WebhookError;
-use crate::event::{validate_channel, Filter, Pattern};
+use crate::event::{validate_channel, Filter, Pattern, NOTICE_MARK};
 
 /// `POST /v1/webhooks` body.
 #[derive(Debug, Deserialize)]
@@ -17,6 +17,8 @@ pub struct CreateEndpoint {
     pub channels: Vec<String>,
     #[serde(default)]
     pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub notifications: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
@@ -35,6 +37,7 @@ pub struct UpdateEndpoint {
     pub channels: Option<Vec<String>>,
     #[serde(default, with = "double_option")]
     pub types: Option<Option<Vec<String>>>,
+    pub notifications: Option<Vec<String>>,
     pub description: Option<String>,
     pub enabled: Option<bool>,
     pub ordered: Option<bool>,
@@ -66,6 +69,7 @@ pub(super) struct Live {
 pub(super) struct Route {
     channels: Vec<String>,
     types: Option<Vec<String>>,
+    notifications: Vec<String>,
     enabled: bool,
 }
 
@@ -74,6 +78,7 @@ impl Route {
         Route {
             channels: e.channels.clone(),
             types: e.types.clone(),
+            notifications: e.notifications.clone(),
             enabled: e.enabled,
         }
     }
@@ -87,8 +92,11 @@ impl Live {
             .previous_secret
             .as_deref()
             .and_then(|s| Secret::parse(s).ok());
-        let filter = Filter::parse(endpoint.channels.iter().map(String::as_str))
+        let mut filter = Filter::parse(endpoint.channels.iter().map(String::as_str))
             .map_err(|e| WebhookError::Invalid(e.to_string()))?;
+        if !endpoint.notifications.is_empty() {
+            filter = filter.with_notices();
+        }
         Ok(Live {
             route: Route::of(&endpoint),
             endpoint,
@@ -114,7 +122,24 @@ impl Live {
         })
     }
 
-    pub(super) fn wants_type(&self, kind: Option<&str>) -> bool {
+    /// Whether an event of the endpoint's channels is for it: a notice if it asked for that
+    /// kind, any other event by its `types`.
+    pub(super) fn wants(&self, channel: &str, kind: Option<&str>) -> bool {
+        if channel.as_bytes().first() == Some(&NOTICE_MARK) {
+            let n = &self.endpoint.notifications;
+            return kind.is_some_and(|k| n.iter().any(|t| t == k));
+        }
+        self.wants_type(kind)
+    }
+
+    /// Whether a notice of `kind` about `channel` is for this endpoint.
+    pub(super) fn wants_notice(&self, channel: &str, kind: &str) -> bool {
+        self.endpoint.enabled
+            && self.endpoint.notifications.iter().any(|n| n == kind)
+            && self.filter.matches(channel)
+    }
+
+    fn wants_type(&self, kind: Option<&str>) -> bool {
         match &self.endpoint.types {
             None => true,
             Some(types) => kind.is_some_and(|k| types.iter().any(|t| t == k)),
@@ -143,6 +168,25 @@ pub(super) fn validate_channels(channels: &[String]) -> Result<(), WebhookError>
         Pattern::parse(c).map_err(|e| WebhookError::Invalid(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The notices an endpoint may ask for.
+pub const NOTIFICATIONS: [&str; 4] = [
+    "presence.join",
+    "presence.leave",
+    "channel.occupied",
+    "channel.vacated",
+];
+
+pub(super) fn validate_notifications(kinds: &[String]) -> Result<(), WebhookError> {
+    match kinds.iter().find(|k| !NOTIFICATIONS.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => Err(WebhookError::Invalid(format!(
+            "unknown notification {:?}; expected some of {}",
+            crate::event::excerpt(k),
+            NOTIFICATIONS.join(", ")
+        ))),
+    }
 }
 
 pub(super) fn validate_types(types: &[String]) -> Result<(), WebhookError> {

@@ -35,7 +35,7 @@ impl Webhooks {
             let seqs: Vec<u64> = page
                 .events
                 .iter()
-                .filter(|e| e.seq <= until && live.wants_type(e.kind.as_deref()))
+                .filter(|e| e.seq <= until && live.wants(&e.channel, e.kind.as_deref()))
                 .map(|e| e.seq)
                 .collect();
             self.store
@@ -85,7 +85,7 @@ impl Webhooks {
                     match item {
                         Ok(Item::Event(event)) => {
                             last = Some(event.seq);
-                            if live.wants_type(event.kind.as_deref()) {
+                            if live.wants(&event.channel, event.kind.as_deref()) {
                                 seqs.push(event.seq);
                             }
                         }

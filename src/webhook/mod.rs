@@ -8,6 +8,7 @@ mod dispatch;
 mod endpoint;
 mod enqueue;
 pub mod guard;
+mod notices;
 pub mod queue;
 pub mod retry;
 pub mod sign;
@@ -28,7 +29,9 @@ use crate::log::LogError;
 use crate::store::StoreError;
 use deliver::Deliverer;
 use dispatch::InFlight;
-use endpoint::{validate_channels, validate_description, validate_types, Live, Route};
+use endpoint::{
+    validate_channels, validate_description, validate_notifications, validate_types, Live, Route,
+};
 pub use endpoint::{CreateEndpoint, UpdateEndpoint};
 use guard::{GuardError, Policy};
 pub use queue::{Queue, RedisQueue};
@@ -241,6 +244,7 @@ impl Webhooks {
         if let Some(types) = &req.types {
             validate_types(types)?;
         }
+        validate_notifications(&req.notifications)?;
         let secret = match req.secret {
             Some(s) => Secret::parse(&s).map_err(|e| WebhookError::Invalid(e.to_string()))?,
             None => Secret::generate(),
@@ -259,6 +263,7 @@ impl Webhooks {
             url: req.url,
             channels: req.channels,
             types: req.types,
+            notifications: req.notifications,
             description: validate_description(req.description)?,
             enabled: req.enabled.unwrap_or(true),
             ordered: req.ordered.unwrap_or(false),
@@ -290,6 +295,9 @@ impl Webhooks {
         if let Some(Some(types)) = &req.types {
             validate_types(types)?;
         }
+        if let Some(kinds) = &req.notifications {
+            validate_notifications(kinds)?;
+        }
         let description = match req.description {
             Some(d) => Some(validate_description(Some(d))?),
             None => None,
@@ -303,6 +311,9 @@ impl Webhooks {
             }
             if let Some(types) = &req.types {
                 endpoint.types = types.clone();
+            }
+            if let Some(kinds) = &req.notifications {
+                endpoint.notifications = kinds.clone();
             }
             if let Some(d) = &description {
                 endpoint.description = d.clone();

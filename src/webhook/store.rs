@@ -33,6 +33,9 @@ pub struct Endpoint {
     pub channels: Vec<String>,
     #[serde(default)]
     pub types: Option<Vec<String>>,
+    /// Presence and occupancy notices wanted (`presence.join`, ...); none unless asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<String>,
     #[serde(default)]
     pub description: String,
     pub enabled: bool,

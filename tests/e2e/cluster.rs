@@ -599,7 +599,7 @@ async fn history(node: &Herald, channel: &str) -> BTreeSet<u64> {
 
 /// Waits until every node runs the endpoint (and so competes for its deliveries): nodes
 /// re-read endpoints each second.
-async fn wait_for_endpoint(cluster: &[Herald], id: &str) {
+pub async fn wait_for_endpoint(cluster: &[Herald], id: &str) {
     for node in cluster {
         let v = get_json(node.url(&format!("/v1/webhooks/{id}"))).await;
         assert_eq!(v["id"], id);

@@ -95,7 +95,10 @@ async fn a_killed_node_has_its_members_leave_everywhere() {
     cluster[2].kill9();
     // The bound: node_timeout plus a heartbeat, with room for a slow box; WAIT is far above.
     let (joins, leaves, count) = next_presence(&mut watcher).await;
-    assert_eq!((joins, leaves, count), (vec![], vec!["victim".to_string()], 2));
+    assert_eq!(
+        (joins, leaves, count),
+        (vec![], vec!["victim".to_string()], 2)
+    );
     for node in &cluster[..2] {
         let members = members_on(node, "room:k").await;
         assert_eq!(members.get("sturdy"), Some(&1), "{members:?}");
@@ -160,4 +163,53 @@ async fn a_redis_restart_leaves_no_phantom_and_loses_no_member() {
 
 fn users_of(page: &Value) -> Vec<String> {
     users(&page["members"])
+}
+
+#[tokio::test]
+async fn a_cluster_tells_webhooks_each_presence_change_once() {
+    use crate::cluster::wait_for_endpoint;
+    use crate::presence::{close, notices};
+    use crate::webhooks::{create_webhook, Receiver, Reply};
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let cluster = nodes(&redis, 2, "[webhooks]\nallow_private = true\n");
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let (_, created) = create_webhook(
+        &cluster[0],
+        json!({"url": receiver.url(), "channels": ["team:*"],
+               "notifications": ["presence.join", "presence.leave"]}),
+    )
+    .await;
+    wait_for_endpoint(&cluster, created["id"].as_str().unwrap()).await;
+    // One user on both nodes: one join, one leave, whichever node made them.
+    let (a, _) = member(&cluster[0], "team:x", "una", json!({})).await;
+    let (b, _) = member(&cluster[1], "team:x", "una", json!({})).await;
+    close(a).await;
+    close(b).await;
+    eventually("the join and the leave", WAIT, async || {
+        (notices(&receiver).len() >= 2).then_some(())
+    })
+    .await;
+    // A later change marks the end: nothing else arrives before it.
+    let (_c, _) = member(&cluster[1], "team:x", "vic", json!({})).await;
+    eventually("the marker", WAIT, async || {
+        (notices(&receiver).len() >= 3).then_some(())
+    })
+    .await;
+    let una = |kind: &str| {
+        (
+            kind.to_string(),
+            "team:x".to_string(),
+            Some("una".to_string()),
+        )
+    };
+    assert_eq!(
+        notices(&receiver),
+        [
+            una("presence.join"),
+            una("presence.leave"),
+            ("presence.join".into(), "team:x".into(), Some("vic".into()))
+        ]
+    );
 }

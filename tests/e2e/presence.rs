@@ -51,7 +51,7 @@ pub fn users(list: &Value) -> Vec<String> {
     u
 }
 
-async fn close(mut ws: Ws) {
+pub async fn close(mut ws: Ws) {
     let _ = ws.close(None).await;
     // Read to the end so the server sees the close handshake finish.
     while let WsRead::Json(_) = ws_read(&mut ws).await {}
@@ -354,4 +354,119 @@ async fn channels_list_live_subscriber_counts() {
     ws_json(&mut ws).await;
     let page = get_json(h.url("/v1/channels?prefix=occ:a")).await;
     assert_eq!(page["channels"][0]["subscribers"], 1, "{page}");
+}
+
+/// The notices an endpoint got, in order: (type, channel, user).
+pub fn notices(receiver: &crate::webhooks::Receiver) -> Vec<(String, String, Option<String>)> {
+    let got = receiver.got.lock().unwrap().clone();
+    let mut bodies: Vec<Value> = got
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    bodies.sort_by_key(|b| b["seq"].as_u64());
+    bodies.dedup_by_key(|b| b["seq"].as_u64());
+    bodies
+        .iter()
+        .map(|b| {
+            (
+                b["type"].as_str().unwrap().to_string(),
+                b["channel"].as_str().unwrap().to_string(),
+                b["data"]["user"].as_str().map(String::from),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn webhooks_opt_in_to_presence_and_occupancy_notices() {
+    use crate::webhooks::{
+        create_webhook, eventually, verify_with_standardwebhooks, Receiver, Reply,
+    };
+    let h = Herald::start("[webhooks]\nallow_private = true\n");
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let plain = Receiver::start(|_, _| Reply::Status(204)).await;
+    let (status, created) = create_webhook(
+        &h,
+        json!({"url": receiver.url(), "channels": ["room:*"], "notifications":
+            ["presence.join", "presence.leave", "channel.occupied", "channel.vacated"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["notifications"].as_array().unwrap().len(), 4);
+    let (_, _) = create_webhook(&h, json!({"url": plain.url(), "channels": ["*"]})).await;
+    let (status, bad) = create_webhook(
+        &h,
+        json!({"url": receiver.url(), "channels": ["*"], "notifications": ["presence.dance"]}),
+    )
+    .await;
+    assert_error(status, &bad, 400, "invalid_webhook");
+
+    let (ws, _) = member(&h, "room:n", "nina", json!({"role": "host"})).await;
+    let (other, _) = member(&h, "lobby", "nina", json!({})).await; // not room:*
+    close(ws).await;
+    drop(other);
+    let want = vec![
+        ("channel.occupied".to_string(), "room:n".to_string(), None),
+        (
+            "presence.join".into(),
+            "room:n".into(),
+            Some("nina".to_string()),
+        ),
+        (
+            "presence.leave".into(),
+            "room:n".into(),
+            Some("nina".into()),
+        ),
+        ("channel.vacated".into(), "room:n".into(), None),
+    ];
+    eventually("the four notices", WAIT, async || {
+        (notices(&receiver).len() >= 4).then_some(())
+    })
+    .await;
+    let got = notices(&receiver);
+    // Occupancy is counted before the membership is made, and left after it ends.
+    assert_eq!(got.len(), 4, "{got:?}");
+    let mut sorted_got = got.clone();
+    sorted_got.sort();
+    let mut sorted_want = want.clone();
+    sorted_want.sort();
+    assert_eq!(sorted_got, sorted_want);
+    assert!(
+        got.iter().position(|n| n.0 == "presence.join")
+            < got.iter().position(|n| n.0 == "presence.leave")
+    );
+    let first: Value = serde_json::from_slice(&receiver.got.lock().unwrap()[0].body).unwrap();
+    assert!(first["seq"].as_u64().is_some(), "{first}");
+    verify_with_standardwebhooks(
+        created["secret"].as_str().unwrap(),
+        &receiver.got.lock().unwrap(),
+    );
+    let join: Value = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+        .find(|b| b["type"] == "presence.join")
+        .unwrap();
+    assert_eq!(
+        join["data"],
+        json!({"user": "nina", "info": {"role": "host"}})
+    );
+
+    // Notices are not events to anyone else: the endpoint on `*` got nothing, history and a
+    // `*` subscriber see nothing of them.
+    publish_one(&h, "room:n", json!("after")).await;
+    eventually("the plain endpoint's delivery", WAIT, async || {
+        (plain.delivered().len() == 1).then_some(())
+    })
+    .await;
+    let history = get_json(h.url("/v1/events?channel=*")).await;
+    assert_eq!(history["events"].as_array().unwrap().len(), 1, "{history}");
+    let mut everything = Sse::connect(&h, "channel=*", Some(0)).await;
+    let e = everything.next().await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&e.data).unwrap()["data"],
+        "after"
+    );
 }

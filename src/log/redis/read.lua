@@ -32,6 +32,8 @@ local function take(e, seq)
   return true
 end
 local function glob(p, s)
+  -- Notice channels ('$...') are matched only by notice patterns, as in Rust.
+  if string.byte(s, 1) == 36 and string.byte(p, 1) ~= 36 then return false end
   local pi, si, sp, ss = 1, 1, 0, 0
   local pl, sl = #p, #s
   while si <= sl do

@@ -1,0 +1,75 @@
+//! Presence and occupancy notices as webhook deliveries. A notice wanted by at least one
+//! endpoint becomes an event on its notice channel (`$` + the channel it is about), so it is
+//! queued, signed, retried and replayed like any event; no subscriber or history read sees
+//! it (see `event::NOTICE_MARK`). Delivered, its envelope names the channel it is about.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::Webhooks;
+use crate::event::{Event, NewEvent, NOTICE_MARK};
+use crate::presence::Notice;
+
+/// Notices appended in one batch.
+const BATCH: usize = 256;
+
+impl Webhooks {
+    /// Takes the presence side's notices until shutdown.
+    pub fn take_notices(self: &Arc<Self>, mut rx: mpsc::Receiver<Notice>) {
+        let service = self.clone();
+        self.tasks.spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                tokio::select! {
+                    _ = service.shutdown.cancelled() => return,
+                    n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+                }
+                let events: Vec<NewEvent> = batch
+                    .drain(..)
+                    .filter(|n| service.wants_notice(n))
+                    .map(|n| notice_event(&n))
+                    .collect();
+                if events.is_empty() {
+                    continue;
+                }
+                if let Err(e) = service.hub.publish(events).await {
+                    tracing::warn!(error = %e, "presence notices not logged: no webhook gets them");
+                }
+            }
+        });
+    }
+
+    fn wants_notice(&self, notice: &Notice) -> bool {
+        let live = self.live.read().expect("webhook endpoints");
+        live.values()
+            .any(|l| l.wants_notice(notice.channel(), notice.kind()))
+    }
+}
+
+fn notice_event(notice: &Notice) -> NewEvent {
+    let data = RawValue::from_string(notice.data().to_string()).expect("JSON");
+    NewEvent {
+        channel: format!("{}{}", char::from(NOTICE_MARK), notice.channel()),
+        kind: Some(notice.kind().to_string()),
+        data,
+        id: None,
+    }
+}
+
+/// The body delivered for an event: its envelope, with a notice's channel being the one it
+/// is about.
+pub(super) fn delivery_body(event: &Event) -> Bytes {
+    let Some(channel) = event.channel.strip_prefix(char::from(NOTICE_MARK)) else {
+        return event.envelope().clone();
+    };
+    match serde_json::from_slice::<serde_json::Value>(event.envelope()) {
+        Ok(mut v) => {
+            v["channel"] = channel.into();
+            Bytes::from(v.to_string())
+        }
+        Err(_) => event.envelope().clone(),
+    }
+}
