@@ -6,6 +6,7 @@
 
 pub mod fanout;
 pub mod idle;
+pub mod presence;
 pub mod publish;
 pub mod webhooks;
 

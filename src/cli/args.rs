@@ -82,6 +82,9 @@ pub(super) enum BenchCommand {
     Publish(crate::bench::publish::PublishArgs),
     /// Webhook deliveries/s to a local receiver, with N endpoints on one channel.
     Webhooks(crate::bench::webhooks::WebhooksArgs),
+    /// N WebSocket members join one presence channel over a window: time until every
+    /// member's view of the count agrees, server CPU and memory per member.
+    Presence(crate::bench::presence::PresenceArgs),
 }
 
 #[derive(Subcommand)]

@@ -47,6 +47,7 @@ pub fn main() -> ExitCode {
                 BenchCommand::Channels(args) => crate::bench::fanout::run(args, true).await,
                 BenchCommand::Publish(args) => crate::bench::publish::run(args).await,
                 BenchCommand::Webhooks(args) => crate::bench::webhooks::run(args).await,
+                BenchCommand::Presence(args) => crate::bench::presence::run(args).await,
             },
         }
     });

@@ -488,3 +488,6 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 /// Diffs a watcher may fall behind before it is resynced with a fresh snapshot.
-const BACKLOG: usize = 32;
+pub(super) const BACKLOG: usize = 32;
 
 /// One membership change, as the backend decided it (in version order per channel).
 #[derive(Debug, Clone)]
@@ -143,6 +143,8 @@ struct Outbox {
     tx: broadcast::Sender<Arc<Diff>>,
     pending: HashMap<Arc<str>, Pending>,
     count: u64,
+    /// The count the last diff told (a window that changed nothing is not told).
+    told: Option<u64>,
     scheduled: bool,
 }
 
@@ -170,6 +172,7 @@ impl Notifier {
                 tx: broadcast::channel(BACKLOG).0,
                 pending: HashMap::new(),
                 count: 0,
+                told: None,
                 scheduled: false,
             })
             .tx
@@ -231,6 +234,10 @@ impl Notifier {
             }
         }
         entries.sort_by_key(|e| e.version);
+        if entries.is_empty() && outbox.told == Some(outbox.count) {
+            return;
+        }
+        outbox.told = Some(outbox.count);
         let mut diff = Diff::new(
             channel.clone(),
             outbox.count,
