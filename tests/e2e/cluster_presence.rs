@@ -213,3 +213,35 @@ async fn a_cluster_tells_webhooks_each_presence_change_once() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_node_taken_for_dead_brings_its_members_back_when_it_returns() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let cluster = nodes(&redis, 2, FAST);
+    let (mut watcher, _) = member(&cluster[0], "room:z", "watcher", json!({})).await;
+    let (_frozen, _) = member(&cluster[1], "room:z", "frozen", json!({})).await;
+    assert_eq!(next_presence(&mut watcher).await.0, ["frozen"]);
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &cluster[1].pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    // Node 1 freezes (a GC-like pause, a partition) past node_timeout: the others reap it.
+    signal("-STOP");
+    let told = next_presence(&mut watcher).await;
+    signal("-CONT");
+    assert_eq!(told, (vec![], vec!["frozen".to_string()], 1));
+    // Back, it finds itself unknown and re-states its members: "frozen" is still connected.
+    assert_eq!(
+        next_presence(&mut watcher).await,
+        (vec!["frozen".to_string()], vec![], 2)
+    );
+    for node in &cluster {
+        assert_eq!(members_on(node, "room:z").await.get("frozen"), Some(&1));
+    }
+}
