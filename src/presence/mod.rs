@@ -476,7 +476,9 @@ impl Watch {
     }
 
     async fn resync(&mut self) -> Option<Update> {
-        match self.presence.snapshot(&self.channel).await {
+        // Boxed: a Redis read's future is large, and every idle watcher's future would
+        // otherwise reserve room for it.
+        match Box::pin(self.presence.snapshot(&self.channel)).await {
             Ok(s) => {
                 self.seen = s.version;
                 Some(Update::Sync(s))

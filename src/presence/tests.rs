@@ -158,3 +158,16 @@ fn identities_are_bounded() {
     assert!(Identity::new("u", Some(Arc::new(json!([1]))), &c).is_err());
     assert!(Identity::new("u", Some(Arc::new(json!({"n": 1}))), &c).is_ok());
 }
+
+/// What an idle watcher costs while it waits: its future is stored per connection.
+#[test]
+fn a_waiting_watcher_is_small() {
+    let p = presence(100, 100);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut w, _) = rt.block_on(join(&p, "a"));
+    let size = std::mem::size_of_val(&w.next());
+    assert!(size <= 256, "Watch::next's future is {size} bytes");
+}
