@@ -30,6 +30,9 @@ struct SessionRequest {
     /// Patterns it may join as a presence member (needs `sub`; default: none).
     #[serde(default)]
     presence_channels: Vec<String>,
+    /// What other presence members see about the holder (a JSON object).
+    #[serde(default)]
+    info: Option<serde_json::Map<String, serde_json::Value>>,
     /// Seconds until it expires, 1-3600 (default 300).
     #[serde(default)]
     ttl_secs: Option<u64>,
@@ -78,7 +81,7 @@ pub async fn create(
         sub_channels: req.sub_channels,
         pub_channels: req.pub_channels,
         presence_channels: req.presence_channels,
-        info: None,
+        info: req.info,
     };
     let token = app.auth.mint_session(&claims).ok_or_else(|| {
         ApiError::new(

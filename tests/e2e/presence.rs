@@ -470,3 +470,70 @@ async fn webhooks_opt_in_to_presence_and_occupancy_notices() {
         "after"
     );
 }
+
+#[tokio::test]
+async fn session_tokens_carry_presence_grants_and_info() {
+    let h = Herald::start(KEYED);
+    let r = client()
+        .post(h.url("/v1/tokens"))
+        .bearer_auth("k-admin")
+        .json(
+            &json!({"sub": "sid", "sub_channels": ["room:*"], "presence_channels": ["room:*"],
+                      "info": {"name": "Sid"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut sse = Sse::connect(
+        &h,
+        &format!("channel=room:s&presence=true&token={token}"),
+        None,
+    )
+    .await;
+    let first = sse.next().await.unwrap();
+    let state: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(
+        state["members"],
+        json!([{"user": "sid", "info": {"name": "Sid"}, "connections": 1}])
+    );
+}
+
+#[tokio::test]
+async fn herald_token_mints_presence_tokens() {
+    let h = Herald::start(KEYED);
+    let out = herald_command()
+        .args(["token", "--sub", "cli-user", "--sub-channel", "room:*"])
+        .args(["--presence-channel", "room:*", "--info", r#"{"via":"cli"}"#])
+        .arg("--config")
+        .arg(h.config_path())
+        .output_within();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut ws = ws_connect(&h, &format!("?token={token}")).await;
+    ws_json(&mut ws).await;
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "room:cli", "presence": true}),
+    )
+    .await;
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(
+        reply["presence"]["members"],
+        json!([{"user": "cli-user", "info": {"via": "cli"}, "connections": 1}])
+    );
+    let bad = herald_command()
+        .args(["token", "--sub", "x", "--info", "[1]", "--config"])
+        .arg(h.config_path())
+        .output_within();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--info must be a JSON object"));
+}
