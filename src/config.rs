@@ -19,6 +19,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub redis: RedisConfig,
     pub presence: PresenceConfig,
+    /// Pusher Channels protocol 7 apps (`[[pusher.apps]]`).
+    pub pusher: PusherConfig,
     /// Incoming webhooks: who may post to `/v1/hooks/{channel}` without an API key.
     pub hooks: Vec<HookConfig>,
 }
@@ -264,6 +266,51 @@ impl Default for RedisConfig {
     }
 }
 
+/// Apps that clients of the Pusher Channels protocol (pusher-js, Laravel Echo, the server
+/// SDKs) reach at `/app/{key}` and `/apps/{id}/...`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherConfig {
+    pub apps: Vec<PusherApp>,
+    /// Seconds of silence after which a Pusher client should ping (told on connect).
+    pub activity_timeout: u64,
+}
+
+impl Default for PusherConfig {
+    fn default() -> Self {
+        PusherConfig {
+            apps: Vec::new(),
+            activity_timeout: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherApp {
+    /// `[A-Za-z0-9_-]{1,64}`; its channels are `pusher/{id}/...` in Herald.
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    /// Clients may send `client-*` events on private and presence channels.
+    #[serde(default)]
+    pub client_events: bool,
+    /// Webhook URLs that get Pusher-format webhooks (signed with this app's secret).
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Which of `channel_occupied`, `channel_vacated`, `member_added`, `member_removed`,
+    /// `client_event` they get (default: all).
+    #[serde(default)]
+    pub webhook_events: Option<Vec<String>>,
+    /// Most bytes of an event's data (Pusher's own limit is 10 KB).
+    #[serde(default = "pusher_max_event_bytes")]
+    pub max_event_bytes: usize,
+}
+
+fn pusher_max_event_bytes() -> usize {
+    10 * 1024
+}
+
 /// Presence: who is subscribed to a channel as a member, and how changes are told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -301,8 +348,8 @@ impl Default for PresenceConfig {
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const SECTIONS: [&str; 7] = [
-    "server", "log", "limits", "auth", "webhooks", "redis", "presence",
+const SECTIONS: [&str; 8] = [
+    "server", "log", "limits", "auth", "webhooks", "redis", "presence", "pusher",
 ];
 
 /// Maps `HERALD_<SECTION>_<KEY>` to `section.key`; the short forms `HERALD_LISTEN`,

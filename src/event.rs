@@ -134,6 +134,15 @@ impl Filter {
         self.channels.is_empty() && self.patterns.is_empty()
     }
 
+    /// Exactly the notice channel of `channel` (`$` + it): for internal signals that ride
+    /// the log, such as a Pusher app's "end this user's connections".
+    pub fn notice(channel: &str) -> Filter {
+        let mut f = Filter::default();
+        f.channels
+            .insert(format!("{}{channel}", char::from(NOTICE_MARK)).into());
+        f
+    }
+
     /// The filter plus the notice channels of what it matches.
     pub fn with_notices(&self) -> Filter {
         let mark = char::from(NOTICE_MARK);
@@ -185,6 +194,9 @@ pub struct Event {
     /// Without the `event:` line, for `typed=false` subscribers (only built for typed events).
     sse_untyped: OnceLock<Bytes>,
     ws_text: OnceLock<Utf8Bytes>,
+    /// One more transport's frame (the Pusher protocol's), built once like the others. Typed
+    /// as `Any` so this module need not know that transport.
+    extension: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Event {
@@ -220,6 +232,7 @@ impl Event {
             sse_frame: OnceLock::new(),
             sse_untyped: OnceLock::new(),
             ws_text: OnceLock::new(),
+            extension: OnceLock::new(),
         }
     }
 
@@ -248,6 +261,17 @@ impl Event {
 
     /// The WebSocket text payload `{"op":"event",...envelope fields}`, built on first use and
     /// shared: cloning it is a refcount bump, so no subscriber re-encodes.
+    /// The extension frame, built by `build` the first time. `None` if another type was
+    /// stored first (one transport owns the slot).
+    pub fn extension<T: std::any::Any + Send + Sync>(
+        &self,
+        build: impl FnOnce(&Event) -> T,
+    ) -> Option<&T> {
+        self.extension
+            .get_or_init(|| Box::new(build(self)))
+            .downcast_ref()
+    }
+
     pub fn ws_text(&self) -> Utf8Bytes {
         self.ws_text
             .get_or_init(|| {

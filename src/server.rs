@@ -45,6 +45,8 @@ pub enum ServeError {
     WebhookStore(#[from] crate::store::StoreError),
     #[error("incoming webhooks configuration")]
     Hooks(#[from] crate::http::hooks::HookConfigError),
+    #[error("Pusher apps configuration")]
+    Pusher(#[from] crate::http::pusher::AppsError),
 }
 
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
@@ -53,6 +55,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     raise_open_files(&config);
     let auth = Arc::new(Auth::from_config(&config.auth)?);
     let hooks = Arc::new(crate::http::hooks::HookRules::from_config(&config.hooks)?);
+    let pusher = Arc::new(crate::http::pusher::Apps::from_config(&config.pusher)?);
     if auth.is_open() && !listen.ip().is_loopback() {
         return Err(ServeError::OpenOnPublicAddress(listen));
     }
@@ -72,6 +75,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     )
     .await?;
     webhooks.take_notices(notices);
+    pusher.start(&hub, shutdown.clone());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
@@ -97,6 +101,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let state = AppState {
         hub,
         presence,
+        pusher,
         webhooks: webhooks.clone(),
         auth,
         hooks,

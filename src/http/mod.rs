@@ -5,6 +5,7 @@ pub mod api;
 pub mod hooks;
 pub mod origin;
 pub mod presence;
+pub mod pusher;
 pub mod sse;
 pub mod sse_direct;
 pub mod tokens;
@@ -37,6 +38,8 @@ use crate::webhook::Webhooks;
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub presence: Arc<crate::presence::Presence>,
+    /// Pusher protocol apps (none unless `[[pusher.apps]]` is configured).
+    pub pusher: Arc<pusher::Apps>,
     pub webhooks: Arc<Webhooks>,
     pub auth: Arc<Auth>,
     /// Who may post incoming webhooks without an API key, and how they sign.
@@ -91,6 +94,16 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/presence", get(presence::members))
         .route("/v1/channels", get(presence::channels))
+        .route("/app/{key}", get(pusher::socket::upgrade))
+        .route("/apps/{id}/events", post(pusher::api::events))
+        .route("/apps/{id}/batch_events", post(pusher::api::batch_events))
+        .route("/apps/{id}/channels", get(pusher::api::channels))
+        .route("/apps/{id}/channels/{name}", get(pusher::api::channel))
+        .route("/apps/{id}/channels/{name}/users", get(pusher::api::users))
+        .route(
+            "/apps/{id}/users/{user}/terminate_connections",
+            post(pusher::api::terminate),
+        )
         // A wildcard: channel names may contain `/`.
         .route("/v1/hooks/{*channel}", post(hooks::receive))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))

@@ -15,6 +15,7 @@ mod hooks;
 mod limits;
 mod presence;
 mod promises;
+mod pusher;
 mod resume;
 mod slow;
 mod sse;
