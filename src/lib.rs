@@ -28,6 +28,7 @@ pub(crate) mod hub;
 pub(crate) mod limits;
 pub mod log;
 pub(crate) mod presence;
+pub(crate) mod pusher;
 pub(crate) mod server;
 pub(crate) mod store;
 pub(crate) mod webhook;

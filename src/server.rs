@@ -75,6 +75,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     )
     .await?;
     webhooks.take_notices(notices);
+    webhooks.sync_pusher(&config.pusher.apps).await?;
     pusher.start(&hub, shutdown.clone());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

@@ -50,6 +50,8 @@ pub struct Message<'a> {
     pub webhook_id: &'a str,
     pub body: Bytes,
     pub secrets: Vec<&'a Secret>,
+    /// A Pusher app's webhook: Pusher's signature headers as well.
+    pub pusher: Option<&'a super::store::PusherFormat>,
 }
 
 /// The HTTP client for all deliveries: guarded DNS, no redirects, a timeout per attempt.
@@ -100,8 +102,14 @@ impl Deliverer {
             .header("content-type", "application/json")
             .header("webhook-id", message.webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(message.body);
+            .header("webhook-signature", signature);
+        let request = match message.pusher {
+            Some(p) => super::format::pusher_headers(p, &message.body)
+                .into_iter()
+                .fold(request, |r, (k, v)| r.header(k, v)),
+            None => request,
+        };
+        let request = request.body(message.body);
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => return Outcome::failed(describe(&e), started),

@@ -160,8 +160,9 @@ impl Webhooks {
         let message = Message {
             url: &endpoint.url,
             webhook_id: &webhook_id,
-            body: super::notices::delivery_body(&event),
+            body: super::format::body(&event, endpoint, now),
             secrets: live.signing_secrets(now),
+            pusher: endpoint.pusher.as_ref(),
         };
         let outcome = self.deliverer.send(message, now / 1000).await;
         let now = now_ms();

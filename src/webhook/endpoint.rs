@@ -129,6 +129,10 @@ impl Live {
             let n = &self.endpoint.notifications;
             return kind.is_some_and(|k| n.iter().any(|t| t == k));
         }
+        if let Some(p) = &self.endpoint.pusher {
+            // A Pusher app's webhook tells of client events, not of what its API triggered.
+            return p.client_events && kind.is_some_and(|k| k.starts_with("client-"));
+        }
         self.wants_type(kind)
     }
 

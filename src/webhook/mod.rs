@@ -7,8 +7,10 @@ pub mod deliver;
 mod dispatch;
 mod endpoint;
 mod enqueue;
+mod format;
 pub mod guard;
 mod notices;
+mod pusher;
 pub mod queue;
 pub mod retry;
 pub mod sign;
@@ -264,6 +266,7 @@ impl Webhooks {
             channels: req.channels,
             types: req.types,
             notifications: req.notifications,
+            pusher: None,
             description: validate_description(req.description)?,
             enabled: req.enabled.unwrap_or(true),
             ordered: req.ordered.unwrap_or(false),

@@ -1,16 +1,15 @@
 //! Presence and occupancy notices as webhook deliveries. A notice wanted by at least one
 //! endpoint becomes an event on its notice channel (`$` + the channel it is about), so it is
 //! queued, signed, retried and replayed like any event; no subscriber or history read sees
-//! it (see `event::NOTICE_MARK`). Delivered, its envelope names the channel it is about.
+//! it (see `event::NOTICE_MARK`). Delivered (`format.rs`), it names the channel it is about.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::Webhooks;
-use crate::event::{Event, NewEvent, NOTICE_MARK};
+use crate::event::{NewEvent, NOTICE_MARK};
 use crate::presence::Notice;
 
 /// Notices appended in one batch.
@@ -56,20 +55,5 @@ fn notice_event(notice: &Notice) -> NewEvent {
         kind: Some(notice.kind().to_string()),
         data,
         id: None,
-    }
-}
-
-/// The body delivered for an event: its envelope, with a notice's channel being the one it
-/// is about.
-pub(super) fn delivery_body(event: &Event) -> Bytes {
-    let Some(channel) = event.channel.strip_prefix(char::from(NOTICE_MARK)) else {
-        return event.envelope().clone();
-    };
-    match serde_json::from_slice::<serde_json::Value>(event.envelope()) {
-        Ok(mut v) => {
-            v["channel"] = channel.into();
-            Bytes::from(v.to_string())
-        }
-        Err(_) => event.envelope().clone(),
     }
 }

@@ -36,6 +36,9 @@ pub struct Endpoint {
     /// Presence and occupancy notices wanted (`presence.join`, ...); none unless asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<String>,
+    /// Delivered in Pusher's webhook format for this app (made from `[[pusher.apps]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pusher: Option<PusherFormat>,
     #[serde(default)]
     pub description: String,
     pub enabled: bool,
@@ -52,6 +55,17 @@ pub struct Endpoint {
     pub failing_since_ms: Option<u64>,
     #[serde(default)]
     pub disabled_reason: Option<String>,
+}
+
+/// A Pusher app's webhook: `{"time_ms","events":[...]}` signed with the app secret
+/// (`X-Pusher-Key`, `X-Pusher-Signature`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PusherFormat {
+    pub app: String,
+    pub key: String,
+    pub secret: String,
+    /// Client events (`client_event` webhooks) are wanted too.
+    pub client_events: bool,
 }
 
 /// A pending delivery of one event to one endpoint.

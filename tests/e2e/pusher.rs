@@ -125,3 +125,120 @@ async fn pusher_js_and_the_pusher_sdk_work_unchanged() {
         assert!(kinds.contains(&kind), "{kind} not in history: {kinds:?}");
     }
 }
+
+/// Verifies Pusher webhooks with the SDK's validator; returns each one's events.
+fn verify_with_the_sdk(
+    requests: &[crate::webhooks::Received],
+    key: &str,
+    secret: &str,
+) -> Vec<Value> {
+    use std::io::Write;
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/pusher-webhook-verify.mjs");
+    let input: Vec<Value> = requests
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v.clone())))
+                .collect();
+            json!({"headers": headers, "body": String::from_utf8_lossy(&r.body)})
+        })
+        .collect();
+    let mut child = std::process::Command::new("node")
+        .arg(script)
+        .args([key, secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(Value::from(input).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    text.lines()
+        .flat_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["events"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
+    use crate::webhooks::{eventually, Receiver, Reply};
+    let Some(script) = script() else { return };
+    let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
+    let h = Herald::start(&format!(
+        "{APP}webhooks = [\"{}\"]\n[webhooks]\nallow_private = true\n",
+        receiver.url()
+    ));
+    // The app's webhook is an endpoint like any other (so it is retried and inspectable).
+    let list = get_json(h.url("/v1/webhooks")).await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 1, "{list}");
+    run_scenarios(
+        script,
+        servers(&[&h]),
+        &["presence_members", "client_events"],
+    )
+    .await;
+    let names = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    eventually(
+        "member_removed and client_event webhooks",
+        WAIT,
+        async || {
+            let got = receiver.got.lock().unwrap().clone();
+            let bodies: Vec<Value> = got
+                .iter()
+                .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+                .collect();
+            let all: Vec<Value> = bodies
+                .iter()
+                .flat_map(|b| b["events"].as_array().unwrap().clone())
+                .collect();
+            let n = names(&all);
+            (n.contains(&"member_removed".to_string())
+                && n.contains(&"client_event".to_string())
+                && n.contains(&"channel_vacated".to_string()))
+            .then_some(())
+        },
+    )
+    .await;
+    let got = receiver.got.lock().unwrap().clone();
+    let events = verify_with_the_sdk(&got, "app-key", "app-secret");
+    let find = |name: &str, channel: &str| {
+        events
+            .iter()
+            .find(|e| e["name"] == name && e["channel"] == channel)
+            .unwrap_or_else(|| panic!("no {name} on {channel}: {events:#?}"))
+            .clone()
+    };
+    find("channel_occupied", "presence-room");
+    assert_eq!(find("member_added", "presence-room")["user_id"], "alice");
+    assert_eq!(find("member_removed", "presence-room")["user_id"], "bob");
+    let client = find("client_event", "presence-chat");
+    assert_eq!(client["event"], "client-typing");
+    assert_eq!(client["user_id"], "ca");
+    assert_eq!(
+        serde_json::from_str::<Value>(client["data"].as_str().unwrap()).unwrap(),
+        json!({"on": true})
+    );
+    assert!(client["socket_id"].as_str().unwrap().contains('.'));
+    find("channel_vacated", "presence-room");
+    // Triggered events are not client events: no webhook for them.
+    assert!(
+        !events.iter().any(|e| e["event"] == "secret"),
+        "{events:#?}"
+    );
+}
