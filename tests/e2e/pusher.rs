@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-pub const APP: &str = "[[pusher.apps]]\nid = \"app-1\"\nkey = \"app-key\"\nsecret = \"app-secret\"\nclient_events = true\n";
+pub const APP: &str = "[[pusher.apps]]\nid = \"1234\"\nkey = \"app-key\"\nsecret = \"app-secret\"\nclient_events = true\n";
 
 /// The scenario script, or None (outside CI) without node and the npm packages.
 pub fn script() -> Option<PathBuf> {
@@ -54,7 +54,7 @@ pub async fn run_scenarios(script: PathBuf, servers: Vec<Value>, only: &[&str]) 
 fn run_blocking(script: &std::path::Path, servers: Vec<Value>, only: &[String]) -> Vec<String> {
     let cfg = json!({
         "servers": servers,
-        "app": {"id": "app-1", "key": "app-key", "secret": "app-secret"},
+        "app": {"id": "1234", "key": "app-key", "secret": "app-secret"},
         "only": if only.is_empty() { Value::Null } else { json!(only) },
     });
     let out = std::process::Command::new("node")
@@ -80,7 +80,7 @@ async fn pusher_js_and_the_pusher_sdk_work_unchanged() {
     let Some(script) = script() else { return };
     let h = Herald::start(APP);
     // A Herald-native subscriber on the mapped channel of `news;sports=1,x`.
-    let mut sse = Sse::connect(&h, "channel=pusher/app-1/news:ssports:e1:cx", Some(0)).await;
+    let mut sse = Sse::connect(&h, "channel=pusher/1234/news:ssports:e1:cx", Some(0)).await;
     let lines = run_scenarios(script, servers(&[&h]), &[]).await;
     for scenario in [
         "public_and_socket_exclusion",
@@ -102,10 +102,10 @@ async fn pusher_js_and_the_pusher_sdk_work_unchanged() {
     let e = sse.next().await.unwrap();
     assert_eq!(e.name.as_deref(), Some("goal"));
     let env: Value = serde_json::from_str(&e.data).unwrap();
-    assert_eq!(env["channel"], "pusher/app-1/news:ssports:e1:cx");
+    assert_eq!(env["channel"], "pusher/1234/news:ssports:e1:cx");
     assert_eq!(env["data"], json!({"score": "1-0"}));
     assert!(env["seq"].as_u64().unwrap() >= 1);
-    let history = get_json(h.url("/v1/events?channel=pusher/app-1/*&limit=1000")).await;
+    let history = get_json(h.url("/v1/events?channel=pusher/1234/*&limit=1000")).await;
     let kinds: Vec<&str> = history["events"]
         .as_array()
         .unwrap()
@@ -241,4 +241,289 @@ async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
         !events.iter().any(|e| e["event"] == "secret"),
         "{events:#?}"
     );
+}
+
+async fn pusher_ws(h: &Herald, path: &str) -> Ws {
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(h.ws_url(path)))
+        .await
+        .expect("connect timeout")
+        .expect("connect");
+    ws
+}
+
+/// The next frame's JSON, with `data` parsed when it is a string holding JSON.
+async fn frame(ws: &mut Ws) -> Value {
+    let mut v = ws_json(ws).await;
+    if let Some(s) = v["data"].as_str() {
+        if let Ok(inner) = serde_json::from_str::<Value>(s) {
+            v["data"] = inner;
+        }
+    }
+    v
+}
+
+async fn send_text(ws: &mut Ws, text: &str) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_pusher_input_gets_pushers_errors_and_the_connection_survives_where_it_should() {
+    let h = Herald::start(APP);
+    // Unknown app key: pusher:error 4001, then close 4001.
+    let mut ws = pusher_ws(&h, "/app/nope?protocol=7").await;
+    let e = frame(&mut ws).await;
+    assert_eq!(
+        (e["event"].as_str(), e["data"]["code"].as_u64()),
+        (Some("pusher:error"), Some(4001))
+    );
+    assert!(matches!(
+        ws_read(&mut ws).await,
+        WsRead::Closed(Some((4001, _)))
+    ));
+    // Unsupported protocol: 4007.
+    let mut ws = pusher_ws(&h, "/app/app-key?protocol=3").await;
+    assert_eq!(frame(&mut ws).await["data"]["code"], 4007);
+    assert!(matches!(
+        ws_read(&mut ws).await,
+        WsRead::Closed(Some((4007, _)))
+    ));
+
+    let mut ws = pusher_ws(&h, "/app/app-key?protocol=7&client=js&version=8.4.0").await;
+    let hello = frame(&mut ws).await;
+    assert_eq!(hello["event"], "pusher:connection_established");
+    let socket_id = hello["data"]["socket_id"].as_str().unwrap().to_string();
+    assert_eq!(hello["data"]["activity_timeout"], 120);
+    // Malformed frames and unknown events: pusher:error, and the connection goes on.
+    for bad in [
+        "not json",
+        "{\"data\":{}}",
+        "{\"event\":\"pusher:subscribe\",\"data\":{}}",
+        "{\"event\":\"nonsense\"}",
+    ] {
+        send_text(&mut ws, bad).await;
+        let e = frame(&mut ws).await;
+        assert_eq!(e["event"], "pusher:error", "{bad} -> {e}");
+    }
+    // A bad channel name and a bad signature: subscription errors for that channel only.
+    send_text(
+        &mut ws,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "bad name!"}}).to_string(),
+    )
+    .await;
+    let e = frame(&mut ws).await;
+    assert_eq!(e["event"], "pusher:subscription_error");
+    send_text(
+        &mut ws,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": "app-key:00ff"}}).to_string(),
+    )
+    .await;
+    let e = frame(&mut ws).await;
+    assert_eq!(
+        (e["event"].as_str(), e["data"]["status"].as_u64()),
+        (Some("pusher:subscription_error"), Some(401))
+    );
+    // Client events: refused on a public channel and without a subscription.
+    send_text(
+        &mut ws,
+        &json!({"event": "client-x", "channel": "public", "data": {}}).to_string(),
+    )
+    .await;
+    assert_eq!(frame(&mut ws).await["event"], "pusher:error");
+    // Still alive: ping -> pong.
+    send_text(&mut ws, "{\"event\":\"pusher:ping\",\"data\":{}}").await;
+    assert_eq!(frame(&mut ws).await["event"], "pusher:pong");
+    // A subscription signed for another socket is refused too (the signature covers it).
+    let other = auth_signature("app-secret", "1.1", "private-x");
+    send_text(
+        &mut ws,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": format!("app-key:{other}")}}).to_string(),
+    )
+    .await;
+    assert_eq!(frame(&mut ws).await["event"], "pusher:subscription_error");
+    let good = auth_signature("app-secret", &socket_id, "private-x");
+    send_text(
+        &mut ws,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": format!("app-key:{good}")}}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        frame(&mut ws).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    // Over-size frame: closed with 4009.
+    send_text(
+        &mut ws,
+        &format!(
+            "{{\"event\":\"client-x\",\"data\":\"{}\"}}",
+            "x".repeat(70_000)
+        ),
+    )
+    .await;
+    loop {
+        match ws_read(&mut ws).await {
+            WsRead::Json(_) => continue,
+            WsRead::Closed(c) => {
+                assert_eq!(c.map(|c| c.0), Some(4009));
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn unsigned_stale_and_forged_api_requests_get_401_with_pushers_reason() {
+    let h = Herald::start(APP);
+    let post = |query: String| {
+        client()
+            .post(h.url(&format!("/apps/1234/events?{query}")))
+            .header("content-type", "application/json")
+            .body(r#"{"name":"e","channel":"c","data":"{}"}"#)
+    };
+    let md5 = "d00e0d9b7e2f2a8d3b1c3bd5f0c1f4f5";
+    for (query, reason) in [
+        (String::new(), "auth_key"),
+        ("auth_key=app-key&auth_timestamp=1&auth_version=1.0".to_string(), "Timestamp expired"),
+        (
+            format!("auth_key=app-key&auth_timestamp={}&auth_version=1.0&body_md5={md5}&auth_signature=00", herald_now()),
+            "body_md5",
+        ),
+    ] {
+        let r = post(query).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(reason), "{text}");
+    }
+    let r = client()
+        .get(h.url("/apps/no-such-app/channels"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+fn herald_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Pusher's channel auth signature, computed independently of Herald's code.
+fn auth_signature(secret: &str, socket_id: &str, channel: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{socket_id}:{channel}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// PyPI's `pusher` against the HTTP API: trigger (with info), trigger_batch, channels_info,
+/// channel_info, users_info; a Herald SSE subscriber sees what it triggered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_drives_the_http_api() {
+    let python_ok = std::process::Command::new("python3")
+        .args(["-c", "import pusher"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_ok {
+        dependency_missing(
+            "PyPI's pusher (the Python SDK test)",
+            "python3 -m pip install pusher",
+        );
+        return;
+    }
+    let h = Herald::start(APP);
+    let port = url::Url::parse(&h.url("/")).unwrap().port().unwrap();
+    // A presence member over the Pusher socket, so the queries have something to show.
+    let mut ws = pusher_ws(&h, "/app/app-key?protocol=7").await;
+    let socket_id = frame(&mut ws).await["data"]["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let channel_data = r#"{"user_id":"py-1","user_info":{"lang":"python"}}"#;
+    let sig = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"app-secret").unwrap();
+        mac.update(format!("{socket_id}:presence-py:{channel_data}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    send_text(
+        &mut ws,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "presence-py",
+                "auth": format!("app-key:{sig}"), "channel_data": channel_data}})
+        .to_string(),
+    )
+    .await;
+    let ok = frame(&mut ws).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    assert_eq!(ok["data"]["presence"]["count"], 1);
+    assert_eq!(
+        ok["data"]["presence"]["hash"]["py-1"],
+        json!({"lang": "python"})
+    );
+    let mut sse = Sse::connect(&h, "channel=pusher/1234/presence-py", Some(0)).await;
+
+    let script = format!(
+        r#"
+import json, pusher
+p = pusher.Pusher(app_id="1234", key="app-key", secret="app-secret", host="127.0.0.1", port={port}, ssl=False)
+out = {{}}
+out["trigger"] = p.trigger("presence-py", "from-python", {{"x": 1}})
+out["batch"] = p.trigger_batch([{{"channel": "presence-py", "name": "b1", "data": "one"}}, {{"channel": "presence-py", "name": "b2", "data": "two"}}])
+out["channels"] = p.channels_info(prefix_filter="presence-", attributes=["user_count"])
+out["channel"] = p.channel_info("presence-py", attributes=["user_count", "subscription_count"])
+out["users"] = p.users_info("presence-py")
+try:
+    pusher.Pusher(app_id="1234", key="app-key", secret="bad", host="127.0.0.1", port={port}, ssl=False).trigger("c", "e", {{}})
+    out["forged"] = "accepted"
+except Exception as e:
+    out["forged"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output_within();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["trigger"], json!({}));
+    assert_eq!(
+        got["channels"],
+        json!({"channels": {"presence-py": {"user_count": 1}}})
+    );
+    // Two subscriptions: the Pusher socket and the Herald SSE reader share the channel.
+    assert_eq!(
+        got["channel"],
+        json!({"occupied": true, "user_count": 1, "subscription_count": 2})
+    );
+    assert_eq!(got["users"], json!({"users": [{"id": "py-1"}]}));
+    let forged = got["forged"].as_str().unwrap();
+    assert!(
+        forged.contains("Auth") || forged.contains("401"),
+        "{forged}"
+    );
+    // The Pusher socket and a Herald SSE subscriber both get the triggers, in order.
+    for (name, data) in [
+        ("from-python", json!({"x": 1})),
+        ("b1", json!("one")),
+        ("b2", json!("two")),
+    ] {
+        let f = frame(&mut ws).await;
+        assert_eq!(
+            (f["event"].as_str(), &f["data"]),
+            (Some(name), &data),
+            "{f}"
+        );
+        let e = sse.next().await.unwrap();
+        assert_eq!(e.name.as_deref(), Some(name));
+    }
 }
