@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::*;
 
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -24,7 +24,7 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Chromium and the driver script, or None (outside CI) when they are not installed.
-fn browser() -> Option<(PathBuf, PathBuf)> {
+pub fn browser() -> Option<(PathBuf, PathBuf)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var_os("HERALD_CHROMIUM")
         .map(PathBuf::from)

@@ -527,3 +527,46 @@ print(json.dumps(out))
         assert_eq!(e.name.as_deref(), Some(name));
     }
 }
+
+/// pusher-js's browser build and Laravel Echo in headless Chromium: Echo joins a presence
+/// channel and listens on a private one, a second browser joins and leaves, a forged auth
+/// gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_and_laravel_echo_in_chromium() {
+    let Some((chromium, dashboard)) = crate::browser::browser() else {
+        return;
+    };
+    if script().is_none() {
+        return;
+    }
+    let h = Herald::start(APP);
+    let driver = dashboard.with_file_name("pusher-browser.mjs");
+    let app = json!({"id": "1234", "key": "app-key", "secret": "app-secret"}).to_string();
+    let base = h.url("/");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(driver)
+            .arg(base)
+            .arg(chromium)
+            .arg(app)
+            .output_within()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && !stdout.contains("ERROR"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "OK echo here",
+        "OK member_added across browsers",
+        "OK echo private event",
+        "OK forged auth refused",
+        "OK member_removed when a browser goes",
+        "DONE",
+    ] {
+        assert!(stdout.contains(step), "{step}: {stdout}");
+    }
+}
