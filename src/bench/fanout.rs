@@ -19,13 +19,17 @@ use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{find_u64, histogram, now_ns, percentiles, raise_nofile, rss_kib, Sources, Target};
+use super::{
+    cpu_secs, find_u64, histogram, now_ns, percentiles, raise_nofile, rss_kib, Sources, Target,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
     Ws,
     Sse,
     Mix,
+    /// The Pusher protocol at `/app/{key}` (publishes go to the app's mapped channel).
+    Pusher,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,9 +55,12 @@ pub struct FanoutArgs {
     /// Source addresses to spread over (default: one per 25,000 connections).
     #[arg(long, default_value_t = 1)]
     pub sources: usize,
-    /// The server's pid, to report its RSS (same machine).
+    /// The server's pid, to report its RSS and CPU time (same machine).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// With `--transport pusher`: the app, as `ID:KEY`.
+    #[arg(long, default_value = "1234:app-key")]
+    pub pusher_app: String,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
@@ -75,11 +82,25 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     raise_nofile();
     let scenario = if per_channel { "channels" } else { "fanout" };
     let run_id = std::process::id();
-    let channel_of = |i: usize| {
+    let (pusher_id, pusher_key) = args
+        .pusher_app
+        .split_once(':')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap_or_default();
+    let pusher = args.transport == Transport::Pusher;
+    // What subscribers name; publishes go to its Herald channel (the same unless Pusher).
+    let name_of = |i: usize| {
         if per_channel {
             format!("bench.{scenario}.{run_id}.{i}")
         } else {
             format!("bench.{scenario}.{run_id}")
+        }
+    };
+    let channel_of = |i: usize| {
+        if pusher {
+            format!("pusher/{pusher_id}/{}", name_of(i))
+        } else {
+            name_of(i)
         }
     };
     let sources = Arc::new(Sources::for_connections(args.subscribers, args.sources));
@@ -90,11 +111,12 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
-        let sse = match args.transport {
-            Transport::Sse => true,
-            Transport::Ws => false,
-            Transport::Mix => i % 2 == 1,
+        let kind = match args.transport {
+            Transport::Mix if i % 2 == 1 => Transport::Sse,
+            Transport::Mix => Transport::Ws,
+            t => t,
         };
+        let key = pusher_key.clone();
         let ctx = (
             gate.clone(),
             sources.clone(),
@@ -103,14 +125,22 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             received_total.clone(),
             stop_rx.clone(),
         );
-        let channel = channel_of(i);
+        let channel = if pusher { name_of(i) } else { channel_of(i) };
         subscribers.push(tokio::spawn(async move {
             let (gate, sources, target, ready, total, stop) = ctx;
             let permit = gate.acquire_owned().await.expect("gate");
-            if sse {
-                subscribe_sse(&sources, &target, &channel, permit, &ready, &total, stop).await
-            } else {
-                subscribe_ws(&sources, &target, &channel, permit, &ready, &total, stop).await
+            let ctx = Ctx {
+                sources: &sources,
+                target: &target,
+                permit,
+                ready: &ready,
+                total: &total,
+                stop,
+            };
+            match kind {
+                Transport::Sse => subscribe_sse(ctx, &channel).await,
+                Transport::Pusher => subscribe_pusher(ctx, &channel, &key).await,
+                _ => subscribe_ws(ctx, &channel).await,
             }
         }));
     }
@@ -133,6 +163,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         args.subscribers, args.rate, args.duration
     );
     let rss_start = args.server_pid.and_then(rss_kib);
+    let cpu_start = args.server_pid.and_then(cpu_secs);
 
     // Publish: one batch per 10 ms tick.
     let http = reqwest::Client::new();
@@ -158,7 +189,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         let batch: Vec<Value> = (0..n)
             .map(|k| {
                 let c = (published as usize + k) % channels;
-                json!({"channel": channel_of(c), "data": {"t": t, "p": pad}})
+                json!({"channel": channel_of(c), "data": {"t": t, "i": published as usize + k, "p": pad}})
             })
             .collect();
         // Publishes rotate over the nodes of a cluster too.
@@ -200,6 +231,9 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     }
     let drain_secs = publish_start.elapsed().as_secs_f64();
     let rss_end = args.server_pid.and_then(rss_kib);
+    let cpu = cpu_start
+        .zip(args.server_pid.and_then(cpu_secs))
+        .map(|(a, b)| b - a);
     let _ = stop_tx.send(true);
     let mut latency = histogram();
     let (mut received, mut disorder, mut disconnected, mut short) = (0u64, 0u64, 0usize, 0usize);
@@ -226,6 +260,8 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         "drain_s": drain_secs - publish_secs, "connect_s": connect_secs,
         "latency": percentiles(&latency),
         "server_rss_start_kib": rss_start, "server_rss_end_kib": rss_end,
+        "server_cpu_s": cpu,
+        "deliveries_per_server_cpu_s": cpu.map(|c| received as f64 / c.max(1e-9)),
     });
     if args.json {
         println!("{report}");
@@ -238,6 +274,12 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         );
         if let (Some(a), Some(b)) = (rss_start, rss_end) {
             println!("{scenario}: server RSS {a} KiB at start, {b} KiB at end");
+        }
+        if let Some(c) = cpu {
+            println!(
+                "{scenario}: server CPU {c:.2}s = {:.0} deliveries per server CPU-second",
+                received as f64 / c.max(1e-9)
+            );
         }
     }
     if lost > 0 || disorder > 0 {
@@ -274,15 +316,25 @@ fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64, total: &AtomicU64) {
         .record((now_ns().saturating_sub(t) / 1000).max(1));
 }
 
-async fn subscribe_ws(
-    sources: &Sources,
-    target: &Target,
-    channel: &str,
+/// What every subscriber task gets.
+struct Ctx<'a> {
+    sources: &'a Sources,
+    target: &'a Target,
     permit: tokio::sync::OwnedSemaphorePermit,
-    ready: &AtomicUsize,
-    total: &AtomicU64,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<Seen> {
+    ready: &'a AtomicUsize,
+    total: &'a AtomicU64,
+    stop: watch::Receiver<bool>,
+}
+
+async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
+    let Ctx {
+        sources,
+        target,
+        permit,
+        ready,
+        total,
+        mut stop,
+    } = ctx;
     let stream = sources.connect(target.addr).await?;
     let url = format!("ws://{}/v1/ws?channel={channel}", target.host);
     let config = WebSocketConfig::default()
@@ -315,15 +367,77 @@ async fn subscribe_ws(
     Ok(seen)
 }
 
-async fn subscribe_sse(
-    sources: &Sources,
-    target: &Target,
-    channel: &str,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    ready: &AtomicUsize,
-    total: &AtomicU64,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<Seen> {
+/// A Pusher protocol subscriber: `/app/{key}`, `pusher:subscribe`, then events whose data is
+/// the published JSON as a string (so the numbers it carries appear with escaped quotes).
+async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Result<Seen> {
+    let Ctx {
+        sources,
+        target,
+        permit,
+        ready,
+        total,
+        mut stop,
+    } = ctx;
+    let stream = sources.connect(target.addr).await?;
+    let url = format!(
+        "ws://{}/app/{key}?protocol=7&client=bench&version=1",
+        target.host
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    futures_util::SinkExt::send(&mut ws, Message::Text(subscribe.to_string().into())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("subscription_succeeded") => break,
+            Some(Ok(Message::Text(t))) if t.as_str().contains("pusher:error") => {
+                bail!("refused: {t}")
+            }
+            Some(Ok(_)) => continue,
+            other => bail!("subscribe failed: {other:?}"),
+        }
+    }
+    drop(permit);
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut seen = Seen::new();
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(t))) => {
+                    let text = t.as_bytes();
+                    let Some(sent) = find_u64(text, br#"\"t\":"#) else { continue };
+                    if let Some(i) = find_u64(text, br#"\"i\":"#) {
+                        if last.is_some_and(|l| i <= l) {
+                            seen.disorder += 1;
+                        }
+                        last = Some(i);
+                    }
+                    seen.received += 1;
+                    total.fetch_add(1, Ordering::Relaxed);
+                    let _ = seen.latency.record((now_ns().saturating_sub(sent) / 1000).max(1));
+                }
+                Some(Ok(_)) => {}
+                _ => { seen.disconnected = true; break; }
+            }
+        }
+    }
+    Ok(seen)
+}
+
+async fn subscribe_sse(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
+    let Ctx {
+        sources,
+        target,
+        permit,
+        ready,
+        total,
+        mut stop,
+    } = ctx;
     let stream = sources.connect(target.addr).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;

@@ -16,7 +16,7 @@ use tokio::sync::{Barrier, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{raise_nofile, rss_kib, Sources, Target};
+use super::{cpu_secs, raise_nofile, rss_kib, Sources, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct PresenceArgs {
@@ -267,16 +267,4 @@ async fn until_op(ws: &mut Ws, op: &str) -> anyhow::Result<Value> {
         }
     }
     bail!("connection closed before {op}")
-}
-
-/// A process's user + system CPU time, from /proc/<pid>/stat.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks as f64 / hz.max(1) as f64)
 }
