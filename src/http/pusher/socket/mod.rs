@@ -13,21 +13,18 @@ use axum::response::Response;
 use axum::Extension;
 use futures_util::stream::{BoxStream, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
-use super::message::{
-    self, data_as, ChannelData, ClientFrame, PusherEvent, SigninData, SubscribeData,
-};
-use super::{herald_channel, is_cache, signature_ok, valid_channel, Kind};
+use super::message::{self, data_as, ClientFrame, PusherEvent, SubscribeData};
+
+mod channels;
+mod client;
 use crate::config::PusherApp;
-use crate::event::{Filter, NewEvent};
-use crate::http::presence::updates;
 use crate::http::{query_pairs, AppState, Connection};
 use crate::hub::{Item, SubscriptionError};
 use crate::limits::Bucket;
-use crate::presence::{Identity, Occupant, Update};
+use crate::presence::{Occupant, Update};
 
 /// Most bytes of one client frame (Pusher's limit is 10 KB of data; the frame has more).
 const MAX_FRAME: usize = 64 * 1024;
@@ -245,48 +242,6 @@ impl Session {
         }
     }
 
-    /// Presence changes as `member_added` / `member_removed` (a fresh list is compared with
-    /// what this socket knew).
-    async fn tell_members(&mut self, channel: &str, update: Update) -> Result<(), Close> {
-        let Some((me, known)) = self.members.get_mut(channel) else {
-            return Ok(());
-        };
-        let mut out = Vec::new();
-        match update {
-            Update::Diff(d) => {
-                for e in &d.entries {
-                    let user = e.user.to_string();
-                    if e.joined && &user != me && known.insert(user.clone()) {
-                        out.push(message::member_added(channel, &user, &e.info));
-                    } else if !e.joined && &user != me && known.remove(&user) {
-                        out.push(message::member_removed(channel, &user));
-                    }
-                }
-            }
-            Update::Sync(s) => {
-                let now: HashMap<String, Value> = s
-                    .members
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|m| (m.user.to_string(), (*m.info).clone()))
-                    .collect();
-                for gone in known.iter().filter(|u| !now.contains_key(*u)) {
-                    out.push(message::member_removed(channel, gone));
-                }
-                for (user, info) in &now {
-                    if !known.contains(user) && user != me {
-                        out.push(message::member_added(channel, user, info));
-                    }
-                }
-                *known = now.into_keys().collect();
-            }
-        }
-        for m in out {
-            self.send(m).await?;
-        }
-        Ok(())
-    }
-
     async fn on_frame(&mut self, frame: Message) -> Result<(), Close> {
         let text = match frame {
             Message::Text(t) => t,
@@ -324,243 +279,6 @@ impl Session {
                 self.send(message::error(None, &m)).await
             }
         }
-    }
-
-    async fn on_subscribe(&mut self, frame: ClientFrame) -> Result<(), Close> {
-        let Some(d) = data_as::<SubscribeData>(frame.data.as_deref()) else {
-            return self
-                .send(message::error(None, "pusher:subscribe needs data.channel"))
-                .await;
-        };
-        let name = d.channel.clone();
-        if !valid_channel(&name) {
-            let m = "Invalid channel name: 1-164 of A-Z a-z 0-9 _ - = @ , . ;";
-            return self
-                .send(message::subscription_error(&name, "InvalidChannel", m, 400))
-                .await;
-        }
-        let kind = Kind::of(&name);
-        if kind.needs_auth() {
-            let mut signed = format!("{}:{}", self.socket_id, name);
-            if kind == Kind::Presence {
-                signed.push(':');
-                signed.push_str(d.channel_data.as_deref().unwrap_or(""));
-            }
-            let good = d
-                .auth
-                .as_deref()
-                .and_then(|a| a.split_once(':'))
-                .is_some_and(|(key, sig)| {
-                    key == self.pusher.key && signature_ok(&self.pusher.secret, &signed, sig)
-                });
-            if !good {
-                let m = "Invalid signature: the auth does not match this socket and channel";
-                return self
-                    .send(message::subscription_error(&name, "AuthError", m, 401))
-                    .await;
-            }
-        }
-        if !self.subs.contains_key(&name)
-            && self.subs.len() >= self.app.config.limits.max_subscriptions
-        {
-            let m = "Too many subscriptions on this connection (limits.max_subscriptions)";
-            return self
-                .send(message::subscription_error(&name, "LimitReached", m, 403))
-                .await;
-        }
-        let mapped = herald_channel(&self.pusher.id, &name);
-        let data = if kind == Kind::Presence {
-            match self
-                .join_presence(&name, &mapped, d.channel_data.as_deref())
-                .await
-            {
-                Ok(data) => data,
-                Err(m) => return self.send(m).await,
-            }
-        } else {
-            json!({})
-        };
-        let filter = Filter::parse([mapped.as_str()]).expect("mapped names are valid");
-        let occupant = self.app.presence.occupy(&mapped);
-        let subscription = self.app.hub.subscribe(filter, None, self.lagged.clone());
-        self.subs
-            .insert(name.clone(), items(subscription, occupant));
-        self.send(message::subscribed(&name, data)).await?;
-        if is_cache(&name) {
-            self.send_cached(&name, &mapped).await?;
-        }
-        Ok(())
-    }
-
-    /// Joins Herald presence as the `channel_data` user; the reply's `presence` object.
-    async fn join_presence(
-        &mut self,
-        name: &str,
-        mapped: &str,
-        channel_data: Option<&str>,
-    ) -> Result<Value, Message> {
-        let parsed: Option<ChannelData> = channel_data.and_then(|t| serde_json::from_str(t).ok());
-        let Some((user, info)) = parsed.and_then(|c| Some((c.user_id()?, c.user_info))) else {
-            return Err(message::subscription_error(
-                name,
-                "AuthError",
-                "channel_data must hold a user_id",
-                400,
-            ));
-        };
-        let info = info.map(Arc::new);
-        let identity = match Identity::new(&user, info, self.app.presence.config()) {
-            Ok(i) => i,
-            Err(e) => {
-                return Err(message::subscription_error(
-                    name,
-                    "AuthError",
-                    &e.to_string(),
-                    400,
-                ))
-            }
-        };
-        let (watch, snapshot) = match self.app.presence.join(mapped, identity).await {
-            Ok(j) => j,
-            Err(e) => {
-                return Err(message::subscription_error(
-                    name,
-                    "ServerError",
-                    &e.to_string(),
-                    503,
-                ))
-            }
-        };
-        let Some(members) = snapshot.members else {
-            let m = format!(
-                "presence channel is over capacity ({} members, presence.list_limit)",
-                snapshot.count
-            );
-            return Err(message::subscription_error(
-                name,
-                "OverCapacity",
-                &m,
-                OVER_CAPACITY,
-            ));
-        };
-        let ids: Vec<&str> = members.iter().map(|m| &*m.user).collect();
-        let hash: serde_json::Map<String, Value> = members
-            .iter()
-            .map(|m| (m.user.to_string(), (*m.info).clone()))
-            .collect();
-        let presence = json!({"presence": {"ids": ids, "hash": hash, "count": members.len()}});
-        let known = members.iter().map(|m| m.user.to_string()).collect();
-        self.members.insert(name.to_string(), (user, known));
-        self.watches.insert(name.to_string(), updates(watch));
-        Ok(presence)
-    }
-
-    /// A cache channel's last event, or `pusher:cache_miss`.
-    async fn send_cached(&mut self, name: &str, mapped: &str) -> Result<(), Close> {
-        let last = self.app.pusher.cached(mapped);
-        let frame = last
-            .as_ref()
-            .and_then(|e| e.extension(|e| PusherEvent::of(e, name)))
-            .and_then(|p| p.frame.clone());
-        match frame {
-            Some(f) => self.send(Message::Text(f)).await,
-            None => self.send(message::cache_miss(name)).await,
-        }
-    }
-
-    async fn on_client_event(&mut self, frame: ClientFrame) -> Result<(), Close> {
-        let channel = frame.channel.clone().unwrap_or_default();
-        let kind = Kind::of(&channel);
-        let refusal = if !self.pusher.client_events {
-            Some("Client events are not enabled for this app")
-        } else if !matches!(kind, Kind::Private | Kind::Presence) {
-            Some("Client events are only allowed on private and presence channels")
-        } else if !self.subs.contains_key(&channel) {
-            Some("Client events need a subscription to the channel")
-        } else {
-            None
-        };
-        if let Some(m) = refusal {
-            return self.send(message::error(None, m)).await;
-        }
-        if self
-            .client_events
-            .take(1, std::time::Instant::now())
-            .is_err()
-        {
-            let m = "Client event rejected - only 10 accepted per second";
-            return self
-                .send(message::error(Some(CLIENT_EVENT_REJECTED), m))
-                .await;
-        }
-        let data = frame.data.unwrap_or_else(|| {
-            serde_json::value::RawValue::from_string("{}".into()).expect("JSON")
-        });
-        if data.get().len() > self.pusher.max_event_bytes {
-            let m = format!(
-                "Client event data over {} bytes",
-                self.pusher.max_event_bytes
-            );
-            return self.send(message::error(None, &m)).await;
-        }
-        let user = self.members.get(&channel).map(|(u, _)| u.as_str());
-        let event = NewEvent {
-            channel: herald_channel(&self.pusher.id, &channel),
-            kind: Some(frame.event),
-            data,
-            id: Some(super::origin_id(Some(&self.socket_id), user)),
-        };
-        if let Err(e) =
-            self.app
-                .take_publish_budget(&crate::auth::Principal::Anonymous, self.conn.peer.ip(), 1)
-        {
-            return self.send(message::error(None, &e.message)).await;
-        }
-        if let Err(e) = self.app.hub.publish(vec![event]).await {
-            tracing::warn!(error = %e, "client event not stored");
-            return self
-                .send(message::error(None, "Client event not accepted; retry"))
-                .await;
-        }
-        Ok(())
-    }
-
-    /// `pusher:signin`: auth = HMAC of `socket_id::user::user_data`. A signed-in socket is
-    /// ended by `POST /apps/{id}/users/{user}/terminate_connections` on any node.
-    async fn on_signin(&mut self, frame: ClientFrame) -> Result<(), Close> {
-        let Some(d) = data_as::<SigninData>(frame.data.as_deref()) else {
-            return self
-                .send(message::error(
-                    None,
-                    "pusher:signin needs auth and user_data",
-                ))
-                .await;
-        };
-        let signed = format!("{}::user::{}", self.socket_id, d.user_data);
-        let good = d.auth.split_once(':').is_some_and(|(key, sig)| {
-            key == self.pusher.key && signature_ok(&self.pusher.secret, &signed, sig)
-        });
-        let user = serde_json::from_str::<Value>(&d.user_data)
-            .ok()
-            .and_then(|v| match &v["id"] {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            });
-        let (true, Some(user)) = (good, user) else {
-            self.send(message::error(
-                Some(UNAUTHORIZED),
-                "Invalid signin: bad signature or user_data without id",
-            ))
-            .await?;
-            return Err(Close(UNAUTHORIZED, "unauthorized"));
-        };
-        let filter = Filter::notice(&super::api::terminate_channel(&self.pusher.id, &user));
-        let ends = self.app.hub.subscribe(filter, None, self.lagged.clone());
-        // A terminate event for this user ends the connection (no frame goes to the client).
-        self.subs.insert(TERMINATE.to_string(), plain(ends));
-        self.user = Some(user);
-        self.send(message::signin_success(&d.user_data)).await
     }
 }
 
