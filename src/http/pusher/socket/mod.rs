@@ -12,7 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::Extension;
 use futures_util::stream::{BoxStream, SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,9 @@ const MAX_FRAME: usize = 64 * 1024;
 const CLIENT_EVENT_RATE: u32 = 10;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most events written before one flush.
+const WRITE_BATCH: usize = 64;
 
 /// Pusher close codes (4000-4099: do not reconnect; 4100-4199: back off; 4200-4299:
 /// reconnect now).
@@ -190,7 +193,7 @@ impl Session {
                     }
                 }
                 Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
-                    self.deliver(&channel, item).await?;
+                    self.deliver(channel, item).await?;
                 }
                 Some((channel, update)) = self.watches.next(), if !self.watches.is_empty() => {
                     self.tell_members(&channel, update).await?;
@@ -209,14 +212,51 @@ impl Session {
     }
 
     async fn send(&mut self, m: Message) -> Result<(), Close> {
-        self.sink.send(m).await.map_err(|_| Close(1000, ""))
+        self.sink.feed(m).await.map_err(|_| Close(1000, ""))?;
+        self.flush().await
     }
 
+    /// Writes one item and whatever else is ready (up to a batch), then flushes once, as
+    /// Herald's own WebSocket does: a flush per message would be a write per message.
     async fn deliver(
         &mut self,
+        channel: String,
+        first: Result<Item, SubscriptionError>,
+    ) -> Result<(), Close> {
+        let mut next = Some((channel, first));
+        let mut written = 0;
+        while let Some((channel, item)) = next.take() {
+            if let Some(frame) = self.frame(&channel, item)? {
+                self.sink
+                    .feed(Message::Text(frame))
+                    .await
+                    .map_err(|_| Close(1000, ""))?;
+                written += 1;
+            }
+            if written < WRITE_BATCH {
+                next = self.subs.next().now_or_never().flatten();
+            }
+        }
+        self.flush().await
+    }
+
+    /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
+    /// (a peer that stops reading would otherwise hold the task here forever).
+    async fn flush(&mut self) -> Result<(), Close> {
+        tokio::select! {
+            r = self.sink.flush() => r.map_err(|_| Close(1000, "")),
+            _ = self.lagged.cancelled() => Err(Close(RECONNECT, "slow consumer")),
+            _ = self.app.shutdown.cancelled() => Err(Close(RECONNECT, "server shutting down")),
+        }
+    }
+
+    /// The frame this socket gets for an item (none for its own triggers and for names in
+    /// Pusher's namespaces).
+    fn frame(
+        &self,
         channel: &str,
         item: Result<Item, SubscriptionError>,
-    ) -> Result<(), Close> {
+    ) -> Result<Option<Utf8Bytes>, Close> {
         let event = match item {
             // The API ended this signed-in user's connections.
             Ok(Item::Event(_)) if channel == TERMINATE => {
@@ -225,21 +265,17 @@ impl Session {
             Ok(Item::Event(e)) => e,
             // Pusher has no way to say "events were lost": a client reconnects and, with no
             // cursor in the protocol, starts from now.
-            Ok(Item::Reset { .. }) => return Ok(()),
+            Ok(Item::Reset { .. }) => return Ok(None),
             Err(SubscriptionError::Lagged) => return Err(Close(RECONNECT, "slow consumer")),
             Err(SubscriptionError::Log(e)) => {
                 tracing::error!(error = %e, "Pusher subscription failed");
                 return Err(Close(RECONNECT, "internal error"));
             }
         };
-        let frame = event
+        Ok(event
             .extension(|e| PusherEvent::of(e, channel))
             .filter(|p| p.skip_socket.as_deref() != Some(self.socket_id.as_str()))
-            .and_then(|p| p.frame.clone());
-        match frame {
-            Some(text) => self.send(Message::Text(text)).await,
-            None => Ok(()),
-        }
+            .and_then(|p| p.frame.clone()))
     }
 
     async fn on_frame(&mut self, frame: Message) -> Result<(), Close> {
