@@ -570,3 +570,51 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
         assert!(stdout.contains(step), "{step}: {stdout}");
     }
 }
+
+/// Two apps share nothing: the same channel name is two channels, and a key opens only its
+/// own app.
+#[tokio::test]
+async fn apps_are_isolated() {
+    let h = Herald::start(&format!(
+        "{APP}[[pusher.apps]]\nid = \"5678\"\nkey = \"other-key\"\nsecret = \"other-secret\"\n"
+    ));
+    let mut one = pusher_ws(&h, "/app/app-key?protocol=7").await;
+    let mut two = pusher_ws(&h, "/app/other-key?protocol=7").await;
+    for ws in [&mut one, &mut two] {
+        frame(ws).await;
+        send_text(
+            ws,
+            &json!({"event": "pusher:subscribe", "data": {"channel": "news"}}).to_string(),
+        )
+        .await;
+        assert_eq!(
+            frame(ws).await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    publish(
+        &h,
+        json!({"channel": "pusher/1234/news", "type": "for-one", "data": {"n": 1}}),
+    )
+    .await;
+    publish(
+        &h,
+        json!({"channel": "pusher/5678/news", "type": "for-two", "data": "two"}),
+    )
+    .await;
+    let f = frame(&mut one).await;
+    assert_eq!(
+        (f["event"].as_str(), &f["data"]),
+        (Some("for-one"), &json!({"n": 1}))
+    );
+    let f = frame(&mut two).await;
+    assert_eq!(
+        (f["event"].as_str(), &f["data"]),
+        (Some("for-two"), &json!("two"))
+    );
+    // Neither got the other's: the next thing each gets is a pong.
+    for ws in [&mut one, &mut two] {
+        send_text(ws, "{\"event\":\"pusher:ping\",\"data\":{}}").await;
+        assert_eq!(frame(ws).await["event"], "pusher:pong");
+    }
+}
