@@ -2,6 +2,7 @@
 //! transports. Handlers go through the hub; nothing here touches the store.
 
 pub mod api;
+pub mod client;
 pub mod hooks;
 pub mod origin;
 pub mod presence;
@@ -92,6 +93,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sse", get(sse::stream))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/tokens", post(tokens::create))
+        .route("/v1/client.js", get(client::js))
+        .route("/v1/client.d.ts", get(client::dts))
         .route("/v1/presence", get(presence::members))
         .route("/v1/channels", get(presence::channels))
         .route("/app/{key}", get(pusher::socket::upgrade))

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod browser;
 mod cli;
+mod client;
 mod cluster;
 mod cluster_presence;
 mod common;
