@@ -106,3 +106,181 @@ async fn node_tests_of_the_client() {
         "{stdout}"
     );
 }
+
+/// The page driver (`tests/browser/client-browser.mjs`) over stdio.
+struct Page {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Page {
+    async fn open(h: &Herald, mode: &str, channel: &str, secret: &str) -> Option<Page> {
+        let (chromium, dashboard) = crate::browser::browser()?;
+        if !node_ready() {
+            return None;
+        }
+        let mut child = tokio::process::Command::new("node")
+            .arg(dashboard.with_file_name("client-browser.mjs"))
+            .args([
+                &h.url("/"),
+                chromium.to_str().unwrap(),
+                mode,
+                channel,
+                secret,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node");
+        use tokio::io::AsyncBufReadExt;
+        let mut page = Page {
+            stdin: child.stdin.take().unwrap(),
+            lines: tokio::io::BufReader::new(child.stdout.take().unwrap()).lines(),
+            child,
+        };
+        assert_eq!(page.line().await, "READY");
+        Some(page)
+    }
+
+    async fn line(&mut self) -> String {
+        let line = tokio::time::timeout(WAIT * 3, self.lines.next_line())
+            .await
+            .expect("the page driver went quiet")
+            .expect("driver stdout")
+            .expect("the page driver exited");
+        assert!(!line.starts_with("ERROR"), "{line}");
+        line
+    }
+
+    /// Waits for `n` events; returns (seqs seen, states, token calls).
+    async fn seen(&mut self, n: usize) -> (Vec<u64>, String, Option<u64>) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{n}\n").as_bytes())
+            .await
+            .unwrap();
+        let seqs = self.line().await;
+        let states = self.line().await;
+        let seqs = seqs
+            .strip_prefix("SEEN ")
+            .unwrap()
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (
+            seqs,
+            states.strip_prefix("STATES ").unwrap().to_string(),
+            None,
+        )
+    }
+
+    async fn tokens(&mut self) -> u64 {
+        self.line()
+            .await
+            .strip_prefix("TOKENS ")
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    async fn finish(mut self) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(b"done\n").await.unwrap();
+        drop(self.stdin);
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            assert!(!line.starts_with("ERROR"), "{line}");
+        }
+        let _ = self.child.wait().await;
+    }
+}
+
+async fn publish_n(h: &Herald, channel: &str, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for i in 0..n {
+        seqs.push(publish_one(h, channel, serde_json::json!(i)).await);
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sees_every_event_once_in_order_across_a_server_kill() {
+    let mut h = Herald::start("");
+    let port = url::Url::parse(&h.url("/")).unwrap().port().unwrap();
+    let Some(mut page) = Page::open(&h, "plain", "c.restart", "").await else {
+        return;
+    };
+    let mut want = publish_n(&h, "c.restart", 15).await;
+    h.kill9();
+    // Down for a moment: the page is reconnecting with backoff.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    h.restart_on(port);
+    want.extend(publish_n(&h, "c.restart", 15).await);
+    let (seen, states, _) = page.seen(want.len()).await;
+    assert_eq!(seen, want, "every event once, in seq order");
+    assert!(states.contains("disconnected"), "{states}");
+    page.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_websocket_the_client_falls_back_to_sse_and_misses_nothing() {
+    let h = Herald::start("");
+    let before = publish_n(&h, "c.fallback", 3).await;
+    let Some(mut page) = Page::open(&h, "no-websocket", "c.fallback", "").await else {
+        return;
+    };
+    let mut want = before;
+    want.extend(publish_n(&h, "c.fallback", 3).await);
+    // A publish from the page goes over HTTP while on SSE.
+    use tokio::io::AsyncWriteExt;
+    page.stdin.write_all(b"publish\n").await.unwrap();
+    let seq: u64 = page
+        .line()
+        .await
+        .strip_prefix("SEQ ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    want.push(seq);
+    let (seen, states, _) = page.seen(want.len()).await;
+    assert_eq!(seen, want);
+    assert!(states.contains("fallback"), "{states}");
+    page.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_renewed_and_the_stream_goes_on() {
+    let secret = "client-token-secret";
+    let h = Herald::start(&format!(
+        "[auth]\napi_keys = [\"k\"]\njwt_secret = \"{secret}\"\n"
+    ));
+    let Some(mut page) = Page::open(&h, "token", "c.token", secret).await else {
+        return;
+    };
+    let publish = |i: u64| {
+        client()
+            .post(h.url("/v1/events"))
+            .bearer_auth("k")
+            .json(&serde_json::json!({"channel": "c.token", "data": i}))
+            .send()
+    };
+    let mut want = Vec::new();
+    // Tokens live 4 s; publish over 10 s so the stream crosses two renewals.
+    for i in 0..10 {
+        let r = publish(i).await.unwrap();
+        assert_eq!(r.status(), 201);
+        want.push(
+            r.json::<serde_json::Value>().await.unwrap()["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let (seen, _, _) = page.seen(want.len()).await;
+    assert_eq!(seen, want);
+    let tokens = page.tokens().await;
+    assert!(tokens >= 3, "getToken called {tokens} times");
+    page.finish().await;
+}
