@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{EventRef, Filter, NewEvent};
 use crate::log::{Appended, CommitListener, Log, LogError};
 
+mod patterns;
+
+use patterns::PatternIndex;
+
 /// Events read from the log per catch-up page.
 const PAGE: usize = 512;
 
@@ -32,8 +36,8 @@ pub struct Hub {
 #[derive(Default)]
 struct Registry {
     by_channel: HashMap<Box<str>, Vec<Arc<Sink>>>,
-    /// Subscriptions with at least one pattern; tested against every event's channel.
-    patterned: Vec<Arc<Sink>>,
+    /// Subscriptions with at least one pattern, indexed by the patterns' literal prefixes.
+    patterned: PatternIndex,
 }
 
 /// The hub's end of one subscription.
@@ -130,7 +134,7 @@ impl Hub {
         });
         let mut reg = self.registry.write().expect("hub registry lock");
         if filter.has_patterns() {
-            reg.patterned.push(sink);
+            reg.patterned.insert(sink);
         } else {
             for channel in filter.channels() {
                 reg.by_channel
@@ -158,7 +162,7 @@ impl Hub {
 impl Registry {
     fn remove(&mut self, id: u64, filter: &Filter) {
         if filter.has_patterns() {
-            self.patterned.retain(|s| s.id != id);
+            self.patterned.remove(id, filter);
         } else {
             for channel in filter.channels() {
                 if let Some(list) = self.by_channel.get_mut(channel) {
@@ -180,12 +184,13 @@ impl CommitListener for Hub {
     fn committed(&self, events: &[EventRef]) {
         let Some(last) = events.last() else { return };
         let mut dropped: Vec<(u64, Arc<Filter>)> = Vec::new();
+        let mut candidates = Vec::new();
         {
             let reg = self.registry.read().expect("hub registry lock");
             for event in events {
                 let exact = reg.by_channel.get(&*event.channel).into_iter().flatten();
-                let patterned = reg
-                    .patterned
+                reg.patterned.candidates(&event.channel, &mut candidates);
+                let patterned = candidates
                     .iter()
                     .filter(|s| s.filter.matches(&event.channel));
                 for sink in exact.chain(patterned) {
@@ -222,12 +227,9 @@ impl Hub {
     /// Drops every live subscription as lagged, so each resumes from its own cursor.
     fn drop_all(&self) {
         let mut reg = self.registry.write().expect("hub registry lock");
-        let all = std::mem::take(&mut *reg);
-        for sink in all
-            .patterned
-            .iter()
-            .chain(all.by_channel.values().flatten())
-        {
+        let mut all = std::mem::take(&mut *reg);
+        let patterned = all.patterned.drain();
+        for sink in patterned.iter().chain(all.by_channel.values().flatten()) {
             sink.dead.store(true, Ordering::Relaxed);
             sink.lagged.cancel();
         }

@@ -47,6 +47,10 @@ pub struct IdleArgs {
     /// Token for servers with auth (sent as ?token=).
     #[arg(long, env = "HERALD_TOKEN")]
     pub token: Option<String>,
+    /// Each connection subscribes to its own pattern `user:{i}:*` instead of a channel (the
+    /// cost of many patterned subscriptions to everyone else's publishes).
+    #[arg(long)]
+    pub patterns: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -86,10 +90,14 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             open.clone(),
             failed.clone(),
         );
+        let channel = if args.patterns {
+            format!("user:{i}:*")
+        } else {
+            format!("bench.idle.{}", i % 1000)
+        };
         let path = format!(
-            "/v1/{}?channel=bench.idle.{}{token}",
+            "/v1/{}?channel={channel}{token}",
             if sse { "sse" } else { "ws" },
-            i % 1000
         );
         holders.push(tokio::spawn(async move {
             let stream = match tokio::time::timeout(
