@@ -52,7 +52,7 @@ pub fn terminate_channel(app: &str, user: &str) -> String {
 }
 
 /// An authenticated request: its app and its decoded query.
-type Signed<'a> = (&'a std::sync::Arc<PusherApp>, Vec<(String, String)>);
+type Checked<'a> = (&'a std::sync::Arc<PusherApp>, Vec<(String, String)>);
 
 /// Checks the signature; returns the app and the decoded query.
 fn authenticate<'a>(
@@ -62,7 +62,7 @@ fn authenticate<'a>(
     uri: &Uri,
     query: Option<&str>,
     body: &[u8],
-) -> Result<Signed<'a>, PusherError> {
+) -> Result<Checked<'a>, PusherError> {
     let Some(app) = state.pusher.by_id(app_id) else {
         return Err(PusherError(
             StatusCode::NOT_FOUND,
@@ -113,6 +113,50 @@ fn authenticate<'a>(
         )));
     }
     Ok((app, pairs))
+}
+
+/// A request of a Pusher app, its signature checked before the handler runs: the app, the
+/// decoded query and the body (read within the usual bounds; empty for GET).
+pub struct Signed {
+    app: std::sync::Arc<PusherApp>,
+    pairs: Vec<(String, String)>,
+    body: axum::body::Bytes,
+}
+
+impl Signed {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl axum::extract::FromRequest<AppState> for Signed {
+    type Rejection = PusherError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Signed, PusherError> {
+        let (parts, body) = req.into_parts();
+        // `/apps/{id}/...`
+        let app_id = parts.uri.path().split('/').nth(2).unwrap_or("").to_string();
+        let bytes = read(body, state).await?;
+        let (app, pairs) = authenticate(
+            state,
+            &app_id,
+            &parts.method,
+            &parts.uri,
+            parts.uri.query(),
+            &bytes,
+        )?;
+        Ok(Signed {
+            app: app.clone(),
+            pairs,
+            body: bytes,
+        })
+    }
 }
 
 /// One trigger: `name`, `data` (a string), `channels` or `channel`, `socket_id`, `info`.
@@ -236,15 +280,11 @@ pub async fn events(
 /// `POST /apps/{id}/batch_events`: up to 10 triggers, stored atomically.
 pub async fn batch_events(
     State(state): State<AppState>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    body: Body,
+    req: Signed,
 ) -> Result<Json<Value>, PusherError> {
-    let bytes = read(body, &state).await?;
-    let (app, _) = authenticate(&state, &app_id, &method, &uri, query.as_deref(), &bytes)?;
-    let b: Batch = serde_json::from_slice(&bytes).map_err(|e| bad(format!("Invalid JSON: {e}")))?;
+    let app = &req.app;
+    let b: Batch =
+        serde_json::from_slice(&req.body).map_err(|e| bad(format!("Invalid JSON: {e}")))?;
     if b.batch.is_empty() || b.batch.len() > MAX_BATCH {
         return Err(bad(format!("Between 1 and {MAX_BATCH} events per batch")));
     }
@@ -309,20 +349,16 @@ async fn channel_info(
 /// `GET /apps/{id}/channels[?filter_by_prefix=P][&info=user_count]`: occupied channels.
 pub async fn channels(
     State(state): State<AppState>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    req: Signed,
 ) -> Result<Json<Value>, PusherError> {
-    let (app, pairs) = authenticate(&state, &app_id, &method, &uri, query.as_deref(), b"")?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let prefix = get("filter_by_prefix").unwrap_or_default();
-    let info = get("info").unwrap_or_default();
+    let app = &req.app;
+    let prefix = req.get("filter_by_prefix").unwrap_or_default();
+    let info = req.get("info").unwrap_or_default();
     let user_count = info.split(',').any(|i| i.trim() == "user_count");
     if user_count && !prefix.starts_with("presence-") {
         return Err(bad("user_count needs filter_by_prefix=presence-"));
     }
-    let mapped = herald_channel(&app.id, &prefix);
+    let mapped = herald_channel(&app.id, prefix);
     let mut out = Map::new();
     let mut after: Option<String> = None;
     loop {
@@ -355,20 +391,14 @@ pub async fn channels(
 /// `GET /apps/{id}/channels/{name}[?info=user_count,subscription_count]`.
 pub async fn channel(
     State(state): State<AppState>,
-    Path((app_id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    Path((_, name)): Path<(String, String)>,
+    req: Signed,
 ) -> Result<Json<Value>, PusherError> {
-    let (app, pairs) = authenticate(&state, &app_id, &method, &uri, query.as_deref(), b"")?;
+    let app = &req.app;
     if !valid_channel(&name) {
         return Err(bad("Invalid channel name"));
     }
-    let info = pairs
-        .iter()
-        .find(|(k, _)| k == "info")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let info = req.get("info").unwrap_or_default();
     let mut v = channel_info(&state, app, &name, &format!("{info},subscription_count")).await?;
     let subscribers = v["subscription_count"].as_u64().unwrap_or(0);
     if !info.split(',').any(|i| i.trim() == "subscription_count") {
@@ -381,12 +411,10 @@ pub async fn channel(
 /// `GET /apps/{id}/channels/{name}/users`: a presence channel's user ids.
 pub async fn users(
     State(state): State<AppState>,
-    Path((app_id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    Path((_, name)): Path<(String, String)>,
+    req: Signed,
 ) -> Result<Json<Value>, PusherError> {
-    let (app, _) = authenticate(&state, &app_id, &method, &uri, query.as_deref(), b"")?;
+    let app = &req.app;
     if Kind::of(&name) != Kind::Presence || !valid_channel(&name) {
         return Err(bad("Users are only available for presence channels"));
     }
@@ -412,14 +440,10 @@ pub async fn users(
 /// signed-in connections (the request travels as an event on a notice channel).
 pub async fn terminate(
     State(state): State<AppState>,
-    Path((app_id, user)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    body: Body,
+    Path((_, user)): Path<(String, String)>,
+    req: Signed,
 ) -> Result<Json<Value>, PusherError> {
-    let bytes = read(body, &state).await?;
-    let (app, _) = authenticate(&state, &app_id, &method, &uri, query.as_deref(), &bytes)?;
+    let app = &req.app;
     let event = NewEvent {
         channel: format!(
             "{}{}",
