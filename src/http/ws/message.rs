@@ -1,6 +1,8 @@
 //! What WebSocket clients send, and the JSON shapes of the replies.
 
-use axum::extract::ws::Message;
+use axum::extract::ws::{Message, Utf8Bytes};
+
+use crate::presence::Update;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -68,6 +70,18 @@ pub(super) fn error(reference: Option<&Value>, code: &str, message: &str) -> Val
         json!({"op": "error", "code": code, "message": message}),
         reference,
     )
+}
+
+/// `{"op":"presence", ...}`: a diff's frame is built once for every watcher.
+pub(super) fn presence_message(update: &Update) -> Message {
+    match update {
+        Update::Diff(d) => Message::Text(Utf8Bytes::try_from(d.ws_text()).expect("JSON is UTF-8")),
+        Update::Sync(_) => {
+            let mut body = update.body();
+            body["op"] = "presence".into();
+            text(body)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ mod echo;
 mod message;
 
 pub use echo::echo;
-use message::{error, text, with_ref};
+use message::{error, presence_message, text, with_ref};
 pub use message::{parse_client_message, ClientMessage, MessageError};
 
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -493,18 +493,6 @@ fn items(subscription: Subscription, occupant: Option<Occupant>) -> ItemStream {
         Some((item, (s, o)))
     })
     .boxed()
-}
-
-/// `{"op":"presence", ...}`: a diff's frame is built once for every watcher.
-fn presence_message(update: &Update) -> Message {
-    match update {
-        Update::Diff(d) => Message::Text(Utf8Bytes::try_from(d.ws_text()).expect("JSON is UTF-8")),
-        Update::Sync(_) => {
-            let mut body = update.body();
-            body["op"] = "presence".into();
-            text(body)
-        }
-    }
 }
 
 /// 1009 for a message or frame over the limit (tungstenite's capacity errors), else 1002.
