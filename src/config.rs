@@ -82,6 +82,10 @@ pub struct ServerConfig {
     /// How long shutdown waits for connections to finish before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain and private key: with both, the listener speaks TLS only, with
+    /// HTTP/2 (ALPN `h2`) beside HTTP/1.1. Reloaded on SIGHUP and when the files change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +102,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

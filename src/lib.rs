@@ -31,4 +31,5 @@ pub(crate) mod presence;
 pub(crate) mod pusher;
 pub(crate) mod server;
 pub(crate) mod store;
+pub(crate) mod tls;
 pub(crate) mod webhook;

@@ -47,6 +47,8 @@ pub enum ServeError {
     Hooks(#[from] crate::http::hooks::HookConfigError),
     #[error("Pusher apps configuration")]
     Pusher(#[from] crate::http::pusher::AppsError),
+    #[error("TLS configuration")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
@@ -56,6 +58,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let auth = Arc::new(Auth::from_config(&config.auth)?);
     let hooks = Arc::new(crate::http::hooks::HookRules::from_config(&config.hooks)?);
     let pusher = Arc::new(crate::http::pusher::Apps::from_config(&config.pusher)?);
+    let tls = crate::tls::acceptor(
+        config.server.tls_cert.as_deref(),
+        config.server.tls_key.as_deref(),
+        shutdown.clone(),
+    )?;
     if auth.is_open() && !listen.ip().is_loopback() {
         return Err(ServeError::OpenOnPublicAddress(listen));
     }
@@ -96,6 +103,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         ),
         server: Arc::new(config.server.clone()),
         max_header: limits.max_header_bytes,
+        tls,
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
     };
@@ -113,7 +121,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         tasks: acceptor.tasks.clone(),
     };
     let router = app(state);
-    tracing::info!("listening on http://{addr}");
+    let scheme = if acceptor.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!("listening on {scheme}://{addr}");
     acceptor.run(listener, router).await;
     let grace = acceptor.server.shutdown_grace;
     tracing::info!("shutting down: draining connections");
@@ -164,6 +177,8 @@ struct Acceptor {
     connections: Arc<ConnectionLimits>,
     server: Arc<ServerConfig>,
     max_header: usize,
+    /// With `server.tls_cert`/`tls_key`: every connection is TLS (HTTP/2 or HTTP/1.1).
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -191,13 +206,27 @@ impl Acceptor {
                     let (router, shutdown, server) =
                         (router.clone(), self.shutdown.clone(), self.server.clone());
                     let (permit, max_header) = (Arc::new(permit), self.max_header);
+                    let tls = self.tls.clone();
                     self.tasks.spawn(async move {
+                        if let Some(tls) = tls {
+                            let conn = Connection {
+                                peer,
+                                kill: CancellationToken::new(),
+                                permit: Some(permit),
+                            };
+                            return serve_tls(
+                                stream, tls, conn, router, shutdown, &server, max_header,
+                            )
+                            .await;
+                        }
                         serve_connection(
                             stream, peer, permit, router, shutdown, &server, max_header,
                         )
                         .await;
                     });
                 }
+                // Over TLS a plain-text 429 would be noise: the connection is just closed.
+                Err(_) if self.tls.is_some() => drop(stream),
                 Err(refusal) => {
                     self.tasks.spawn(refuse(stream, refusal));
                 }
@@ -325,6 +354,60 @@ async fn serve_connection(
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = kill.cancelled() => return,
+        _ = shutdown.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = connection => {}
+        _ = kill.cancelled() => {}
+        _ = tokio::time::sleep(server.shutdown_grace) => {}
+    }
+}
+
+/// A TLS connection: the handshake (within the handshake timeout), then HTTP/2 or HTTP/1.1
+/// as ALPN chose, with the same router, limits and kill switch as plain connections.
+/// WebSockets upgrade over HTTP/1.1.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: tokio_rustls::TlsAcceptor,
+    conn: Connection,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    server: &ServerConfig,
+    max_header: usize,
+) {
+    let _ = stream.set_nodelay(true);
+    let stream = match tokio::time::timeout(server.handshake_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let kill = conn.kill.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        router.clone().oneshot(req)
+    });
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.handshake_timeout)
+        .max_buf_size(max_header.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(max_header.max(8192) as u32)
+        .keep_alive_interval(Some(server.heartbeat));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,

@@ -1082,7 +1082,7 @@ async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster(
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` CLI.
-fn make_certs(dir: &std::path::Path) -> bool {
+pub fn make_certs(dir: &std::path::Path) -> bool {
     let run = |args: &[&str]| {
         Command::new("openssl")
             .args(args)

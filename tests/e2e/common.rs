@@ -84,6 +84,10 @@ impl Herald {
         self.child.as_ref().expect("running").id()
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -179,7 +183,9 @@ fn spawn_on(
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .expect("herald did not log `listening on`");
         startup.push(line.clone());
-        if let Some(rest) = line.split("listening on http://").nth(1) {
+        let after = line.split("listening on http").nth(1);
+        let rest = after.and_then(|r| r.strip_prefix("s://").or_else(|| r.strip_prefix("://")));
+        if let Some(rest) = rest {
             let addr = rest
                 .split_whitespace()
                 .next()

@@ -20,5 +20,6 @@ mod pusher;
 mod resume;
 mod slow;
 mod sse;
+mod tls;
 mod webhooks;
 mod ws;

@@ -1,0 +1,201 @@
+//! TLS and HTTP/2 on the listener (`server.tls_cert`/`tls_key`): a real client negotiates
+//! h2 by ALPN (and HTTP/1.1 when it asks for it), the API, SSE and WebSocket work the same,
+//! plain HTTP gets nothing, and a new certificate is taken on SIGHUP without a restart.
+//!
+//! Needs `openssl` to make the certificates (fails under CI without it).
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::cluster::make_certs;
+use crate::common::*;
+
+/// A Herald on TLS with a certificate for 127.0.0.1 signed by a fresh CA in `dir`.
+fn tls_herald(dir: &Path) -> Option<Herald> {
+    if !make_certs(dir) {
+        dependency_missing(
+            "openssl (the TLS tests make certificates with it)",
+            "apt-get install -y openssl",
+        );
+        return None;
+    }
+    Some(Herald::start(&format!(
+        "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        dir.join("redis.pem").display(),
+        dir.join("redis.key").display()
+    )))
+}
+
+fn https_client(ca: &Path, http1_only: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .use_rustls_tls();
+    if http1_only {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_speaks_http2_and_http1_with_the_same_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(h) = tls_herald(dir.path()) else {
+        return;
+    };
+    let base = format!("https://{}", h.addr());
+    let h2 = https_client(&dir.path().join("ca.pem"), false);
+    // Publish over h2.
+    let r = h2
+        .post(format!("{base}/v1/events"))
+        .json(&json!({"channel": "tls", "data": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 201);
+    // Several SSE streams on one h2 connection, each gets its events.
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let r = h2
+            .get(format!("{base}/v1/sse?channel=tls.{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        streams.push(r.bytes_stream());
+    }
+    for i in 0..8 {
+        let r = h2
+            .post(format!("{base}/v1/events"))
+            .json(&json!({"channel": format!("tls.{i}"), "data": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    use futures_util::StreamExt;
+    for (i, s) in streams.iter_mut().enumerate() {
+        let mut text = String::new();
+        while !text.contains(&format!("\"channel\":\"tls.{i}\"")) {
+            let chunk = tokio::time::timeout(WAIT, s.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    // HTTP/1.1 when the client asks for it; history the same.
+    let h1 = https_client(&dir.path().join("ca.pem"), true);
+    let r = h1
+        .get(format!("{base}/v1/events?channel=tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["events"][0]["data"], json!({"n": 1}));
+    // Limits and errors are the same: a bad channel is a 400 with the JSON error.
+    let r = h2
+        .get(format!("{base}/v1/sse?channel=bad%20name"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let plain = client().get(h.url("/healthz")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_upgrade_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(h) = tls_herald(dir.path()) else {
+        return;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_file_iter(dir.path().join("ca.pem")).unwrap()
+    {
+        let cert: rustls_pki_types::CertificateDer = cert.unwrap();
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let url = format!("wss://{}/v1/ws?channel=tls.ws", h.addr());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let welcome = ws.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains("welcome"));
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"op": "publish", "channel": "tls.ws", "data": 1, "ref": 1})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut saw = Vec::new();
+    while saw.len() < 2 {
+        let m = ws.next().await.unwrap().unwrap();
+        if let Ok(v) = serde_json::from_str::<Value>(m.to_text().unwrap_or("")) {
+            if v["op"] == "ack" || v["op"] == "event" {
+                saw.push(v["op"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    saw.sort();
+    assert_eq!(saw, ["ack", "event"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_certificate_is_taken_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(h) = tls_herald(dir.path()) else {
+        return;
+    };
+    let base = format!("https://{}", h.addr());
+    // A second CA and certificate, written over the served files.
+    let next = tempfile::tempdir().unwrap();
+    assert!(make_certs(next.path()));
+    let new_client = https_client(&next.path().join("ca.pem"), false);
+    assert!(
+        new_client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "not yet"
+    );
+    for f in ["redis.pem", "redis.key"] {
+        std::fs::copy(next.path().join(f), dir.path().join(f)).unwrap();
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &h.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    crate::webhooks::eventually("the new certificate", WAIT, async || {
+        let r = new_client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
