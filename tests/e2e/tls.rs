@@ -199,3 +199,47 @@ async fn a_new_certificate_is_taken_on_sighup() {
     })
     .await;
 }
+
+/// Ten EventSource streams from one page over h2, all open at once and all receiving
+/// (HTTP/1.1 would hold the seventh back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_holds_ten_event_streams_to_one_origin_over_http2() {
+    use tokio::io::AsyncBufReadExt;
+    let Some((chromium, dashboard)) = crate::browser::browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(h) = tls_herald(dir.path()) else {
+        return;
+    };
+    let base = format!("https://{}/", h.addr());
+    let mut child = tokio::process::Command::new("node")
+        .arg(dashboard.with_file_name("h2-browser.mjs"))
+        .args([base.as_str(), chromium.to_str().unwrap(), "10"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(WAIT * 2, lines.next_line())
+            .await
+            .expect("the driver went quiet")
+            .unwrap()
+            .expect("the driver exited")
+    };
+    assert_eq!(next().await, "READY");
+    let h2 = https_client(&dir.path().join("ca.pem"), false);
+    for i in 0..10 {
+        let r = h2
+            .post(format!("https://{}/v1/events", h.addr()))
+            .json(&json!({"channel": format!("h2.{i}"), "data": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(next().await, "OK");
+    let _ = child.wait().await;
+}
