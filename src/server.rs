@@ -355,16 +355,31 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
+    let stop = |c: std::pin::Pin<&mut _>| {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
+    };
+    drive(connection, stop, &kill, &shutdown, server.shutdown_grace).await;
+}
+
+/// Runs a connection until it ends or its kill switch fires; on shutdown asks it to finish
+/// (`stop`: hyper's graceful shutdown) and gives it the grace period.
+async fn drive<C: std::future::Future>(
+    mut connection: std::pin::Pin<&mut C>,
+    stop: impl FnOnce(std::pin::Pin<&mut C>),
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) {
     tokio::select! {
         _ = connection.as_mut() => return,
         _ = kill.cancelled() => return,
         _ = shutdown.cancelled() => {}
     }
-    connection.as_mut().graceful_shutdown();
+    stop(connection.as_mut());
     tokio::select! {
         _ = connection => {}
         _ = kill.cancelled() => {}
-        _ = tokio::time::sleep(server.shutdown_grace) => {}
+        _ = tokio::time::sleep(grace) => {}
     }
 }
 
@@ -409,15 +424,8 @@ async fn serve_tls(
         .keep_alive_interval(Some(server.heartbeat));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = kill.cancelled() => return,
-        _ = shutdown.cancelled() => {}
-    }
-    connection.as_mut().graceful_shutdown();
-    tokio::select! {
-        _ = connection => {}
-        _ = kill.cancelled() => {}
-        _ = tokio::time::sleep(server.shutdown_grace) => {}
-    }
+    let stop = |c: std::pin::Pin<&mut _>| {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(c)
+    };
+    drive(connection, stop, &kill, &shutdown, server.shutdown_grace).await;
 }

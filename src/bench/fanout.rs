@@ -327,14 +327,8 @@ struct Ctx<'a> {
 }
 
 async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
-    let Ctx {
-        sources,
-        target,
-        permit,
-        ready,
-        total,
-        mut stop,
-    } = ctx;
+    let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
+    let (permit, mut stop) = (ctx.permit, ctx.stop);
     let stream = sources.connect(target.addr).await?;
     let url = format!("ws://{}/v1/ws?channel={channel}", target.host);
     let config = WebSocketConfig::default()
@@ -370,14 +364,8 @@ async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
 /// A Pusher protocol subscriber: `/app/{key}`, `pusher:subscribe`, then events whose data is
 /// the published JSON as a string (so the numbers it carries appear with escaped quotes).
 async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Result<Seen> {
-    let Ctx {
-        sources,
-        target,
-        permit,
-        ready,
-        total,
-        mut stop,
-    } = ctx;
+    let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
+    let (permit, mut stop) = (ctx.permit, ctx.stop);
     let stream = sources.connect(target.addr).await?;
     let url = format!(
         "ws://{}/app/{key}?protocol=7&client=bench&version=1",
@@ -430,14 +418,8 @@ async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Res
 }
 
 async fn subscribe_sse(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
-    let Ctx {
-        sources,
-        target,
-        permit,
-        ready,
-        total,
-        mut stop,
-    } = ctx;
+    let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
+    let (permit, mut stop) = (ctx.permit, ctx.stop);
     let stream = sources.connect(target.addr).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
