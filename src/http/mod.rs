@@ -372,6 +372,14 @@ pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiErro
         .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))
 }
 
+/// The first value of a query parameter.
+pub fn query_get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// The `token` query parameter (for EventSource and WebSocket, which cannot set headers).
 pub fn query_token(pairs: &[(String, String)]) -> Option<&str> {
     pairs

@@ -10,7 +10,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::{query_pairs, query_token, ApiError, AppState};
+use super::{query_get, query_pairs, query_token, ApiError, AppState};
 use crate::auth::{Principal, Via};
 use crate::event::validate_channel;
 use crate::presence::{Identity, Snapshot, Update, Watch};
@@ -56,12 +56,7 @@ pub async fn members(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let pairs = query_pairs(query.as_deref())?;
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| query_get(&pairs, name);
     let Some(channel) = get("channel") else {
         return Err(ApiError::bad_request(
             "missing_channel",
@@ -89,12 +84,7 @@ pub async fn channels(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let pairs = query_pairs(query.as_deref())?;
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| query_get(&pairs, name);
     let limit = page_limit(get("limit"))?;
     let page = app
         .presence
