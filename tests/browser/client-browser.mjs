@@ -32,6 +32,11 @@ try {
     // A proxy that breaks upgrades: every WebSocket is closed before it opens.
     await page.routeWebSocket(/\/v1\/ws/, (ws) => ws.close());
   }
+  if (mode === "websocket-later") {
+    // Upgrades break for the first attempt only; later ones reach the server.
+    let attempts = 0;
+    await page.routeWebSocket(/\/v1\/ws/, (ws) => (attempts++ === 0 ? ws.close() : ws.connectToServer()));
+  }
   let tokens = 0;
   await page.route("**/__test/token", (route) => {
     tokens++;
@@ -45,9 +50,12 @@ try {
       window.states = [];
       const opts = {};
       if (mode === "token") opts.getToken = async () => (await fetch("/__test/token")).text();
+      if (mode === "websocket-later") opts.retryWebSocketMs = 1000;
+      window.transports = [];
       window.client = connect(location.origin, opts);
       client.on("state", (s) => states.push(s));
       client.on("fallback", () => states.push("fallback"));
+      client.on("connected", () => states.push("via-" + client.mode));
       client.subscribe(channel, { since: 0 }, (e) => got.push(e.seq));
     },
     [channel, mode],

@@ -284,3 +284,27 @@ async fn an_expiring_token_is_renewed_and_the_stream_goes_on() {
     assert!(tokens >= 3, "getToken called {tokens} times");
     page.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_falling_back_the_client_returns_to_websocket() {
+    let h = Herald::start("");
+    let before = publish_n(&h, "c.back", 2).await;
+    let Some(mut page) = Page::open(&h, "websocket-later", "c.back", "").await else {
+        return;
+    };
+    let (seen, states, _) = page.seen(before.len()).await;
+    assert_eq!(seen, before);
+    assert!(states.contains("fallback"), "{states}");
+    // retryWebSocketMs is 1 s in this page: wait for the WebSocket to be back.
+    let mut want = before;
+    let states = crate::webhooks::eventually("the WebSocket again", WAIT, async || {
+        want.extend(publish_n(&h, "c.back", 1).await);
+        let (seen, states, _) = page.seen(want.len()).await;
+        assert_eq!(seen, want, "nothing lost or doubled across the switch");
+        states.contains("via-ws").then_some(states)
+    })
+    .await;
+    let last_sse = states.rfind("via-sse").unwrap();
+    assert!(states.rfind("via-ws").unwrap() > last_sse, "{states}");
+    page.finish().await;
+}
