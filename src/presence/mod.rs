@@ -246,9 +246,7 @@ impl Presence {
     }
 
     /// Makes the caller a member of `channel` and starts watching it: the snapshot (which
-    /// holds the new member) and a [`Watch`] for what follows. Without `member`, only
-    /// watches (an SSE or WS subscriber that asked for presence but is not a member is not
-    /// possible today; kept for the operator's view).
+    /// holds the new member) and a [`Watch`] for what follows.
     pub async fn join(
         self: &Arc<Self>,
         channel: &str,
@@ -378,11 +376,6 @@ impl Presence {
                 .channels(prefix, after, limit)),
             Backend::Shared(redis) => Ok(redis.channels(prefix, after, limit).await?),
         }
-    }
-
-    /// Channels watched on this node (tests, metrics).
-    pub fn watched_channels(&self) -> usize {
-        self.notifier.watched()
     }
 }
 

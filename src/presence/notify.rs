@@ -264,9 +264,4 @@ impl Notifier {
                 .is_ok()
         });
     }
-
-    /// Channels with watchers on this node (for tests and metrics).
-    pub fn watched(&self) -> usize {
-        self.rooms.lock().expect("presence outboxes").len()
-    }
 }

@@ -279,11 +279,13 @@ impl Session {
     /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
     /// (a peer that stops reading would otherwise hold the task here forever).
     async fn flush(&mut self) -> Result<(), Close> {
-        tokio::select! {
-            r = self.sink.flush() => r.map_err(|_| Close(CLOSE_NORMAL, "")),
-            _ = self.lagged.cancelled() => Err(Close(CLOSE_SLOW, "slow consumer: reconnect with since")),
-            _ = self.app.shutdown.cancelled() => Err(Close(CLOSE_GOING_AWAY, "server shutting down")),
-        }
+        flush_or_end(&mut self.sink, &self.lagged, &self.app.shutdown)
+            .await
+            .map_err(|end| match end {
+                FlushEnd::Failed => Close(CLOSE_NORMAL, ""),
+                FlushEnd::Slow => Close(CLOSE_SLOW, "slow consumer: reconnect with since"),
+                FlushEnd::Shutdown => Close(CLOSE_GOING_AWAY, "server shutting down"),
+            })
     }
 
     async fn send(&mut self, value: Value) -> Result<(), Close> {
@@ -493,6 +495,28 @@ fn items(subscription: Subscription, occupant: Option<Occupant>) -> ItemStream {
         Some((item, (s, o)))
     })
     .boxed()
+}
+
+/// Why a guarded flush ended without flushing.
+pub(crate) enum FlushEnd {
+    Failed,
+    Slow,
+    Shutdown,
+}
+
+/// Flushes a WebSocket sink unless the connection is found slow or the server shuts down
+/// first: a peer that stops reading would otherwise hold its task in `flush` forever. Both
+/// WebSocket sessions (Herald's and Pusher's) write through it.
+pub(crate) async fn flush_or_end(
+    sink: &mut Sink,
+    lagged: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), FlushEnd> {
+    tokio::select! {
+        r = sink.flush() => r.map_err(|_| FlushEnd::Failed),
+        _ = lagged.cancelled() => Err(FlushEnd::Slow),
+        _ = shutdown.cancelled() => Err(FlushEnd::Shutdown),
+    }
 }
 
 /// 1009 for a message or frame over the limit (tungstenite's capacity errors), else 1002.

@@ -243,11 +243,14 @@ impl Session {
     /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
     /// (a peer that stops reading would otherwise hold the task here forever).
     async fn flush(&mut self) -> Result<(), Close> {
-        tokio::select! {
-            r = self.sink.flush() => r.map_err(|_| Close(1000, "")),
-            _ = self.lagged.cancelled() => Err(Close(RECONNECT, "slow consumer")),
-            _ = self.app.shutdown.cancelled() => Err(Close(RECONNECT, "server shutting down")),
-        }
+        use crate::http::ws::{flush_or_end, FlushEnd};
+        flush_or_end(&mut self.sink, &self.lagged, &self.app.shutdown)
+            .await
+            .map_err(|end| match end {
+                FlushEnd::Failed => Close(1000, ""),
+                FlushEnd::Slow => Close(RECONNECT, "slow consumer"),
+                FlushEnd::Shutdown => Close(RECONNECT, "server shutting down"),
+            })
     }
 
     /// The frame this socket gets for an item (none for its own triggers and for names in
