@@ -9,7 +9,7 @@ const KEYED: &str = "[auth]\napi_keys = [\"k-admin\"]\njwt_secret = \"test-secre
 
 /// Signs claims with HS256 by an independent route (the jsonwebtoken crate directly), for
 /// tokens the CLI will not make: expired, or signed with the wrong secret.
-fn signed(secret: &[u8], claims: Value) -> String {
+pub fn signed(secret: &[u8], claims: Value) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(secret);
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
 }

@@ -43,7 +43,8 @@ pub fn browser() -> Option<(PathBuf, PathBuf)> {
     Some((chromium.unwrap(), dir.join("dashboard.mjs")))
 }
 
-struct Driver {
+/// A Node page driver speaking lines over stdio (`ERROR ...` fails the test).
+pub struct Driver {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -57,11 +58,16 @@ impl Driver {
         chromium: &std::path::Path,
         credential: Option<&str>,
     ) -> Driver {
+        let mut args = vec![h.url("/"), chromium.to_str().unwrap().to_string()];
+        args.extend(credential.map(String::from));
+        Driver::spawn(script, &args)
+    }
+
+    /// Starts `node script args...`.
+    pub fn spawn(script: &std::path::Path, args: &[String]) -> Driver {
         let mut child = tokio::process::Command::new("node")
             .arg(script)
-            .arg(h.url("/"))
-            .arg(chromium)
-            .args(credential)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -76,7 +82,7 @@ impl Driver {
     }
 
     /// Ends the session; any error the page logged fails the test.
-    async fn finish(mut self) {
+    pub async fn finish(mut self) {
         self.stdin.write_all(b"done\n").await.unwrap();
         drop(self.stdin);
         while let Ok(Some(line)) = self.lines.next_line().await {
@@ -85,7 +91,7 @@ impl Driver {
         let _ = self.child.wait().await;
     }
 
-    async fn line(&mut self) -> String {
+    pub async fn line(&mut self) -> String {
         let line = tokio::time::timeout(WAIT * 2, self.lines.next_line())
             .await
             .expect("the browser driver went quiet")
@@ -95,7 +101,7 @@ impl Driver {
         line
     }
 
-    async fn send(&mut self, command: &str) -> String {
+    pub async fn send(&mut self, command: &str) -> String {
         self.stdin
             .write_all(format!("{command}\n").as_bytes())
             .await

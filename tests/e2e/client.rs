@@ -107,12 +107,8 @@ async fn node_tests_of_the_client() {
     );
 }
 
-/// The page driver (`tests/browser/client-browser.mjs`) over stdio.
-struct Page {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-}
+/// The page driver (`tests/browser/client-browser.mjs`).
+struct Page(crate::browser::Driver);
 
 impl Page {
     async fn open(h: &Herald, mode: &str, channel: &str, secret: &str) -> Option<Page> {
@@ -120,50 +116,24 @@ impl Page {
         if !node_ready() {
             return None;
         }
-        let mut child = tokio::process::Command::new("node")
-            .arg(dashboard.with_file_name("client-browser.mjs"))
-            .args([
-                &h.url("/"),
-                chromium.to_str().unwrap(),
-                mode,
-                channel,
-                secret,
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node");
-        use tokio::io::AsyncBufReadExt;
-        let mut page = Page {
-            stdin: child.stdin.take().unwrap(),
-            lines: tokio::io::BufReader::new(child.stdout.take().unwrap()).lines(),
-            child,
-        };
-        assert_eq!(page.line().await, "READY");
-        Some(page)
+        let args = [h.url("/"), chromium.to_str().unwrap().to_string()]
+            .into_iter()
+            .chain([mode, channel, secret].map(String::from))
+            .collect::<Vec<_>>();
+        let mut driver =
+            crate::browser::Driver::spawn(&dashboard.with_file_name("client-browser.mjs"), &args);
+        assert_eq!(driver.line().await, "READY");
+        Some(Page(driver))
     }
 
     async fn line(&mut self) -> String {
-        let line = tokio::time::timeout(WAIT * 3, self.lines.next_line())
-            .await
-            .expect("the page driver went quiet")
-            .expect("driver stdout")
-            .expect("the page driver exited");
-        assert!(!line.starts_with("ERROR"), "{line}");
-        line
+        self.0.line().await
     }
 
     /// Waits for `n` events; returns (seqs seen, states, token calls).
     async fn seen(&mut self, n: usize) -> (Vec<u64>, String, Option<u64>) {
-        use tokio::io::AsyncWriteExt;
-        self.stdin
-            .write_all(format!("{n}\n").as_bytes())
-            .await
-            .unwrap();
-        let seqs = self.line().await;
-        let states = self.line().await;
+        let seqs = self.0.send(&n.to_string()).await;
+        let states = self.0.line().await;
         let seqs = seqs
             .strip_prefix("SEEN ")
             .unwrap()
@@ -186,14 +156,8 @@ impl Page {
             .unwrap()
     }
 
-    async fn finish(mut self) {
-        use tokio::io::AsyncWriteExt;
-        self.stdin.write_all(b"done\n").await.unwrap();
-        drop(self.stdin);
-        while let Ok(Some(line)) = self.lines.next_line().await {
-            assert!(!line.starts_with("ERROR"), "{line}");
-        }
-        let _ = self.child.wait().await;
+    async fn finish(self) {
+        self.0.finish().await
     }
 }
 
@@ -234,10 +198,9 @@ async fn without_websocket_the_client_falls_back_to_sse_and_misses_nothing() {
     let mut want = before;
     want.extend(publish_n(&h, "c.fallback", 3).await);
     // A publish from the page goes over HTTP while on SSE.
-    use tokio::io::AsyncWriteExt;
-    page.stdin.write_all(b"publish\n").await.unwrap();
     let seq: u64 = page
-        .line()
+        .0
+        .send("publish")
         .await
         .strip_prefix("SEQ ")
         .unwrap()

@@ -245,8 +245,7 @@ fn token(claims: Value) -> String {
         .as_secs()
         + 600)
         .into();
-    let key = jsonwebtoken::EncodingKey::from_secret(b"presence-secret");
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    crate::auth::signed(b"presence-secret", claims)
 }
 
 #[tokio::test]
