@@ -243,3 +243,40 @@ async fn chromium_holds_ten_event_streams_to_one_origin_over_http2() {
     assert_eq!(next().await, "OK");
     let _ = child.wait().await;
 }
+
+/// A half or broken TLS configuration stops the start with a reason naming what is wrong.
+#[test]
+fn bad_tls_settings_refuse_to_start_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+    let junk = dir.path().join("junk.pem").display().to_string();
+    for (toml, reason) in [
+        (
+            format!("[server]\ntls_cert = \"{junk}\"\n"),
+            "go together".to_string(),
+        ),
+        (
+            format!("[server]\ntls_cert = \"{junk}\"\ntls_key = \"{junk}\"\n"),
+            junk.clone(),
+        ),
+        (
+            format!(
+                "[server]\ntls_cert = \"{0}/missing.pem\"\ntls_key = \"{junk}\"\n",
+                dir.path().display()
+            ),
+            "missing.pem".to_string(),
+        ),
+    ] {
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, &toml).unwrap();
+        let out = herald_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .output_within();
+        assert!(!out.status.success(), "{toml}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&reason), "{toml}: {stderr}");
+    }
+}

@@ -173,3 +173,17 @@ test(`size: minified + gzip within ${BUDGET} bytes`, async () => {
   const s = await measure();
   assert.ok(s.gzipped <= BUDGET, JSON.stringify(s));
 });
+
+for (const transport of ["ws", "sse"]) {
+  test(`${transport}: a refused publish rejects with Herald's error code; the client goes on`, async () => {
+    const c = connect(BASE, { ...impls, transport });
+    await until("connected", () => c.state === "connected");
+    await assert.rejects(c.publish("bad channel!", 1), (e) => e.code === "invalid_channel");
+    const channel = fresh("after-error");
+    const got = [];
+    c.subscribe(channel, { since: 0 }, (e) => got.push(e.data));
+    await c.publish(channel, "still fine");
+    await until("the next event", () => got.length === 1);
+    c.close();
+  });
+}
