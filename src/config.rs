@@ -19,6 +19,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub redis: RedisConfig,
     pub presence: PresenceConfig,
+    pub websocket: WebSocketConfig,
     /// Pusher Channels protocol 7 apps (`[[pusher.apps]]`).
     pub pusher: PusherConfig,
     /// Incoming webhooks: who may post to `/v1/hooks/{channel}` without an API key.
@@ -350,12 +351,52 @@ impl Default for PresenceConfig {
     }
 }
 
+/// WebSocket compression (permessage-deflate, RFC 7692), for both `/v1/ws` and `/app/{key}`.
+///
+/// Off by default: an uncompressed event is encoded once and shared by every subscriber,
+/// while deflate costs CPU per connection and message. Worth it when clients pay for
+/// bandwidth (mobile) and events are large, repetitive JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Accept a client's permessage-deflate offer.
+    pub compression: bool,
+    /// Keep each connection's deflate window between messages: better ratios on similar
+    /// messages, but ~300 KiB of state per connection for its whole life. Without it (the
+    /// default) a connection borrows deflate state from a shared pool for one message at a
+    /// time, so an idle connection holds none.
+    pub context_takeover: bool,
+    /// zlib level, 0 (store) to 9 (smallest, slowest).
+    pub compression_level: u32,
+    /// Messages shorter than this many bytes go out uncompressed (deflate rarely shrinks them).
+    pub compression_threshold: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            compression: false,
+            context_takeover: false,
+            compression_level: 1,
+            compression_threshold: 128,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const SECTIONS: [&str; 8] = [
-    "server", "log", "limits", "auth", "webhooks", "redis", "presence", "pusher",
+const SECTIONS: [&str; 9] = [
+    "server",
+    "log",
+    "limits",
+    "auth",
+    "webhooks",
+    "redis",
+    "presence",
+    "pusher",
+    "websocket",
 ];
 
 /// Maps `HERALD_<SECTION>_<KEY>` to `section.key`; the short forms `HERALD_LISTEN`,

@@ -8,7 +8,6 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
@@ -193,7 +192,7 @@ pub struct Event {
     sse_frame: OnceLock<Bytes>,
     /// Without the `event:` line, for `typed=false` subscribers (only built for typed events).
     sse_untyped: OnceLock<Bytes>,
-    ws_text: OnceLock<Utf8Bytes>,
+    ws_text: OnceLock<Bytes>,
     /// One more transport's frame (the Pusher protocol's), built once like the others. Typed
     /// as `Any` so this module need not know that transport.
     extension: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
@@ -272,12 +271,12 @@ impl Event {
             .downcast_ref()
     }
 
-    pub fn ws_text(&self) -> Utf8Bytes {
+    pub fn ws_text(&self) -> Bytes {
         self.ws_text
             .get_or_init(|| {
                 // The envelope always starts with `{"seq":`; splice `"op":"event",` after `{`.
                 let body = std::str::from_utf8(&self.envelope[1..]).unwrap_or("}");
-                Utf8Bytes::from(format!("{{\"op\":\"event\",{body}"))
+                Bytes::from(format!("{{\"op\":\"event\",{body}"))
             })
             .clone()
     }
@@ -422,8 +421,7 @@ mod tests {
         assert!(sse.ends_with(b"}\n\n"));
         assert!(ev
             .ws_text()
-            .as_str()
-            .starts_with(r#"{"op":"event","seq":42,"channel""#));
+            .starts_with(br#"{"op":"event","seq":42,"channel""#));
     }
 
     #[test]

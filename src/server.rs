@@ -116,6 +116,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         hooks,
         publish_rate: Arc::new(RateLimiter::new(limits.publish_rate, limits.publish_burst)),
         metrics,
+        ws: Arc::new(crate::http::ws::socket::Settings::new(&config.websocket)),
         config: Arc::new(config),
         shutdown,
         tasks: acceptor.tasks.clone(),

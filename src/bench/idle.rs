@@ -189,7 +189,7 @@ fn sources_count(s: &Sources) -> usize {
 }
 
 /// A raw SSE request or WebSocket upgrade; returns the socket once the server accepted.
-async fn handshake(
+pub(super) async fn handshake(
     sources: &Sources,
     target: &Target,
     path: &str,

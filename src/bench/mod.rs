@@ -5,6 +5,7 @@
 //! and latency histograms.
 
 pub mod fanout;
+pub mod flood;
 pub mod idle;
 pub mod presence;
 pub mod publish;

@@ -78,6 +78,9 @@ pub(super) enum BenchCommand {
     Fanout(crate::bench::fanout::FanoutArgs),
     /// N subscribers each on its own channel, the rate spread across them.
     Channels(crate::bench::fanout::FanoutArgs),
+    /// N subscribers that never read, one that does, a burst of large events: what the
+    /// stuck ones cost, and whether memory comes back once they are cut.
+    Flood(crate::bench::flood::FloodArgs),
     /// HTTP publish throughput, single events or batches, durable by the server's policy.
     Publish(crate::bench::publish::PublishArgs),
     /// Webhook deliveries/s to a local receiver, with N endpoints on one channel.

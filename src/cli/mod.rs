@@ -45,6 +45,7 @@ pub fn main() -> ExitCode {
                 BenchCommand::Idle(args) => crate::bench::idle::run(args).await,
                 BenchCommand::Fanout(args) => crate::bench::fanout::run(args, false).await,
                 BenchCommand::Channels(args) => crate::bench::fanout::run(args, true).await,
+                BenchCommand::Flood(args) => crate::bench::flood::run(args).await,
                 BenchCommand::Publish(args) => crate::bench::publish::run(args).await,
                 BenchCommand::Webhooks(args) => crate::bench::webhooks::run(args).await,
                 BenchCommand::Presence(args) => crate::bench::presence::run(args).await,

@@ -54,6 +54,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks upgraded WebSocket sessions so shutdown can wait for their close handshakes.
     pub tasks: TaskTracker,
+    /// How WebSocket connections are sized and compressed (`[websocket]`).
+    pub ws: Arc<ws::socket::Settings>,
 }
 
 /// An extractor that admits only an admin credential (an API key in the `Authorization`

@@ -15,9 +15,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Response};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -26,8 +27,10 @@ use super::Connection;
 
 /// Most headers in a request head.
 const MAX_HEADERS: usize = 64;
-/// Stop gathering ready frames into one write past this many bytes.
+/// Stop gathering ready frames into one write past this many bytes...
 const WRITE_BATCH: usize = 64 * 1024;
+/// ...or this many frames.
+const WRITE_FRAMES: usize = 64;
 
 /// Whether the connection's first bytes are an SSE request (a cheap peek; short or
 /// inconclusive reads go to hyper, which handles everything).
@@ -150,14 +153,14 @@ async fn write_response(
             },
             frame = body.frame() => frame,
         };
-        let out = gather(first, &mut body, chunked, &mut ended);
+        let mut out = gather(first, &mut body, chunked, &mut ended);
         if out.is_empty() {
             continue;
         }
         // A full socket must not hold the task forever: the kill switch (slow consumer)
         // and shutdown still end it.
         tokio::select! {
-            r = writer.write_all(&out) => r?,
+            r = write_all_vectored(&mut writer, &mut out) => r?,
             _ = kill.cancelled() => return Ok(()),
             _ = shutdown.cancelled() => return Ok(()),
         }
@@ -184,49 +187,106 @@ fn response_head(parts: &axum::http::response::Parts, http10: bool) -> Vec<u8> {
     head
 }
 
-/// `first` and every frame already waiting behind it, as one buffer: a subscriber behind by
-/// ten events costs one write, not ten (the WebSocket path batches the same way). Sets
-/// `ended` when the stream ended (lagged, expired, shutdown), finishing the body properly.
+/// `first` and every frame already waiting behind it, as one write: a subscriber behind by
+/// ten events costs one syscall, not ten (the WebSocket path batches the same way). The
+/// parts are the events' shared frames themselves, not a copy, so a subscriber whose socket
+/// is full holds references to frames every subscriber shares and a few chunk headers, not
+/// a buffer of its own. Sets `ended` when the stream ended (lagged, expired, shutdown),
+/// finishing the body properly.
 fn gather(
-    first: Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>,
+    first: Option<Result<hyper::body::Frame<Bytes>, axum::Error>>,
     body: &mut Body,
     chunked: bool,
     ended: &mut bool,
-) -> Vec<u8> {
-    let mut out = Vec::new();
+) -> Parts {
+    let mut out = Parts::default();
     let mut next = Some(first);
+    let mut frames = 0;
     while let Some(frame) = next.take() {
         match frame {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    push_chunk(&mut out, &data, chunked);
+                    out.push_chunk(data, chunked);
+                    frames += 1;
                 }
             }
             Some(Err(_)) | None => {
                 if chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    out.push(Bytes::from_static(b"0\r\n\r\n"));
                 }
                 *ended = true;
                 break;
             }
         }
-        if out.len() < WRITE_BATCH {
+        if out.len < WRITE_BATCH && frames < WRITE_FRAMES {
             next = body.frame().now_or_never();
         }
     }
     out
 }
 
-/// Appends one frame, as an HTTP/1.1 chunk unless the client speaks HTTP/1.0.
-fn push_chunk(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
-    if data.is_empty() {
-        return;
+/// Byte strings written together with `writev`.
+#[derive(Default)]
+struct Parts {
+    parts: std::collections::VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Parts {
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
-    if chunked {
-        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(data);
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.parts.push_back(b);
+        }
     }
+
+    /// One frame, as an HTTP/1.1 chunk unless the client speaks HTTP/1.0.
+    fn push_chunk(&mut self, data: Bytes, chunked: bool) {
+        if data.is_empty() {
+            return;
+        }
+        if chunked {
+            self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.push(data);
+            self.push(Bytes::from_static(b"\r\n"));
+        } else {
+            self.push(data);
+        }
+    }
+}
+
+/// Writes every part, as few `writev` calls as the socket allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &mut Parts,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    while !out.parts.is_empty() {
+        let slices: Vec<std::io::IoSlice> = out
+            .parts
+            .iter()
+            .take(64)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        out.len -= n;
+        while n > 0 {
+            let front = out.parts.front_mut().expect("written bytes were queued");
+            if n >= front.len() {
+                n -= front.len();
+                out.parts.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }

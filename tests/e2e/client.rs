@@ -9,11 +9,11 @@ use std::path::PathBuf;
 
 use crate::common::*;
 
-fn client_dir() -> PathBuf {
+pub(crate) fn client_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/js")
 }
 
-fn node_ready() -> bool {
+pub(crate) fn node_ready() -> bool {
     let ok = std::process::Command::new("node")
         .arg("--version")
         .output()

@@ -9,6 +9,7 @@ mod client;
 mod cluster;
 mod cluster_presence;
 mod common;
+mod compression;
 mod durability;
 mod flood;
 mod hardening;

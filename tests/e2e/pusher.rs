@@ -353,7 +353,7 @@ async fn bad_pusher_input_gets_pushers_errors_and_the_connection_survives_where_
         frame(&mut ws).await["event"],
         "pusher_internal:subscription_succeeded"
     );
-    // Over-size frame: closed with 4009.
+    // Over-size frame: closed with 1009 (message too big), which pusher-js retries.
     send_text(
         &mut ws,
         &format!(
@@ -366,7 +366,7 @@ async fn bad_pusher_input_gets_pushers_errors_and_the_connection_survives_where_
         match ws_read(&mut ws).await {
             WsRead::Json(_) => continue,
             WsRead::Closed(c) => {
-                assert_eq!(c.map(|c| c.0), Some(4009));
+                assert_eq!(c.map(|c| c.0), Some(1009));
                 break;
             }
         }

@@ -1,9 +1,10 @@
 //! Pusher protocol 7 frames: what clients send, and building what the server sends.
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use yawc::Frame;
 
 use crate::event::Event;
 
@@ -64,28 +65,28 @@ pub fn data_as<T: serde::de::DeserializeOwned>(data: Option<&RawValue>) -> Optio
     }
 }
 
-fn text(v: Value) -> Message {
-    Message::Text(v.to_string().into())
+fn text(v: Value) -> Frame {
+    Frame::text(v.to_string())
 }
 
-pub fn established(socket_id: &str, activity_timeout: u64) -> Message {
+pub fn established(socket_id: &str, activity_timeout: u64) -> Frame {
     let data = json!({"socket_id": socket_id, "activity_timeout": activity_timeout});
     text(json!({"event": "pusher:connection_established", "data": data.to_string()}))
 }
 
-pub fn error(code: Option<u16>, message: &str) -> Message {
+pub fn error(code: Option<u16>, message: &str) -> Frame {
     text(json!({"event": "pusher:error", "data": {"message": message, "code": code}}))
 }
 
-pub fn pong() -> Message {
+pub fn pong() -> Frame {
     text(json!({"event": "pusher:pong", "data": "{}"}))
 }
 
-pub fn ping() -> Message {
+pub fn ping() -> Frame {
     text(json!({"event": "pusher:ping", "data": "{}"}))
 }
 
-pub fn subscribed(channel: &str, data: Value) -> Message {
+pub fn subscribed(channel: &str, data: Value) -> Frame {
     text(json!({
         "event": "pusher_internal:subscription_succeeded",
         "channel": channel,
@@ -93,7 +94,7 @@ pub fn subscribed(channel: &str, data: Value) -> Message {
     }))
 }
 
-pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> Message {
+pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> Frame {
     text(json!({
         "event": "pusher:subscription_error",
         "channel": channel,
@@ -101,25 +102,25 @@ pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16)
     }))
 }
 
-pub fn member_added(channel: &str, user: &str, info: &Value) -> Message {
+pub fn member_added(channel: &str, user: &str, info: &Value) -> Frame {
     let data = json!({"user_id": user, "user_info": info});
     text(
         json!({"event": "pusher_internal:member_added", "channel": channel, "data": data.to_string()}),
     )
 }
 
-pub fn member_removed(channel: &str, user: &str) -> Message {
+pub fn member_removed(channel: &str, user: &str) -> Frame {
     let data = json!({"user_id": user});
     text(
         json!({"event": "pusher_internal:member_removed", "channel": channel, "data": data.to_string()}),
     )
 }
 
-pub fn cache_miss(channel: &str) -> Message {
+pub fn cache_miss(channel: &str) -> Frame {
     text(json!({"event": "pusher:cache_miss", "channel": channel}))
 }
 
-pub fn signin_success(user_data: &str) -> Message {
+pub fn signin_success(user_data: &str) -> Frame {
     let data = json!({"user_data": user_data});
     text(json!({"event": "pusher:signin_success", "data": data.to_string()}))
 }
@@ -129,7 +130,7 @@ pub fn signin_success(user_data: &str) -> Message {
 #[derive(Debug)]
 pub struct PusherEvent {
     /// None for events a Pusher client must never see (names in Pusher's own namespaces).
-    pub frame: Option<Utf8Bytes>,
+    pub frame: Option<Bytes>,
     /// The socket that triggered it, which does not get it back.
     pub skip_socket: Option<Box<str>>,
 }
@@ -186,7 +187,7 @@ impl PusherEvent {
             data,
             user_id: user,
         };
-        let frame = serde_json::to_string(&out).ok().map(Utf8Bytes::from);
+        let frame = serde_json::to_string(&out).ok().map(Bytes::from);
         PusherEvent { frame, skip_socket }
     }
 }

@@ -1,6 +1,6 @@
 //! What WebSocket clients send, and the JSON shapes of the replies.
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use yawc::Frame;
 
 use crate::presence::Update;
 use serde::Deserialize;
@@ -54,8 +54,8 @@ pub fn parse_client_message(text: &str) -> Result<(ClientMessage, Option<Value>)
     }
 }
 
-pub(super) fn text(value: Value) -> Message {
-    Message::Text(value.to_string().into())
+pub(super) fn text(value: Value) -> Frame {
+    Frame::text(value.to_string())
 }
 
 pub(super) fn with_ref(mut value: Value, reference: Option<&Value>) -> Value {
@@ -73,9 +73,9 @@ pub(super) fn error(reference: Option<&Value>, code: &str, message: &str) -> Val
 }
 
 /// `{"op":"presence", ...}`: a diff's frame is built once for every watcher.
-pub(super) fn presence_message(update: &Update) -> Message {
+pub(super) fn presence_message(update: &Update) -> Frame {
     match update {
-        Update::Diff(d) => Message::Text(Utf8Bytes::try_from(d.ws_text()).expect("JSON is UTF-8")),
+        Update::Diff(d) => Frame::text(d.ws_text()),
         Update::Sync(_) => {
             let mut body = update.body();
             body["op"] = "presence".into();

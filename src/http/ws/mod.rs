@@ -7,13 +7,10 @@
 //! `message.rs`: what clients send (parsed totally: fuzzed and property-tested) and the
 //! shapes of replies. `echo.rs`: the Autobahn echo endpoint.
 
-use std::time::Duration;
-
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use futures_util::future::BoxFuture;
-use futures_util::stream::{BoxStream, FuturesUnordered, SplitSink};
+use futures_util::stream::{BoxStream, FuturesUnordered};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_stream::StreamMap;
@@ -36,40 +33,28 @@ use axum::Extension;
 
 mod echo;
 mod message;
+pub mod socket;
 
 pub use echo::echo;
 use message::{error, presence_message, text, with_ref};
 pub use message::{parse_client_message, ClientMessage, MessageError};
-
-pub const CLOSE_NORMAL: u16 = 1000;
+pub(crate) use socket::{flush_or_end, FlushEnd};
+use socket::{received, Close, Received, Socket, Upgrade};
+use yawc::{Frame, OpCode};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
-pub const CLOSE_PROTOCOL: u16 = 1002;
-
 pub const CLOSE_POLICY: u16 = 1008;
-
-pub const CLOSE_TOO_BIG: u16 = 1009;
 
 pub const CLOSE_INTERNAL: u16 = 1011;
 
 pub const CLOSE_SLOW: u16 = 4008;
-
-const READ_BUFFER: usize = 1024;
-
-const WRITE_BUFFER: usize = 8 * 1024;
-
-/// Bounds what one connection's writer may hold (frames fed before a flush).
-const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Most events written before one flush.
 const WRITE_BATCH: usize = 64;
 
 /// Most publishes awaiting their ack on one connection; past it the reader waits.
 const MAX_IN_FLIGHT: usize = 256;
-
-/// How long a close frame may take to leave; a stuck peer is then just dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn max_message(app: &AppState) -> usize {
     app.config.limits.max_event_bytes + 16 * 1024
@@ -81,7 +66,7 @@ pub async fn upgrade(
     Extension(conn): Extension<Connection>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     if !app.origin_allowed(&headers) {
         return Err(ApiError::new(
@@ -110,27 +95,18 @@ pub async fn upgrade(
         app.auth.check_subscribe(&principal, channel)?;
         initial.push((channel.clone(), filter));
     }
-    let upgrade =
-        upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
-    let limit = max_message(&app);
+    let (response, socket) = upgrade?.accept(app.ws.options(max_message(&app)))?;
     let guard = app.tasks.token();
-    Ok(upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        // Sized to need: most connections are idle, and tungstenite's defaults (128 KiB each
-        // way) would cost more than the rest of the connection.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let _guard = guard;
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Ok(socket) = socket.await {
             Session::new(app, socket, conn, principal)
                 .run(initial, since)
                 .await;
-        }))
+        }
+    });
+    Ok(response)
 }
-
-type Sink = SplitSink<WebSocket, Message>;
 
 type ItemStream = BoxStream<'static, Result<Item, SubscriptionError>>;
 
@@ -138,12 +114,11 @@ type UpdateStream = BoxStream<'static, Update>;
 
 struct Session {
     app: AppState,
-    sink: Sink,
-    stream: futures_util::stream::SplitStream<WebSocket>,
+    ws: Socket,
     subs: StreamMap<String, ItemStream>,
     /// Presence watches (each holding its membership), by channel.
     watches: StreamMap<String, UpdateStream>,
-    acks: FuturesUnordered<BoxFuture<'static, Message>>,
+    acks: FuturesUnordered<BoxFuture<'static, Frame>>,
     /// Shared by every subscription of the connection: one lag closes it with 4008.
     lagged: CancellationToken,
     /// The HTTP connection this came from (its peer, and its slot in the limits).
@@ -154,12 +129,8 @@ struct Session {
     last_seen: tokio::time::Instant,
 }
 
-/// Why the session ends, and the close frame it sends.
-struct Close(u16, &'static str);
-
 impl Session {
-    fn new(app: AppState, socket: WebSocket, conn: Connection, principal: Principal) -> Session {
-        let (sink, stream) = socket.split();
+    fn new(app: AppState, ws: Socket, conn: Connection, principal: Principal) -> Session {
         let limits = &app.config.limits;
         Session {
             bucket: Bucket::new(limits.ws_publish_rate, limits.ws_publish_burst),
@@ -167,8 +138,7 @@ impl Session {
             principal,
             last_seen: tokio::time::Instant::now(),
             app,
-            sink,
-            stream,
+            ws,
             subs: StreamMap::new(),
             watches: StreamMap::new(),
             acks: FuturesUnordered::new(),
@@ -188,8 +158,8 @@ impl Session {
             self.serve().await
         }
         .await;
-        if let Err(Close(code, reason)) = close {
-            self.close(code, reason).await;
+        if let Err(how) = close {
+            self.close(how).await;
         }
     }
 
@@ -202,18 +172,18 @@ impl Session {
         let expires = deadline(&self.principal);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Err(Close(CLOSE_GOING_AWAY, "server shutting down")),
-                _ = lagged.cancelled() => return Err(Close(CLOSE_SLOW, "slow consumer: reconnect with since")),
+                _ = shutdown.cancelled() => return Err(Close::with(CLOSE_GOING_AWAY, "server shutting down")),
+                _ = lagged.cancelled() => return Err(Close::with(CLOSE_SLOW, "slow consumer: reconnect with since")),
                 _ = until(expires) => {
                     self.send(error(None, "token_expired", "the token has expired; reconnect with a fresh one")).await?;
-                    return Err(Close(CLOSE_POLICY, "token expired"));
+                    return Err(Close::with(CLOSE_POLICY, "token expired"));
                 }
                 _ = ping.tick() => {
                     // Browsers answer pings on their own, so silence this long means a dead peer.
                     if self.last_seen.elapsed() > idle {
-                        return Err(Close(CLOSE_GOING_AWAY, "idle timeout"));
+                        return Err(Close::with(CLOSE_GOING_AWAY, "idle timeout"));
                     }
-                    self.feed_flush(Message::Ping(Default::default())).await?
+                    self.feed_flush(Frame::ping(bytes::Bytes::new())).await?
                 }
                 Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.feed_flush(ack).await?,
                 Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
@@ -222,13 +192,13 @@ impl Session {
                 Some((_, update)) = self.watches.next(), if !self.watches.is_empty() => {
                     self.feed_flush(presence_message(&update)).await?;
                 }
-                message = self.stream.next() => match message {
-                    None => return Ok(()),
-                    Some(Ok(message)) => {
+                frame = self.ws.next_frame() => match received(frame) {
+                    Received::Frame(frame) => {
                         self.last_seen = tokio::time::Instant::now();
-                        self.on_message(message).await?
+                        self.on_frame(frame).await?
                     }
-                    Some(Err(e)) => return Err(receive_error(e)),
+                    Received::Closed => return Ok(()),
+                    Received::Refused(how) => return Err(how),
                 },
             }
         }
@@ -244,22 +214,22 @@ impl Session {
         let mut written = 0;
         while let Some((channel, item)) = next.take() {
             let message = match item {
-                Ok(Item::Event(event)) => Message::Text(event.ws_text()),
+                Ok(Item::Event(event)) => Frame::text(event.ws_text()),
                 Ok(Item::Reset { oldest }) => {
                     text(json!({"op": "reset", "channel": channel, "oldest": oldest}))
                 }
                 Err(SubscriptionError::Lagged) => {
-                    return Err(Close(CLOSE_SLOW, "slow consumer: reconnect with since"))
+                    return Err(Close::with(
+                        CLOSE_SLOW,
+                        "slow consumer: reconnect with since",
+                    ))
                 }
                 Err(SubscriptionError::Log(e)) => {
                     tracing::error!(error = %e, "WebSocket subscription failed");
-                    return Err(Close(CLOSE_INTERNAL, "internal error"));
+                    return Err(Close::with(CLOSE_INTERNAL, "internal error"));
                 }
             };
-            self.sink
-                .feed(message)
-                .await
-                .map_err(|_| Close(CLOSE_NORMAL, ""))?;
+            self.ws.feed(message).await.map_err(|_| Close::Fail)?;
             written += 1;
             if written < WRITE_BATCH {
                 next = self.subs.next().now_or_never().flatten();
@@ -268,23 +238,20 @@ impl Session {
         self.flush().await
     }
 
-    async fn feed_flush(&mut self, message: Message) -> Result<(), Close> {
-        self.sink
-            .feed(message)
-            .await
-            .map_err(|_| Close(CLOSE_NORMAL, ""))?;
+    async fn feed_flush(&mut self, message: Frame) -> Result<(), Close> {
+        self.ws.feed(message).await.map_err(|_| Close::Fail)?;
         self.flush().await
     }
 
     /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
     /// (a peer that stops reading would otherwise hold the task here forever).
     async fn flush(&mut self) -> Result<(), Close> {
-        flush_or_end(&mut self.sink, &self.lagged, &self.app.shutdown)
+        flush_or_end(&mut self.ws, &self.lagged, &self.app.shutdown)
             .await
             .map_err(|end| match end {
-                FlushEnd::Failed => Close(CLOSE_NORMAL, ""),
-                FlushEnd::Slow => Close(CLOSE_SLOW, "slow consumer: reconnect with since"),
-                FlushEnd::Shutdown => Close(CLOSE_GOING_AWAY, "server shutting down"),
+                FlushEnd::Failed => Close::Fail,
+                FlushEnd::Slow => Close::with(CLOSE_SLOW, "slow consumer: reconnect with since"),
+                FlushEnd::Shutdown => Close::with(CLOSE_GOING_AWAY, "server shutting down"),
             })
     }
 
@@ -292,10 +259,11 @@ impl Session {
         self.feed_flush(text(value)).await
     }
 
-    async fn on_message(&mut self, message: Message) -> Result<(), Close> {
-        match message {
-            Message::Text(body) => self.on_text(body).await,
-            Message::Binary(_) => {
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), Close> {
+        match frame.opcode() {
+            // yawc checked it is UTF-8 (`with_utf8`).
+            OpCode::Text => self.on_text(frame.as_str()).await,
+            OpCode::Binary => {
                 self.send(error(
                     None,
                     "unsupported_frame",
@@ -303,13 +271,12 @@ impl Session {
                 ))
                 .await
             }
-            Message::Close(_) => Ok(()),
-            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
-    async fn on_text(&mut self, body: Utf8Bytes) -> Result<(), Close> {
-        let (message, reference) = match parse_client_message(body.as_str()) {
+    async fn on_text(&mut self, body: &str) -> Result<(), Close> {
+        let (message, reference) = match parse_client_message(body) {
             Ok(parsed) => parsed,
             Err(e) => {
                 return self
@@ -468,23 +435,10 @@ impl Session {
         self.subs.insert(channel, items(subscription, occupant));
     }
 
-    /// Sends a close frame (bounded in time), then reads until the peer's close or EOF so the
-    /// closing handshake completes cleanly.
-    async fn close(mut self, code: u16, reason: &'static str) {
+    async fn close(mut self, how: Close) {
         self.subs = StreamMap::new();
         self.watches = StreamMap::new();
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let sent =
-            tokio::time::timeout(CLOSE_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await;
-        if matches!(sent, Ok(Ok(()))) {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                while let Some(Ok(_)) = self.stream.next().await {}
-            })
-            .await;
-        }
+        socket::close(&mut self.ws, how).await;
     }
 }
 
@@ -495,36 +449,4 @@ fn items(subscription: Subscription, occupant: Option<Occupant>) -> ItemStream {
         Some((item, (s, o)))
     })
     .boxed()
-}
-
-/// Why a guarded flush ended without flushing.
-pub(crate) enum FlushEnd {
-    Failed,
-    Slow,
-    Shutdown,
-}
-
-/// Flushes a WebSocket sink unless the connection is found slow or the server shuts down
-/// first: a peer that stops reading would otherwise hold its task in `flush` forever. Both
-/// WebSocket sessions (Herald's and Pusher's) write through it.
-pub(crate) async fn flush_or_end(
-    sink: &mut Sink,
-    lagged: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> Result<(), FlushEnd> {
-    tokio::select! {
-        r = sink.flush() => r.map_err(|_| FlushEnd::Failed),
-        _ = lagged.cancelled() => Err(FlushEnd::Slow),
-        _ = shutdown.cancelled() => Err(FlushEnd::Shutdown),
-    }
-}
-
-/// 1009 for a message or frame over the limit (tungstenite's capacity errors), else 1002.
-fn receive_error(e: axum::Error) -> Close {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = e.into_inner();
-    match inner.downcast_ref::<WsError>() {
-        Some(WsError::Capacity(_)) => Close(CLOSE_TOO_BIG, "message too big"),
-        _ => Close(CLOSE_PROTOCOL, "protocol error"),
-    }
 }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::Message;
 use serde_json::{json, Value};
+use yawc::Frame;
 
 use super::super::message::{self, data_as, ChannelData, ClientFrame, PusherEvent, SubscribeData};
 use super::super::{herald_channel, is_cache, signature_ok, valid_channel, Kind};
@@ -133,7 +133,7 @@ impl Session {
         name: &str,
         mapped: &str,
         channel_data: Option<&str>,
-    ) -> Result<Value, Message> {
+    ) -> Result<Value, Frame> {
         let parsed: Option<ChannelData> = channel_data.and_then(|t| serde_json::from_str(t).ok());
         let Some((user, info)) = parsed.and_then(|c| Some((c.user_id()?, c.user_info))) else {
             return Err(message::subscription_error(
@@ -198,7 +198,7 @@ impl Session {
             .and_then(|e| e.extension(|e| PusherEvent::of(e, name)))
             .and_then(|p| p.frame.clone());
         match frame {
-            Some(f) => self.send(Message::Text(f)).await,
+            Some(f) => self.send(Frame::text(f)).await,
             None => self.send(message::cache_miss(name)).await,
         }
     }

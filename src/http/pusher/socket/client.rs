@@ -94,7 +94,7 @@ impl Session {
                 "Invalid signin: bad signature or user_data without id",
             ))
             .await?;
-            return Err(Close(UNAUTHORIZED, "unauthorized"));
+            return Err(Close::with(UNAUTHORIZED, "unauthorized"));
         };
         let filter = Filter::notice(&terminate_channel(&self.pusher.id, &user));
         let ends = self.app.hub.subscribe(filter, None, self.lagged.clone());

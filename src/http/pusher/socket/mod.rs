@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use bytes::Bytes;
+use yawc::{Frame, OpCode};
+
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::Extension;
-use futures_util::stream::{BoxStream, SplitSink, SplitStream};
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,7 @@ use super::message::{self, data_as, ClientFrame, PusherEvent, SubscribeData};
 mod channels;
 mod client;
 use crate::config::PusherApp;
+use crate::http::ws::socket::{self, received, Close, Received, Socket, Upgrade};
 use crate::http::{query_pairs, AppState, Connection};
 use crate::hub::{Item, SubscriptionError};
 use crate::limits::Bucket;
@@ -31,8 +34,6 @@ const MAX_FRAME: usize = 64 * 1024;
 
 /// Client events per second per connection (Pusher's limit).
 const CLIENT_EVENT_RATE: u32 = 10;
-
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most events written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -64,55 +65,48 @@ pub async fn upgrade(
     Path(key): Path<String>,
     Extension(conn): Extension<Connection>,
     RawQuery(query): RawQuery,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<Upgrade, crate::http::ApiError>,
 ) -> Response {
-    // No Origin check here, unlike `/v1/ws`: a Pusher socket carries no ambient credential
-    // (no cookie is read; private channels need a signature from the app's own auth
-    // endpoint), so a page on any site may connect, as with Pusher itself.
+    use axum::response::IntoResponse;
     let pusher_app = app.pusher.by_key(&key).cloned();
     let protocol = query_pairs(query.as_deref())
         .ok()
         .and_then(|p| p.into_iter().find(|(k, _)| k == "protocol"))
         .map(|(_, v)| v);
     let guard = app.tasks.token();
-    upgrade
-        .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
-        .read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| async move {
-            let _guard = guard;
-            let (mut sink, stream) = socket.split();
-            // Pusher reports these on the open socket, then closes it.
-            let refusal = match (&pusher_app, protocol.as_deref()) {
-                (None, _) => Some((APP_UNKNOWN, format!("Could not find app by key {key}"))),
-                (_, Some(p)) if p.parse::<u32>().map_or(true, |v| !(5..=7).contains(&v)) => Some((
-                    UNSUPPORTED_PROTOCOL,
-                    format!("Unsupported protocol version {p}"),
-                )),
-                _ => None,
-            };
-            if let Some((code, reason)) = refusal {
-                let _ = sink.send(message::error(Some(code), &reason)).await;
-                close(sink, stream, code, "").await;
-                return;
-            }
-            let pusher_app = pusher_app.expect("checked");
-            Session::new(app, pusher_app, sink, stream, conn)
-                .run()
-                .await;
-        })
+    let (response, socket) = match upgrade.and_then(|u| u.accept(app.ws.options(MAX_FRAME))) {
+        Ok(accepted) => accepted,
+        Err(e) => return e.into_response(),
+    };
+    tokio::spawn(async move {
+        let _guard = guard;
+        let Ok(mut ws) = socket.await else { return };
+        // Pusher reports these on the open socket, then closes it.
+        let refusal = match (&pusher_app, protocol.as_deref()) {
+            (None, _) => Some((APP_UNKNOWN, format!("Could not find app by key {key}"))),
+            (_, Some(p)) if p.parse::<u32>().map_or(true, |v| !(5..=7).contains(&v)) => Some((
+                UNSUPPORTED_PROTOCOL,
+                format!("Unsupported protocol version {p}"),
+            )),
+            _ => None,
+        };
+        if let Some((code, reason)) = refusal {
+            let _ = ws.send(message::error(Some(code), &reason)).await;
+            socket::close(&mut ws, Close::with(code, "")).await;
+            return;
+        }
+        let pusher_app = pusher_app.expect("checked");
+        Session::new(app, pusher_app, ws, conn).run().await;
+    });
+    response
 }
-
-type Sink = SplitSink<WebSocket, Message>;
 type ItemStream = BoxStream<'static, Result<Item, SubscriptionError>>;
 
 struct Session {
     app: AppState,
     pusher: Arc<PusherApp>,
     socket_id: String,
-    sink: Sink,
-    stream: SplitStream<WebSocket>,
+    ws: Socket,
     /// By Pusher channel name.
     subs: StreamMap<String, ItemStream>,
     watches: StreamMap<String, BoxStream<'static, Update>>,
@@ -128,16 +122,8 @@ struct Session {
     last_seen: tokio::time::Instant,
 }
 
-struct Close(u16, &'static str);
-
 impl Session {
-    fn new(
-        app: AppState,
-        pusher: Arc<PusherApp>,
-        sink: Sink,
-        stream: SplitStream<WebSocket>,
-        conn: Connection,
-    ) -> Session {
+    fn new(app: AppState, pusher: Arc<PusherApp>, ws: Socket, conn: Connection) -> Session {
         let socket_id = format!(
             "{}.{}",
             node_number(),
@@ -147,8 +133,7 @@ impl Session {
             app,
             pusher,
             socket_id,
-            sink,
-            stream,
+            ws,
             subs: StreamMap::new(),
             watches: StreamMap::new(),
             members: HashMap::new(),
@@ -167,10 +152,10 @@ impl Session {
             Ok(()) => self.serve(Duration::from_secs(timeout.max(1))).await,
             Err(c) => Err(c),
         };
-        let Close(code, reason) = result.err().unwrap_or(Close(1000, ""));
+        let how = result.err().unwrap_or(Close::with(1000, ""));
         self.subs = StreamMap::new();
         self.watches = StreamMap::new();
-        close(self.sink, self.stream, code, reason).await;
+        socket::close(&mut self.ws, how).await;
     }
 
     async fn serve(&mut self, activity: Duration) -> Result<(), Close> {
@@ -180,13 +165,13 @@ impl Session {
         let lagged = self.lagged.clone();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Err(Close(RECONNECT, "server shutting down")),
-                _ = lagged.cancelled() => return Err(Close(RECONNECT, "slow consumer")),
+                _ = shutdown.cancelled() => return Err(Close::with(RECONNECT, "server shutting down")),
+                _ = lagged.cancelled() => return Err(Close::with(RECONNECT, "slow consumer")),
                 _ = tick.tick() => {
                     // Silent for a whole activity period: ping; silent for another: gone.
                     if self.last_seen.elapsed() >= activity {
                         if pinged {
-                            return Err(Close(PONG_MISSED, "pong not received"));
+                            return Err(Close::with(PONG_MISSED, "pong not received"));
                         }
                         pinged = true;
                         self.send(message::ping()).await?;
@@ -198,21 +183,21 @@ impl Session {
                 Some((channel, update)) = self.watches.next(), if !self.watches.is_empty() => {
                     self.tell_members(&channel, update).await?;
                 }
-                frame = self.stream.next() => match frame {
-                    None => return Ok(()),
-                    Some(Ok(frame)) => {
+                frame = self.ws.next_frame() => match received(frame) {
+                    Received::Frame(frame) => {
                         self.last_seen = tokio::time::Instant::now();
                         pinged = false;
                         self.on_frame(frame).await?;
                     }
-                    Some(Err(e)) => return Err(receive_error(e)),
+                    Received::Closed => return Ok(()),
+                    Received::Refused(how) => return Err(how),
                 },
             }
         }
     }
 
-    async fn send(&mut self, m: Message) -> Result<(), Close> {
-        self.sink.feed(m).await.map_err(|_| Close(1000, ""))?;
+    async fn send(&mut self, m: Frame) -> Result<(), Close> {
+        self.ws.feed(m).await.map_err(|_| Close::Fail)?;
         self.flush().await
     }
 
@@ -227,10 +212,10 @@ impl Session {
         let mut written = 0;
         while let Some((channel, item)) = next.take() {
             if let Some(frame) = self.frame(&channel, item)? {
-                self.sink
-                    .feed(Message::Text(frame))
+                self.ws
+                    .feed(Frame::text(frame))
                     .await
-                    .map_err(|_| Close(1000, ""))?;
+                    .map_err(|_| Close::Fail)?;
                 written += 1;
             }
             if written < WRITE_BATCH {
@@ -244,12 +229,12 @@ impl Session {
     /// (a peer that stops reading would otherwise hold the task here forever).
     async fn flush(&mut self) -> Result<(), Close> {
         use crate::http::ws::{flush_or_end, FlushEnd};
-        flush_or_end(&mut self.sink, &self.lagged, &self.app.shutdown)
+        flush_or_end(&mut self.ws, &self.lagged, &self.app.shutdown)
             .await
             .map_err(|end| match end {
-                FlushEnd::Failed => Close(1000, ""),
-                FlushEnd::Slow => Close(RECONNECT, "slow consumer"),
-                FlushEnd::Shutdown => Close(RECONNECT, "server shutting down"),
+                FlushEnd::Failed => Close::Fail,
+                FlushEnd::Slow => Close::with(RECONNECT, "slow consumer"),
+                FlushEnd::Shutdown => Close::with(RECONNECT, "server shutting down"),
             })
     }
 
@@ -259,20 +244,20 @@ impl Session {
         &self,
         channel: &str,
         item: Result<Item, SubscriptionError>,
-    ) -> Result<Option<Utf8Bytes>, Close> {
+    ) -> Result<Option<Bytes>, Close> {
         let event = match item {
             // The API ended this signed-in user's connections.
             Ok(Item::Event(_)) if channel == TERMINATE => {
-                return Err(Close(UNAUTHORIZED, "connection terminated"))
+                return Err(Close::with(UNAUTHORIZED, "connection terminated"))
             }
             Ok(Item::Event(e)) => e,
             // Pusher has no way to say "events were lost": a client reconnects and, with no
             // cursor in the protocol, starts from now.
             Ok(Item::Reset { .. }) => return Ok(None),
-            Err(SubscriptionError::Lagged) => return Err(Close(RECONNECT, "slow consumer")),
+            Err(SubscriptionError::Lagged) => return Err(Close::with(RECONNECT, "slow consumer")),
             Err(SubscriptionError::Log(e)) => {
                 tracing::error!(error = %e, "Pusher subscription failed");
-                return Err(Close(RECONNECT, "internal error"));
+                return Err(Close::with(RECONNECT, "internal error"));
             }
         };
         Ok(event
@@ -281,17 +266,18 @@ impl Session {
             .and_then(|p| p.frame.clone()))
     }
 
-    async fn on_frame(&mut self, frame: Message) -> Result<(), Close> {
-        let text = match frame {
-            Message::Text(t) => t,
-            Message::Binary(_) => {
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), Close> {
+        let text = match frame.opcode() {
+            // yawc checked it is UTF-8.
+            OpCode::Text => frame.as_str(),
+            OpCode::Binary => {
                 return self
                     .send(message::error(None, "Binary frames are not supported"))
                     .await
             }
             _ => return Ok(()),
         };
-        let Ok(frame) = serde_json::from_str::<ClientFrame>(text.as_str()) else {
+        let Ok(frame) = serde_json::from_str::<ClientFrame>(text) else {
             return self
                 .send(message::error(
                     None,
@@ -340,32 +326,4 @@ fn items(subscription: crate::hub::Subscription, occupant: Occupant) -> ItemStre
         Some((item, (s, o)))
     })
     .boxed()
-}
-
-fn receive_error(e: axum::Error) -> Close {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e.into_inner().downcast_ref::<WsError>() {
-        Some(WsError::Capacity(_)) => Close(UNAUTHORIZED, "message too large"),
-        _ => Close(1002, "protocol error"),
-    }
-}
-
-/// Sends a close frame (bounded in time), then reads to the peer's close or EOF.
-async fn close(
-    mut sink: Sink,
-    mut stream: SplitStream<WebSocket>,
-    code: u16,
-    reason: &'static str,
-) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    let sent = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-    if matches!(sent, Ok(Ok(()))) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
-    }
 }
