@@ -39,7 +39,7 @@ pub use echo::echo;
 use message::{error, presence_message, text, with_ref};
 pub use message::{parse_client_message, ClientMessage, MessageError};
 pub(crate) use socket::{flush_or_end, FlushEnd};
-use socket::{received, Close, Received, Socket, Upgrade};
+use socket::{received, Close, Received, Socket, Upgrade, WRITE_BATCH, WRITE_BATCH_BYTES};
 use yawc::{Frame, OpCode};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -49,9 +49,6 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_INTERNAL: u16 = 1011;
 
 pub const CLOSE_SLOW: u16 = 4008;
-
-/// Most events written before one flush.
-const WRITE_BATCH: usize = 64;
 
 /// Most publishes awaiting their ack on one connection; past it the reader waits.
 const MAX_IN_FLIGHT: usize = 256;
@@ -211,7 +208,7 @@ impl Session {
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
         let mut next = Some((channel, first));
-        let mut written = 0;
+        let (mut written, mut bytes) = (0, 0);
         while let Some((channel, item)) = next.take() {
             let message = match item {
                 Ok(Item::Event(event)) => Frame::text(event.ws_text()),
@@ -229,9 +226,10 @@ impl Session {
                     return Err(Close::with(CLOSE_INTERNAL, "internal error"));
                 }
             };
+            bytes += message.payload().len();
             self.ws.feed(message).await.map_err(|_| Close::Fail)?;
             written += 1;
-            if written < WRITE_BATCH {
+            if written < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
                 next = self.subs.next().now_or_never().flatten();
             }
         }

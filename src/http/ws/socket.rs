@@ -24,10 +24,17 @@ pub type Socket = yawc::WebSocket<yawc::HttpStream>;
 const READ_BUFFER: usize = 1024;
 
 /// Write buffer a connection starts with; a batch of events grows it until flushed.
-const WRITE_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 1024;
 
 /// Bounds what one connection's writer may hold (frames fed before a flush).
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Most frames fed before one flush...
+pub const WRITE_BATCH: usize = 64;
+
+/// ...and most bytes: the frames are copied into the connection's write buffer, and a
+/// consumer that stopped reading keeps that buffer until it is cut.
+pub const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
 /// How long a close frame may take to leave; a stuck peer is then just dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

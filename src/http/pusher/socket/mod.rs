@@ -23,7 +23,9 @@ use super::message::{self, data_as, ClientFrame, PusherEvent, SubscribeData};
 mod channels;
 mod client;
 use crate::config::PusherApp;
-use crate::http::ws::socket::{self, received, Close, Received, Socket, Upgrade};
+use crate::http::ws::socket::{
+    self, received, Close, Received, Socket, Upgrade, WRITE_BATCH, WRITE_BATCH_BYTES,
+};
 use crate::http::{query_pairs, AppState, Connection};
 use crate::hub::{Item, SubscriptionError};
 use crate::limits::Bucket;
@@ -34,9 +36,6 @@ const MAX_FRAME: usize = 64 * 1024;
 
 /// Client events per second per connection (Pusher's limit).
 const CLIENT_EVENT_RATE: u32 = 10;
-
-/// Most events written before one flush.
-const WRITE_BATCH: usize = 64;
 
 /// Pusher close codes (4000-4099: do not reconnect; 4100-4199: back off; 4200-4299:
 /// reconnect now).
@@ -209,16 +208,17 @@ impl Session {
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
         let mut next = Some((channel, first));
-        let mut written = 0;
+        let (mut written, mut bytes) = (0, 0);
         while let Some((channel, item)) = next.take() {
             if let Some(frame) = self.frame(&channel, item)? {
+                bytes += frame.len();
                 self.ws
                     .feed(Frame::text(frame))
                     .await
                     .map_err(|_| Close::Fail)?;
                 written += 1;
             }
-            if written < WRITE_BATCH {
+            if written < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
                 next = self.subs.next().now_or_never().flatten();
             }
         }
