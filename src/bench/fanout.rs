@@ -30,6 +30,8 @@ pub enum Transport {
     Mix,
     /// The Pusher protocol at `/app/{key}` (publishes go to the app's mapped channel).
     Pusher,
+    /// `/v1/ws` offering permessage-deflate (the server needs `[websocket] compression`).
+    WsDeflate,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +54,10 @@ pub struct FanoutArgs {
     /// Bytes of padding in each event's data.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// Make the padding order-like JSON (line items with SKUs, names, quantities, prices)
+    /// instead of one repeated byte, which any compressor would flatter.
+    #[arg(long)]
+    pub realistic: bool,
     /// Source addresses to spread over (default: one per 25,000 connections).
     #[arg(long, default_value_t = 1)]
     pub sources: usize,
@@ -140,6 +146,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             match kind {
                 Transport::Sse => subscribe_sse(ctx, &channel).await,
                 Transport::Pusher => subscribe_pusher(ctx, &channel, &key).await,
+                Transport::WsDeflate => subscribe_ws_deflate(ctx, &channel).await,
                 _ => subscribe_ws(ctx, &channel).await,
             }
         }));
@@ -164,10 +171,11 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     );
     let rss_start = args.server_pid.and_then(rss_kib);
     let cpu_start = args.server_pid.and_then(cpu_secs);
+    let wire_start = loopback_bytes();
 
     // Publish: one batch per 10 ms tick.
     let http = reqwest::Client::new();
-    let pad = "x".repeat(args.payload);
+    let pad = padding(args.payload, args.realistic);
     let channels = if per_channel { args.subscribers } else { 1 };
     let ticks_per_sec = 100u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / ticks_per_sec));
@@ -231,6 +239,9 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     }
     let drain_secs = publish_start.elapsed().as_secs_f64();
     let rss_end = args.server_pid.and_then(rss_kib);
+    let wire = wire_start
+        .zip(loopback_bytes())
+        .map(|(a, b)| b.saturating_sub(a));
     let cpu = cpu_start
         .zip(args.server_pid.and_then(cpu_secs))
         .map(|(a, b)| b - a);
@@ -262,6 +273,8 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         "server_rss_start_kib": rss_start, "server_rss_end_kib": rss_end,
         "server_cpu_s": cpu,
         "deliveries_per_server_cpu_s": cpu.map(|c| received as f64 / c.max(1e-9)),
+        "loopback_bytes": wire,
+        "loopback_bytes_per_delivery": wire.map(|w| w as f64 / received.max(1) as f64),
     });
     if args.json {
         println!("{report}");
@@ -279,6 +292,12 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             println!(
                 "{scenario}: server CPU {c:.2}s = {:.0} deliveries per server CPU-second",
                 received as f64 / c.max(1e-9)
+            );
+        }
+        if let Some(w) = wire {
+            println!(
+                "{scenario}: {w} bytes over loopback = {:.0} per delivery (publishes included)",
+                w as f64 / received.max(1) as f64
             );
         }
     }
@@ -415,6 +434,73 @@ async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Res
         }
     }
     Ok(seen)
+}
+
+/// `/v1/ws` through yawc's client, offering permessage-deflate; frames arrive inflated.
+async fn subscribe_ws_deflate(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
+    let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
+    let (permit, mut stop) = (ctx.permit, ctx.stop);
+    let stream = sources.connect(target.addr).await?;
+    let url = format!("ws://{}/v1/ws?channel={channel}", target.host).parse()?;
+    let options = yawc::Options::default().with_compression_level(yawc::CompressionLevel::fast());
+    let mut ws = yawc::WebSocket::handshake(url, stream, options).await?;
+    loop {
+        let frame = ws.next_frame().await?;
+        if frame.as_str().contains("\"subscribed\"") {
+            break;
+        }
+    }
+    drop(permit);
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut seen = Seen::new();
+    let mut last_seq = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            frame = ws.next_frame() => match frame {
+                Ok(f) if f.opcode() == yawc::OpCode::Text => {
+                    record(&mut seen, f.payload(), &mut last_seq, total)
+                }
+                Ok(_) => {}
+                Err(_) => { seen.disconnected = true; break; }
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// The `p` field of each event: `payload` bytes of `x`, or with `realistic` an order's line
+/// items (about `payload` bytes of JSON).
+fn padding(payload: usize, realistic: bool) -> Value {
+    if !realistic {
+        return Value::String("x".repeat(payload));
+    }
+    let mut lines = Vec::new();
+    let mut size = 0;
+    let mut i = 0u64;
+    const NAMES: [&str; 4] = ["Blue widget", "Red gadget, large", "Spare part kit", "Gift card"];
+    while size < payload {
+        let line = json!({
+            "sku": format!("SKU-{:05}", (i * 7919) % 100_000),
+            "name": NAMES[i as usize % 4],
+            "qty": i % 5 + 1,
+            "price_cents": 199 + (i * 1337) % 20_000,
+            "in_stock": i % 3 != 0,
+        });
+        size += line.to_string().len() + 1;
+        lines.push(line);
+        i += 1;
+    }
+    Value::Array(lines)
+}
+
+/// Bytes the loopback interface has sent, from /sys (every byte a bench moves, both ways).
+fn loopback_bytes() -> Option<u64> {
+    std::fs::read_to_string("/sys/class/net/lo/statistics/tx_bytes")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 async fn subscribe_sse(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
