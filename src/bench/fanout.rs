@@ -70,6 +70,14 @@ pub struct FanoutArgs {
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// `channels` only: how many channels the subscribers spread over (subscriber i is on
+    /// channel i mod N); 0 = one channel per subscriber.
+    #[arg(long, default_value_t = 0)]
+    pub channels: usize,
+    /// `channels` only: this percentage of subscribers subscribe by a pattern that matches
+    /// exactly their channel (`....{c}.*`) instead of by its name.
+    #[arg(long, default_value_t = 0)]
+    pub pattern_percent: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -94,10 +102,15 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .unwrap_or_default();
     let pusher = args.transport == Transport::Pusher;
-    // What subscribers name; publishes go to its Herald channel (the same unless Pusher).
-    let name_of = |i: usize| {
+    let channels = match (per_channel, args.channels) {
+        (false, _) => 1,
+        (true, 0) => args.subscribers,
+        (true, n) => n,
+    };
+    // Channel c's name; publishes go to its Herald channel (the same unless Pusher).
+    let name_of = |c: usize| {
         if per_channel {
-            format!("bench.{scenario}.{run_id}.{i}")
+            format!("bench.{scenario}.{run_id}.{c}.e")
         } else {
             format!("bench.{scenario}.{run_id}")
         }
@@ -131,7 +144,15 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             received_total.clone(),
             stop_rx.clone(),
         );
-        let channel = if pusher { name_of(i) } else { channel_of(i) };
+        let c = i % channels;
+        let channel = if pusher {
+            name_of(c)
+        } else if per_channel && i % 100 < args.pattern_percent {
+            // Matches channel c and no other (`.1.*` is not a prefix of `.10.e`).
+            format!("bench.{scenario}.{run_id}.{c}.*")
+        } else {
+            channel_of(c)
+        };
         subscribers.push(tokio::spawn(async move {
             let (gate, sources, target, ready, total, stop) = ctx;
             let permit = gate.acquire_owned().await.expect("gate");
@@ -176,7 +197,6 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     // Publish: one batch per 10 ms tick.
     let http = reqwest::Client::new();
     let pad = padding(args.payload, args.realistic);
-    let channels = if per_channel { args.subscribers } else { 1 };
     let ticks_per_sec = 100u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / ticks_per_sec));
     let mut published = 0u64;
@@ -229,7 +249,9 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     }
     let publish_secs = publish_start.elapsed().as_secs_f64();
     let expected: u64 = if per_channel {
-        published
+        (0..args.subscribers)
+            .map(|i| per_channel_count[i % channels])
+            .sum()
     } else {
         published * args.subscribers as u64
     };
@@ -478,7 +500,12 @@ fn padding(payload: usize, realistic: bool) -> Value {
     let mut lines = Vec::new();
     let mut size = 0;
     let mut i = 0u64;
-    const NAMES: [&str; 4] = ["Blue widget", "Red gadget, large", "Spare part kit", "Gift card"];
+    const NAMES: [&str; 4] = [
+        "Blue widget",
+        "Red gadget, large",
+        "Spare part kit",
+        "Gift card",
+    ];
     while size < payload {
         let line = json!({
             "sku": format!("SKU-{:05}", (i * 7919) % 100_000),
