@@ -156,7 +156,7 @@ impl Session {
         }
         .await;
         if let Err(how) = close {
-            self.close(how).await;
+            Box::pin(self.close(how)).await;
         }
     }
 
@@ -192,7 +192,10 @@ impl Session {
                 frame = self.ws.next_frame() => match received(frame) {
                     Received::Frame(frame) => {
                         self.last_seen = tokio::time::Instant::now();
-                        self.on_frame(frame).await?
+                        // Boxed: handling a client message (subscribe, presence, publish)
+                        // needs far more state than waiting does, and an idle connection's
+                        // task would otherwise reserve room for it all its life.
+                        Box::pin(self.on_frame(frame)).await?
                     }
                     Received::Closed => return Ok(()),
                     Received::Refused(how) => return Err(how),

@@ -186,7 +186,8 @@ impl Session {
                     Received::Frame(frame) => {
                         self.last_seen = tokio::time::Instant::now();
                         pinged = false;
-                        self.on_frame(frame).await?;
+                        // Boxed, as in Herald's own session: an idle task stays small.
+                        Box::pin(self.on_frame(frame)).await?;
                     }
                     Received::Closed => return Ok(()),
                     Received::Refused(how) => return Err(how),
