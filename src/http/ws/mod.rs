@@ -39,7 +39,7 @@ pub use echo::echo;
 use message::{error, presence_message, text, with_ref};
 pub use message::{parse_client_message, ClientMessage, MessageError};
 pub(crate) use socket::{flush_or_end, FlushEnd};
-use socket::{received, Close, Received, Socket, Upgrade, WRITE_BATCH, WRITE_BATCH_BYTES};
+use socket::{received, Batch, Close, Received, Socket, Upgrade};
 use yawc::{Frame, OpCode};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -211,7 +211,7 @@ impl Session {
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
         let mut next = Some((channel, first));
-        let (mut written, mut bytes) = (0, 0);
+        let mut batch = Batch::default();
         while let Some((channel, item)) = next.take() {
             let message = match item {
                 Ok(Item::Event(event)) => Frame::text(event.ws_text()),
@@ -229,10 +229,7 @@ impl Session {
                     return Err(Close::with(CLOSE_INTERNAL, "internal error"));
                 }
             };
-            bytes += message.payload().len();
-            self.ws.feed(message).await.map_err(|_| Close::Fail)?;
-            written += 1;
-            if written < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+            if batch.feed(&mut self.ws, message).await? {
                 next = self.subs.next().now_or_never().flatten();
             }
         }

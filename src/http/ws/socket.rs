@@ -30,11 +30,11 @@ const WRITE_BUFFER: usize = 1024;
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Most frames fed before one flush...
-pub const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 64;
 
 /// ...and most bytes: the frames are copied into the connection's write buffer, and a
 /// consumer that stopped reading keeps that buffer until it is cut.
-pub const WRITE_BATCH_BYTES: usize = 8 * 1024;
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
 /// How long a close frame may take to leave; a stuck peer is then just dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,6 +171,24 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
+}
+
+/// Frames fed since the last flush, for both sessions' write batching: feed what is ready,
+/// flush once, so a subscriber behind by ten events costs one write, not ten.
+#[derive(Default)]
+pub(crate) struct Batch {
+    frames: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Feeds one frame; true while the batch has room for another before the flush.
+    pub async fn feed(&mut self, ws: &mut Socket, frame: Frame) -> Result<bool, Close> {
+        self.frames += 1;
+        self.bytes += frame.payload().len();
+        ws.feed(frame).await.map_err(|_| Close::Fail)?;
+        Ok(self.frames < WRITE_BATCH && self.bytes < WRITE_BATCH_BYTES)
+    }
 }
 
 /// Why a guarded flush ended without flushing.

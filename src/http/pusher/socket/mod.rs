@@ -23,9 +23,7 @@ use super::message::{self, data_as, ClientFrame, PusherEvent, SubscribeData};
 mod channels;
 mod client;
 use crate::config::PusherApp;
-use crate::http::ws::socket::{
-    self, received, Close, Received, Socket, Upgrade, WRITE_BATCH, WRITE_BATCH_BYTES,
-};
+use crate::http::ws::socket::{self, received, Batch, Close, Received, Socket, Upgrade};
 use crate::http::{query_pairs, AppState, Connection};
 use crate::hub::{Item, SubscriptionError};
 use crate::limits::Bucket;
@@ -209,17 +207,13 @@ impl Session {
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
         let mut next = Some((channel, first));
-        let (mut written, mut bytes) = (0, 0);
+        let mut batch = Batch::default();
         while let Some((channel, item)) = next.take() {
-            if let Some(frame) = self.frame(&channel, item)? {
-                bytes += frame.len();
-                self.ws
-                    .feed(Frame::text(frame))
-                    .await
-                    .map_err(|_| Close::Fail)?;
-                written += 1;
-            }
-            if written < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+            let room = match self.frame(&channel, item)? {
+                Some(frame) => batch.feed(&mut self.ws, Frame::text(frame)).await?,
+                None => true,
+            };
+            if room {
                 next = self.subs.next().now_or_never().flatten();
             }
         }
