@@ -225,6 +225,8 @@ pub struct WebhooksConfig {
     pub max_in_flight: usize,
     /// Deliveries in flight per endpoint (ordered endpoints always have one).
     pub max_in_flight_per_endpoint: usize,
+    /// Threads delivering webhooks, below the real-time path's priority (0: half the cores).
+    pub threads: usize,
 }
 
 impl Default for WebhooksConfig {
@@ -242,6 +244,7 @@ impl Default for WebhooksConfig {
             rotation_overlap: Duration::from_secs(24 * h),
             max_in_flight: 256,
             max_in_flight_per_endpoint: 16,
+            threads: 0,
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct WebhooksArgs {
     /// Give up after this long.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// The server's pid, to report deliveries per server CPU-second (same machine only).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +67,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         );
     }
     let expected = (args.events * args.endpoints) as u64;
+    let cpu_start = args.server_pid.and_then(super::cpu_secs);
     let started = Instant::now();
     let mut sent = 0;
     while sent < args.events {
@@ -92,6 +96,10 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let got = received.load(Ordering::Relaxed);
+    let cpu = cpu_start
+        .zip(args.server_pid.and_then(super::cpu_secs))
+        .map(|(a, b)| b - a);
+    let per_cpu = cpu.map(|c| got as f64 / c.max(1e-9));
     for id in &ids {
         let _ = http.delete(format!("{base}/v1/webhooks/{id}")).send().await;
     }
@@ -101,15 +109,19 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
             "{}",
             json!({"scenario": "webhooks", "endpoints": args.endpoints, "events": args.events,
                    "deliveries": got, "expected": expected, "seconds": elapsed.as_secs_f64(),
-                   "publish_seconds": published.as_secs_f64(), "deliveries_per_sec": rate})
+                   "publish_seconds": published.as_secs_f64(), "deliveries_per_sec": rate,
+                   "server_cpu_seconds": cpu, "deliveries_per_cpu_sec": per_cpu})
         );
     } else {
         println!(
-            "webhooks: {} endpoints x {} events: {got}/{expected} deliveries in {:.2}s = {rate:.0} deliveries/s (publishing took {:.2}s)",
+            "webhooks: {} endpoints x {} events: {got}/{expected} deliveries in {:.2}s = {rate:.0} deliveries/s (publishing took {:.2}s){}",
             args.endpoints,
             args.events,
             elapsed.as_secs_f64(),
-            published.as_secs_f64()
+            published.as_secs_f64(),
+            cpu.zip(per_cpu)
+                .map(|(c, p)| format!(", server CPU {c:.2}s = {p:.0} deliveries per CPU-second"))
+                .unwrap_or_default()
         );
     }
     if got < expected {
@@ -122,7 +134,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
 }
 
 /// A minimal receiver on 127.0.0.1 that answers 204 and counts.
-async fn start_receiver(count: Arc<AtomicU64>) -> anyhow::Result<SocketAddr> {
+pub(super) async fn start_receiver(count: Arc<AtomicU64>) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = axum::Router::new().fallback(move || {

@@ -32,7 +32,7 @@ impl From<WebhookError> for ApiError {
                 tracing::warn!(error = %e, "webhook store unavailable");
                 ApiError::unavailable("webhook_store_unavailable", format!("{e}; retry shortly"))
             }
-            WebhookError::Store(e) => {
+            WebhookError::Store(_) | WebhookError::Recorded(_) => {
                 tracing::error!(error = %e, "webhook store error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

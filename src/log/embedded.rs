@@ -199,6 +199,16 @@ impl Log for EmbeddedLog {
         blocking(move || store.get(head, seq))
     }
 
+    /// One trip to the blocking pool for the lot.
+    fn get_many(
+        &self,
+        seqs: Vec<u64>,
+    ) -> BoxFuture<'static, Result<Vec<Option<EventRef>>, LogError>> {
+        let head = self.head.load(Ordering::Acquire);
+        let store = self.store.clone();
+        blocking(move || seqs.iter().map(|&seq| store.get(head, seq)).collect())
+    }
+
     fn bounds(&self) -> Bounds {
         Bounds {
             oldest: self.oldest.load(Ordering::Acquire),

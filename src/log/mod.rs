@@ -142,6 +142,16 @@ pub trait Log: Send + Sync + 'static {
     /// One durable event by seq (None if never written, not yet durable, or trimmed).
     fn get(&self, seq: u64) -> BoxFuture<'static, Result<Option<EventRef>, LogError>>;
 
+    /// Several events by seq, in the order asked (webhook delivery reads a scheduling pass's
+    /// events together). By default, concurrent `get`s.
+    fn get_many(
+        &self,
+        seqs: Vec<u64>,
+    ) -> BoxFuture<'static, Result<Vec<Option<EventRef>>, LogError>> {
+        let gets: Vec<_> = seqs.into_iter().map(|seq| self.get(seq)).collect();
+        futures_util::future::try_join_all(gets).boxed()
+    }
+
     /// `head` is the last seq this node has handed to its listener (every event up to it is
     /// readable), `oldest` the first retained one.
     fn bounds(&self) -> Bounds;

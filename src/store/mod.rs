@@ -35,6 +35,9 @@ pub enum StoreError {
     /// A compare-and-set lost to concurrent writers more often than it retries.
     #[error("{0}")]
     Contended(String),
+    /// The webhook attempt writer has stopped (the server is shutting down).
+    #[error("the webhook attempt writer has stopped")]
+    Closed,
     /// Blocking store work could not run (the runtime is shutting down).
     #[error("store task failed: {0}")]
     Task(#[source] tokio::task::JoinError),

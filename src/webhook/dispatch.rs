@@ -10,9 +10,9 @@ use super::deliver::{Message, Outcome};
 use super::endpoint::Live;
 use super::queue::Want;
 use super::retry::{self, Decision};
-use super::store::{Attempt, Endpoint, Resolution, Task};
+use super::store::{Attempt, Endpoint, Finished, Resolution, Task};
 use super::{WebhookError, Webhooks};
-use crate::event::{format_time, now_ms};
+use crate::event::{format_time, now_ms, EventRef};
 
 /// Scheduling passes happen at least this often (retries come due without a wake-up).
 const POLL: Duration = Duration::from_millis(50);
@@ -99,6 +99,18 @@ impl Webhooks {
             return Ok(());
         }
         let claimed = self.store.claim(now, &wants, total, &in_flight).await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        // Endpoints on the same channels claim the same events: read each once, together.
+        let mut seqs: Vec<u64> = claimed.iter().map(|(_, t)| t.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let events: HashMap<u64, Option<EventRef>> = seqs
+            .iter()
+            .copied()
+            .zip(self.hub.log().get_many(seqs.clone()).await?)
+            .collect();
         for (id, task) in claimed {
             let Some(live) = live_map.get(&id) else {
                 continue;
@@ -114,15 +126,17 @@ impl Webhooks {
                 f.total += 1;
                 *f.per_endpoint.entry(id).or_default() += 1;
             }
-            self.tasks.spawn(self.clone().attempt(live.clone(), task));
+            let event = events.get(&task.seq).cloned().flatten();
+            self.spawn(self.clone().attempt(live.clone(), task, event));
         }
         Ok(())
     }
 
-    async fn attempt(self: Arc<Self>, live: Arc<Live>, task: Task) {
+    /// `event` is None when retention trimmed it before its delivery.
+    async fn attempt(self: Arc<Self>, live: Arc<Live>, task: Task, event: Option<EventRef>) {
         let id = live.endpoint.id.clone();
         let seq = task.seq;
-        if let Err(e) = self.attempt_inner(&live, task).await {
+        if let Err(e) = self.attempt_inner(&live, task, event).await {
             tracing::error!(endpoint = %id, seq, error = %e, "webhook attempt failed to record");
         }
         {
@@ -140,9 +154,13 @@ impl Webhooks {
         self.wake.notify_one();
     }
 
-    async fn attempt_inner(&self, live: &Live, task: Task) -> Result<(), WebhookError> {
+    async fn attempt_inner(
+        &self,
+        live: &Live,
+        task: Task,
+        event: Option<EventRef>,
+    ) -> Result<(), WebhookError> {
         let endpoint = &live.endpoint;
-        let event = self.hub.log().get(task.seq).await?;
         let now = now_ms();
         let Some(event) = event else {
             let outcome = Outcome {
@@ -248,9 +266,13 @@ impl Webhooks {
             next_attempt: next_at.map(format_time),
             response_body: outcome.body.clone(),
         };
-        self.store
-            .finish(&live.endpoint.id, task, attempt, resolution)
-            .await?;
+        let finished = Finished {
+            endpoint: live.endpoint.id.clone(),
+            task,
+            attempt,
+            resolution,
+        };
+        self.recorder.finish(finished).await?;
         Ok(())
     }
 }

@@ -12,7 +12,9 @@ pub mod guard;
 mod notices;
 mod pusher;
 pub mod queue;
+mod record;
 pub mod retry;
+mod runtime;
 pub mod sign;
 pub mod store;
 
@@ -55,13 +57,17 @@ pub enum WebhookError {
     /// The webhook store (endpoints, queue, attempt log) failed.
     #[error("the webhook store failed: {0}")]
     Store(#[from] StoreError),
+    /// A batched store write failed (every attempt in the batch shares the error).
+    #[error("the webhook store failed: {0}")]
+    Recorded(#[from] Arc<StoreError>),
     /// Reading the event log (for a delivery or a replay) failed.
     #[error(transparent)]
     Log(#[from] LogError),
 }
 
 pub struct Webhooks {
-    store: Queue,
+    store: Arc<Queue>,
+    recorder: record::Recorder,
     hub: Arc<Hub>,
     config: WebhooksConfig,
     /// `config.retry_schedule`, unwrapped.
@@ -72,7 +78,10 @@ pub struct Webhooks {
     in_flight: Mutex<InFlight>,
     wake: Notify,
     shutdown: CancellationToken,
+    /// Every webhook task runs on `rt` (see `runtime`), tracked by `tasks`.
     tasks: TaskTracker,
+    rt: tokio::runtime::Handle,
+    runtime: Mutex<runtime::DeliveryRuntime>,
 }
 
 impl Webhooks {
@@ -88,8 +97,19 @@ impl Webhooks {
             allow_private: config.allow_private,
             allow_hosts: config.allow_hosts.clone(),
         };
+        let runtime = runtime::DeliveryRuntime::start(config.threads).map_err(|e| {
+            WebhookError::Invalid(format!("the webhook delivery threads did not start: {e}"))
+        })?;
+        let store = Arc::new(store);
+        let recorder = {
+            let _on = runtime.handle().enter();
+            record::Recorder::start(store.clone(), config.max_in_flight)
+        };
         let service = Arc::new(Webhooks {
-            deliverer: Deliverer::new(policy, config.timeout),
+            recorder,
+            rt: runtime.handle(),
+            runtime: Mutex::new(runtime),
+            deliverer: Deliverer::new(policy, config.timeout, config.max_in_flight),
             schedule: config.retry_schedule.iter().map(|d| **d).collect(),
             store,
             hub,
@@ -104,9 +124,9 @@ impl Webhooks {
         for endpoint in service.store.endpoints().await? {
             service.install(endpoint)?;
         }
-        service.tasks.spawn(service.clone().schedule());
+        service.spawn(service.clone().schedule());
         if service.store.is_shared() {
-            service.tasks.spawn(service.clone().refresh());
+            service.spawn(service.clone().refresh());
         }
         Ok(service)
     }
@@ -167,6 +187,14 @@ impl Webhooks {
         }
     }
 
+    /// On the delivery runtime, tracked for shutdown.
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn_on(task, &self.rt);
+    }
+
     /// Waits (bounded) for in-flight deliveries after shutdown was signalled.
     pub async fn close(&self, grace: Duration) {
         self.tasks.close();
@@ -196,6 +224,7 @@ impl Webhooks {
                 ),
             }
         }
+        self.runtime.lock().expect("delivery runtime").stop();
     }
 
     fn install(self: &Arc<Self>, endpoint: Endpoint) -> Result<Arc<Live>, WebhookError> {
@@ -209,7 +238,7 @@ impl Webhooks {
             old.stop.cancel();
         }
         if live.endpoint.enabled {
-            self.tasks.spawn(self.clone().enqueue(live.clone()));
+            self.spawn(self.clone().enqueue(live.clone()));
         }
         self.wake.notify_one();
         Ok(live)
@@ -387,7 +416,7 @@ impl Webhooks {
         let live = Arc::new(Live::new(self.get(id).await?)?);
         let until = self.store.cursor(id).await?;
         let service = self.clone();
-        self.tasks.spawn(async move {
+        self.spawn(async move {
             if let Err(e) = service.replay_range(&live, since, until).await {
                 tracing::error!(endpoint = %live.endpoint.id, error = %e, "webhook replay failed");
             }

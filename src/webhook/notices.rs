@@ -19,7 +19,7 @@ impl Webhooks {
     /// Takes the presence side's notices until shutdown.
     pub fn take_notices(self: &Arc<Self>, mut rx: mpsc::Receiver<Notice>) {
         let service = self.clone();
-        self.tasks.spawn(async move {
+        self.spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
                 tokio::select! {

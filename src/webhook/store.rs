@@ -146,7 +146,17 @@ pub enum Step {
     Stop,
 }
 
+/// An attempt to record, with what it does to its task.
+#[derive(Clone)]
+pub struct Finished {
+    pub endpoint: String,
+    pub task: Task,
+    pub attempt: Attempt,
+    pub resolution: Resolution,
+}
+
 /// How a finished attempt changes the task.
+#[derive(Clone, Copy)]
 pub enum Resolution {
     Delivered,
     Retry {
@@ -336,41 +346,47 @@ impl WebhookStore {
         index.tasks.get(id).map_or(0, BTreeMap::len)
     }
 
-    /// Records an attempt and applies its resolution to the task, atomically.
-    pub fn finish(
-        &self,
-        id: &str,
-        task: Task,
-        mut attempt: Attempt,
-        resolution: Resolution,
-    ) -> Result<Attempt, StoreError> {
+    /// Records attempts and applies their resolutions to their tasks, atomically, in one
+    /// store batch: the delivery workers' results are written together, not one write (and
+    /// one journal lock) per attempt.
+    pub fn finish(&self, finished: &mut [Finished]) -> Result<(), StoreError> {
         let mut batch = self.keyspace.batch();
-        let key = task_key(id, task.seq);
-        let attempts = task.attempts + 1;
-        match resolution {
-            Resolution::Delivered | Resolution::Failed => batch.remove(&self.tasks, key),
-            Resolution::Retry { next_at_ms } => {
-                batch.insert(&self.tasks, key, task_value(attempts, next_at_ms))
+        for Finished {
+            endpoint,
+            task,
+            attempt,
+            resolution,
+        } in finished.iter_mut()
+        {
+            let key = task_key(endpoint, task.seq);
+            match *resolution {
+                Resolution::Delivered | Resolution::Failed => batch.remove(&self.tasks, key),
+                Resolution::Retry { next_at_ms } => {
+                    batch.insert(&self.tasks, key, task_value(task.attempts + 1, next_at_ms))
+                }
+                Resolution::Keep => {}
             }
-            Resolution::Keep => {}
+            attempt.id = self.next_attempt.fetch_add(1, Ordering::AcqRel);
+            let mut akey = name_prefix(endpoint);
+            akey.extend_from_slice(&attempt.id.to_be_bytes());
+            batch.insert(
+                &self.attempts,
+                akey,
+                serde_json::to_vec(attempt).map_err(json_err)?,
+            );
         }
-        let n = self.next_attempt.fetch_add(1, Ordering::AcqRel);
-        attempt.id = n;
-        let mut akey = name_prefix(id);
-        akey.extend_from_slice(&n.to_be_bytes());
-        batch.insert(
-            &self.attempts,
-            akey,
-            serde_json::to_vec(&attempt).map_err(json_err)?,
-        );
         let mut index = self.index.lock().expect("webhook index");
         batch.commit()?;
-        match resolution {
-            Resolution::Delivered | Resolution::Failed => index.remove(id, task.seq),
-            Resolution::Retry { next_at_ms } => index.put(id, task.seq, attempts, next_at_ms),
-            Resolution::Keep => {}
+        for f in finished.iter() {
+            match f.resolution {
+                Resolution::Delivered | Resolution::Failed => index.remove(&f.endpoint, f.task.seq),
+                Resolution::Retry { next_at_ms } => {
+                    index.put(&f.endpoint, f.task.seq, f.task.attempts + 1, next_at_ms)
+                }
+                Resolution::Keep => {}
+            }
         }
-        Ok(attempt)
+        Ok(())
     }
 
     /// Attempts of an endpoint with id > `after`, optionally only those with `status`.

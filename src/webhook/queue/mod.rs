@@ -17,7 +17,7 @@ mod redis;
 
 pub use self::redis::RedisQueue;
 use super::retry::AttemptStatus;
-use super::store::{Attempt, Endpoint, Resolution, Task, WebhookStore};
+use super::store::{Attempt, Endpoint, Finished, Task, WebhookStore};
 use crate::store::StoreError;
 
 /// What the scheduler may start for one endpoint now.
@@ -169,21 +169,19 @@ impl Queue {
         }
     }
 
-    /// Records an attempt and applies its resolution, atomically. In a cluster the resolution
-    /// applies only while this node still holds the claim.
-    pub async fn finish(
-        &self,
-        id: &str,
-        task: Task,
-        attempt: Attempt,
-        resolution: Resolution,
-    ) -> Result<Attempt, StoreError> {
+    /// Records attempts and applies their resolutions, each atomically (on one node all in
+    /// one write). In a cluster a resolution applies only while this node still holds the
+    /// claim.
+    pub async fn finish(&self, mut finished: Vec<Finished>) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => {
-                let id = id.to_string();
-                blocking(s, move |s| s.finish(&id, task, attempt, resolution)).await
+            Queue::Local(s) => blocking(s, move |s| s.finish(&mut finished)).await,
+            // Concurrent calls on the multiplexed connection go out as one pipeline.
+            Queue::Shared(r) => {
+                let calls = finished
+                    .into_iter()
+                    .map(|f| r.finish(f.endpoint, f.task, f.attempt, f.resolution));
+                futures_util::future::try_join_all(calls).await.map(|_| ())
             }
-            Queue::Shared(r) => r.finish(id, task, attempt, resolution).await,
         }
     }
 

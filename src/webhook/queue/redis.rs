@@ -263,7 +263,7 @@ impl RedisQueue {
 
     pub(super) async fn finish(
         &self,
-        id: &str,
+        id: String,
         task: Task,
         mut attempt: Attempt,
         resolution: Resolution,
@@ -280,7 +280,7 @@ impl RedisQueue {
         let (n, owned): (u64, i64) = self
             .finish
             .arg(&self.prefix)
-            .arg(id)
+            .arg(&id)
             .arg(task.seq)
             .arg(task.claim.as_deref().unwrap_or(""))
             .arg(kind)
@@ -293,7 +293,7 @@ impl RedisQueue {
             .map_err(StoreError::from)?;
         if owned == 0 {
             tracing::warn!(
-                endpoint = id,
+                endpoint = %id,
                 seq = task.seq,
                 "webhook claim expired before the attempt finished; another node owns the task now"
             );
