@@ -225,8 +225,11 @@ pub struct WebhooksConfig {
     pub max_in_flight: usize,
     /// Deliveries in flight per endpoint (ordered endpoints always have one).
     pub max_in_flight_per_endpoint: usize,
-    /// Threads delivering webhooks, below the real-time path's priority (0: half the cores).
+    /// Threads delivering webhooks (0: half the cores).
     pub threads: usize,
+    /// How far below the real-time path those threads run (a nice increment, 0 to 19; 0:
+    /// same priority).
+    pub nice: u8,
 }
 
 impl Default for WebhooksConfig {
@@ -245,6 +248,7 @@ impl Default for WebhooksConfig {
             max_in_flight: 256,
             max_in_flight_per_endpoint: 16,
             threads: 0,
+            nice: 10,
         }
     }
 }

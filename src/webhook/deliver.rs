@@ -6,11 +6,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+
 use super::guard::{GuardedResolver, Policy};
 use super::sign::{signature_header, Secret};
 
 /// Response bodies kept in the attempt log are cut to this many bytes.
 pub const MAX_RESPONSE_BODY: usize = 4096;
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 /// Longest `Retry-After` we honour; beyond it the regular schedule applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -46,7 +51,8 @@ impl Outcome {
 
 /// A message ready to send to one endpoint.
 pub struct Message<'a> {
-    pub url: &'a str,
+    /// The endpoint's URL as `Deliverer::target` checked it (or why it is refused).
+    pub url: &'a Result<reqwest::Url, String>,
     pub webhook_id: &'a str,
     pub body: Bytes,
     pub secrets: Vec<&'a Secret>,
@@ -88,25 +94,32 @@ impl Deliverer {
         &self.policy
     }
 
+    /// Parses and checks an endpoint's URL once (the policy is fixed for the process): IP
+    /// literals never reach the resolver, so they are refused here.
+    pub fn target(&self, url: &str) -> Result<reqwest::Url, String> {
+        self.policy.check_url(url).map_err(|e| e.to_string())
+    }
+
     pub async fn send(&self, message: Message<'_>, timestamp: u64) -> Outcome {
         let started = Instant::now();
-        // IP-literal URLs never reach the resolver, so they are checked here.
-        if let Err(e) = self.policy.check_url(message.url) {
-            return Outcome::failed(e.to_string(), started);
-        }
+        let url = match message.url {
+            Ok(url) => url.clone(),
+            Err(e) => return Outcome::failed(e.clone(), started),
+        };
         let signature = signature_header(
             &message.secrets,
             message.webhook_id,
             timestamp,
             &message.body,
         );
+        // Names and the fixed value pre-validated: no parsing per request.
         let request = self
             .client
-            .post(message.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", message.webhook_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature);
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(WEBHOOK_ID, message.webhook_id)
+            .header(WEBHOOK_TIMESTAMP, timestamp)
+            .header(WEBHOOK_SIGNATURE, signature);
         let request = match message.pusher {
             Some(p) => super::format::pusher_headers(p, &message.body)
                 .into_iter()
@@ -141,6 +154,9 @@ impl Deliverer {
 
 /// Reads at most `MAX_RESPONSE_BODY` bytes of the body, then stops.
 async fn read_prefix(response: reqwest::Response) -> String {
+    if response.content_length() == Some(0) {
+        return String::new();
+    }
     let mut out = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {

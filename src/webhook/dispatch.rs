@@ -175,8 +175,11 @@ impl Webhooks {
             return Ok(());
         };
         let webhook_id = format!("{}_{}", endpoint.id, task.seq);
+        let target = live
+            .target
+            .get_or_init(|| self.deliverer.target(&endpoint.url));
         let message = Message {
-            url: &endpoint.url,
+            url: target,
             webhook_id: &webhook_id,
             body: super::format::body(&event, endpoint, now),
             secrets: live.signing_secrets(now),

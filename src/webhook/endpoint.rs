@@ -59,6 +59,8 @@ pub(super) struct Live {
     pub(super) secret: Secret,
     pub(super) previous: Option<Secret>,
     pub(super) filter: Filter,
+    /// The URL parsed and checked once, at the first delivery.
+    pub(super) target: std::sync::OnceLock<Result<reqwest::Url, String>>,
     pub(super) stop: CancellationToken,
     /// What the running enqueuer was started for; a change means a restart.
     pub(super) route: Route,
@@ -103,6 +105,7 @@ impl Live {
             secret,
             previous,
             filter,
+            target: Default::default(),
             stop: CancellationToken::new(),
         })
     }

@@ -17,6 +17,11 @@ use crate::hub::{Item, SubscriptionError};
 
 /// Most events folded into one enqueue batch.
 const ENQUEUE_BATCH: usize = 1000;
+/// How long an enqueuer lets events gather before writing them. Under a stream of single
+/// publishes each endpoint would otherwise write (and take the store's journal lock, which
+/// the log's writer also needs) once per event; a few milliseconds on a webhook's latency
+/// turns that into one write per endpoint per interval.
+const LINGER: Duration = Duration::from_millis(5);
 
 impl Webhooks {
     pub(super) async fn replay_range(
@@ -72,6 +77,7 @@ impl Webhooks {
                     item = sub.next() => item,
                 };
                 let mut items = vec![first];
+                tokio::time::sleep(LINGER).await;
                 while items.len() < ENQUEUE_BATCH {
                     match sub.next().now_or_never() {
                         Some(item) => items.push(item),

@@ -97,9 +97,10 @@ impl Webhooks {
             allow_private: config.allow_private,
             allow_hosts: config.allow_hosts.clone(),
         };
-        let runtime = runtime::DeliveryRuntime::start(config.threads).map_err(|e| {
-            WebhookError::Invalid(format!("the webhook delivery threads did not start: {e}"))
-        })?;
+        let runtime =
+            runtime::DeliveryRuntime::start(config.threads, config.nice).map_err(|e| {
+                WebhookError::Invalid(format!("webhook delivery threads not started: {e}"))
+            })?;
         let store = Arc::new(store);
         let recorder = {
             let _on = runtime.handle().enter();

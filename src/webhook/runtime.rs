@@ -2,13 +2,11 @@
 //! real-time path. Measured on the shared runtime: 10 busy endpoints took publish ingest from
 //! 18k to 1.6k events/s, because every publish waited in the same run queues as hundreds of
 //! delivery tasks. A delivery can wait a few milliseconds; a publisher's acknowledgement and a
-//! subscriber's frame should not. With its own threads at a lower priority (nice 10), delivery
-//! uses whatever CPU the real-time path leaves, and all of it when that is idle.
+//! subscriber's frame should not. With its own threads at a lower priority (`webhooks.nice`,
+//! 10 by default), delivery uses whatever CPU the real-time path leaves, and all of it when
+//! that is idle.
 
 use tokio::runtime::{Handle, Runtime};
-
-/// How much lower than the rest of Herald the delivery threads run (a nice increment).
-const NICENESS: i32 = 10;
 
 /// Owns the delivery runtime; dropping it stops the runtime without blocking (allowed inside
 /// another runtime, which plain `Runtime` drop is not).
@@ -17,8 +15,14 @@ pub struct DeliveryRuntime {
 }
 
 impl DeliveryRuntime {
-    /// `threads` = 0: half the cores, at least one.
-    pub fn start(threads: usize) -> std::io::Result<DeliveryRuntime> {
+    /// `threads` = 0: half the cores, at least one. `nice`: how much lower than the rest of
+    /// Herald the threads run.
+    pub fn start(threads: usize, nice: u8) -> std::io::Result<DeliveryRuntime> {
+        if nice > 19 {
+            return Err(std::io::Error::other(format!(
+                "webhooks.nice is {nice}; it must be 0 to 19"
+            )));
+        }
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,
@@ -26,7 +30,7 @@ impl DeliveryRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("herald-webhook")
-            .on_thread_start(lower_priority)
+            .on_thread_start(move || lower_priority(nice.into()))
             .enable_all()
             .build()?;
         Ok(DeliveryRuntime {
@@ -56,19 +60,19 @@ impl Drop for DeliveryRuntime {
     }
 }
 
-/// Linux keeps a nice value per thread, and threads inherit it from the one that spawns them,
-/// so the runtime's blocking pool runs at the same lower priority. Raising niceness needs no
-/// privilege; where it fails nothing changes but the priority.
-fn lower_priority() {
+/// Linux keeps a nice value per thread. Set relative to the process's main thread (not to
+/// this thread, which inherited its spawner's: a blocking-pool thread started by a delivery
+/// worker would otherwise end up 20 below). Raising niceness needs no privilege; where it
+/// fails nothing changes but the priority.
+fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    // SAFETY: these calls take plain integers and touch no memory of ours.
     unsafe {
-        let tid = libc::gettid();
-        let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        let base = libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t);
         libc::setpriority(
             libc::PRIO_PROCESS,
-            tid as libc::id_t,
-            (current + NICENESS).min(19),
+            libc::gettid() as libc::id_t,
+            (base + nice).min(19),
         );
     }
 }

@@ -796,3 +796,47 @@ async fn private_and_metadata_destinations_are_refused_by_default() {
     })
     .await;
 }
+
+/// Delivery work runs on its own threads, niced below the threads that carry publishes and
+/// subscribers (read from the kernel's view of the running process), and still delivers.
+#[tokio::test]
+async fn delivery_threads_run_below_the_real_time_path() {
+    let h = Herald::start(&format!("{OPEN}threads = 2\n"));
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let (status, created) =
+        create_webhook(&h, json!({"url": receiver.url(), "channels": ["prio"]})).await;
+    assert_eq!(status, 201, "{created}");
+    let seq = publish_one(&h, "prio", json!({"n": 1})).await;
+    eventually("the delivery", Duration::from_secs(10), async || {
+        receiver.delivered().contains(&seq).then_some(())
+    })
+    .await;
+
+    // /proc/<pid>/task/<tid>/stat: "tid (comm) state ..." with nice as the 19th field.
+    let mut nice: Vec<(String, i64)> = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", h.pid())).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        nice.push((comm, fields[16].parse().unwrap()));
+    }
+    let of = |name: &str| -> Vec<i64> {
+        nice.iter()
+            .filter(|(c, _)| c == name)
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    let (delivery, realtime) = (of("herald-webhook"), of("tokio-rt-worker"));
+    // Two workers, plus any blocking-pool threads (named alike) they started.
+    assert!(delivery.len() >= 2, "webhooks.threads = 2: {nice:?}");
+    assert!(!realtime.is_empty(), "{nice:?}");
+    let base = realtime[0];
+    assert!(realtime.iter().all(|&n| n == base), "{nice:?}");
+    assert!(
+        delivery.iter().all(|&n| n == (base + 10).min(19)),
+        "delivery threads should be 10 nicer than {base}: {nice:?}"
+    );
+}
