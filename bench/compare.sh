@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# Runs the same `herald bench` scenarios against Herald and against the Node `ws` baseline
-# (bench/peers/node-ws) in one run, and prints the ratios. Loopback only; stops by itself.
+# Runs the same `herald bench fanout` scenario against Herald, nginx + nchan
+# (bench/peers/nchan) and the Node `ws` baseline (bench/peers/node-ws) in one run, and prints
+# the ratios. A peer whose software is missing is skipped with a note. Loopback only; stops
+# by itself.
 #
-#   bash bench/compare.sh                       # fanout: 1,000 WS subscribers, 1,000 events/s, 10 s
-#   SUBSCRIBERS=10000 RATE=100 DURATION=30s bash bench/compare.sh
+#   bash bench/compare.sh                        # 1,000 WS subscribers, 1,000 events/s, 10 s
+#   SUBSCRIBERS=2000 RATE=200 PAYLOAD=256 TRANSPORT=sse bash bench/compare.sh
+#
+# nchan: apt-get install -y nginx-light libnginx-mod-nchan. Node: apt-get install -y nodejs npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 RATE="${RATE:-1000}"
 DURATION="${DURATION:-10s}"
+PAYLOAD="${PAYLOAD:-64}"
+TRANSPORT="${TRANSPORT:-ws}"
 HERALD_PORT="${HERALD_PORT:-18090}"
 NODE_PORT="${NODE_PORT:-18100}"
+NCHAN_PORT="${NCHAN_PORT:-18110}"
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 
-command -v node >/dev/null || { echo "compare: node is required (apt-get install -y nodejs npm)" >&2; exit 1; }
 cargo build --release --quiet --bin herald
-(cd bench/peers/node-ws && npm install --no-audit --no-fund --silent)
-
 work=$(mktemp -d)
-cleanup() { kill "${herald_pid:-}" "${node_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" || true
+
 cat > "$work/herald.toml" <<TOML
 [server]
 idle_timeout = "1h"
@@ -27,43 +40,75 @@ idle_timeout = "1h"
 max_connections_per_ip = 1000000
 publish_rate = 0
 TOML
-ulimit -n "$(ulimit -Hn)" || true
 ./target/release/herald serve --listen "127.0.0.1:$HERALD_PORT" --data "$work/data" --config "$work/herald.toml" 2> "$work/herald.log" &
-herald_pid=$!
-PORT="$NODE_PORT" node bench/peers/node-ws/server.js > "$work/node.log" 2>&1 &
-node_pid=$!
+pids+=($!)
+peers=("herald http://127.0.0.1:$HERALD_PORT $!")
+
+if command -v nginx >/dev/null && [ -f "$NCHAN_MODULE" ]; then
+  sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$NCHAN_PORT|g" bench/peers/nchan/nginx.conf.in > "$work/nginx.conf"
+  nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
+  sleep 0.5
+  # The master forks workers; CPU and RSS are read for the whole process group.
+  peers+=("nchan http://127.0.0.1:$NCHAN_PORT $(cat "$work/nginx.pid")")
+else
+  echo "compare: nginx with nchan not found, skipped (apt-get install -y nginx-light libnginx-mod-nchan)" >&2
+fi
+
+if command -v node >/dev/null; then
+  (cd bench/peers/node-ws && npm install --no-audit --no-fund --silent)
+  PORT="$NODE_PORT" node bench/peers/node-ws/server.js > "$work/node.log" 2>&1 &
+  pids+=($!)
+  peers+=("node-ws http://127.0.0.1:$NODE_PORT $!")
+else
+  echo "compare: node not found, the Node ws peer is skipped (apt-get install -y nodejs npm)" >&2
+fi
 sleep 1
 
-run() { # name url pid
-  ./target/release/herald bench fanout --server "$2" --server-pid "$3" --subscribers "$SUBSCRIBERS" \
-    --rate "$RATE" --duration "$DURATION" --transport ws --json 2> "$work/$1.err" | tail -n 1 > "$work/$1.json" || {
-    cat "$work/$1.err" >&2
-    echo "{}" > "$work/$1.json"
+names=()
+for peer in "${peers[@]}"; do
+  read -r name url pid <<< "$peer"
+  extra=()
+  [ "$name" = nchan ] && extra=(--nchan)
+  ./target/release/herald bench fanout --server "$url" --server-pid "$pid" --subscribers "$SUBSCRIBERS" \
+    --rate "$RATE" --duration "$DURATION" --payload "$PAYLOAD" --transport "$TRANSPORT" "${extra[@]}" \
+    --json 2> "$work/$name.err" | tail -n 1 > "$work/$name.json" || {
+    cat "$work/$name.err" >&2
+    echo "{}" > "$work/$name.json"
   }
-}
-run herald "http://127.0.0.1:$HERALD_PORT" "$herald_pid"
-run node "http://127.0.0.1:$NODE_PORT" "$node_pid"
+  names+=("$name")
+done
 
-python3 - "$work/herald.json" "$work/node.json" <<'PY'
-import json, sys
-h, n = (json.load(open(p)) for p in sys.argv[1:3])
+python3 - "$work" "${names[@]}" <<'PY'
+import json, os, sys
+work, names = sys.argv[1], sys.argv[2:]
+runs = {n: json.load(open(os.path.join(work, n + ".json"))) for n in names}
 def g(d, *k):
     for x in k:
-        d = d.get(x, {}) if isinstance(d, dict) else {}
-    return d if d != {} else None
+        d = d.get(x) if isinstance(d, dict) else None
+    return d
+def per_cpu(d):
+    v = g(d, "deliveries_per_server_cpu_s")
+    return round(v) if v else None
 rows = [
-    ("deliveries/s", g(h, "deliveries_per_sec"), g(n, "deliveries_per_sec"), True),
-    ("p50 ms", g(h, "latency", "p50_ms"), g(n, "latency", "p50_ms"), False),
-    ("p99 ms", g(h, "latency", "p99_ms"), g(n, "latency", "p99_ms"), False),
-    ("max ms", g(h, "latency", "max_ms"), g(n, "latency", "max_ms"), False),
-    ("lost", g(h, "lost"), g(n, "lost"), False),
-    ("server RSS end KiB", g(h, "server_rss_end_kib"), g(n, "server_rss_end_kib"), False),
+    ("deliveries/s", lambda d: g(d, "deliveries_per_sec"), True),
+    ("per server CPU-s", per_cpu, True),
+    ("p50 ms", lambda d: g(d, "latency", "p50_ms"), False),
+    ("p99 ms", lambda d: g(d, "latency", "p99_ms"), False),
+    ("lost", lambda d: g(d, "lost"), False),
+    ("server RSS end KiB", lambda d: g(d, "server_rss_end_kib"), False),
 ]
-print("%-20s %14s %14s %10s" % ("fanout", "herald", "node ws", "ratio"))
-for name, a, b, higher in rows:
-    ratio = ""
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a and b:
-        ratio = "%.2fx" % ((a / b) if higher else (b / a))
-    print("%-20s %14s %14s %10s" % (name, a, b, ratio))
+print("%-20s" % "fanout" + "".join("%14s" % n for n in names) +
+      "".join("%16s" % ("herald/" + n) for n in names[1:]))
+for label, get, higher in rows:
+    vals = [get(runs[n]) for n in names]
+    cells = "".join("%14s" % (v if v is not None else "-") for v in vals)
+    ratios = ""
+    for v in vals[1:]:
+        a = vals[0]
+        r = ""
+        if isinstance(a, (int, float)) and isinstance(v, (int, float)) and a and v:
+            r = "%.2fx" % ((a / v) if higher else (v / a))
+        ratios += "%16s" % r
+    print("%-20s" % label + cells + ratios)
 print("(ratio > 1 means Herald is better)")
 PY

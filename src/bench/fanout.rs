@@ -78,6 +78,10 @@ pub struct FanoutArgs {
     /// exactly their channel (`....{c}.*`) instead of by its name.
     #[arg(long, default_value_t = 0)]
     pub pattern_percent: usize,
+    /// The server is nginx with nchan laid out as `bench/peers/nchan` does: publish each
+    /// event as its own `POST /pub?channel=` whose body is the event's data.
+    #[arg(long)]
+    pub nchan: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -143,6 +147,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             ready.clone(),
             received_total.clone(),
             stop_rx.clone(),
+            args.nchan,
         );
         let c = i % channels;
         let channel = if pusher {
@@ -154,7 +159,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             channel_of(c)
         };
         subscribers.push(tokio::spawn(async move {
-            let (gate, sources, target, ready, total, stop) = ctx;
+            let (gate, sources, target, ready, total, stop, nchan) = ctx;
             let permit = gate.acquire_owned().await.expect("gate");
             let ctx = Ctx {
                 sources: &sources,
@@ -163,6 +168,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
                 ready: &ready,
                 total: &total,
                 stop,
+                confirms: !nchan,
             };
             match kind {
                 Transport::Sse => subscribe_sse(ctx, &channel).await,
@@ -223,6 +229,14 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         // Publishes rotate over the nodes of a cluster too.
         sent_batches += 1;
         let target = &targets[sent_batches % targets.len()];
+        if args.nchan {
+            publish_nchan(&http, &target.base, batch).await?;
+            for k in 0..n {
+                per_channel_count[(published as usize + k) % channels] += 1;
+            }
+            published += n as u64;
+            continue;
+        }
         let r = http
             .post(format!("{}/v1/events", target.base))
             .json(&batch)
@@ -357,6 +371,26 @@ fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64, total: &AtomicU64) {
         .record((now_ns().saturating_sub(t) / 1000).max(1));
 }
 
+/// nchan takes one message per request, its body delivered as is.
+async fn publish_nchan(
+    http: &reqwest::Client,
+    base: &str,
+    batch: Vec<Value>,
+) -> anyhow::Result<()> {
+    for mut event in batch {
+        let channel = event["channel"].as_str().unwrap_or_default().to_string();
+        let r = http
+            .post(format!("{base}/pub?channel={channel}"))
+            .body(event["data"].take().to_string())
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("nchan publish failed: {}", r.status());
+        }
+    }
+    Ok(())
+}
+
 /// What every subscriber task gets.
 struct Ctx<'a> {
     sources: &'a Sources,
@@ -365,6 +399,9 @@ struct Ctx<'a> {
     ready: &'a AtomicUsize,
     total: &'a AtomicU64,
     stop: watch::Receiver<bool>,
+    /// The server confirms a WebSocket subscription (Herald does; nchan subscribes silently
+    /// with the handshake).
+    confirms: bool,
 }
 
 async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
@@ -378,7 +415,7 @@ async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     // Ready once the server confirms the subscription.
-    loop {
+    while ctx.confirms {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => break,
             Some(Ok(_)) => continue,
@@ -539,6 +576,7 @@ async fn subscribe_sse(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     tokio::spawn(conn);
     let request = hyper::Request::get(format!("/v1/sse?channel={channel}"))
         .header("host", &target.host)
+        .header("accept", "text/event-stream")
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     if !response.status().is_success() {
