@@ -415,11 +415,13 @@ async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     // Ready once the server confirms the subscription.
-    while ctx.confirms {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => break,
-            Some(Ok(_)) => continue,
-            other => bail!("subscribe failed: {other:?}"),
+    if ctx.confirms {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => break,
+                Some(Ok(_)) => continue,
+                other => bail!("subscribe failed: {other:?}"),
+            }
         }
     }
     drop(permit);
