@@ -101,7 +101,11 @@ impl Receiver {
                     got.push(received.clone());
                     got.len() - 1
                 };
-                let seq = received.seq();
+                // A Pusher app's webhook body carries no seq.
+                let seq = serde_json::from_slice::<Value>(&received.body)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .unwrap_or(0);
                 let reply = plan(n, &received);
                 let (status, response): (u16, Response) = match reply {
                     Reply::Status(s) => (
