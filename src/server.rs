@@ -49,11 +49,15 @@ pub enum ServeError {
     Pusher(#[from] crate::http::pusher::AppsError),
     #[error("TLS configuration")]
     Tls(#[from] crate::tls::TlsError),
+    /// A setting outside what it can be, refused at start rather than quietly clamped.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 /// Runs Herald until `shutdown` is cancelled, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let listen = config.server.listen;
+    check_ranges(&config)?;
     raise_open_files(&config);
     let auth = Arc::new(Auth::from_config(&config.auth)?);
     let hooks = Arc::new(crate::http::hooks::HookRules::from_config(&config.hooks)?);
@@ -144,6 +148,22 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     // commits whatever is still queued before it stops.
     tokio::task::spawn_blocking(move || log.close()).await.ok();
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn check_ranges(config: &Config) -> Result<(), ServeError> {
+    let level = config.websocket.compression_level;
+    if level > 9 {
+        return Err(ServeError::OutOfRange(format!(
+            "websocket.compression_level is {level}; it must be 0 (fastest) to 9 (smallest)"
+        )));
+    }
+    let nice = config.webhooks.nice;
+    if nice > 19 {
+        return Err(ServeError::OutOfRange(format!(
+            "webhooks.nice is {nice}; it must be 0 (same priority) to 19 (lowest)"
+        )));
+    }
     Ok(())
 }
 

@@ -16,13 +16,8 @@ pub struct DeliveryRuntime {
 
 impl DeliveryRuntime {
     /// `threads` = 0: half the cores, at least one. `nice`: how much lower than the rest of
-    /// Herald the threads run.
+    /// Herald the threads run (0 to 19, checked at start).
     pub fn start(threads: usize, nice: u8) -> std::io::Result<DeliveryRuntime> {
-        if nice > 19 {
-            return Err(std::io::Error::other(format!(
-                "webhooks.nice is {nice}; it must be 0 to 19"
-            )));
-        }
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,

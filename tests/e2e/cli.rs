@@ -286,3 +286,32 @@ async fn bench_scenarios_smoke() {
         assert_eq!(r["failed_requests"], 0, "{r}");
     }
 }
+
+/// Out-of-range settings stop the server at start with the setting named, instead of being
+/// clamped to something the operator did not ask for.
+#[test]
+fn out_of_range_settings_are_refused_at_start() {
+    for (toml, expected) in [
+        (
+            "[websocket]\ncompression_level = 12\n",
+            "websocket.compression_level is 12; it must be 0",
+        ),
+        (
+            "[webhooks]\nnice = 25\n",
+            "webhooks.nice is 25; it must be 0",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = herald_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .output_within();
+        assert!(!out.status.success(), "{toml}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+    }
+}

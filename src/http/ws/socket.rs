@@ -71,7 +71,7 @@ impl Settings {
             .without_compression();
         if let Some((c, pool)) = &self.compression {
             options = options
-                .with_compression_level(CompressionLevel::new(c.compression_level.min(9)))
+                .with_compression_level(CompressionLevel::new(c.compression_level))
                 .with_compression_threshold(c.compression_threshold);
             if !c.context_takeover {
                 // RFC 7692 lets a server impose no context takeover on both directions even
