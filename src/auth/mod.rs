@@ -23,7 +23,7 @@ mod presence;
 mod token;
 
 use token::{load_public_keys, Verifier};
-pub use token::{mint, mint_with_pem, now_secs, Claims};
+pub use token::{mint, mint_with_pem, now_secs, Claims, WebhooksClaim};
 
 /// The furthest ahead an expiry is taken literally.
 const MAX_TOKEN_HORIZON: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -97,9 +97,36 @@ pub enum Principal {
         /// Channels the holder may be present in, as `sub`.
         presence: Vec<Pattern>,
         info: Option<Arc<serde_json::Value>>,
+        /// A webhook consumer: may manage its owner's endpoints.
+        consumer: Option<Arc<Consumer>>,
     },
     /// No credentials: public channels only.
     Anonymous,
+}
+
+/// Whose webhook endpoints a token may manage, and on which channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub owner: String,
+    pub channels: Vec<Pattern>,
+}
+
+impl Consumer {
+    /// Whether every channel `pattern` can match is one this consumer may use: some scope
+    /// pattern matches `pattern` read as a literal name. Sound because a `*` in `pattern`
+    /// can then only be absorbed by a `*` of the scope, which matches whatever the `*` stands
+    /// for (and a name cannot contain `*`). Conservative: `a*` is not let in by `a*` + `b*`.
+    pub fn covers(&self, pattern: &str) -> bool {
+        self.channels.iter().any(|scope| scope.matches(pattern))
+    }
+}
+
+/// What a credential may do with webhook endpoints.
+#[derive(Debug, Clone)]
+pub enum WebhookAccess {
+    /// Every endpoint (an API key, or open mode).
+    All,
+    Consumer(Arc<Consumer>),
 }
 
 impl Principal {
@@ -233,6 +260,16 @@ impl Auth {
     }
 
     /// Publishing and webhook management need an API key (or a token granting the channel).
+    /// Webhook management: admins everything, a token with a `webhooks` claim its owner's.
+    pub fn webhook_access(&self, p: &Principal) -> Result<WebhookAccess, AuthError> {
+        match p {
+            Principal::Token {
+                consumer: Some(c), ..
+            } => Ok(WebhookAccess::Consumer(c.clone())),
+            _ => self.require_admin(p).map(|()| WebhookAccess::All),
+        }
+    }
+
     pub fn require_admin(&self, p: &Principal) -> Result<(), AuthError> {
         match p {
             Principal::Open | Principal::Admin { .. } => Ok(()),
@@ -355,6 +392,37 @@ mod tests {
             pub_channels: publ.iter().map(|s| s.to_string()).collect(),
             presence_channels: Vec::new(),
             info: None,
+            webhooks: None,
+        }
+    }
+
+    #[test]
+    fn a_consumer_scope_covers_only_what_it_can_match() {
+        let consumer = Consumer {
+            owner: "acme".into(),
+            channels: vec![
+                Pattern::parse("orders.acme.*").unwrap(),
+                Pattern::parse("billing.acme").unwrap(),
+            ],
+        };
+        for inside in [
+            "orders.acme.eu",
+            "orders.acme.*",
+            "orders.acme.eu.*",
+            "billing.acme",
+        ] {
+            assert!(consumer.covers(inside), "{inside}");
+        }
+        // A wildcard must fall under a wildcard of the scope, or it could name anything.
+        for outside in [
+            "orders.*",
+            "*",
+            "billing.*",
+            "billing.acme*",
+            "orders.acmex",
+            "orders.beta.x",
+        ] {
+            assert!(!consumer.covers(outside), "{outside}");
         }
     }
 

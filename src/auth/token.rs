@@ -31,6 +31,17 @@ pub struct Claims {
     /// What other members see about the holder (a JSON object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A webhook consumer: manages the endpoints of `owner` on channels within `channels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhooksClaim>,
+}
+
+/// The `webhooks` claim: `{"owner": "acme", "channels": ["orders.acme.*"]}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhooksClaim {
+    pub owner: String,
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 /// The keys tokens may be signed with: (kid, key, algorithm). A token is tried against those
@@ -79,6 +90,14 @@ pub(super) fn principal(claims: Claims) -> Result<Principal, AuthError> {
         info: claims
             .info
             .map(|m| std::sync::Arc::new(serde_json::Value::Object(m))),
+        consumer: match claims.webhooks {
+            None => None,
+            Some(w) if w.owner.is_empty() => return Err(AuthError::Invalid),
+            Some(w) => Some(std::sync::Arc::new(super::Consumer {
+                channels: parse(&w.channels)?,
+                owner: w.owner,
+            })),
+        },
     })
 }
 

@@ -57,6 +57,12 @@ pub(super) struct TokenArgs {
     /// What other presence members see about the holder: a JSON object.
     #[arg(long)]
     pub(super) info: Option<String>,
+    /// Make it a webhook consumer's token: it manages this owner's endpoints only.
+    #[arg(long)]
+    pub(super) webhook_owner: Option<String>,
+    /// Channel or pattern the consumer's endpoints may follow (repeat; needs --webhook-owner).
+    #[arg(long = "webhook-channel", requires = "webhook_owner")]
+    pub(super) webhook_channels: Vec<String>,
     /// Lifetime, e.g. 15m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub(super) ttl: Duration,

@@ -48,12 +48,13 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn token(args: TokenArgs) -> anyhow::Result<()> {
-    use crate::auth::{mint, mint_with_pem, now_secs, Claims};
+    use crate::auth::{mint, mint_with_pem, now_secs, Claims, WebhooksClaim};
     for name in args
         .sub_channels
         .iter()
         .chain(&args.pub_channels)
         .chain(&args.presence_channels)
+        .chain(&args.webhook_channels)
     {
         crate::event::Pattern::parse(name)?;
     }
@@ -68,6 +69,10 @@ pub(super) fn token(args: TokenArgs) -> anyhow::Result<()> {
             None => None,
             Some(text) => Some(serde_json::from_str(text).context("--info must be a JSON object")?),
         },
+        webhooks: args.webhook_owner.map(|owner| WebhooksClaim {
+            owner,
+            channels: args.webhook_channels,
+        }),
     };
     let token = match args.key {
         Some(path) => {

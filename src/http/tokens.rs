@@ -1,7 +1,8 @@
 //! `POST /v1/tokens`: trades an API key (in the `Authorization` header) for a short-lived
 //! session token. A browser must put its credential in an EventSource or WebSocket URL, and
 //! URLs end up in logs, histories and proxies; an API key there would be a standing admin
-//! credential, a session token expires within the hour and cannot manage anything.
+//! credential, a session token expires within the hour and cannot manage anything (but, with
+//! a `webhooks` claim, its consumer's own webhook endpoints).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -12,7 +13,7 @@ use serde_json::json;
 
 use super::api::read_json;
 use super::{Admin, ApiError, AppState};
-use crate::auth::{now_secs, Claims, MAX_SESSION_SECS};
+use crate::auth::{now_secs, Claims, WebhooksClaim, MAX_SESSION_SECS};
 use crate::event::Pattern;
 
 /// The default lifetime of a session token.
@@ -21,9 +22,10 @@ const DEFAULT_SESSION_SECS: u64 = 300;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SessionRequest {
-    /// Patterns the token may subscribe to (default: everything).
-    #[serde(default = "everything")]
-    sub_channels: Vec<String>,
+    /// Patterns the token may subscribe to (default: everything, or nothing for a webhook
+    /// consumer's token).
+    #[serde(default)]
+    sub_channels: Option<Vec<String>>,
     /// Patterns it may publish to (default: none).
     #[serde(default)]
     pub_channels: Vec<String>,
@@ -38,10 +40,9 @@ struct SessionRequest {
     ttl_secs: Option<u64>,
     #[serde(default)]
     sub: Option<String>,
-}
-
-fn everything() -> Vec<String> {
-    vec!["*".into()]
+    /// Makes it a webhook consumer's token (e.g. for the portal): `{"owner", "channels"}`.
+    #[serde(default)]
+    webhooks: Option<WebhooksClaim>,
 }
 
 pub async fn create(
@@ -58,11 +59,22 @@ pub async fn create(
         "invalid_json",
     )
     .await?;
-    for name in req
-        .sub_channels
+    let sub_channels = req.sub_channels.unwrap_or_else(|| match req.webhooks {
+        Some(_) => Vec::new(),
+        None => vec!["*".into()],
+    });
+    if req.webhooks.as_ref().is_some_and(|w| w.owner.is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_webhooks_claim",
+            "webhooks.owner must name the consumer",
+        ));
+    }
+    let scope = req.webhooks.iter().flat_map(|w| &w.channels);
+    for name in sub_channels
         .iter()
         .chain(&req.pub_channels)
         .chain(&req.presence_channels)
+        .chain(scope)
     {
         Pattern::parse(name)?;
     }
@@ -78,10 +90,11 @@ pub async fn create(
         sub: req.sub,
         exp,
         nbf: None,
-        sub_channels: req.sub_channels,
+        sub_channels,
         pub_channels: req.pub_channels,
         presence_channels: req.presence_channels,
         info: req.info,
+        webhooks: req.webhooks,
     };
     let token = app.auth.mint_session(&claims).ok_or_else(|| {
         ApiError::new(

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::read_json;
-use super::{parse_cursor, query_pairs, Admin, ApiError, AppState};
+use super::{parse_cursor, query_pairs, ApiError, AppState, Via};
+use crate::auth::WebhookAccess;
 use crate::event::format_time;
 use crate::webhook::{AttemptStatus, CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
 
@@ -44,9 +45,63 @@ impl From<WebhookError> for ApiError {
     }
 }
 
+/// Who is managing endpoints: an admin credential (all of them) or a consumer token (its
+/// owner's, on channels within its scope). Decided before the body is read.
+pub struct Manager(WebhookAccess);
+
+impl axum::extract::FromRequestParts<AppState> for Manager {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &AppState,
+    ) -> Result<Manager, ApiError> {
+        let principal = app.principal(&parts.headers, None, Via::Write)?;
+        Ok(Manager(app.auth.webhook_access(&principal)?))
+    }
+}
+
+impl Manager {
+    /// The endpoint, if this manager may touch it.
+    async fn endpoint(&self, app: &AppState, id: &str) -> Result<Endpoint, ApiError> {
+        let endpoint = app.webhooks.get(id).await?;
+        match &self.0 {
+            WebhookAccess::All => Ok(endpoint),
+            WebhookAccess::Consumer(c) if endpoint.owner.as_deref() == Some(c.owner.as_str()) => {
+                Ok(endpoint)
+            }
+            WebhookAccess::Consumer(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_your_endpoint",
+                format!("webhook endpoint {id} belongs to another owner"),
+            )),
+        }
+    }
+
+    /// Refuses channels outside a consumer's scope.
+    fn check_channels(&self, channels: &[String]) -> Result<(), ApiError> {
+        let WebhookAccess::Consumer(c) = &self.0 else {
+            return Ok(());
+        };
+        match channels.iter().find(|ch| !c.covers(ch)) {
+            None => Ok(()),
+            Some(ch) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "channel_out_of_scope",
+                format!(
+                    "this token may not follow {:?}; its webhooks.channels are {:?}",
+                    crate::event::excerpt(ch),
+                    c.channels.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+                ),
+            )),
+        }
+    }
+}
+
 fn view(e: &Endpoint, secret: bool) -> Value {
     let mut v = json!({
         "id": e.id,
+        "owner": e.owner,
         "url": e.url,
         "channels": e.channels,
         "types": e.types,
@@ -82,21 +137,36 @@ async fn json_body<T: DeserializeOwned>(
 
 pub async fn create(
     State(app): State<AppState>,
-    _: Admin,
+    manager: Manager,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: CreateEndpoint = json_body(&app, &headers, body).await?;
+    let mut req: CreateEndpoint = json_body(&app, &headers, body).await?;
+    if let WebhookAccess::Consumer(c) = &manager.0 {
+        if req.owner.as_ref().is_some_and(|o| *o != c.owner) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_your_owner",
+                "a consumer token creates endpoints for its own owner only",
+            ));
+        }
+        req.owner = Some(c.owner.clone());
+    }
+    manager.check_channels(&req.channels)?;
     let endpoint = app.webhooks.create(req).await?;
     Ok((StatusCode::CREATED, Json(view(&endpoint, true))).into_response())
 }
 
-pub async fn list(State(app): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(app): State<AppState>, manager: Manager) -> Result<Json<Value>, ApiError> {
     let all: Vec<Value> = app
         .webhooks
         .list()
         .await?
         .iter()
+        .filter(|e| match &manager.0 {
+            WebhookAccess::All => true,
+            WebhookAccess::Consumer(c) => e.owner.as_deref() == Some(c.owner.as_str()),
+        })
         .map(|e| view(e, false))
         .collect();
     Ok(Json(json!({ "webhooks": all })))
@@ -104,10 +174,10 @@ pub async fn list(State(app): State<AppState>, _: Admin) -> Result<Json<Value>, 
 
 pub async fn get(
     State(app): State<AppState>,
-    _: Admin,
+    manager: Manager,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let endpoint = app.webhooks.get(&id).await?;
+    let endpoint = manager.endpoint(&app, &id).await?;
     let mut v = view(&endpoint, false);
     v["pending"] = app.webhooks.pending(&id).await?.into();
     Ok(Json(v))
@@ -115,29 +185,33 @@ pub async fn get(
 
 pub async fn update(
     State(app): State<AppState>,
-    _: Admin,
+    manager: Manager,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    manager.endpoint(&app, &id).await?;
     let req: UpdateEndpoint = json_body(&app, &headers, body).await?;
+    manager.check_channels(req.channels.as_deref().unwrap_or_default())?;
     Ok(Json(view(&app.webhooks.update(&id, req).await?, false)))
 }
 
 pub async fn delete(
     State(app): State<AppState>,
-    _: Admin,
+    manager: Manager,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    manager.endpoint(&app, &id).await?;
     app.webhooks.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn rotate(
     State(app): State<AppState>,
-    _: Admin,
+    manager: Manager,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    manager.endpoint(&app, &id).await?;
     let endpoint = app.webhooks.rotate(&id).await?;
     Ok(Json(view(&endpoint, true)))
 }
@@ -150,11 +224,12 @@ struct Replay {
 
 pub async fn replay(
     State(app): State<AppState>,
-    _: Admin,
+    manager: Manager,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    manager.endpoint(&app, &id).await?;
     let req: Replay = json_body(&app, &headers, body).await?;
     let (since, until) = app.webhooks.replay(&id, req.since).await?;
     Ok((
@@ -169,10 +244,11 @@ const MAX_ATTEMPTS_PAGE: usize = 1000;
 /// `GET /v1/webhooks/{id}/deliveries?status=S&after=N&limit=L`: the attempt log, oldest first.
 pub async fn deliveries(
     State(app): State<AppState>,
-    _: Admin,
+    manager: Manager,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
+    manager.endpoint(&app, &id).await?;
     let mut after = 0;
     let mut limit = 100;
     let mut status = None;

@@ -13,6 +13,9 @@ use crate::event::{validate_channel, Filter, Pattern, NOTICE_MARK};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// The consumer it belongs to (a consumer token's own, whatever the body says).
+    #[serde(default)]
+    pub owner: Option<String>,
     pub url: String,
     pub channels: Vec<String>,
     #[serde(default)]

@@ -290,8 +290,12 @@ impl Webhooks {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         );
+        if req.owner.as_deref() == Some("") {
+            return Err(WebhookError::Invalid("owner must not be empty".into()));
+        }
         let endpoint = Endpoint {
             id,
+            owner: req.owner,
             url: req.url,
             channels: req.channels,
             types: req.types,

@@ -82,6 +82,7 @@ impl Webhooks {
             }
             None => Endpoint {
                 id,
+                owner: None,
                 url: url.to_string(),
                 channels,
                 types: None,

@@ -29,6 +29,10 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: String,
+    /// The consumer it belongs to: a token whose `webhooks.owner` is this manages it. None:
+    /// only admin credentials see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub url: String,
     pub channels: Vec<String>,
     #[serde(default)]

@@ -27,7 +27,7 @@ async fn bearer_status(url: String, credential: &str) -> u16 {
 }
 
 /// Mints a token with the real CLI (`herald token`), from the server's config file.
-fn token(h: &Herald, args: &[&str]) -> String {
+pub fn token(h: &Herald, args: &[&str]) -> String {
     let out = herald_command()
         .arg("token")
         .args(args)

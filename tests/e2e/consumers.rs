@@ -1,0 +1,203 @@
+//! Webhook consumers: a token with a `webhooks` claim manages its owner's endpoints only, on
+//! channels within its scope, and nothing else; admin keys still see everything.
+
+use serde_json::{json, Value};
+
+use crate::auth::token;
+use crate::common::*;
+use crate::webhooks::{eventually, Receiver, Reply};
+
+const KEYED: &str = "[auth]\napi_keys = [\"k-admin\"]\njwt_secret = \"test-secret\"\n\
+                     [webhooks]\nallow_private = true\n";
+
+/// A request with a bearer credential: (status, JSON body or null).
+async fn call(method: &str, url: String, credential: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = http()
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(credential);
+    if let Some(b) = body {
+        request = request.json(&b);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn acme_token(h: &Herald) -> String {
+    token(
+        h,
+        &[
+            "--webhook-owner",
+            "acme",
+            "--webhook-channel",
+            "orders.acme.*",
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_consumer_token_manages_only_its_owners_endpoints_within_its_channels() {
+    let h = Herald::start(KEYED);
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let acme = acme_token(&h);
+    let hooks = h.url("/v1/webhooks");
+
+    // Created for its owner, whatever else the body says.
+    let body = json!({"url": receiver.url(), "channels": ["orders.acme.*"]});
+    let (status, own) = call("POST", hooks.clone(), &acme, Some(body)).await;
+    assert_eq!(status, 201, "{own}");
+    assert_eq!(own["owner"], "acme");
+    let own_id = own["id"].as_str().unwrap().to_string();
+    let body = json!({"url": receiver.url(), "channels": ["orders.acme.*"], "owner": "beta"});
+    let (status, reply) = call("POST", hooks.clone(), &acme, Some(body)).await;
+    assert_error(status, &reply, 403, "not_your_owner");
+    for outside in ["orders.*", "orders.beta.eu", "*"] {
+        let body = json!({"url": receiver.url(), "channels": [outside]});
+        let (status, reply) = call("POST", hooks.clone(), &acme, Some(body)).await;
+        assert_error(status, &reply, 403, "channel_out_of_scope");
+    }
+
+    // Another owner's endpoint, made with the admin key.
+    let body = json!({"url": receiver.url(), "channels": ["orders.beta.*"], "owner": "beta"});
+    let (status, beta) = call("POST", hooks.clone(), "k-admin", Some(body)).await;
+    assert_eq!(status, 201, "{beta}");
+    let beta_id = beta["id"].as_str().unwrap().to_string();
+
+    let (_, listed) = call("GET", hooks.clone(), &acme, None).await;
+    let ids: Vec<&str> = listed["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![own_id.as_str()], "{listed}");
+    let (_, all) = call("GET", hooks.clone(), "k-admin", None).await;
+    assert_eq!(all["webhooks"].as_array().unwrap().len(), 2, "{all}");
+
+    // Every operation on the other owner's endpoint is refused, and changes nothing.
+    let other = |path: &str| h.url(&format!("/v1/webhooks/{beta_id}{path}"));
+    for (method, url, body) in [
+        ("GET", other(""), None),
+        ("PATCH", other(""), Some(json!({"description": "mine now"}))),
+        ("DELETE", other(""), None),
+        ("POST", other("/rotate-secret"), None),
+        ("POST", other("/replay"), Some(json!({"since": 0}))),
+        ("GET", other("/deliveries"), None),
+    ] {
+        let (status, reply) = call(method, url.clone(), &acme, body).await;
+        assert_error(status, &reply, 403, "not_your_endpoint");
+    }
+    let (status, still) = call("GET", other(""), "k-admin", None).await;
+    assert_eq!(
+        (status, &still["description"], &still["secret"]),
+        (200, &json!(""), &Value::Null)
+    );
+    assert_eq!(still["channels"], json!(["orders.beta.*"]));
+
+    // Its own endpoint: edits stay within scope.
+    let mine = h.url(&format!("/v1/webhooks/{own_id}"));
+    let (status, reply) = call(
+        "PATCH",
+        mine.clone(),
+        &acme,
+        Some(json!({"channels": ["billing.*"]})),
+    )
+    .await;
+    assert_error(status, &reply, 403, "channel_out_of_scope");
+    let (status, reply) = call(
+        "PATCH",
+        mine.clone(),
+        &acme,
+        Some(json!({"description": "ours"})),
+    )
+    .await;
+    assert_eq!(
+        (status, &reply["description"]),
+        (200, &json!("ours")),
+        "{reply}"
+    );
+
+    // Deliveries: its events arrive, and it reads its own attempt log.
+    let (status, published) = call(
+        "POST",
+        h.url("/v1/events"),
+        "k-admin",
+        Some(json!({"channel": "orders.acme.eu", "data": {"n": 1}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{published}");
+    let seq = published["seq"].as_u64().unwrap();
+    eventually("acme's delivery", WAIT, async || {
+        let (_, log) = call("GET", format!("{mine}/deliveries"), &acme, None).await;
+        log["deliveries"].as_array().and_then(|d| {
+            d.iter()
+                .find(|a| a["seq"] == seq && a["status"] == "delivered")
+                .cloned()
+        })
+    })
+    .await;
+
+    // The token is only that: it can neither publish nor subscribe.
+    let (status, reply) = call(
+        "POST",
+        h.url("/v1/events"),
+        &acme,
+        Some(json!({"channel": "orders.acme.eu", "data": {}})),
+    )
+    .await;
+    assert_error(status, &reply, 403, "forbidden");
+    let (status, _) = call("GET", h.url("/v1/sse?channel=orders.beta.eu"), &acme, None).await;
+    assert_eq!(status, 403);
+
+    // A subscriber token without the claim manages nothing.
+    let plain = token(&h, &["--sub-channel", "orders.acme.*"]);
+    let (status, reply) = call("GET", hooks.clone(), &plain, None).await;
+    assert_error(status, &reply, 403, "forbidden");
+
+    // Deleting its own works.
+    let (status, _) = call("DELETE", mine, &acme, None).await;
+    assert_eq!(status, 204);
+}
+
+/// A SaaS backend trades its API key for a consumer's session token (for the portal): the
+/// same rules hold, and it subscribes to nothing unless asked.
+#[tokio::test]
+async fn a_session_token_can_carry_a_consumer_scope() {
+    let h = Herald::start(KEYED);
+    let (status, minted) = call(
+        "POST",
+        h.url("/v1/tokens"),
+        "k-admin",
+        Some(json!({"webhooks": {"owner": "acme", "channels": ["orders.acme.*"]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let session = minted["token"].as_str().unwrap().to_string();
+    let body = json!({"url": "http://127.0.0.1:9/hook", "channels": ["orders.acme.*"]});
+    let (status, created) = call("POST", h.url("/v1/webhooks"), &session, Some(body)).await;
+    assert_eq!(
+        (status, &created["owner"]),
+        (201, &json!("acme")),
+        "{created}"
+    );
+    let (status, _) = call(
+        "GET",
+        h.url("/v1/sse?channel=orders.acme.eu"),
+        &session,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "a consumer session token subscribes to nothing by default"
+    );
+    let (status, reply) = call(
+        "POST",
+        h.url("/v1/tokens"),
+        "k-admin",
+        Some(json!({"webhooks": {"owner": "", "channels": []}})),
+    )
+    .await;
+    assert_error(status, &reply, 400, "invalid_webhooks_claim");
+}
