@@ -14,7 +14,9 @@ use super::api::read_json;
 use super::{parse_cursor, query_pairs, ApiError, AppState, Via};
 use crate::auth::WebhookAccess;
 use crate::event::format_time;
-use crate::webhook::{AttemptStatus, CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError};
+use crate::webhook::{
+    Attempt, AttemptStatus, CreateEndpoint, Endpoint, UpdateEndpoint, WebhookError,
+};
 
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
@@ -62,20 +64,24 @@ impl axum::extract::FromRequestParts<AppState> for Manager {
 }
 
 impl Manager {
+    fn may_see(&self, e: &Endpoint) -> bool {
+        match &self.0 {
+            WebhookAccess::All => true,
+            WebhookAccess::Consumer(c) => e.owner.as_deref() == Some(c.owner.as_str()),
+        }
+    }
+
     /// The endpoint, if this manager may touch it.
     async fn endpoint(&self, app: &AppState, id: &str) -> Result<Endpoint, ApiError> {
         let endpoint = app.webhooks.get(id).await?;
-        match &self.0 {
-            WebhookAccess::All => Ok(endpoint),
-            WebhookAccess::Consumer(c) if endpoint.owner.as_deref() == Some(c.owner.as_str()) => {
-                Ok(endpoint)
-            }
-            WebhookAccess::Consumer(_) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_your_endpoint",
-                format!("webhook endpoint {id} belongs to another owner"),
-            )),
+        if self.may_see(&endpoint) {
+            return Ok(endpoint);
         }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_your_endpoint",
+            format!("webhook endpoint {id} belongs to another owner"),
+        ))
     }
 
     /// Refuses channels outside a consumer's scope.
@@ -109,6 +115,7 @@ fn view(e: &Endpoint, secret: bool) -> Value {
         "description": e.description,
         "enabled": e.enabled,
         "ordered": e.ordered,
+        "rate_limit": e.rate_limit,
         "created": format_time(e.created_ms),
     });
     if let Some(reason) = &e.disabled_reason {
@@ -163,10 +170,7 @@ pub async fn list(State(app): State<AppState>, manager: Manager) -> Result<Json<
         .list()
         .await?
         .iter()
-        .filter(|e| match &manager.0 {
-            WebhookAccess::All => true,
-            WebhookAccess::Consumer(c) => e.owner.as_deref() == Some(c.owner.as_str()),
-        })
+        .filter(|e| manager.may_see(e))
         .map(|e| view(e, false))
         .collect();
     Ok(Json(json!({ "webhooks": all })))
@@ -280,15 +284,109 @@ pub async fn deliveries(
     }
     let attempts = app.webhooks.attempts(&id, after, status, limit).await?;
     let next = attempts.last().map_or(after, |a| a.id);
-    let list: Vec<Value> = attempts
-        .into_iter()
-        .map(|a| {
-            json!({
-                "id": a.id, "seq": a.seq, "attempt": a.attempt, "status": a.status,
-                "status_code": a.status_code, "error": a.error, "duration_ms": a.duration_ms,
-                "time": a.time, "next_attempt": a.next_attempt, "response_body": a.response_body,
-            })
-        })
-        .collect();
+    let list: Vec<Value> = attempts.iter().map(attempt_view).collect();
     Ok(Json(json!({"deliveries": list, "next": next})))
+}
+
+fn attempt_view(a: &Attempt) -> Value {
+    json!({
+        "id": a.id, "seq": a.seq, "attempt": a.attempt, "status": a.status,
+        "status_code": a.status_code, "error": a.error, "duration_ms": a.duration_ms,
+        "time": a.time, "next_attempt": a.next_attempt, "response_body": a.response_body,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TestEvent {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// `POST /v1/webhooks/{id}/test`: one synthetic event sent now; answers with the attempt
+/// (status code, latency, response body), which the attempt log also keeps (seq 0).
+pub async fn test(
+    State(app): State<AppState>,
+    manager: Manager,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    manager.endpoint(&app, &id).await?;
+    let req: TestEvent = if headers.contains_key("content-type") {
+        json_body(&app, &headers, body).await?
+    } else {
+        TestEvent::default()
+    };
+    let attempt = app.webhooks.send_test(&id, req.kind, req.data).await?;
+    Ok(Json(attempt_view(&attempt)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recover {
+    /// RFC 3339 time, or ms since the epoch.
+    since: Value,
+}
+
+fn since_ms(req: &Recover) -> Result<u64, ApiError> {
+    let parsed = match &req.since {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => humantime::parse_rfc3339_weak(s).ok().and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64)
+        }),
+        _ => None,
+    };
+    parsed.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_since",
+            "since must be an RFC 3339 time (2026-11-26T10:00:00Z) or ms since the epoch",
+        )
+    })
+}
+
+/// `POST /v1/webhooks/{id}/recover {"since"}`: re-queues every event whose delivery failed
+/// for good since then.
+pub async fn recover(
+    State(app): State<AppState>,
+    manager: Manager,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    manager.endpoint(&app, &id).await?;
+    let req: Recover = json_body(&app, &headers, body).await?;
+    let n = app.webhooks.recover(&id, since_ms(&req)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"recovering": n}))).into_response())
+}
+
+/// `POST /v1/webhooks/recover {"since"}`: the same for every endpoint the caller manages (a
+/// consumer: all of its owner's).
+pub async fn recover_all(
+    State(app): State<AppState>,
+    manager: Manager,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: Recover = json_body(&app, &headers, body).await?;
+    let since = since_ms(&req)?;
+    let mut per_endpoint = serde_json::Map::new();
+    let mut total = 0;
+    for e in app.webhooks.list().await? {
+        if !manager.may_see(&e) {
+            continue;
+        }
+        let n = app.webhooks.recover(&e.id, since).await?;
+        total += n;
+        per_endpoint.insert(e.id, n.into());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"recovering": total, "endpoints": per_endpoint})),
+    )
+        .into_response())
 }

@@ -24,6 +24,25 @@ pub(super) struct InFlight {
     tasks: HashSet<(String, u64)>,
     /// Cluster claims held by running attempts, to hand back at shutdown.
     pub(super) claims: HashMap<(String, u64), Arc<str>>,
+    /// Rate-limited endpoints' token buckets.
+    buckets: HashMap<String, Bucket>,
+}
+
+/// `rate_limit` as a token bucket: refills at the rate, holds a second's worth at most.
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    /// Whole attempts allowed now.
+    fn available(&mut self, rate: u32, now_ms: u64) -> usize {
+        let rate = f64::from(rate);
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.at_ms = now_ms;
+        self.tokens.floor() as usize
+    }
 }
 
 impl Webhooks {
@@ -72,7 +91,12 @@ impl Webhooks {
         let live_map = self.live.read().expect("webhook map").clone();
         let max_total = self.config.max_in_flight.max(1);
         let (wants, total, in_flight) = {
-            let f = self.in_flight.lock().expect("in-flight lock");
+            let mut f = self.in_flight.lock().expect("in-flight lock");
+            let InFlight {
+                per_endpoint,
+                buckets,
+                ..
+            } = &mut *f;
             let wants: HashMap<String, Want> = live_map
                 .values()
                 .filter(|l| l.endpoint.enabled)
@@ -83,16 +107,26 @@ impl Webhooks {
                     } else {
                         self.config.max_in_flight_per_endpoint.max(1)
                     };
-                    let busy = f.per_endpoint.get(&l.endpoint.id).copied().unwrap_or(0);
-                    (busy < limit).then(|| {
-                        let want = Want {
-                            capacity: limit - busy,
-                            ordered,
-                        };
+                    let busy = per_endpoint.get(&l.endpoint.id).copied().unwrap_or(0);
+                    let mut capacity = limit.saturating_sub(busy);
+                    if let Some(rate) = l.endpoint.rate_limit {
+                        let bucket = buckets.entry(l.endpoint.id.clone()).or_insert(Bucket {
+                            tokens: 1.0,
+                            at_ms: now,
+                        });
+                        capacity = capacity.min(bucket.available(rate, now));
+                    }
+                    (capacity > 0).then(|| {
+                        let want = Want { capacity, ordered };
                         (l.endpoint.id.clone(), want)
                     })
                 })
                 .collect();
+            buckets.retain(|id, _| {
+                live_map
+                    .get(id)
+                    .is_some_and(|l| l.endpoint.rate_limit.is_some())
+            });
             (wants, max_total.saturating_sub(f.total), f.tasks.clone())
         };
         if wants.is_empty() || total == 0 {
@@ -124,6 +158,9 @@ impl Webhooks {
                     f.claims.insert((id.clone(), task.seq), token.clone());
                 }
                 f.total += 1;
+                if let Some(bucket) = f.buckets.get_mut(&id) {
+                    bucket.tokens -= 1.0;
+                }
                 *f.per_endpoint.entry(id).or_default() += 1;
             }
             let event = events.get(&task.seq).cloned().flatten();

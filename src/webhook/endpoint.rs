@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::sign::Secret;
 use super::store::Endpoint;
 use super::WebhookError;
-use crate::event::{validate_channel, Filter, Pattern, NOTICE_MARK};
+use crate::event::{Filter, Pattern, NOTICE_MARK};
 
 /// `POST /v1/webhooks` body.
 #[derive(Debug, Deserialize)]
@@ -28,6 +28,9 @@ pub struct CreateEndpoint {
     pub enabled: Option<bool>,
     #[serde(default)]
     pub ordered: Option<bool>,
+    /// Attempts per second at most (none: unlimited).
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
     #[serde(default)]
     pub secret: Option<String>,
 }
@@ -44,14 +47,27 @@ pub struct UpdateEndpoint {
     pub description: Option<String>,
     pub enabled: Option<bool>,
     pub ordered: Option<bool>,
+    /// Attempts per second at most; `null` removes the limit.
+    #[serde(default, with = "double_option")]
+    pub rate_limit: Option<Option<u32>>,
 }
 
+/// Tells a field given as `null` (clear it) from one left out (keep it).
 mod double_option {
     use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
         d: D,
-    ) -> Result<Option<Option<Vec<String>>>, D::Error> {
+    ) -> Result<Option<Option<T>>, D::Error> {
         Ok(Some(Option::deserialize(d)?))
+    }
+}
+
+pub(super) fn validate_rate_limit(limit: Option<u32>) -> Result<(), WebhookError> {
+    match limit {
+        Some(0) => Err(WebhookError::Invalid(
+            "rate_limit must be at least 1 per second (null: no limit)".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -62,6 +78,8 @@ pub(super) struct Live {
     pub(super) secret: Secret,
     pub(super) previous: Option<Secret>,
     pub(super) filter: Filter,
+    /// `endpoint.types` compiled (`order.*` matches `order.paid`); None: every type.
+    types: Option<Vec<Pattern>>,
     /// The URL parsed and checked once, at the first delivery.
     pub(super) target: std::sync::OnceLock<Result<reqwest::Url, String>>,
     pub(super) stop: CancellationToken,
@@ -102,7 +120,18 @@ impl Live {
         if !endpoint.notifications.is_empty() {
             filter = filter.with_notices();
         }
+        let types = endpoint
+            .types
+            .as_ref()
+            .map(|t| {
+                t.iter()
+                    .map(|p| Pattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|e| WebhookError::Invalid(e.to_string()))?;
         Ok(Live {
+            types,
             route: Route::of(&endpoint),
             endpoint,
             secret,
@@ -150,9 +179,9 @@ impl Live {
     }
 
     fn wants_type(&self, kind: Option<&str>) -> bool {
-        match &self.endpoint.types {
+        match &self.types {
             None => true,
-            Some(types) => kind.is_some_and(|k| types.iter().any(|t| t == k)),
+            Some(types) => kind.is_some_and(|k| types.iter().any(|t| t.matches(k))),
         }
     }
 
@@ -199,10 +228,12 @@ pub(super) fn validate_notifications(kinds: &[String]) -> Result<(), WebhookErro
     }
 }
 
+/// Event types, or patterns of them (`order.*`), with channel-name syntax.
 pub(super) fn validate_types(types: &[String]) -> Result<(), WebhookError> {
     for t in types {
-        validate_channel(t)
-            .map_err(|_| WebhookError::Invalid(format!("type {t:?} is not a valid event type")))?;
+        Pattern::parse(t).map_err(|_| {
+            WebhookError::Invalid(format!("type {t:?} is not a valid event type or pattern"))
+        })?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod retry;
 mod runtime;
 pub mod sign;
 pub mod store;
+mod tools;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,7 +35,8 @@ use crate::store::StoreError;
 use deliver::Deliverer;
 use dispatch::InFlight;
 use endpoint::{
-    validate_channels, validate_description, validate_notifications, validate_types, Live, Route,
+    validate_channels, validate_description, validate_notifications, validate_rate_limit,
+    validate_types, Live, Route,
 };
 pub use endpoint::{CreateEndpoint, UpdateEndpoint};
 use guard::{GuardError, Policy};
@@ -290,6 +292,7 @@ impl Webhooks {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         );
+        validate_rate_limit(req.rate_limit)?;
         if req.owner.as_deref() == Some("") {
             return Err(WebhookError::Invalid("owner must not be empty".into()));
         }
@@ -304,6 +307,7 @@ impl Webhooks {
             description: validate_description(req.description)?,
             enabled: req.enabled.unwrap_or(true),
             ordered: req.ordered.unwrap_or(false),
+            rate_limit: req.rate_limit,
             secret: secret.as_str().to_string(),
             previous_secret: None,
             previous_expires_ms: None,
@@ -335,6 +339,9 @@ impl Webhooks {
         if let Some(kinds) = &req.notifications {
             validate_notifications(kinds)?;
         }
+        if let Some(limit) = req.rate_limit {
+            validate_rate_limit(limit)?;
+        }
         let description = match req.description {
             Some(d) => Some(validate_description(Some(d))?),
             None => None,
@@ -357,6 +364,9 @@ impl Webhooks {
             }
             if let Some(ordered) = req.ordered {
                 endpoint.ordered = ordered;
+            }
+            if let Some(limit) = req.rate_limit {
+                endpoint.rate_limit = limit;
             }
             if let Some(enabled) = req.enabled {
                 endpoint.enabled = enabled;

@@ -91,6 +91,7 @@ impl Webhooks {
                 description: format!("Pusher app {} webhook", app.id),
                 enabled: true,
                 ordered: false,
+                rate_limit: None,
                 secret: Secret::generate().as_str().to_string(),
                 previous_secret: None,
                 previous_expires_ms: None,

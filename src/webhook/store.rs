@@ -47,6 +47,10 @@ pub struct Endpoint {
     pub description: String,
     pub enabled: bool,
     pub ordered: bool,
+    /// At most this many delivery attempts per second (per node), so a receiver that was
+    /// down is not flooded with its backlog. None: no limit beyond the in-flight caps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     pub secret: String,
     /// The secret before the last rotation, still used to sign until `previous_expires_ms`.
     #[serde(default)]

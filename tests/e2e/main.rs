@@ -23,5 +23,6 @@ mod resume;
 mod slow;
 mod sse;
 mod tls;
+mod webhook_features;
 mod webhooks;
 mod ws;

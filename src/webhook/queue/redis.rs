@@ -291,7 +291,7 @@ impl RedisQueue {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StoreError::from)?;
-        if owned == 0 {
+        if owned == 0 && task.claim.is_some() {
             tracing::warn!(
                 endpoint = %id,
                 seq = task.seq,
