@@ -87,6 +87,16 @@ pub struct ServerConfig {
     /// HTTP/2 (ALPN `h2`) beside HTTP/1.1. Reloaded on SIGHUP and when the files change.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `text` for people, `json` (one object per line) for log shippers.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +115,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use args::{BenchCommand, Cli, Command, ServeArgs};
 use client::{publish, token, webhook};
 use follow::{forward, tail};
@@ -25,7 +25,10 @@ pub use sse::{SseEvent, SseReader};
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `serve` sets up logging once its config (which may ask for JSON) is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_tracing(LogFormat::Text);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -61,19 +64,28 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let loaded = Config::load(args.config.as_deref());
+    init_tracing(
+        loaded
+            .as_ref()
+            .map_or(LogFormat::Text, |c| c.server.log_format),
+    );
+    let mut config = loaded?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }

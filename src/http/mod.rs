@@ -7,6 +7,7 @@ pub mod hooks;
 pub mod origin;
 pub mod presence;
 pub mod pusher;
+pub mod request_id;
 pub mod sse;
 pub mod sse_direct;
 pub mod tokens;
@@ -140,6 +141,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .layer(guard)
         .layer(cors)
+        // Outermost, so refusals by the layers inside carry an id too.
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 
@@ -203,7 +206,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(id) = request_id::current() {
+            body["error"]["request_id"] = id.as_ref().into();
+        }
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response

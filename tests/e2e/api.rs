@@ -200,3 +200,64 @@ async fn health_and_readiness() {
     let r: serde_json::Value = get_json(h.url("/readyz")).await;
     assert_eq!(r["status"], "ready");
 }
+
+/// With `log_format = "json"` every log line is one JSON object, and a failed request's line
+/// carries the id that its error body and `x-request-id` header also give.
+#[tokio::test]
+async fn errors_and_json_log_lines_share_a_request_id() {
+    let mut h = Herald::start("[server]\nlog_format = \"json\"\n");
+    for line in &h.startup_log {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    }
+    let r = http()
+        .post(h.url("/v1/events"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let header = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["request_id"], header.as_str(), "{body}");
+    assert_eq!(header.len(), 16);
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let line = loop {
+        let line = h
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("no log line for the request");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if v["request_id"] == header.as_str() {
+            break v;
+        }
+    };
+    assert_eq!(
+        (&line["status"], &line["method"]),
+        (&json!(400), &json!("POST")),
+        "{line}"
+    );
+    assert_eq!(line["path"], "/v1/events");
+
+    // An id from a proxy in front is kept when plain, replaced when not.
+    for (sent, kept) in [
+        ("edge-7f.1", true),
+        ("bad id", false),
+        (&*"x".repeat(65), false),
+    ] {
+        let r = http()
+            .get(h.url("/v1/nope"))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        let got = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(got == sent, kept, "{sent:?} -> {got:?}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["request_id"], got.as_str());
+    }
+    h.terminate();
+}

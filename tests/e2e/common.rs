@@ -186,8 +186,9 @@ fn spawn_on(
         let after = line.split("listening on http").nth(1);
         let rest = after.and_then(|r| r.strip_prefix("s://").or_else(|| r.strip_prefix("://")));
         if let Some(rest) = rest {
+            // Text logs end the address at a space, JSON logs at the closing quote.
             let addr = rest
-                .split_whitespace()
+                .split(|c: char| c.is_whitespace() || c == '"')
                 .next()
                 .expect("address")
                 .parse()

@@ -1,0 +1,69 @@
+//! Every request gets an id: it is in the request's log line, in the `x-request-id` response
+//! header, and in an error body's `request_id`, so a user's report ("I got 422, request
+//! 3f2a...") leads straight to the server's line. A well-formed `x-request-id` from a proxy
+//! in front is kept, so one id follows the request through both.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    /// The id of the request being handled (errors read it to put it in their body).
+    static CURRENT: Arc<str>;
+}
+
+/// The current request's id, inside a handler.
+pub fn current() -> Option<Arc<str>> {
+    CURRENT.try_with(Arc::clone).ok()
+}
+
+/// A counter from a random start: unique within the process, unpredictable across them, and
+/// no system call per request.
+fn next_id() -> Arc<str> {
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).expect("OS random source");
+        AtomicU64::new(u64::from_le_bytes(seed))
+    });
+    format!("{:016x}", next.fetch_add(1, Ordering::Relaxed)).into()
+}
+
+/// Ids from upstream are kept only if short and plain (they end up in logs).
+fn upstream(request: &Request) -> Option<Arc<str>> {
+    let v = request.headers().get(&HEADER)?.to_str().ok()?;
+    let plain = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    plain.then(|| v.into())
+}
+
+/// The middleware: assigns the id, runs the request with it, logs one line. Successful
+/// requests log at debug (a busy publisher makes thousands a second), failures at info
+/// (4xx) or warn (5xx).
+pub async fn assign(request: Request, next: Next) -> Response {
+    let id = upstream(&request).unwrap_or_else(next_id);
+    let method = request.method().clone();
+    let path = crate::event::excerpt(request.uri().path());
+    let started = Instant::now();
+    let mut response = CURRENT.scope(id.clone(), next.run(request)).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match status {
+        500.. => tracing::warn!(request_id = %id, %method, path, status, ms, "request"),
+        400..=499 => tracing::info!(request_id = %id, %method, path, status, ms, "request"),
+        _ => tracing::debug!(request_id = %id, %method, path, status, ms, "request"),
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(HEADER, v);
+    }
+    response
+}
