@@ -105,19 +105,59 @@ pub(super) enum WebhookCommand {
         /// Channel or pattern to deliver (repeat for several).
         #[arg(long = "channel", required = true)]
         channels: Vec<String>,
-        /// Only these event types (repeat for several); default: all.
-        #[arg(long = "type")]
-        types: Vec<String>,
-        /// One delivery in flight, strictly in seq order.
-        #[arg(long)]
-        ordered: bool,
-        #[arg(long)]
-        description: Option<String>,
+        #[command(flatten)]
+        settings: EndpointSettings,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// List endpoints (secrets are never listed).
     List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one endpoint, with how many deliveries it has pending.
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change an endpoint: only what is given changes.
+    Update {
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        /// Replaces the channels (repeat for several).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        #[command(flatten)]
+        settings: EndpointSettings,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete an endpoint with its queue and attempt log.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start delivering again (clears the reason it was disabled).
+    Enable {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop delivering; events keep queueing from where it stopped when enabled again.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send one signed test event now and show what came back.
+    Test {
+        id: String,
+        /// The test event's type [default: webhook.test].
+        #[arg(long = "type")]
+        kind: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -138,12 +178,42 @@ pub(super) enum WebhookCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Re-queue the events whose delivery failed for good since a time (one endpoint, or
+    /// every endpoint with --all).
+    Recover {
+        /// The endpoint (omit with --all).
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// RFC 3339 time, e.g. 2026-11-26T10:00:00Z.
+        #[arg(long)]
+        since: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Replace the signing secret; the old one keeps signing beside it for a while.
     Rotate {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Settings shared by `webhook add` and `webhook update`.
+#[derive(Args)]
+pub(super) struct EndpointSettings {
+    /// Only these event types or patterns, e.g. `order.*` (repeat for several); default: all.
+    #[arg(long = "type")]
+    pub(super) types: Vec<String>,
+    /// One delivery in flight, strictly in seq order (`--ordered false` to undo).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub(super) ordered: Option<bool>,
+    #[arg(long)]
+    pub(super) description: Option<String>,
+    /// At most this many attempts per second.
+    #[arg(long)]
+    pub(super) rate_limit: Option<u32>,
 }
 
 #[derive(Args)]
@@ -170,6 +240,9 @@ pub(super) struct ClientArgs {
     /// API key, sent as `Authorization: Bearer`.
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub(super) api_key: Option<String>,
+    /// Print the server's JSON reply as is (for scripts) instead of a table.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 #[derive(Args)]

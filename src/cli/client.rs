@@ -1,10 +1,10 @@
-//! One-shot client commands against a running server: `publish`, `token`, `webhook`.
+//! One-shot client commands against a running server: `publish`, `token`.
 
 use anyhow::{bail, Context};
 
 use crate::config::Config;
 
-use super::args::{ClientArgs, PublishArgs, TokenArgs, WebhookCommand};
+use super::args::{ClientArgs, PublishArgs, TokenArgs};
 
 pub(super) fn client(
     args: &ClientArgs,
@@ -88,74 +88,5 @@ pub(super) fn token(args: TokenArgs) -> anyhow::Result<()> {
         }
     };
     println!("{token}");
-    Ok(())
-}
-
-pub(super) async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
-    use serde_json::json;
-    let (client, method, path, body) = match command {
-        WebhookCommand::Add {
-            url,
-            channels,
-            types,
-            ordered,
-            description,
-            client,
-        } => {
-            let mut body = json!({"url": url, "channels": channels, "ordered": ordered});
-            if !types.is_empty() {
-                body["types"] = types.into();
-            }
-            if let Some(d) = description {
-                body["description"] = d.into();
-            }
-            (
-                client,
-                reqwest::Method::POST,
-                "/v1/webhooks".to_string(),
-                Some(body),
-            )
-        }
-        WebhookCommand::List { client } => {
-            (client, reqwest::Method::GET, "/v1/webhooks".into(), None)
-        }
-        WebhookCommand::Deliveries { id, status, client } => {
-            let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
-            (
-                client,
-                reqwest::Method::GET,
-                format!("/v1/webhooks/{id}/deliveries{query}"),
-                None,
-            )
-        }
-        WebhookCommand::Replay { id, since, client } => (
-            client,
-            reqwest::Method::POST,
-            format!("/v1/webhooks/{id}/replay"),
-            Some(json!({"since": since})),
-        ),
-        WebhookCommand::Rotate { id, client } => (
-            client,
-            reqwest::Method::POST,
-            format!("/v1/webhooks/{id}/rotate-secret"),
-            None,
-        ),
-    };
-    let (http, headers) = self::client(&client)?;
-    let url = format!("{}{path}", client.server.trim_end_matches('/'));
-    let mut request = http.request(method, &url).headers(headers);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.with_context(|| url.clone())?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        bail!("{status}: {text}");
-    }
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or(text);
-    println!("{pretty}");
     Ok(())
 }

@@ -11,6 +11,7 @@ mod args;
 mod client;
 mod follow;
 mod sse;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -19,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 use args::{BenchCommand, Cli, Command, ServeArgs};
-use client::{publish, token, webhook};
+use client::{publish, token};
 use follow::{forward, tail};
 pub use sse::{SseEvent, SseReader};
+use webhook::webhook;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

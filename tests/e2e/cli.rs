@@ -126,6 +126,7 @@ async fn webhook_commands_manage_endpoints() {
             "cli",
             "--description",
             "from the CLI",
+            "--json",
         ],
         &h,
     );
@@ -138,7 +139,7 @@ async fn webhook_commands_manage_endpoints() {
     let id = created["id"].as_str().unwrap().to_string();
     assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
 
-    let out = herald(&["webhook", "list"], &h);
+    let out = herald(&["webhook", "list", "--json"], &h);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["webhooks"][0]["id"], id.as_str());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("whsec_"));
@@ -155,13 +156,23 @@ async fn webhook_commands_manage_endpoints() {
     })
     .await;
     let deliveries = crate::webhooks::eventually("attempt log", WAIT, async || {
-        let out = herald(&["webhook", "deliveries", &id, "--status", "delivered"], &h);
+        let out = herald(
+            &[
+                "webhook",
+                "deliveries",
+                &id,
+                "--status",
+                "delivered",
+                "--json",
+            ],
+            &h,
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         (v["deliveries"].as_array().unwrap().len() == 2).then_some(v)
     })
     .await;
     assert_eq!(deliveries["deliveries"][0]["seq"], 1);
-    let out = herald(&["webhook", "rotate", &id], &h);
+    let out = herald(&["webhook", "rotate", &id, "--json"], &h);
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(rotated["secret"], created["secret"]);
     let out = herald(&["webhook", "deliveries", "wh_missing"], &h);
@@ -314,4 +325,97 @@ fn out_of_range_settings_are_refused_at_start() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{toml}: {stderr}");
     }
+}
+
+/// Without `--json` the webhook commands print for people: tables and `key value` lines, no
+/// color when not on a terminal; errors say what went wrong once, with the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_commands_print_tables_for_people() {
+    let h = Herald::start("[webhooks]\nallow_private = true\n");
+    let receiver =
+        crate::webhooks::Receiver::start(|_, _| crate::webhooks::Reply::Status(204)).await;
+    let run = |args: &[&str]| {
+        let out = herald(args, &h);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, added, err) = run(&[
+        "webhook",
+        "add",
+        &receiver.url(),
+        "--channel",
+        "cli",
+        "--type",
+        "order.*",
+    ]);
+    assert!(ok, "{err}");
+    let id = added
+        .lines()
+        .find_map(|l| l.strip_prefix("id"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{added}"));
+    assert!(added.contains("secret       whsec_"), "{added}");
+    assert!(added.contains("types        order.*"), "{added}");
+    assert!(!added.contains('\x1b'), "no color when piped: {added:?}");
+
+    let (_, listed, _) = run(&["webhook", "list"]);
+    let mut lines = listed.lines();
+    let head = lines.next().unwrap();
+    assert!(
+        head.starts_with("ID") && head.contains("STATE") && head.contains("CHANNELS"),
+        "{listed}"
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with(&id) && row.contains("enabled") && row.contains("cli"),
+        "{listed}"
+    );
+
+    let (ok, updated, err) = run(&[
+        "webhook",
+        "update",
+        &id,
+        "--description",
+        "renamed",
+        "--rate-limit",
+        "7",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        updated.contains("description  renamed") && updated.contains("rate limit   7"),
+        "{updated}"
+    );
+    let (_, disabled, _) = run(&["webhook", "disable", &id]);
+    assert!(disabled.contains("state        disabled"), "{disabled}");
+    let (_, enabled, _) = run(&["webhook", "enable", &id]);
+    assert!(enabled.contains("state        enabled"), "{enabled}");
+
+    let (ok, tested, err) = run(&["webhook", "test", &id]);
+    assert!(ok, "{err}");
+    assert!(tested.starts_with("delivered (HTTP 204) in "), "{tested}");
+    let (_, attempts, _) = run(&["webhook", "deliveries", &id]);
+    assert!(
+        attempts.lines().next().unwrap().starts_with("ID") && attempts.contains("delivered"),
+        "{attempts}"
+    );
+    let (ok, recovered, err) = run(&[
+        "webhook",
+        "recover",
+        "--all",
+        "--since",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(recovered.trim(), "recovering 0 events");
+
+    let (ok, deleted, _) = run(&["webhook", "delete", &id]);
+    assert!(ok);
+    assert_eq!(deleted.trim(), format!("deleted {id}"));
+    let (_, empty, _) = run(&["webhook", "list"]);
+    assert!(empty.contains("(none)"), "{empty}");
+    let (ok, _, err) = run(&["webhook", "get", &id]);
+    assert!(!ok);
+    assert_eq!(err.matches("not_found").count(), 1, "said once: {err}");
+    assert!(err.contains("404") && err.contains("request "), "{err}");
 }
