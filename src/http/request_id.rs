@@ -2,12 +2,16 @@
 //! header, and in an error body's `request_id`, so a user's report ("I got 422, request
 //! 3f2a...") leads straight to the server's line. A well-formed `x-request-id` from a proxy
 //! in front is kept, so one id follows the request through both.
+//!
+//! The same middleware counts requests for `/metrics` by route template (never the raw
+//! path, whose values are unbounded), method and status, with their latency to the response
+//! head (for SSE and WebSocket that is the handshake, not the stream).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -53,10 +57,22 @@ pub async fn assign(request: Request, next: Next) -> Response {
     let id = upstream(&request).unwrap_or_else(next_id);
     let method = request.method().clone();
     let path = crate::event::excerpt(request.uri().path());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
     let mut response = CURRENT.scope(id.clone(), next.run(request)).await;
     let status = response.status().as_u16();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms = elapsed * 1000.0;
+    let labels = [
+        ("route", route),
+        ("method", method_label(&method).to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("herald_http_requests_total", &labels).increment(1);
+    metrics::histogram!("herald_http_request_seconds", &labels[..2]).record(elapsed);
     match status {
         500.. => tracing::warn!(request_id = %id, %method, path, status, ms, "request"),
         400..=499 => tracing::info!(request_id = %id, %method, path, status, ms, "request"),
@@ -66,4 +82,19 @@ pub async fn assign(request: Request, next: Next) -> Response {
         response.headers_mut().insert(HEADER, v);
     }
     response
+}
+
+/// Methods a client can invent are one label, so they cannot grow the series without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }

@@ -261,3 +261,56 @@ async fn errors_and_json_log_lines_share_a_request_id() {
     }
     h.terminate();
 }
+
+/// `/metrics` counts requests by route template, method and status: bounded labels whatever
+/// paths and methods clients send.
+#[tokio::test]
+async fn http_requests_are_counted_by_route_not_by_path() {
+    let h = Herald::start("");
+    publish_one(&h, "m", json!(1)).await;
+    for path in [
+        "/v1/webhooks/wh_one",
+        "/v1/webhooks/wh_two",
+        "/nope/1",
+        "/nope/2",
+    ] {
+        http().get(h.url(path)).send().await.unwrap();
+    }
+    let odd = reqwest::Method::from_bytes(b"BREW").unwrap();
+    http()
+        .request(odd, h.url("/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    let text = get_text(h.url("/metrics")).await;
+    let series = |needle: &str| {
+        text.lines()
+            .find(|l| l.starts_with("herald_http_requests_total{") && l.contains(needle))
+            .unwrap_or_else(|| panic!("no series with {needle}: {text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(
+        series(r#"route="/v1/events",method="POST",status="201""#),
+        1.0
+    );
+    assert_eq!(
+        series(r#"route="/v1/webhooks/{id}",method="GET",status="404""#),
+        2.0
+    );
+    assert_eq!(
+        series(r#"route="unmatched",method="GET",status="404""#),
+        2.0
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("herald_http_requests_total{") && l.contains(r#"method="other""#)
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("wh_one") && !text.contains("/nope") && !text.contains("BREW"));
+    assert!(text.contains("herald_http_request_seconds"), "{text}");
+}
