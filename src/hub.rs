@@ -88,9 +88,17 @@ impl Hub {
         &self.log
     }
 
-    /// Publishes through the log; resolves once durable.
-    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
-        self.log.append(events).await
+    /// Publishes through the log; resolves once durable. `ingest` names the way in (`http`,
+    /// `ws`, `hook`, `pusher`, `notice`) for `herald_events_published_total`.
+    pub async fn publish(
+        &self,
+        events: Vec<NewEvent>,
+        ingest: &'static str,
+    ) -> Result<Vec<Appended>, LogError> {
+        let n = events.len() as u64;
+        let appended = self.log.append(events).await?;
+        metrics::counter!("herald_events_published_total", "ingest" => ingest).increment(n);
+        Ok(appended)
     }
 
     /// Starts a subscription. With `since`, it first replays every retained matching event
@@ -202,6 +210,8 @@ impl CommitListener for Hub {
                     match sink.tx.try_send(event.clone()) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
+                            metrics::counter!("herald_slow_consumer_disconnects_total")
+                                .increment(1);
                             sink.dead.store(true, Ordering::Relaxed);
                             sink.lagged.cancel();
                             dropped.push((sink.id, sink.filter.clone()));

@@ -246,7 +246,7 @@ pub async fn publish(
         app.auth.check_publish(&principal, &event.channel)?;
     }
     app.take_publish_budget(&principal, conn.peer.ip(), events.len())?;
-    let results = app.hub.publish(events).await?;
+    let results = app.hub.publish(events, "http").await?;
     let status = if results.iter().all(|a: &Appended| a.duplicate) {
         StatusCode::OK
     } else {

@@ -292,6 +292,14 @@ impl From<crate::presence::PresenceError> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        let error = Self::from_auth(e);
+        metrics::counter!("herald_auth_failures_total", "code" => error.code).increment(1);
+        error
+    }
+}
+
+impl ApiError {
+    fn from_auth(e: AuthError) -> Self {
         match e {
             AuthError::Missing | AuthError::Invalid | AuthError::KeyOutsideHeader => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
@@ -329,7 +337,10 @@ impl AppState {
         let client = crate::limits::client_of(peer, self.config.limits.ipv6_prefix);
         self.publish_rate
             .take(&p.rate_key(client), n as u32)
-            .map_err(ApiError::rate_limited)
+            .map_err(|wait| {
+                metrics::counter!("herald_rate_limited_total", "limit" => "publish").increment(1);
+                ApiError::rate_limited(wait)
+            })
     }
 }
 

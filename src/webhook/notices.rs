@@ -34,7 +34,7 @@ impl Webhooks {
                 if events.is_empty() {
                     continue;
                 }
-                if let Err(e) = service.hub.publish(events).await {
+                if let Err(e) = service.hub.publish(events, "notice").await {
                     tracing::warn!(error = %e, "presence notices not logged: no webhook gets them");
                 }
             }

@@ -314,3 +314,48 @@ async fn http_requests_are_counted_by_route_not_by_path() {
     assert!(!text.contains("wh_one") && !text.contains("/nope") && !text.contains("BREW"));
     assert!(text.contains("herald_http_request_seconds"), "{text}");
 }
+
+/// The operator's counters move with what happens: events by way in, auth failures by code,
+/// rate-limit refusals.
+#[tokio::test]
+async fn operator_counters_follow_publishes_refusals_and_limits() {
+    let h = Herald::start(
+        "[auth]\napi_keys = [\"k\"]\n[limits]\npublish_rate = 1\npublish_burst = 2\n",
+    );
+    let send = |body: serde_json::Value, key: &'static str| {
+        let r = http()
+            .post(h.url("/v1/events"))
+            .bearer_auth(key)
+            .json(&body)
+            .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        send(
+            json!([{"channel": "c", "data": 1}, {"channel": "c", "data": 2}]),
+            "k"
+        )
+        .await,
+        201
+    );
+    assert_eq!(send(json!({"channel": "c", "data": 3}), "k").await, 429);
+    assert_eq!(send(json!({"channel": "c", "data": 4}), "wrong").await, 401);
+    let text = get_text(h.url("/metrics")).await;
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}: {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"herald_events_published_total{ingest="http"}"#),
+        2.0
+    );
+    assert_eq!(value(r#"herald_rate_limited_total{limit="publish"}"#), 1.0);
+    assert_eq!(
+        value(r#"herald_auth_failures_total{code="unauthorized"}"#),
+        1.0
+    );
+}

@@ -135,4 +135,11 @@ async fn stalled_clients_are_dropped_and_memory_stays_bounded() {
         .unwrap();
     let got: Vec<u64> = got.into_iter().filter(|s| *s >= first).collect();
     assert_eq!(got, (first..=last).collect::<Vec<_>>());
+    // Both stalled subscriptions were counted.
+    let metrics = get_text(h.url("/metrics")).await;
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_slow_consumer_disconnects_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(dropped.parse::<f64>().unwrap() >= 2.0, "{metrics}");
 }

@@ -159,7 +159,7 @@ pub async fn receive(
         })?,
         id,
     };
-    let appended = app.hub.publish(vec![event]).await?;
+    let appended = app.hub.publish(vec![event], "hook").await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"seq": appended[0].seq})),

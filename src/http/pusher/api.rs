@@ -244,10 +244,15 @@ async fn read(body: Body, state: &AppState) -> Result<axum::body::Bytes, PusherE
 }
 
 async fn publish(state: &AppState, events: Vec<NewEvent>) -> Result<(), PusherError> {
-    state.hub.publish(events).await.map(|_| ()).map_err(|e| {
-        let e = crate::http::ApiError::from(e);
-        PusherError(e.status, e.message)
-    })
+    state
+        .hub
+        .publish(events, "pusher")
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let e = crate::http::ApiError::from(e);
+            PusherError(e.status, e.message)
+        })
 }
 
 /// `POST /apps/{id}/events`.

@@ -50,6 +50,11 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 
 pub const CLOSE_SLOW: u16 = 4008;
 
+/// The close for a subscriber that fell behind (the hub counts it for `/metrics`).
+fn slow_consumer() -> Close {
+    Close::with(CLOSE_SLOW, "slow consumer: reconnect with since")
+}
+
 /// Most publishes awaiting their ack on one connection; past it the reader waits.
 const MAX_IN_FLIGHT: usize = 256;
 
@@ -170,7 +175,7 @@ impl Session {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Close::with(CLOSE_GOING_AWAY, "server shutting down")),
-                _ = lagged.cancelled() => return Err(Close::with(CLOSE_SLOW, "slow consumer: reconnect with since")),
+                _ = lagged.cancelled() => return Err(slow_consumer()),
                 _ = until(expires) => {
                     self.send(error(None, "token_expired", "the token has expired; reconnect with a fresh one")).await?;
                     return Err(Close::with(CLOSE_POLICY, "token expired"));
@@ -218,12 +223,7 @@ impl Session {
                 Ok(Item::Reset { oldest }) => {
                     text(json!({"op": "reset", "channel": channel, "oldest": oldest}))
                 }
-                Err(SubscriptionError::Lagged) => {
-                    return Err(Close::with(
-                        CLOSE_SLOW,
-                        "slow consumer: reconnect with since",
-                    ))
-                }
+                Err(SubscriptionError::Lagged) => return Err(slow_consumer()),
                 Err(SubscriptionError::Log(e)) => {
                     tracing::error!(error = %e, "WebSocket subscription failed");
                     return Err(Close::with(CLOSE_INTERNAL, "internal error"));
@@ -248,7 +248,7 @@ impl Session {
             .await
             .map_err(|end| match end {
                 FlushEnd::Failed => Close::Fail,
-                FlushEnd::Slow => Close::with(CLOSE_SLOW, "slow consumer: reconnect with since"),
+                FlushEnd::Slow => slow_consumer(),
                 FlushEnd::Shutdown => Close::with(CLOSE_GOING_AWAY, "server shutting down"),
             })
     }
@@ -396,7 +396,7 @@ impl Session {
         let hub = self.app.hub.clone();
         self.acks.push(
             async move {
-                match hub.publish(vec![event]).await {
+                match hub.publish(vec![event], "ws").await {
                     Ok(results) => text(with_ref(
                         json!({"op": "ack", "seq": results[0].seq}),
                         reference.as_ref(),
@@ -420,7 +420,11 @@ impl Session {
             .check_publish(&self.principal, &event.channel)?;
         self.bucket
             .take(1, std::time::Instant::now())
-            .map_err(ApiError::rate_limited)?;
+            .map_err(|wait| {
+                metrics::counter!("herald_rate_limited_total", "limit" => "ws_publish")
+                    .increment(1);
+                ApiError::rate_limited(wait)
+            })?;
         self.app
             .take_publish_budget(&self.principal, self.conn.peer.ip(), 1)?;
         Ok(event)

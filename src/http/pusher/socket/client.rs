@@ -57,7 +57,7 @@ impl Session {
         {
             return self.send(message::error(None, &e.message)).await;
         }
-        if let Err(e) = self.app.hub.publish(vec![event]).await {
+        if let Err(e) = self.app.hub.publish(vec![event], "pusher").await {
             tracing::warn!(error = %e, "client event not stored");
             return self
                 .send(message::error(None, "Client event not accepted; retry"))
