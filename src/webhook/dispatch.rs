@@ -57,6 +57,11 @@ impl Webhooks {
                 _ = tokio::time::sleep(POLL) => {}
             }
             let now = now_ms();
+            if let Some((depth, earliest)) = self.store.queue_stats() {
+                metrics::gauge!("herald_webhook_queue_depth").set(depth as f64);
+                let overdue = earliest.map_or(0, |at| now.saturating_sub(at));
+                metrics::gauge!("herald_webhook_oldest_due_seconds").set(overdue as f64 / 1000.0);
+            }
             match self.dispatch_due(now).await {
                 Ok(()) if failing => {
                     failing = false;

@@ -349,6 +349,12 @@ impl WebhookStore {
         }
     }
 
+    /// Tasks queued over all endpoints, and the earliest due time among them.
+    pub fn queue_stats(&self) -> (usize, Option<u64>) {
+        let index = self.index.lock().expect("webhook index");
+        (index.due.len(), index.due.first().map(|(at, _, _)| *at))
+    }
+
     pub fn pending_count(&self, id: &str) -> usize {
         let index = self.index.lock().expect("webhook index");
         index.tasks.get(id).map_or(0, BTreeMap::len)

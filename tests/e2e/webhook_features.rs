@@ -254,3 +254,28 @@ async fn a_rate_limit_paces_a_backlog() {
         "20 deliveries in {span:?}"
     );
 }
+
+/// `/metrics` shows the queue an operator would worry about: how many deliveries wait, and
+/// how long the most overdue one has been waiting.
+#[tokio::test]
+async fn queue_depth_and_overdue_age_are_exported() {
+    let h = Herald::start(&format!("{OPEN}max_in_flight = 1\n"));
+    let receiver = Receiver::start(|_, _| Reply::Hang(Duration::from_secs(30))).await;
+    let (status, _) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["q"]})).await;
+    assert_eq!(status, 201);
+    for i in 0..3 {
+        publish_one(&h, "q", json!(i)).await;
+    }
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    eventually("three queued, the oldest overdue", WAIT, async || {
+        let text = get_text(h.url("/metrics")).await;
+        let depth = gauge(&text, "herald_webhook_queue_depth")?;
+        let overdue = gauge(&text, "herald_webhook_oldest_due_seconds")?;
+        (depth == 3.0 && overdue >= 0.5).then_some(())
+    })
+    .await;
+}

@@ -35,6 +35,15 @@ pub enum Queue {
 }
 
 impl Queue {
+    /// Queued tasks and the earliest due time, where this node can tell cheaply (its own
+    /// store's in-memory index; a cluster's queue is Redis's to count).
+    pub fn queue_stats(&self) -> Option<(usize, Option<u64>)> {
+        match self {
+            Queue::Local(s) => Some(s.queue_stats()),
+            Queue::Shared(_) => None,
+        }
+    }
+
     /// Whether endpoints can change under us (other nodes): then the service re-reads them.
     pub fn is_shared(&self) -> bool {
         matches!(self, Queue::Shared(_))
