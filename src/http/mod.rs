@@ -125,6 +125,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/test", post(webhooks::test))
         .route("/v1/webhooks/{id}/recover", post(webhooks::recover))
         .route("/v1/webhooks/recover", post(webhooks::recover_all))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries_all))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

@@ -259,26 +259,8 @@ pub async fn deliveries(
     for (key, value) in query_pairs(query.as_deref())? {
         match key.as_str() {
             "after" => after = parse_cursor(&value, "after")?,
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_ATTEMPTS_PAGE).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_limit",
-                            format!("limit must be 1-{MAX_ATTEMPTS_PAGE}"),
-                        )
-                    })?
-            }
-            "status" => {
-                status = Some(AttemptStatus::parse(&value).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_status",
-                        "status must be delivered, retrying, failed or disabled",
-                    )
-                })?);
-            }
+            "limit" => limit = parse_limit(&value)?,
+            "status" => status = Some(parse_status(&value)?),
             _ => {}
         }
     }
@@ -286,6 +268,77 @@ pub async fn deliveries(
     let next = attempts.last().map_or(after, |a| a.id);
     let list: Vec<Value> = attempts.iter().map(attempt_view).collect();
     Ok(Json(json!({"deliveries": list, "next": next})))
+}
+
+/// `GET /v1/webhooks/deliveries?status=failed&limit=L`: the attempts of every endpoint the
+/// caller manages (a consumer: its owner's), newest first, each with its `endpoint`.
+pub async fn deliveries_all(
+    State(app): State<AppState>,
+    manager: Manager,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let mut limit = 100;
+    let mut status = None;
+    for (key, value) in query_pairs(query.as_deref())? {
+        match key.as_str() {
+            "limit" => limit = parse_limit(&value)?,
+            "status" => status = Some(parse_status(&value)?),
+            _ => {}
+        }
+    }
+    let mut all: Vec<(String, Attempt)> = Vec::new();
+    for e in app.webhooks.list().await? {
+        if !manager.may_see(&e) {
+            continue;
+        }
+        let mut after = 0;
+        loop {
+            let page = app
+                .webhooks
+                .attempts(&e.id, after, status, MAX_ATTEMPTS_PAGE)
+                .await?;
+            after = page.last().map_or(after, |a| a.id);
+            let full = page.len() == MAX_ATTEMPTS_PAGE;
+            all.extend(page.into_iter().map(|a| (e.id.clone(), a)));
+            // Keep only the newest `limit` seen so far, so memory stays bounded.
+            all.sort_by(|x, y| y.1.time_ms.cmp(&x.1.time_ms).then(y.1.id.cmp(&x.1.id)));
+            all.truncate(limit);
+            if !full {
+                break;
+            }
+        }
+    }
+    let list: Vec<Value> = all
+        .iter()
+        .map(|(id, a)| {
+            let mut v = attempt_view(a);
+            v["endpoint"] = id.as_str().into();
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "deliveries": list })))
+}
+
+fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse()
+        .ok()
+        .filter(|l| (1..=MAX_ATTEMPTS_PAGE).contains(l))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_limit",
+                format!("limit must be 1-{MAX_ATTEMPTS_PAGE}"),
+            )
+        })
+}
+
+fn parse_status(value: &str) -> Result<AttemptStatus, ApiError> {
+    AttemptStatus::parse(value).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_status",
+            "status must be delivered, retrying, failed or disabled",
+        )
+    })
 }
 
 fn attempt_view(a: &Attempt) -> Value {

@@ -138,6 +138,31 @@ async fn a_consumer_token_manages_only_its_owners_endpoints_within_its_channels(
     })
     .await;
 
+    // The list across endpoints shows only its own, though beta has deliveries too.
+    let (status, _) = call(
+        "POST",
+        h.url("/v1/events"),
+        "k-admin",
+        Some(json!({"channel": "orders.beta.eu", "data": {"n": 2}})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    eventually("beta's delivery", WAIT, async || {
+        let (_, all) = call("GET", h.url("/v1/webhooks/deliveries"), "k-admin", None).await;
+        let all = all["deliveries"].as_array()?.clone();
+        all.iter()
+            .any(|a| a["endpoint"] == beta_id.as_str())
+            .then_some(())
+    })
+    .await;
+    let (status, mine_only) = call("GET", h.url("/v1/webhooks/deliveries"), &acme, None).await;
+    assert_eq!(status, 200);
+    let listed = mine_only["deliveries"].as_array().unwrap();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|a| a["endpoint"] == own_id.as_str()),
+        "{mine_only}"
+    );
+
     // The token is only that: it can neither publish nor subscribe.
     let (status, reply) = call(
         "POST",

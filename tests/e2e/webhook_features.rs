@@ -159,6 +159,21 @@ async fn failed_deliveries_are_recovered_in_one_call() {
         (n == 4).then_some(())
     })
     .await;
+    // Listed together first: every endpoint's failures, newest first, each naming its endpoint.
+    let all = get_json(h.url("/v1/webhooks/deliveries?status=failed")).await;
+    let listed = all["deliveries"].as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{all}");
+    assert_eq!(
+        listed.iter().filter(|a| a["endpoint"] == a_id).count(),
+        3,
+        "{all}"
+    );
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0]["time"].as_str() >= w[1]["time"].as_str()),
+        "{all}"
+    );
     *healthy.lock().unwrap() = true;
     let (status, reply) = post(
         &h,
