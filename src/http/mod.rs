@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod hooks;
+pub mod open;
 pub mod origin;
 pub mod presence;
 pub mod pusher;

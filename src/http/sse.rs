@@ -182,6 +182,7 @@ struct StreamState {
     /// When the subscriber's token expires, the stream ends.
     expires: Option<tokio::time::Instant>,
     preamble: Option<Bytes>,
+    _open: super::open::Open<super::open::Sse>,
 }
 
 /// The body: `retry:` first, then events and heartbeats until shutdown or a lag.
@@ -206,6 +207,7 @@ fn frames(
         shutdown,
         expires,
         preamble: Some(Bytes::from(preamble.concat())),
+        _open: super::open::Open::new(),
     };
     stream::unfold(state, |mut s| async move {
         if let Some(preamble) = s.preamble.take() {

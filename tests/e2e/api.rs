@@ -359,3 +359,29 @@ async fn operator_counters_follow_publishes_refusals_and_limits() {
         1.0
     );
 }
+
+/// `herald_connections{transport}` follows subscribers as they come and go.
+#[tokio::test]
+async fn open_connections_are_counted_by_transport() {
+    let h = Herald::start("");
+    let gauge = |text: &str, transport: &str| -> f64 {
+        let prefix = format!("herald_connections{{transport=\"{transport}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let a = Sse::connect(&h, "channel=c", None).await;
+    let b = Sse::connect(&h, "channel=c", None).await;
+    let ws = ws_connect(&h, "?channel=c").await;
+    crate::webhooks::eventually("2 SSE and 1 WS counted", WAIT, async || {
+        let text = get_text(h.url("/metrics")).await;
+        (gauge(&text, "sse") == 2.0 && gauge(&text, "ws") == 1.0).then_some(())
+    })
+    .await;
+    drop((a, b, ws));
+    crate::webhooks::eventually("all gone", WAIT, async || {
+        let text = get_text(h.url("/metrics")).await;
+        (gauge(&text, "sse") == 0.0 && gauge(&text, "ws") == 0.0).then_some(())
+    })
+    .await;
+}

@@ -123,6 +123,7 @@ struct Session {
     acks: FuturesUnordered<BoxFuture<'static, Frame>>,
     /// Shared by every subscription of the connection: one lag closes it with 4008.
     lagged: CancellationToken,
+    _open: super::open::Open<super::open::Ws>,
     /// The HTTP connection this came from (its peer, and its slot in the limits).
     conn: Connection,
     principal: Principal,
@@ -145,6 +146,7 @@ impl Session {
             watches: StreamMap::new(),
             acks: FuturesUnordered::new(),
             lagged: CancellationToken::new(),
+            _open: super::open::Open::new(),
         }
     }
 

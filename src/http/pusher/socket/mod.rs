@@ -117,6 +117,7 @@ struct Session {
     conn: Connection,
     client_events: Bucket,
     last_seen: tokio::time::Instant,
+    _open: crate::http::open::Open<crate::http::open::Pusher>,
 }
 
 impl Session {
@@ -139,6 +140,7 @@ impl Session {
             conn,
             client_events: Bucket::new(CLIENT_EVENT_RATE, CLIENT_EVENT_RATE),
             last_seen: tokio::time::Instant::now(),
+            _open: crate::http::open::Open::new(),
         }
     }
 
