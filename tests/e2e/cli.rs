@@ -313,17 +313,7 @@ fn out_of_range_settings_are_refused_at_start() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("herald.toml");
-        std::fs::write(&config, toml).unwrap();
-        let out = herald_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config)
-            .output_within();
-        assert!(!out.status.success(), "{toml}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(expected), "{toml}: {stderr}");
+        assert_serve_refuses(dir.path(), toml, expected);
     }
 }
 

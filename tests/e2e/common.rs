@@ -575,3 +575,19 @@ pub fn wait_within(child: &mut Child, wait: Duration) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Runs `herald serve` with `toml` as its config file (in `dir`) and asserts that it refuses
+/// to start, saying `expected` on stderr.
+pub fn assert_serve_refuses(dir: &Path, toml: &str, expected: &str) {
+    let config = dir.join("herald.toml");
+    std::fs::write(&config, toml).unwrap();
+    let out = herald_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output_within();
+    assert!(!out.status.success(), "{toml}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(expected), "{toml}: {stderr}");
+}

@@ -267,16 +267,6 @@ fn bad_tls_settings_refuse_to_start_and_say_why() {
             "missing.pem".to_string(),
         ),
     ] {
-        let config = dir.path().join("herald.toml");
-        std::fs::write(&config, &toml).unwrap();
-        let out = herald_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config)
-            .output_within();
-        assert!(!out.status.success(), "{toml}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&reason), "{toml}: {stderr}");
+        assert_serve_refuses(dir.path(), &toml, &reason);
     }
 }

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 use crate::webhooks::{
-    attempts, create_webhook, eventually, verify_with_standardwebhooks, Receiver, Reply,
+    attempts, create_webhook, eventually, set_enabled, verify_with_standardwebhooks, Receiver,
+    Reply,
 };
 
 const OPEN: &str = "[webhooks]\nallow_private = true\n";
@@ -231,13 +232,7 @@ async fn a_rate_limit_paces_a_backlog() {
         .collect();
     assert_eq!(publish(&h, Value::Array(batch)).await.0, 201);
     // Disabled endpoints do not queue; enable it and replay the backlog instead.
-    let r = http()
-        .patch(h.url(&format!("/v1/webhooks/{id}")))
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    set_enabled(&h, id, true).await;
     let (status, _) = post(
         &h,
         &format!("/v1/webhooks/{id}/replay"),

@@ -240,6 +240,17 @@ pub async fn create_webhook(h: &Herald, body: Value) -> (u16, Value) {
     (status, r.json().await.unwrap())
 }
 
+/// Enables or disables an endpoint through the API, asserting it took.
+pub async fn set_enabled(h: &Herald, id: &str, enabled: bool) {
+    let r = http()
+        .patch(h.url(&format!("/v1/webhooks/{id}")))
+        .json(&json!({ "enabled": enabled }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 pub async fn attempts(h: &Herald, id: &str, query: &str) -> Vec<Value> {
     let v: Value =
         get_json(h.url(&format!("/v1/webhooks/{id}/deliveries?limit=1000{query}"))).await;
@@ -593,13 +604,7 @@ async fn gone_disables_and_reenabling_delivers_what_waited() {
     assert_eq!(attempts(&h, &id, "").await[0]["status"], "disabled");
     publish_one(&h, "g", json!(2)).await;
     receiver.restart(|_, _| Reply::Status(200)).await;
-    let r = http()
-        .patch(h.url(&format!("/v1/webhooks/{id}")))
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    set_enabled(&h, &id, true).await;
     eventually("both delivered", WAIT, async || {
         (receiver.delivered() == BTreeSet::from([1, 2])).then_some(())
     })
