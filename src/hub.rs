@@ -98,6 +98,7 @@ impl Hub {
         let n = events.len() as u64;
         let appended = self.log.append(events).await?;
         metrics::counter!("herald_events_published_total", "ingest" => ingest).increment(n);
+        crate::stats::get().published(n);
         Ok(appended)
     }
 
@@ -119,6 +120,7 @@ impl Hub {
             fill_to: None,
             buffer: VecDeque::new(),
             lagged,
+            counted: None,
         };
         if since.is_none() {
             sub.register_live_only();
@@ -267,11 +269,19 @@ pub struct Subscription {
     fill_to: Option<u64>,
     buffer: VecDeque<Item>,
     lagged: CancellationToken,
+    /// Counts it in `herald_subscriptions_open` while it lives, once a transport says whose.
+    counted: Option<crate::stats::Held>,
 }
 
 impl Subscription {
     pub fn filter(&self) -> &Filter {
         &self.filter
+    }
+
+    /// Counts this subscription under `transport` until it ends.
+    pub fn counted(mut self, transport: crate::stats::Transport) -> Subscription {
+        self.counted = Some(crate::stats::Held::subscription(transport));
+        self
     }
 
     fn register_live_only(&mut self) {

@@ -30,6 +30,7 @@ pub mod log;
 pub(crate) mod presence;
 pub(crate) mod pusher;
 pub(crate) mod server;
+pub mod stats;
 pub(crate) mod store;
 pub(crate) mod tls;
 pub(crate) mod webhook;

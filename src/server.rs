@@ -89,9 +89,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     webhooks.take_notices(notices);
     webhooks.sync_pusher(&config.pusher.apps).await?;
     pusher.start(&hub, shutdown.clone());
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok();
+    let metrics = crate::stats::install_recorder(shutdown.clone());
+    let history = crate::stats::History::spawn(shutdown.clone());
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| ServeError::Bind(listen, e))?;
@@ -121,6 +120,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         hooks,
         publish_rate: Arc::new(RateLimiter::new(limits.publish_rate, limits.publish_burst)),
         metrics,
+        history,
         ws: Arc::new(crate::http::ws::socket::Settings::new(&config.websocket)),
         config: Arc::new(config),
         shutdown,

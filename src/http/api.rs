@@ -337,6 +337,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         )
         .into_response();
     };
+    crate::stats::get().export();
     let b = app.hub.log().bounds();
     metrics::gauge!("herald_log_head").set(b.head as f64);
     metrics::gauge!("herald_log_oldest").set(b.oldest as f64);

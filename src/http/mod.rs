@@ -3,12 +3,12 @@
 
 pub mod api;
 pub mod client;
+pub mod console;
 pub mod hooks;
-pub mod open;
 pub mod origin;
 pub mod presence;
 pub mod pusher;
-pub mod request_id;
+mod request_id;
 pub mod sse;
 pub mod sse_direct;
 pub mod tokens;
@@ -52,6 +52,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Renders `/metrics`; None when another recorder owns the process (embedding).
     pub metrics: Option<PrometheusHandle>,
+    /// The last minutes of the server's own counters, for the operator console.
+    pub history: Arc<crate::stats::History>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Tracks upgraded WebSocket sessions so shutdown can wait for their close handshakes.
@@ -127,6 +129,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/recover", post(webhooks::recover))
         .route("/v1/webhooks/recover", post(webhooks::recover_all))
         .route("/v1/webhooks/deliveries", get(webhooks::deliveries_all))
+        .route("/v1/webhooks/health", get(webhooks::health))
+        .route("/v1/stats", get(console::stats))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

@@ -7,14 +7,16 @@
 //! path, whose values are unbounded), method and status, with their latency to the response
 //! head (for SSE and WebSocket that is the handshake, not the stream).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, Histogram};
 
 const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -56,32 +58,61 @@ fn upstream(request: &Request) -> Option<Arc<str>> {
 pub async fn assign(request: Request, next: Next) -> Response {
     let id = upstream(&request).unwrap_or_else(next_id);
     let method = request.method().clone();
-    let path = crate::event::excerpt(request.uri().path());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    // A cheap clone (shared bytes); the path is cut down only if a line is written.
+    let uri = request.uri().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let mut response = CURRENT.scope(id.clone(), next.run(request)).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
     let ms = elapsed * 1000.0;
-    let labels = [
-        ("route", route),
-        ("method", method_label(&method).to_string()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("herald_http_requests_total", &labels).increment(1);
-    metrics::histogram!("herald_http_request_seconds", &labels[..2]).record(elapsed);
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let (count, latency) = series(route, method_label(&method), status);
+    count.increment(1);
+    latency.record(elapsed);
+    // Field values are evaluated only when the line is enabled.
+    let path = || crate::event::excerpt(uri.path());
     match status {
-        500.. => tracing::warn!(request_id = %id, %method, path, status, ms, "request"),
-        400..=499 => tracing::info!(request_id = %id, %method, path, status, ms, "request"),
-        _ => tracing::debug!(request_id = %id, %method, path, status, ms, "request"),
+        500.. => tracing::warn!(request_id = %id, %method, path = path(), status, ms, "request"),
+        400..=499 => {
+            tracing::info!(request_id = %id, %method, path = path(), status, ms, "request")
+        }
+        _ => tracing::debug!(request_id = %id, %method, path = path(), status, ms, "request"),
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, v);
     }
     response
+}
+
+/// The request's counter and latency histogram, looked up once per (route, method, status)
+/// and kept: building a `metrics` key from owned label strings and hashing it on every
+/// request showed on the publish path.
+fn series(route: &str, method: &'static str, status: u16) -> (Counter, Histogram) {
+    type Series = HashMap<String, Vec<(&'static str, u16, Counter, Histogram)>>;
+    static SERIES: OnceLock<RwLock<Series>> = OnceLock::new();
+    let map = SERIES.get_or_init(RwLock::default);
+    let find = |m: &Series| {
+        m.get(route)?
+            .iter()
+            .find(|(me, st, _, _)| *me == method && *st == status)
+            .map(|(_, _, c, h)| (c.clone(), h.clone()))
+    };
+    if let Some(found) = find(&map.read().expect("series")) {
+        return found;
+    }
+    let labels = [
+        ("route", route.to_string()),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
+    let count = metrics::counter!("herald_http_requests_total", &labels);
+    let latency = metrics::histogram!("herald_http_request_seconds", &labels[..2]);
+    let mut m = map.write().expect("series");
+    m.entry(route.to_string())
+        .or_default()
+        .push((method, status, count.clone(), latency.clone()));
+    (count, latency)
 }
 
 /// Methods a client can invent are one label, so they cannot grow the series without bound.

@@ -89,7 +89,10 @@ pub async fn stream(
         .collect();
     // A slow consumer cancels the connection's kill token: its socket is likely full, so the
     // only sure way to free the server's buffers is to drop the connection.
-    let subscription = app.hub.subscribe(filter, since, conn.kill.clone());
+    let subscription = app
+        .hub
+        .subscribe(filter, since, conn.kill.clone())
+        .counted(crate::stats::Transport::Sse);
     let server = &app.config.server;
     let body = Body::from_stream(frames(
         Sources {
@@ -182,7 +185,7 @@ struct StreamState {
     /// When the subscriber's token expires, the stream ends.
     expires: Option<tokio::time::Instant>,
     preamble: Option<Bytes>,
-    _open: super::open::Open<super::open::Sse>,
+    _open: crate::stats::Held,
 }
 
 /// The body: `retry:` first, then events and heartbeats until shutdown or a lag.
@@ -207,7 +210,7 @@ fn frames(
         shutdown,
         expires,
         preamble: Some(Bytes::from(preamble.concat())),
-        _open: super::open::Open::new(),
+        _open: crate::stats::Held::connection(crate::stats::Transport::Sse),
     };
     stream::unfold(state, |mut s| async move {
         if let Some(preamble) = s.preamble.take() {
@@ -224,8 +227,10 @@ fn frames(
                 }
             }
             item = s.sources.subscription.next() => match item {
-                Ok(Item::Event(event)) if s.typed => event.sse_frame(),
-                Ok(Item::Event(event)) => event.sse_frame_untyped(),
+                Ok(Item::Event(event)) => {
+                    crate::stats::get().delivered(crate::stats::Transport::Sse, 1);
+                    if s.typed { event.sse_frame() } else { event.sse_frame_untyped() }
+                }
                 Ok(Item::Reset { oldest }) => reset_frame(oldest),
                 Err(SubscriptionError::Lagged) => return None,
                 Err(SubscriptionError::Log(e)) => {

@@ -272,6 +272,29 @@ pub async fn deliveries(
 
 /// `GET /v1/webhooks/deliveries?status=failed&limit=L`: the attempts of every endpoint the
 /// caller manages (a consumer: its owner's), newest first, each with its `endpoint`.
+/// `GET /v1/webhooks/health`: each managed endpoint with its last attempt, failure streak,
+/// queue depth and oldest pending age (the operator console's and the portal's overview).
+pub async fn health(
+    State(app): State<AppState>,
+    manager: Manager,
+) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for e in app.webhooks.list().await? {
+        if !manager.may_see(&e) {
+            continue;
+        }
+        let mut v =
+            serde_json::to_value(app.webhooks.health(&e.id).await?).unwrap_or_else(|_| json!({}));
+        v["url"] = e.url.as_str().into();
+        v["owner"] = e.owner.clone().into();
+        v["enabled"] = e.enabled.into();
+        v["disabled_reason"] = e.disabled_reason.clone().into();
+        v["failing_since"] = e.failing_since_ms.map(format_time).into();
+        out.push(v);
+    }
+    Ok(Json(json!({ "data": out })))
+}
+
 pub async fn deliveries_all(
     State(app): State<AppState>,
     manager: Manager,

@@ -247,9 +247,9 @@ async fn writer(
         let started = std::time::Instant::now();
         let result: Result<Vec<i64>, _> = invocation.invoke_async(&mut conn).await;
         // What a cluster publish costs: one round trip and script per group.
-        metrics::histogram!("herald_redis_append_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("herald_redis_append_group_events").record(events as f64);
-        if result.is_err() {
+        if result.is_ok() {
+            crate::stats::get().commit(started.elapsed(), events);
+        } else {
             metrics::counter!("herald_redis_append_failures_total").increment(1);
         }
         match result {

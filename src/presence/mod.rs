@@ -269,6 +269,7 @@ impl Presence {
             Backend::Shared(redis) => redis.join(conn, &channel, &member).await?,
         }
         let membership = Membership {
+            _counted: crate::stats::Held::member(),
             presence: self.clone(),
             channel: channel.clone(),
             user: member.user.clone(),
@@ -361,6 +362,14 @@ impl Presence {
         }
     }
 
+    /// The cluster's nodes; None on a single node.
+    pub async fn nodes(&self) -> Option<Result<Nodes, PresenceError>> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Shared(redis) => Some(redis.nodes().await.map_err(Into::into)),
+        }
+    }
+
     /// `GET /v1/channels`: channels with subscribers or members, in name order.
     pub async fn channels(
         &self,
@@ -379,6 +388,15 @@ impl Presence {
     }
 }
 
+/// A cluster's nodes as presence's heartbeats know them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Nodes {
+    /// This node's id.
+    pub this: String,
+    /// (node id, last heartbeat in Unix ms), every node that has not been reaped.
+    pub beats: Vec<(String, u64)>,
+}
+
 /// Queues a notice for the webhook side without ever waiting (callers include `Drop`).
 fn send_notice(tx: &mpsc::Sender<Notice>, notice: Notice) {
     if let Err(e) = tx.try_send(notice) {
@@ -388,6 +406,7 @@ fn send_notice(tx: &mpsc::Sender<Notice>, notice: Notice) {
 
 /// A connection's membership of a channel; dropping it leaves.
 pub struct Membership {
+    _counted: crate::stats::Held,
     presence: Arc<Presence>,
     channel: Arc<str>,
     user: Arc<str>,

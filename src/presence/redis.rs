@@ -25,7 +25,7 @@ use super::notify::Notifier;
 mod reply;
 
 use super::{local::page_end, Snapshot};
-use super::{send_notice, ChannelInfo, ChannelsPage, Identity, MembersPage, Notice};
+use super::{send_notice, ChannelInfo, ChannelsPage, Identity, MembersPage, Nodes, Notice};
 use crate::config::PresenceConfig;
 use crate::store::StoreError;
 use reply::{change, int, members, notice, text, Published, Told};
@@ -230,6 +230,22 @@ impl RedisPresence {
             count: int(reply.first()),
             members,
             next,
+        })
+    }
+
+    /// The cluster's nodes with their last heartbeat (Unix ms), and which one is this.
+    pub(super) async fn nodes(&self) -> Result<Nodes, StoreError> {
+        let mut conn = self.conn.clone();
+        let beats: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(format!("{}:pr:nodes", self.prefix))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        Ok(Nodes {
+            this: self.node.clone(),
+            beats,
         })
     }
 

@@ -249,6 +249,17 @@ impl Webhooks {
             _ => "failed",
         };
         metrics::counter!("herald_webhook_attempts_total", "outcome" => label).increment(1);
+        self.health.saw(
+            &endpoint.id,
+            decision.status(),
+            outcome.status,
+            outcome.duration.as_millis() as u64,
+        );
+        let stats = crate::stats::get();
+        stats.webhook_attempt(decision == Decision::Delivered);
+        if decision == Decision::Delivered {
+            stats.delivered(crate::stats::Transport::Webhook, 1);
+        }
         self.record(live, task, &outcome, decision).await?;
         match decision {
             Decision::Delivered if endpoint.failing_since_ms.is_some() => {

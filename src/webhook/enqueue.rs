@@ -67,9 +67,10 @@ impl Webhooks {
                     continue;
                 }
             };
-            let mut sub =
-                self.hub
-                    .subscribe(live.filter.clone(), Some(cursor), CancellationToken::new());
+            let mut sub = self
+                .hub
+                .subscribe(live.filter.clone(), Some(cursor), CancellationToken::new())
+                .counted(crate::stats::Transport::Webhook);
             loop {
                 let first = tokio::select! {
                     _ = live.stop.cancelled() => return,

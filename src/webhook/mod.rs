@@ -9,6 +9,7 @@ mod endpoint;
 mod enqueue;
 mod format;
 pub mod guard;
+mod health;
 mod notices;
 mod pusher;
 pub mod queue;
@@ -77,6 +78,7 @@ pub struct Webhooks {
     attempt_retention: Duration,
     deliverer: Deliverer,
     live: RwLock<HashMap<String, Arc<Live>>>,
+    health: health::Book,
     in_flight: Mutex<InFlight>,
     wake: Notify,
     shutdown: CancellationToken,
@@ -119,6 +121,7 @@ impl Webhooks {
             config,
             attempt_retention,
             live: RwLock::default(),
+            health: health::Book::default(),
             in_flight: Mutex::default(),
             wake: Notify::new(),
             shutdown,
@@ -391,6 +394,7 @@ impl Webhooks {
             live.stop.cancel();
         }
         self.store.delete_endpoint(id).await?;
+        self.health.forget(id);
         Ok(())
     }
 

@@ -355,6 +355,13 @@ impl WebhookStore {
         (index.due.len(), index.due.first().map(|(at, _, _)| *at))
     }
 
+    pub fn endpoint_queue(&self, id: &str) -> (usize, Option<u64>) {
+        let index = self.index.lock().expect("webhook index");
+        index.tasks.get(id).map_or((0, None), |tasks| {
+            (tasks.len(), tasks.values().map(|(_, at)| *at).min())
+        })
+    }
+
     pub fn pending_count(&self, id: &str) -> usize {
         let index = self.index.lock().expect("webhook index");
         index.tasks.get(id).map_or(0, BTreeMap::len)

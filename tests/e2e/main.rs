@@ -10,6 +10,7 @@ mod cluster;
 mod cluster_presence;
 mod common;
 mod compression;
+mod console;
 mod consumers;
 mod durability;
 mod flood;

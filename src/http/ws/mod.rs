@@ -123,7 +123,7 @@ struct Session {
     acks: FuturesUnordered<BoxFuture<'static, Frame>>,
     /// Shared by every subscription of the connection: one lag closes it with 4008.
     lagged: CancellationToken,
-    _open: super::open::Open<super::open::Ws>,
+    _open: crate::stats::Held,
     /// The HTTP connection this came from (its peer, and its slot in the limits).
     conn: Connection,
     principal: Principal,
@@ -146,7 +146,7 @@ impl Session {
             watches: StreamMap::new(),
             acks: FuturesUnordered::new(),
             lagged: CancellationToken::new(),
-            _open: super::open::Open::new(),
+            _open: crate::stats::Held::connection(crate::stats::Transport::Ws),
         }
     }
 
@@ -221,7 +221,10 @@ impl Session {
         let mut batch = Batch::default();
         while let Some((channel, item)) = next.take() {
             let message = match item {
-                Ok(Item::Event(event)) => Frame::text(event.ws_text()),
+                Ok(Item::Event(event)) => {
+                    crate::stats::get().delivered(crate::stats::Transport::Ws, 1);
+                    Frame::text(event.ws_text())
+                }
                 Ok(Item::Reset { oldest }) => {
                     text(json!({"op": "reset", "channel": channel, "oldest": oldest}))
                 }
@@ -435,7 +438,11 @@ impl Session {
     fn add_subscription(&mut self, channel: String, filter: Filter, since: Option<u64>) {
         // An exact channel counts in its occupancy while subscribed (patterns do not).
         let occupant = (!filter.has_patterns()).then(|| self.app.presence.occupy(&channel));
-        let subscription = self.app.hub.subscribe(filter, since, self.lagged.clone());
+        let subscription = self
+            .app
+            .hub
+            .subscribe(filter, since, self.lagged.clone())
+            .counted(crate::stats::Transport::Ws);
         self.subs.insert(channel, items(subscription, occupant));
     }
 

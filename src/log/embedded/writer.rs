@@ -74,6 +74,7 @@ impl Writer {
             }
             return;
         }
+        let started = std::time::Instant::now();
         let s = &self.store;
         let now = now_ms();
         let window_ms = self.config.dedup_window.as_millis() as u64;
@@ -137,6 +138,7 @@ impl Writer {
                 return;
             }
             self.head.store(last, Ordering::Release);
+            crate::stats::get().commit(started.elapsed(), committed.len());
             if let Some(listener) = self.listener.read().expect("listener lock").as_ref() {
                 listener.committed(&committed);
             }

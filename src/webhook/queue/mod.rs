@@ -171,6 +171,14 @@ impl Queue {
         }
     }
 
+    /// One endpoint's queued tasks and the earliest due time among them.
+    pub async fn endpoint_queue(&self, id: &str) -> Result<(usize, Option<u64>), StoreError> {
+        match self {
+            Queue::Local(s) => Ok(s.endpoint_queue(id)),
+            Queue::Shared(r) => r.endpoint_queue(id).await,
+        }
+    }
+
     pub async fn pending_count(&self, id: &str) -> Result<usize, StoreError> {
         match self {
             Queue::Local(s) => Ok(s.pending_count(id)),

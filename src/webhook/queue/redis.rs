@@ -253,6 +253,23 @@ impl RedisQueue {
         Ok(())
     }
 
+    pub(super) async fn endpoint_queue(
+        &self,
+        id: &str,
+    ) -> Result<(usize, Option<u64>), StoreError> {
+        let (count, first): (usize, Vec<(u64, f64)>) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(self.key_of("pending", id))
+            .cmd("ZRANGE")
+            .arg(self.key_of("due", id))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((count, first.first().map(|(_, at)| *at as u64)))
+    }
+
     pub(super) async fn pending_count(&self, id: &str) -> Result<usize, StoreError> {
         redis::cmd("ZCARD")
             .arg(self.key_of("pending", id))

@@ -117,7 +117,11 @@ impl Session {
         };
         let filter = Filter::parse([mapped.as_str()]).expect("mapped names are valid");
         let occupant = self.app.presence.occupy(&mapped);
-        let subscription = self.app.hub.subscribe(filter, None, self.lagged.clone());
+        let subscription = self
+            .app
+            .hub
+            .subscribe(filter, None, self.lagged.clone())
+            .counted(crate::stats::Transport::Pusher);
         self.subs
             .insert(name.clone(), items(subscription, occupant));
         self.send(message::subscribed(&name, data)).await?;

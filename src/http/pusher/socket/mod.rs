@@ -117,7 +117,7 @@ struct Session {
     conn: Connection,
     client_events: Bucket,
     last_seen: tokio::time::Instant,
-    _open: crate::http::open::Open<crate::http::open::Pusher>,
+    _open: crate::stats::Held,
 }
 
 impl Session {
@@ -140,7 +140,7 @@ impl Session {
             conn,
             client_events: Bucket::new(CLIENT_EVENT_RATE, CLIENT_EVENT_RATE),
             last_seen: tokio::time::Instant::now(),
-            _open: crate::http::open::Open::new(),
+            _open: crate::stats::Held::connection(crate::stats::Transport::Pusher),
         }
     }
 
@@ -212,7 +212,10 @@ impl Session {
         let mut batch = Batch::default();
         while let Some((channel, item)) = next.take() {
             let room = match self.frame(&channel, item)? {
-                Some(frame) => batch.feed(&mut self.ws, Frame::text(frame)).await?,
+                Some(frame) => {
+                    crate::stats::get().delivered(crate::stats::Transport::Pusher, 1);
+                    batch.feed(&mut self.ws, Frame::text(frame)).await?
+                }
                 None => true,
             };
             if room {
