@@ -351,8 +351,10 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn healthz() -> axum::Json<Value> {
-    axum::Json(json!({"status": "ok"}))
+/// Alive; `open` tells a page whether it needs a credential before calling the API (any
+/// request would show it with a 401 anyway).
+pub async fn healthz(State(app): State<AppState>) -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok", "open": app.auth.is_open()}))
 }
 
 /// Ready while accepting work; 503 once shutdown has begun or while the shared log is

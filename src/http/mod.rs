@@ -115,6 +115,7 @@ pub fn app(state: AppState) -> Router {
         )
         // A wildcard: channel names may contain `/`.
         .route("/v1/hooks/{*channel}", post(hooks::receive))
+        .route("/v1/events/{seq}/replay", post(hooks::replay))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
             "/v1/webhooks/{id}",
@@ -136,6 +137,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/console.js", get(ui::console_js))
         .route("/ui/app.css", get(ui::app_css))
         .route("/favicon.ico", get(ui::favicon));
     if state.config.server.ws_echo {

@@ -1,4 +1,4 @@
-//! `GET /`: the dashboard. Three static files compiled into the binary (no build step, no
+//! `GET /`: the operator console. Four static files compiled into the binary (no build step, no
 //! framework); the page talks to Herald only through the public API, so it can do nothing a
 //! client with the same key could not.
 
@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
+const CONSOLE_JS: &str = include_str!("ui/console.js");
 const APP_CSS: &str = include_str!("ui/app.css");
 
 /// Scripts and styles only from this origin, no framing: the page holds a key in an input.
@@ -35,6 +36,10 @@ pub async fn index() -> Response {
 
 pub async fn app_js() -> Response {
     asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+pub async fn console_js() -> Response {
+    asset(CONSOLE_JS, "text/javascript; charset=utf-8")
 }
 
 pub async fn app_css() -> Response {

@@ -190,3 +190,188 @@ async fn the_dashboard_never_puts_an_api_key_in_a_url() {
     // The driver reports any request URL holding the key as an ERROR.
     driver.finish().await;
 }
+
+/// #16 item 4: the operator console in Chromium. Its charts move while a load runs, the
+/// webhook table shows a failing endpoint's streak, and the inspector (Herald's JavaScript
+/// client in the page) shows a signed incoming hook's headers and pretty body and replays
+/// it. Screenshots go to `reports/browser/` (looked at when the console changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
+    let Some((chromium, script)) = browser() else {
+        return;
+    };
+    let h = Herald::start(
+        "[auth]\napi_keys = [\"console-key\"]\n\
+         [webhooks]\nallow_private = true\nretry_schedule = [\"1h\"]\n\
+         [[hooks]]\nchannels = [\"gh/*\"]\nverify = \"github\"\nsecret = \"s3cret\"\n",
+    );
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/browser");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    // An endpoint whose receiver refuses everything: the console shows it failing.
+    let refused =
+        crate::webhooks::Receiver::start(|_, _| crate::webhooks::Reply::Status(503)).await;
+    let r = http()
+        .post(h.url("/v1/webhooks"))
+        .bearer_auth("console-key")
+        .json(&json!({"url": refused.url(), "channels": ["load"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut driver = Driver::spawn(
+        &script.with_file_name("console.mjs"),
+        &[
+            h.url("/"),
+            chromium.to_str().unwrap().to_string(),
+            "console-key".into(),
+        ],
+    );
+    assert_eq!(driver.line().await, "READY");
+    let chart = async |driver: &mut Driver, name: &str| -> serde_json::Value {
+        let line = driver.send(&format!("chart {name}")).await;
+        serde_json::from_str(line.strip_prefix("CHART ").expect(&line)).unwrap()
+    };
+    let before = chart(&mut driver, "published").await;
+
+    // The load: an SSE subscriber and 20 publishes a second for 4 seconds.
+    let token = {
+        let r = http()
+            .post(h.url("/v1/tokens"))
+            .bearer_auth("console-key")
+            .json(&json!({"sub_channels": ["load"]}))
+            .send()
+            .await
+            .unwrap();
+        r.json::<serde_json::Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut sse = Sse::connect(&h, &format!("channel=load&token={token}"), None).await;
+    for i in 0..80 {
+        let r = http()
+            .post(h.url("/v1/events"))
+            .bearer_auth("console-key")
+            .json(&json!({"channel": "load", "data": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        sse.next().await.expect("the subscriber's event");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The page redraws every 2 s from one-second samples.
+    let mut during = chart(&mut driver, "published").await;
+    for _ in 0..20 {
+        if during["total"].as_f64().unwrap() >= 80.0 + before["total"].as_f64().unwrap() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        during = chart(&mut driver, "published").await;
+    }
+    assert!(
+        during["total"].as_f64().unwrap() >= 80.0,
+        "the published chart moved by all 80: {before} -> {during}"
+    );
+    let delivered = chart(&mut driver, "delivered").await;
+    assert!(delivered["total"].as_f64().unwrap() >= 80.0, "{delivered}");
+    let connections = chart(&mut driver, "connections").await;
+    assert_eq!(connections["latest"]["sse"], 1, "{connections}");
+    let webhooks = chart(&mut driver, "webhooks").await;
+    assert!(webhooks["total"].as_f64().unwrap() >= 1.0, "{webhooks}");
+    let commit = chart(&mut driver, "commit").await;
+    assert!(commit["points"].as_u64().unwrap() >= 3, "{commit}");
+
+    // The endpoint table: failing, with every event queued for its retry.
+    let mut line = String::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for _ in 0..40 {
+        line = driver.send("webhooks").await;
+        rows = serde_json::from_str(line.strip_prefix("WEBHOOKS ").unwrap()).unwrap();
+        if rows.len() == 1 && rows[0][4] == "80" && rows[0][2] != "–" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(rows.len(), 1, "{line}");
+    assert!(rows[0][0].contains(&refused.url()), "{line}");
+    assert_eq!(rows[0][1], "enabled");
+    assert!(rows[0][2].starts_with("retrying 503"), "{line}");
+    assert!(rows[0][3].parse::<u64>().unwrap() >= 1, "{line}");
+    assert_eq!(rows[0][4], "80", "{line}");
+    let line = driver.send("channels").await;
+    assert!(line.contains(r#"["load","1","0"]"#), "{line}");
+    let shot = artifacts.join("console.png");
+    assert_eq!(
+        driver.send(&format!("screenshot {}", shot.display())).await,
+        format!("SHOT {}", shot.display())
+    );
+    drop(sse);
+
+    // The inspector: a signed GitHub delivery, shown with its headers and pretty body.
+    assert_eq!(driver.send("inspect gh/*").await, "WATCHING");
+    let body = br#"{"ref":"refs/heads/main","commits":[{"id":"abc"}]}"#;
+    let r = http()
+        .post(h.url("/v1/hooks/gh/push"))
+        .header("x-github-event", "push")
+        .header(
+            "x-hub-signature-256",
+            crate::hooks::github_signature("s3cret", body),
+        )
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let line = driver.send("captured 1").await;
+    let request: serde_json::Value =
+        serde_json::from_str(line.strip_prefix("REQUEST ").unwrap()).unwrap();
+    assert_eq!(request["line"], "POST /v1/hooks/gh/push");
+    assert_eq!(request["headers"]["x-github-event"], "push");
+    assert!(
+        request["body"]
+            .as_str()
+            .unwrap()
+            .contains("\n  \"ref\": \"refs/heads/main\""),
+        "pretty: {request}"
+    );
+    let page_before: serde_json::Value = http()
+        .get(h.url("/v1/events?channel=gh/push"))
+        .bearer_auth("console-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Replayed: a new event with the same request.
+    let line = driver.send("replay").await;
+    let seq: u64 = line.strip_prefix("REPLAYED ").unwrap().parse().unwrap();
+    let page: serde_json::Value = http()
+        .get(h.url(&format!("/v1/events?channel=gh/push&after={}", seq - 1)))
+        .bearer_auth("console-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replayed = &page["events"][0];
+    assert_eq!(replayed["seq"], seq);
+    let original = &page_before["events"][0];
+    assert_eq!(replayed["type"], "webhook");
+    assert_eq!(
+        replayed["data"], original["data"],
+        "the same request, byte for byte"
+    );
+    let line = driver.send("captured 2").await;
+    assert!(line.contains("POST /v1/hooks/gh/push"), "{line}");
+    driver
+        .send(&format!(
+            "screenshot {}",
+            artifacts.join("console-inspector.png").display()
+        ))
+        .await;
+    driver.finish().await;
+}

@@ -97,7 +97,7 @@ async fn any_request_becomes_an_event_that_keeps_its_exact_body() {
     assert_error(status, &reply, 400, "invalid_channel");
 }
 
-fn github_signature(secret: &str, body: &[u8]) -> String {
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
@@ -158,6 +158,65 @@ async fn signed_hooks_need_a_valid_signature_and_the_rest_an_api_key() {
     // An explicitly open rule.
     let (status, _) = post_hook(&h, "/v1/hooks/public/form", &[], "hello").await;
     assert_eq!(status, 202);
+    // Replay (the console's inspector): the captured request stored again, byte for byte,
+    // as a new event; an API key only, and only for captured requests.
+    let replay = async |seq: &str, key: &str| -> (u16, Value) {
+        let r = http()
+            .post(h.url(&format!("/v1/events/{seq}/replay")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    };
+    let original = first["seq"].as_u64().unwrap();
+    let (status, reply) = replay(&original.to_string(), "not-a-key").await;
+    assert_error(status, &reply, 401, "unauthorized");
+    let (status, reply) = replay(&original.to_string(), "admin-key").await;
+    assert_eq!(
+        (status, &reply["replayed"]),
+        (201, &json!(original)),
+        "{reply}"
+    );
+    let history: Value = http()
+        .get(h.url("/v1/events?channel=gh/ping"))
+        .bearer_auth("admin-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{history}");
+    assert_eq!(events[1]["seq"], reply["seq"]);
+    assert_eq!(events[1]["type"], "webhook");
+    assert_eq!(events[1]["data"], events[0]["data"]);
+    let (status, reply) = replay("999", "admin-key").await;
+    assert_error(status, &reply, 404, "not_found");
+    let internal = {
+        let (_, r) = post_hook(
+            &h,
+            "/v1/hooks/internal/x",
+            &[("authorization", "Bearer admin-key")],
+            "{}",
+        )
+        .await;
+        r["seq"].as_u64().unwrap()
+    };
+    let plain = http()
+        .post(h.url("/v1/events"))
+        .bearer_auth("admin-key")
+        .json(&json!({"channel": "internal/y", "data": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(plain["seq"].as_u64().unwrap() > internal);
+    let (status, reply) = replay(&plain["seq"].to_string(), "admin-key").await;
+    assert_error(status, &reply, 400, "not_a_hook");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,3 +166,48 @@ pub async fn receive(
     )
         .into_response())
 }
+
+/// `POST /v1/events/{seq}/replay` (API key): stores a captured request again, byte for byte,
+/// as a new event on its channel, so subscribers and `herald forward` get it once more (the
+/// console's inspector calls it). Done here rather than by re-posting from the browser,
+/// which would add its own headers and could not repeat a signature that has gone stale.
+pub async fn replay(
+    _: super::Admin,
+    State(app): State<AppState>,
+    Path(seq): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no event {} in the log", crate::event::excerpt(&seq)),
+        )
+    };
+    let seq: u64 = seq.parse().map_err(|_| not_found())?;
+    let event = app.hub.log().get(seq).await?.ok_or_else(not_found)?;
+    if event.kind.as_deref() != Some(super::api::HOOK_TYPE) {
+        return Err(ApiError::bad_request(
+            "not_a_hook",
+            format!("event {seq} was not captured by /v1/hooks; only those can be replayed"),
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let envelope: Envelope = serde_json::from_slice(event.envelope())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let again = NewEvent {
+        channel: event.channel.to_string(),
+        kind: Some(super::api::HOOK_TYPE.into()),
+        data: envelope.data.to_owned(),
+        id: None,
+    };
+    let appended = app.hub.publish(vec![again], "hook").await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"seq": appended[0].seq, "replayed": seq})),
+    )
+        .into_response())
+}

@@ -1,5 +1,5 @@
-// Herald's dashboard: subscribe over EventSource, publish, list webhook endpoints. Plain
-// browser APIs only; everything goes through the public HTTP API.
+// Herald's console, first part: the key, health, tail (EventSource) and publish. Plain
+// browser APIs only; everything goes through the public HTTP API. console.js draws the rest.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -133,20 +133,4 @@ $("publish").addEventListener("submit", async (event) => {
   });
   const v = await r.json();
   out.textContent = r.ok ? "seq " + v.seq : r.status + " " + v.error.code + ": " + v.error.message;
-});
-
-$("load-webhooks").addEventListener("click", async () => {
-  const list = $("webhooks");
-  list.replaceChildren();
-  const r = await fetch("/v1/webhooks", { headers: authHeaders() });
-  const v = await r.json();
-  if (!r.ok) {
-    list.append(Object.assign(document.createElement("li"), { textContent: v.error.message }));
-    return;
-  }
-  for (const w of v.webhooks) {
-    const li = document.createElement("li");
-    li.textContent = `${w.id} ${w.url} [${w.channels.join(", ")}] ${w.enabled ? "enabled" : "disabled"}`;
-    list.append(li);
-  }
 });
