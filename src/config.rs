@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// `text` for people, `json` (one object per line) for log shippers.
     pub log_format: LogFormat,
+    /// Origins that may frame the consumer portal (`/portal`), e.g. your app's
+    /// `https://app.example.com`; `'self'` for this server. Empty: no framing.
+    pub portal_frame_ancestors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -116,6 +119,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             log_format: LogFormat::Text,
+            portal_frame_ancestors: Vec::new(),
         }
     }
 }

@@ -164,6 +164,23 @@ fn check_ranges(config: &Config) -> Result<(), ServeError> {
             "webhooks.nice is {nice}; it must be 0 (same priority) to 19 (lowest)"
         )));
     }
+    // Each goes into a CSP header as it is: a space or `;` would add directives.
+    for origin in &config.server.portal_frame_ancestors {
+        let plain = origin == "'self'"
+            || origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:*".contains(&b))
+            });
+        if !plain {
+            return Err(ServeError::OutOfRange(format!(
+                "server.portal_frame_ancestors has {origin:?}; each must be an origin like \
+                 \"https://app.example.com\" or \"'self'\""
+            )));
+        }
+    }
     Ok(())
 }
 

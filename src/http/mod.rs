@@ -138,6 +138,8 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
         .route("/ui/console.js", get(ui::console_js))
+        .route("/portal", get(ui::portal))
+        .route("/ui/portal.js", get(ui::portal_js))
         .route("/ui/app.css", get(ui::app_css))
         .route("/favicon.ico", get(ui::favicon));
     if state.config.server.ws_echo {

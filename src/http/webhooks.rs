@@ -270,8 +270,6 @@ pub async fn deliveries(
     Ok(Json(json!({"deliveries": list, "next": next})))
 }
 
-/// `GET /v1/webhooks/deliveries?status=failed&limit=L`: the attempts of every endpoint the
-/// caller manages (a consumer: its owner's), newest first, each with its `endpoint`.
 /// `GET /v1/webhooks/health`: each managed endpoint with its last attempt, failure streak,
 /// queue depth and oldest pending age (the operator console's and the portal's overview).
 pub async fn health(
@@ -295,6 +293,9 @@ pub async fn health(
     Ok(Json(json!({ "data": out })))
 }
 
+/// `GET /v1/webhooks/deliveries?status=failed&limit=L`: the attempts of every endpoint the
+/// caller manages (a consumer: its owner's), newest first, each with its `endpoint`;
+/// `endpoint=ID` narrows it to one (the portal's newest-first list).
 pub async fn deliveries_all(
     State(app): State<AppState>,
     manager: Manager,
@@ -302,16 +303,21 @@ pub async fn deliveries_all(
 ) -> Result<Json<Value>, ApiError> {
     let mut limit = 100;
     let mut status = None;
+    let mut only = None;
     for (key, value) in query_pairs(query.as_deref())? {
         match key.as_str() {
             "limit" => limit = parse_limit(&value)?,
             "status" => status = Some(parse_status(&value)?),
+            "endpoint" => only = Some(value),
             _ => {}
         }
     }
+    if let Some(id) = &only {
+        manager.endpoint(&app, id).await?;
+    }
     let mut all: Vec<(String, Attempt)> = Vec::new();
     for e in app.webhooks.list().await? {
-        if !manager.may_see(&e) {
+        if !manager.may_see(&e) || only.as_ref().is_some_and(|id| *id != e.id) {
             continue;
         }
         let mut after = 0;

@@ -14,7 +14,9 @@ import readline from "node:readline";
 
 const [url, executablePath, key] = process.argv.slice(2);
 const lines = readline.createInterface({ input: process.stdin });
-const next = () => new Promise((resolve) => lines.once("line", resolve));
+// Buffered: a command that arrives while the last one is still finishing is not lost.
+const incoming = lines[Symbol.asyncIterator]();
+const next = async () => (await incoming.next()).value;
 
 const browser = await chromium.launch({
   executablePath,

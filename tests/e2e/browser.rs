@@ -97,11 +97,14 @@ impl Driver {
             .expect("the browser driver went quiet")
             .expect("driver stdout")
             .expect("the browser driver exited");
+        // Shown with a failing test's output: how far the page got.
+        eprintln!("driver: {line}");
         assert!(!line.starts_with("ERROR"), "{line}");
         line
     }
 
     pub async fn send(&mut self, command: &str) -> String {
+        eprintln!("driver <- {command}");
         self.stdin
             .write_all(format!("{command}\n").as_bytes())
             .await
@@ -374,4 +377,214 @@ async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
         ))
         .await;
     driver.finish().await;
+}
+
+/// A consumer token for `owner`, scoped to `channels`, minted with the admin key.
+async fn consumer_token(h: &Herald, key: &str, owner: &str, channels: &[&str]) -> String {
+    let r = http()
+        .post(h.url("/v1/tokens"))
+        .bearer_auth(key)
+        .json(&json!({"webhooks": {"owner": owner, "channels": channels}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// #16 item 3: the consumer portal in Chromium with a consumer token only. The customer adds
+/// an endpoint (its secret shown once), sees a delivery fail for good, retries it and sees it
+/// delivered, sends a test event and rotates the secret; a channel outside the token's scope
+/// is refused; the token never appears in a request URL and leaves the address bar at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
+    let Some((chromium, script)) = browser() else {
+        return;
+    };
+    let h = Herald::start(
+        "[auth]\napi_keys = [\"admin-key\"]\n\
+         [webhooks]\nallow_private = true\nretry_schedule = [\"100ms\"]\n",
+    );
+    // Down for the first two attempts (the event fails for good), up after.
+    let receiver = crate::webhooks::Receiver::start(|n, _| {
+        crate::webhooks::Reply::Status(if n < 2 { 503 } else { 204 })
+    })
+    .await;
+    let token = consumer_token(&h, "admin-key", "acme", &["orders/*"]).await;
+    let mut driver = Driver::spawn(
+        &script.with_file_name("portal.mjs"),
+        &[
+            h.url(&format!("/portal#token={token}")),
+            chromium.to_str().unwrap().to_string(),
+            token.clone(),
+        ],
+    );
+    let ready = driver.line().await;
+    assert_eq!(
+        ready,
+        format!("READY {}", h.url("/portal")),
+        "the token left the address bar"
+    );
+
+    let line = driver.send("add http://127.0.0.1:9/x billing").await;
+    assert!(
+        line.starts_with("REFUSED") && line.contains("channel_out_of_scope"),
+        "{line}"
+    );
+    let line = driver
+        .send(&format!("add {} orders/*", receiver.url()))
+        .await;
+    let parts: Vec<&str> = line.split(' ').collect();
+    assert_eq!(parts[0], "ADDED", "{line}");
+    let (id, secret) = (parts[1].to_string(), parts[2].to_string());
+    assert!(secret.starts_with("whsec_"), "{line}");
+    // Made for the token's owner.
+    let endpoint: serde_json::Value = http()
+        .get(h.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth("admin-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(endpoint["owner"], "acme");
+
+    let r = http()
+        .post(h.url("/v1/events"))
+        .bearer_auth("admin-key")
+        .json(&json!({"channel": "orders/1", "type": "order.paid", "data": {"total": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let line = driver.send("attempts failed").await;
+    let rows: Vec<Vec<String>> =
+        serde_json::from_str(line.strip_prefix("ATTEMPTS ").unwrap()).unwrap();
+    assert_eq!(rows.len(), 2, "{line}");
+    assert!(
+        rows[0][3].starts_with("failed") && rows[0][4] == "503",
+        "{line}"
+    );
+    assert!(
+        rows[1][3].starts_with("retrying") && rows[1][4] == "503",
+        "{line}"
+    );
+    assert_eq!(driver.send("retry").await, "RETRIED retrying 1");
+    let line = driver.send("attempts delivered").await;
+    let rows: Vec<Vec<String>> =
+        serde_json::from_str(line.strip_prefix("ATTEMPTS ").unwrap()).unwrap();
+    assert!(rows[0][3] == "delivered" && rows[0][4] == "204", "{line}");
+    assert_eq!(receiver.count(), 3);
+
+    let line = driver.send("test").await;
+    assert!(
+        line.starts_with("TESTED test event: delivered 204 in"),
+        "{line}"
+    );
+    let line = driver.send("rotate").await;
+    let rotated = line.strip_prefix("ROTATED ").unwrap();
+    assert!(rotated.starts_with("whsec_") && rotated != secret, "{line}");
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/browser");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    driver
+        .send(&format!(
+            "screenshot {}",
+            artifacts.join("portal.png").display()
+        ))
+        .await;
+    driver.finish().await;
+}
+
+/// The portal refuses an API key (it never sends one anywhere), and only the origins in
+/// `server.portal_frame_ancestors` may frame it, as Chromium enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_refuses_api_keys_and_frames_only_where_allowed() {
+    let Some((chromium, script)) = browser() else {
+        return;
+    };
+    // A SaaS page on another origin that embeds the portal.
+    let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_origin = format!("http://{}", host.local_addr().unwrap());
+    let framed: std::sync::Arc<std::sync::Mutex<String>> = Default::default();
+    let page = framed.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let src = page.lock().unwrap().clone();
+            async move { axum::response::Html(format!("<iframe src=\"{src}\"></iframe>")) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(host, app).await.unwrap() });
+    let frame = script.with_file_name("frame.mjs");
+    let chromium = chromium.to_str().unwrap().to_string();
+
+    for (allowed, want) in [(true, "FRAMED shown"), (false, "FRAMED blocked")] {
+        let toml = if allowed {
+            format!("[auth]\napi_keys = [\"admin-key\"]\n[server]\nportal_frame_ancestors = [\"{host_origin}\"]\n")
+        } else {
+            "[auth]\napi_keys = [\"admin-key\"]\n".to_string()
+        };
+        let h = Herald::start(&toml);
+        let csp = http().get(h.url("/portal")).send().await.unwrap().headers()
+            ["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let expected = if allowed {
+            host_origin.as_str()
+        } else {
+            "'none'"
+        };
+        assert!(
+            csp.contains(&format!("frame-ancestors {expected}")),
+            "{csp}"
+        );
+        let token = consumer_token(&h, "admin-key", "acme", &["orders/*"]).await;
+        *framed.lock().unwrap() = h.url(&format!("/portal#token={token}"));
+        let mut driver = Driver::spawn(&frame, &[format!("{host_origin}/"), chromium.clone()]);
+        assert_eq!(driver.line().await, want, "allowed: {allowed}");
+    }
+
+    // An API key in the fragment: the page says so and sends nothing with it.
+    let h = Herald::start("[auth]\napi_keys = [\"admin-key\"]\n");
+    let mut driver = Driver::spawn(
+        &script.with_file_name("portal.mjs"),
+        &[
+            h.url("/portal#token=admin-key"),
+            chromium.clone(),
+            "admin-key".into(),
+        ],
+    );
+    let line = tokio::time::timeout(WAIT * 2, driver.lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        line,
+        "ERROR the page refused: This page needs a consumer token (#token=...), never an API key."
+    );
+    let log = http()
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !log.contains("route=\"/v1/webhooks\""),
+        "the page called the API with an API key: {log}"
+    );
+    // A frame-ancestors value that would smuggle a directive is refused at start.
+    let dir = tempfile::tempdir().unwrap();
+    assert_serve_refuses(
+        dir.path(),
+        "[server]\nportal_frame_ancestors = [\"https://a.example; script-src *\"]\n",
+        "server.portal_frame_ancestors",
+    );
 }

@@ -1,0 +1,92 @@
+// Drives the consumer portal (/portal#token=...) in headless Chromium for tests/e2e/browser.rs.
+// Arguments: portal URL (with the token in its fragment), Chromium path, the token. Prints
+// `READY <address bar>` once the endpoint list has loaded, then answers commands from stdin:
+//   add URL CHANNELS   -> ADDED <id> <secret>   or  REFUSED <message>
+//   attempts STATUS    -> ATTEMPTS [[cells...], ...] once a row with STATUS is listed
+//   retry              -> RETRIED <result>  (the newest failed row's Retry button)
+//   test               -> TESTED <result>
+//   rotate             -> ROTATED <secret>
+//   screenshot PATH    -> SHOT PATH
+// and `ERROR <message>` on failure. Any request URL holding the token is an error.
+import { chromium } from "playwright-core";
+import readline from "node:readline";
+
+const [url, executablePath, token] = process.argv.slice(2);
+const lines = readline.createInterface({ input: process.stdin });
+// Buffered: a command that arrives while the last one is still finishing is not lost.
+const incoming = lines[Symbol.asyncIterator]();
+const next = async () => (await incoming.next()).value;
+
+const browser = await chromium.launch({
+  executablePath,
+  args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  page.on("console", (m) => m.type() === "error" && !/status of 403/.test(m.text()) && problems.push(m.text()));
+  page.on("request", (r) => r.url().split("#")[0].includes(token) && problems.push("token in a URL: " + r.url()));
+  await page.goto(url);
+  await page.waitForSelector("#who.ok, #who.bad", { timeout: 20000 });
+  if (await page.$("#who.bad")) throw new Error("the page refused: " + (await page.textContent("#who")));
+  console.log("READY " + page.url());
+  const result = async () => {
+    await page.waitForFunction(() => document.querySelector("#action-result").value !== "", null, { timeout: 20000 });
+    return page.$eval("#action-result", (o) => o.value);
+  };
+  for (;;) {
+    const [command, ...args] = ((await next()) || "done").split(" ");
+    if (problems.length) throw new Error(problems.join("; "));
+    if (command === "done") break;
+    if (command === "add") {
+      await page.fill("#add-url", args[0]);
+      await page.fill("#add-channels", args[1]);
+      await page.click("#add button");
+      await page.waitForFunction(() => document.querySelector("#add-result").value !== "", null, { timeout: 10000 }).catch(async () => {
+        const state = await page.evaluate(() => ({ valid: document.querySelector("#add").checkValidity(), url: document.querySelector("#add-url").value, who: document.querySelector("#who").textContent }));
+        throw new Error("adding never answered: " + JSON.stringify(state));
+      });
+      const out = await page.$eval("#add-result", (o) => o.value);
+      if (out.startsWith("added ")) {
+        await page.waitForSelector("#detail:not([hidden])", { timeout: 10000 });
+        console.log(`ADDED ${out.slice(6)} ${await page.textContent("#secret")}`);
+      } else {
+        console.log("REFUSED " + out);
+      }
+      await page.$eval("#add-result", (o) => (o.value = ""));
+    } else if (command === "attempts") {
+      const rows = () => page.$$eval("#attempt-rows tr", (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+      await page.waitForSelector(`#attempt-rows tr[data-status="${args[0]}"]`, { timeout: 15000 }).catch(async () => {
+        throw new Error(`no ${args[0]} attempt listed: ${JSON.stringify(await rows())} ${await page.textContent("#detail-id")}`);
+      });
+      console.log("ATTEMPTS " + JSON.stringify(await rows()));
+    } else if (command === "retry") {
+      await page.$eval("#action-result", (o) => (o.value = ""));
+      await page.click('#attempt-rows tr[data-status="failed"] button');
+      console.log("RETRIED " + (await result()));
+    } else if (command === "test") {
+      await page.$eval("#action-result", (o) => (o.value = ""));
+      await page.click("#test");
+      console.log("TESTED " + (await result()));
+    } else if (command === "rotate") {
+      const before = await page.textContent("#secret");
+      await page.$eval("#action-result", (o) => (o.value = ""));
+      await page.click("#rotate");
+      await result();
+      await page.waitForFunction((b) => document.querySelector("#secret").textContent !== b, before);
+      console.log("ROTATED " + (await page.textContent("#secret")));
+    } else if (command === "screenshot") {
+      await page.screenshot({ path: args[0], fullPage: true });
+      console.log("SHOT " + args[0]);
+    } else {
+      throw new Error("unknown command " + command);
+    }
+  }
+  if (problems.length) console.log("ERROR " + problems.join("; "));
+} catch (e) {
+  console.log("ERROR " + e.message.split("\n")[0]);
+} finally {
+  await browser.close();
+  lines.close();
+}
