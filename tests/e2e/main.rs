@@ -18,6 +18,7 @@ mod hardening;
 mod hooks;
 mod limits;
 mod presence;
+mod prometheus;
 mod promises;
 mod pusher;
 mod resume;
