@@ -292,3 +292,48 @@ async fn the_pusher_suite_passes_on_a_three_node_cluster() {
     let body: Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(body["events"][0]["name"], "client_event");
 }
+
+/// #16 item 4: the console's stats name the cluster's nodes and say whether Redis answers;
+/// `herald_presence_members` counts the memberships a node holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_the_nodes_redis_and_presence_members() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let cluster = nodes(&redis, 2, FAST);
+    let (_alice, _) = member(&cluster[0], "room", "alice", json!(null)).await;
+    let cluster_view = async |node: &Herald| -> Value {
+        get_json(node.url("/v1/stats?seconds=1")).await["cluster"].clone()
+    };
+    let view = eventually("both nodes seen, Redis up", WAIT, async || {
+        let c = cluster_view(&cluster[1]).await;
+        (c["redis"] == "up" && c["nodes"].as_array()?.len() == 2).then_some(c)
+    })
+    .await;
+    let this = view["this_node"].as_str().unwrap();
+    assert!(
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == this && n["last_heartbeat_ms_ago"].as_u64().unwrap() < 5_000),
+        "{view}"
+    );
+    let members = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("herald_presence_members "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(members(&get_text(cluster[0].url("/metrics")).await), 1.0);
+    assert_eq!(members(&get_text(cluster[1].url("/metrics")).await), 0.0);
+    redis.kill9();
+    let c = eventually("Redis down", WAIT, async || {
+        let c = cluster_view(&cluster[0]).await;
+        (c["redis"] == "down").then_some(c)
+    })
+    .await;
+    assert!(c["error"].as_str().is_some_and(|e| !e.is_empty()), "{c}");
+}
