@@ -9,19 +9,13 @@
 //   captured N        -> REQUEST {"line","headers":{..},"body"} of the newest of >= N
 //   replay            -> REPLAYED <seq>
 // and `ERROR <message>` on failure (any page error or console error included).
-import { chromium } from "playwright-core";
-import readline from "node:readline";
+import { commands, launch } from "./driver.mjs";
 
 const [url, executablePath, key] = process.argv.slice(2);
-const lines = readline.createInterface({ input: process.stdin });
-// Buffered: a command that arrives while the last one is still finishing is not lost.
-const incoming = lines[Symbol.asyncIterator]();
-const next = async () => (await incoming.next()).value;
+const stdin = commands();
+const next = stdin.next;
 
-const browser = await chromium.launch({
-  executablePath,
-  args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"],
-});
+const browser = await launch(executablePath);
 const table = (id) => page.$$eval(`#${id} tr`, (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
 let page;
 try {
@@ -71,5 +65,5 @@ try {
   console.log("ERROR " + e.message.split("\n")[0]);
 } finally {
   await browser.close();
-  lines.close();
+  stdin.close();
 }

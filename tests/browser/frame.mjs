@@ -1,13 +1,10 @@
 // Loads a page from another origin that frames Herald's portal (tests/e2e/browser.rs) and
 // prints `FRAMED shown` when the portal rendered inside the frame, `FRAMED blocked` when the
 // browser refused to frame it (CSP frame-ancestors), or `ERROR <message>`.
-import { chromium } from "playwright-core";
+import { launch } from "./driver.mjs";
 
 const [url, executablePath] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath,
-  args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"],
-});
+const browser = await launch(executablePath);
 try {
   const page = await browser.newPage();
   await page.goto(url);

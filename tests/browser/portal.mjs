@@ -8,19 +8,13 @@
 //   rotate             -> ROTATED <secret>
 //   screenshot PATH    -> SHOT PATH
 // and `ERROR <message>` on failure. Any request URL holding the token is an error.
-import { chromium } from "playwright-core";
-import readline from "node:readline";
+import { commands, launch } from "./driver.mjs";
 
 const [url, executablePath, token] = process.argv.slice(2);
-const lines = readline.createInterface({ input: process.stdin });
-// Buffered: a command that arrives while the last one is still finishing is not lost.
-const incoming = lines[Symbol.asyncIterator]();
-const next = async () => (await incoming.next()).value;
+const stdin = commands();
+const next = stdin.next;
 
-const browser = await chromium.launch({
-  executablePath,
-  args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"],
-});
+const browser = await launch(executablePath);
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
   const problems = [];
@@ -88,5 +82,5 @@ try {
   console.log("ERROR " + e.message.split("\n")[0]);
 } finally {
   await browser.close();
-  lines.close();
+  stdin.close();
 }

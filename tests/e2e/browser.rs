@@ -237,19 +237,7 @@ async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
     let before = chart(&mut driver, "published").await;
 
     // The load: an SSE subscriber and 20 publishes a second for 4 seconds.
-    let token = {
-        let r = http()
-            .post(h.url("/v1/tokens"))
-            .bearer_auth("console-key")
-            .json(&json!({"sub_channels": ["load"]}))
-            .send()
-            .await
-            .unwrap();
-        r.json::<serde_json::Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let token = mint_token(&h, "console-key", json!({"sub_channels": ["load"]})).await;
     let mut sse = Sse::connect(&h, &format!("channel=load&token={token}"), None).await;
     for i in 0..80 {
         let r = http()
@@ -339,27 +327,16 @@ async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
             .contains("\n  \"ref\": \"refs/heads/main\""),
         "pretty: {request}"
     );
-    let page_before: serde_json::Value = http()
-        .get(h.url("/v1/events?channel=gh/push"))
-        .bearer_auth("console-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page_before = get_json_as(&h, "/v1/events?channel=gh/push", "console-key").await;
     // Replayed: a new event with the same request.
     let line = driver.send("replay").await;
     let seq: u64 = line.strip_prefix("REPLAYED ").unwrap().parse().unwrap();
-    let page: serde_json::Value = http()
-        .get(h.url(&format!("/v1/events?channel=gh/push&after={}", seq - 1)))
-        .bearer_auth("console-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = get_json_as(
+        &h,
+        &format!("/v1/events?channel=gh/push&after={}", seq - 1),
+        "console-key",
+    )
+    .await;
     let replayed = &page["events"][0];
     assert_eq!(replayed["seq"], seq);
     let original = &page_before["events"][0];
@@ -381,18 +358,12 @@ async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
 
 /// A consumer token for `owner`, scoped to `channels`, minted with the admin key.
 async fn consumer_token(h: &Herald, key: &str, owner: &str, channels: &[&str]) -> String {
-    let r = http()
-        .post(h.url("/v1/tokens"))
-        .bearer_auth(key)
-        .json(&json!({"webhooks": {"owner": owner, "channels": channels}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<serde_json::Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    mint_token(
+        h,
+        key,
+        json!({"webhooks": {"owner": owner, "channels": channels}}),
+    )
+    .await
 }
 
 /// #16 item 3: the consumer portal in Chromium with a consumer token only. The customer adds

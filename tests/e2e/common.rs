@@ -591,3 +591,32 @@ pub fn assert_serve_refuses(dir: &Path, toml: &str, expected: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(expected), "{toml}: {stderr}");
 }
+
+/// GET `path` with `key` as the bearer credential; the JSON answer.
+pub async fn get_json_as(h: &Herald, path: &str, key: &str) -> Value {
+    http()
+        .get(h.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A token minted by `POST /v1/tokens` with `key` (`claims`: its body).
+pub async fn mint_token(h: &Herald, key: &str, claims: Value) -> String {
+    let r = http()
+        .post(h.url("/v1/tokens"))
+        .bearer_auth(key)
+        .json(&claims)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

@@ -23,19 +23,7 @@ async fn stats_follow_connections_publishes_and_deliveries() {
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
     };
-    let token = {
-        let r = http()
-            .post(h.url("/v1/tokens"))
-            .bearer_auth("k")
-            .json(&json!({"sub_channels": ["c"]}))
-            .send()
-            .await
-            .unwrap();
-        r.json::<Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let token = mint_token(&h, "k", json!({"sub_channels": ["c"]})).await;
     let mut a = Sse::connect(&h, &format!("channel=c&token={token}"), None).await;
     let mut b = Sse::connect(&h, &format!("channel=c&token={token}"), None).await;
     for i in 0..5 {

@@ -178,15 +178,7 @@ async fn signed_hooks_need_a_valid_signature_and_the_rest_an_api_key() {
         (201, &json!(original)),
         "{reply}"
     );
-    let history: Value = http()
-        .get(h.url("/v1/events?channel=gh/ping"))
-        .bearer_auth("admin-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = get_json_as(&h, "/v1/events?channel=gh/ping", "admin-key").await;
     let events = history["events"].as_array().unwrap();
     assert_eq!(events.len(), 2, "{history}");
     assert_eq!(events[1]["seq"], reply["seq"]);
