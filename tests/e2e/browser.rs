@@ -168,27 +168,23 @@ async fn the_dashboard_never_puts_an_api_key_in_a_url() {
     };
     let h = Herald::start("[auth]\napi_keys = [\"k-browser-secret\"]\n");
     for n in 1..=2 {
-        let r = http()
-            .post(h.url("/v1/events"))
-            .bearer_auth("k-browser-secret")
-            .json(&json!({"channel": "demo", "data": n}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        publish_as(
+            &h,
+            "k-browser-secret",
+            json!({"channel": "demo", "data": n}),
+        )
+        .await;
     }
     let mut driver = Driver::launch(&script, &h, &chromium, Some("k-browser-secret"));
     assert_eq!(driver.line().await, "READY");
     assert_eq!(driver.send("2").await, "SEEN 1,2");
     assert_eq!(driver.send("publish").await, "PUBLISHED 3");
-    let r = http()
-        .post(h.url("/v1/events"))
-        .bearer_auth("k-browser-secret")
-        .json(&json!({"channel": "chat/x", "data": 4}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    publish_as(
+        &h,
+        "k-browser-secret",
+        json!({"channel": "chat/x", "data": 4}),
+    )
+    .await;
     assert_eq!(driver.send("4").await, "SEEN 1,2,3,4");
     // The driver reports any request URL holding the key as an ERROR.
     driver.finish().await;
@@ -240,14 +236,7 @@ async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
     let token = mint_token(&h, "console-key", json!({"sub_channels": ["load"]})).await;
     let mut sse = Sse::connect(&h, &format!("channel=load&token={token}"), None).await;
     for i in 0..80 {
-        let r = http()
-            .post(h.url("/v1/events"))
-            .bearer_auth("console-key")
-            .json(&json!({"channel": "load", "data": i}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        publish_as(&h, "console-key", json!({"channel": "load", "data": i})).await;
         sse.next().await.expect("the subscriber's event");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -424,14 +413,12 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
         .unwrap();
     assert_eq!(endpoint["owner"], "acme");
 
-    let r = http()
-        .post(h.url("/v1/events"))
-        .bearer_auth("admin-key")
-        .json(&json!({"channel": "orders/1", "type": "order.paid", "data": {"total": 5}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    publish_as(
+        &h,
+        "admin-key",
+        json!({"channel": "orders/1", "type": "order.paid", "data": {"total": 5}}),
+    )
+    .await;
     let line = driver.send("attempts failed").await;
     let rows: Vec<Vec<String>> =
         serde_json::from_str(line.strip_prefix("ATTEMPTS ").unwrap()).unwrap();
@@ -539,14 +526,7 @@ async fn the_portal_refuses_api_keys_and_frames_only_where_allowed() {
         line,
         "ERROR the page refused: This page needs a consumer token (#token=...), never an API key."
     );
-    let log = http()
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = get_text(h.url("/metrics")).await;
     assert!(
         !log.contains("route=\"/v1/webhooks\""),
         "the page called the API with an API key: {log}"

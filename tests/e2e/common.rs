@@ -620,3 +620,16 @@ pub async fn mint_token(h: &Herald, key: &str, claims: Value) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Publishes `body` with `key`; asserts 201 and returns the seq.
+pub async fn publish_as(h: &Herald, key: &str, body: Value) -> u64 {
+    let r = http()
+        .post(h.url("/v1/events"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap()
+}

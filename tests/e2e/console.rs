@@ -27,14 +27,7 @@ async fn stats_follow_connections_publishes_and_deliveries() {
     let mut a = Sse::connect(&h, &format!("channel=c&token={token}"), None).await;
     let mut b = Sse::connect(&h, &format!("channel=c&token={token}"), None).await;
     for i in 0..5 {
-        let r = http()
-            .post(h.url("/v1/events"))
-            .bearer_auth("k")
-            .json(&json!({"channel": "c", "data": i}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        publish_as(&h, "k", json!({"channel": "c", "data": i})).await;
     }
     for s in [&mut a, &mut b] {
         for _ in 0..5 {
@@ -72,14 +65,7 @@ async fn stats_follow_connections_publishes_and_deliveries() {
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 400, "invalid_seconds");
 
-    let metrics = http()
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(h.url("/metrics")).await;
     let value = |prefix: &str| -> f64 {
         metrics
             .lines()
