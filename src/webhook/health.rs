@@ -19,29 +19,40 @@ pub(super) struct Book(Mutex<HashMap<String, Seen>>);
 pub struct Seen {
     pub last_status: AttemptStatus,
     pub last_status_code: Option<u16>,
-    pub last_attempt: String,
+    #[serde(rename = "last_attempt", serialize_with = "rfc3339")]
+    pub last_attempt_ms: u64,
     pub last_duration_ms: u64,
     /// Attempts that failed since the last delivered one (0 after a success).
     pub failure_streak: u64,
 }
 
+fn rfc3339<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*ms))
+}
+
 impl Book {
+    /// On every attempt, so it allocates only for an endpoint's first (the time is
+    /// formatted when read).
     pub(super) fn saw(&self, id: &str, status: AttemptStatus, code: Option<u16>, ms: u64) {
         let mut map = self.0.lock().expect("webhook health");
-        let streak = match status {
-            AttemptStatus::Delivered => 0,
-            _ => map.get(id).map_or(0, |s| s.failure_streak) + 1,
-        };
-        map.insert(
-            id.to_string(),
-            Seen {
+        let seen = match map.get_mut(id) {
+            Some(seen) => seen,
+            None => map.entry(id.to_string()).or_insert(Seen {
                 last_status: status,
-                last_status_code: code,
-                last_attempt: format_time(now_ms()),
-                last_duration_ms: ms,
-                failure_streak: streak,
-            },
-        );
+                last_status_code: None,
+                last_attempt_ms: 0,
+                last_duration_ms: 0,
+                failure_streak: 0,
+            }),
+        };
+        seen.failure_streak = match status {
+            AttemptStatus::Delivered => 0,
+            _ => seen.failure_streak + 1,
+        };
+        seen.last_status = status;
+        seen.last_status_code = code;
+        seen.last_attempt_ms = now_ms();
+        seen.last_duration_ms = ms;
     }
 
     pub(super) fn forget(&self, id: &str) {
