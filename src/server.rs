@@ -111,7 +111,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
     };
-    let state = AppState {
+    let state = AppState::new(crate::http::App {
         hub,
         presence,
         pusher,
@@ -125,7 +125,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         config: Arc::new(config),
         shutdown,
         tasks: acceptor.tasks.clone(),
-    };
+    });
     let router = app(state);
     let scheme = if acceptor.tls.is_some() {
         "https"
