@@ -21,7 +21,9 @@ const POLL: Duration = Duration::from_millis(50);
 pub(super) struct InFlight {
     total: usize,
     per_endpoint: HashMap<String, usize>,
-    tasks: HashSet<(String, u64)>,
+    /// Seqs being attempted, per endpoint (looked up by `&str` for every task a claim
+    /// scans, so without allocating).
+    tasks: HashMap<String, HashSet<u64>>,
     /// Cluster claims held by running attempts, to hand back at shutdown.
     pub(super) claims: HashMap<(String, u64), Arc<str>>,
     /// Rate-limited endpoints' token buckets.
@@ -95,7 +97,7 @@ impl Webhooks {
     async fn dispatch_due(self: &Arc<Self>, now: u64) -> Result<(), WebhookError> {
         let live_map = self.live.read().expect("webhook map").clone();
         let max_total = self.config.max_in_flight.max(1);
-        let (wants, total, in_flight) = {
+        let (wants, total) = {
             let mut f = self.in_flight.lock().expect("in-flight lock");
             let InFlight {
                 per_endpoint,
@@ -132,12 +134,21 @@ impl Webhooks {
                     .get(id)
                     .is_some_and(|l| l.endpoint.rate_limit.is_some())
             });
-            (wants, max_total.saturating_sub(f.total), f.tasks.clone())
+            (wants, max_total.saturating_sub(f.total))
         };
         if wants.is_empty() || total == 0 {
             return Ok(());
         }
-        let claimed = self.store.claim(now, &wants, total, &in_flight).await?;
+        let local = {
+            let f = self.in_flight.lock().expect("in-flight lock");
+            self.store.claim_local(now, &wants, total, |id, seq| {
+                f.tasks.get(id).is_some_and(|s| s.contains(&seq))
+            })
+        };
+        let claimed = match local {
+            Some(claimed) => claimed,
+            None => self.store.claim_shared(now, &wants, total).await?,
+        };
         if claimed.is_empty() {
             return Ok(());
         }
@@ -156,7 +167,7 @@ impl Webhooks {
             };
             {
                 let mut f = self.in_flight.lock().expect("in-flight lock");
-                if !f.tasks.insert((id.clone(), task.seq)) {
+                if !f.tasks.entry(id.clone()).or_default().insert(task.seq) {
                     continue;
                 }
                 if let Some(token) = &task.claim {
@@ -191,7 +202,12 @@ impl Webhooks {
                 }
             }
             f.claims.remove(&(id.clone(), seq));
-            f.tasks.remove(&(id, seq));
+            if let Some(seqs) = f.tasks.get_mut(&id) {
+                seqs.remove(&seq);
+                if seqs.is_empty() {
+                    f.tasks.remove(&id);
+                }
+            }
         }
         self.wake.notify_one();
     }

@@ -1,7 +1,7 @@
 //! The single-node queue's claiming: the tasks live in the embedded `WebhookStore`; one node
 //! only needs to remember what it has in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::Want;
 use crate::webhook::store::{Step, Task, WebhookStore};
@@ -12,7 +12,7 @@ pub(super) fn claim(
     now_ms: u64,
     wants: &HashMap<String, Want>,
     total: usize,
-    in_flight: &HashSet<(String, u64)>,
+    busy: impl Fn(&str, u64) -> bool,
 ) -> Vec<(String, Task)> {
     let mut taken: HashMap<&str, usize> = HashMap::new();
     let mut out = Vec::new();
@@ -29,7 +29,7 @@ pub(super) fn claim(
             saturated += 1;
             return Step::SkipEndpoint;
         }
-        if in_flight.contains(&(id.to_string(), task.seq)) {
+        if busy(id, task.seq) {
             return Step::Next;
         }
         // Ordered endpoints send only their head, retried until it resolves.

@@ -9,7 +9,7 @@
 //!
 //! An enum rather than a trait object: two known backends, async methods, no boxing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 mod local;
@@ -145,15 +145,31 @@ impl Queue {
 
     /// Claims due tasks within `wants` (per endpoint) and `total`. `in_flight` is what this
     /// node is attempting now (the local queue has no other record of it).
-    pub async fn claim(
+    /// Claims due tasks. On one node the claim is a scan of the in-memory index, done in
+    /// place (no await), so the caller can hold its in-flight set locked and answer `busy`
+    /// from it instead of copying it per pass; a cluster's claim is Redis's, which knows
+    /// what is leased, so it is asked with `claim_shared`.
+    pub fn claim_local(
         &self,
         now_ms: u64,
         wants: &HashMap<String, Want>,
         total: usize,
-        in_flight: &HashSet<(String, u64)>,
+        busy: impl Fn(&str, u64) -> bool,
+    ) -> Option<Vec<(String, Task)>> {
+        match self {
+            Queue::Local(s) => Some(local::claim(s, now_ms, wants, total, busy)),
+            Queue::Shared(_) => None,
+        }
+    }
+
+    pub async fn claim_shared(
+        &self,
+        now_ms: u64,
+        wants: &HashMap<String, Want>,
+        total: usize,
     ) -> Result<Vec<(String, Task)>, StoreError> {
         match self {
-            Queue::Local(s) => Ok(local::claim(s, now_ms, wants, total, in_flight)),
+            Queue::Local(_) => Ok(Vec::new()),
             Queue::Shared(r) => r.claim(now_ms, wants, total).await,
         }
     }
