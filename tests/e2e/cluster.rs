@@ -868,7 +868,7 @@ async fn ids_deduplicate_and_retention_trims_across_the_cluster() {
     // Operators can see what the shared log costs.
     let metrics = get_text(cluster[0].url("/metrics")).await;
     assert!(
-        metrics.contains("herald_redis_append_seconds_count"),
+        metrics.contains("herald_commit_seconds_count"),
         "{metrics}"
     );
     assert!(metrics.contains("herald_log_ready 1"), "{metrics}");
