@@ -253,9 +253,12 @@ impl Acceptor {
                                 kill: CancellationToken::new(),
                                 permit: Some(permit),
                             };
-                            return serve_tls(
+                            // Boxed: a task reserves room for the largest future it may
+                            // await, and TLS + HTTP/2 state would otherwise sit in every
+                            // plain connection's task too (an idle SSE stream's above all).
+                            return Box::pin(serve_tls(
                                 stream, tls, conn, router, shutdown, &server, max_header,
-                            )
+                            ))
                             .await;
                         }
                         serve_connection(
@@ -412,10 +415,14 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(server.handshake_timeout)
         .max_buf_size(max_header.max(8192));
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
+    // Boxed for the same reason: hyper's connection state is only for connections that stay
+    // with hyper, not for the direct SSE streams that share this task's type.
+    let mut connection = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades(),
+    );
+    let connection = connection.as_mut();
     let stop = |c: std::pin::Pin<&mut _>| {
         hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
     };

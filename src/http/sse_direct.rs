@@ -63,8 +63,12 @@ pub async fn serve(
     max_head: usize,
 ) {
     let kill = conn.kill.clone();
+    // Reading the head and routing the request are boxed: they end before the stream
+    // starts, and inline they would reserve their room (a read buffer, the router's
+    // future) in the task for the stream's whole life, which is most of an idle stream's
+    // memory.
     let Ok(Some((request, http10))) =
-        tokio::time::timeout(head_timeout, read_head(&mut stream, max_head)).await
+        tokio::time::timeout(head_timeout, Box::pin(read_head(&mut stream, max_head))).await
     else {
         let _ = stream
             .write_all(
@@ -75,7 +79,7 @@ pub async fn serve(
     };
     let mut request = request;
     request.extensions_mut().insert(conn);
-    let Ok(response) = router.oneshot(request).await;
+    let Ok(response) = Box::pin(router.oneshot(request)).await;
     let _ = write_response(&mut stream, response, http10, &kill, &shutdown).await;
 }
 

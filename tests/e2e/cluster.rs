@@ -867,10 +867,7 @@ async fn ids_deduplicate_and_retention_trims_across_the_cluster() {
     assert_eq!(page_seqs(&page), (head - 4..=head).collect::<Vec<_>>());
     // Operators can see what the shared log costs.
     let metrics = get_text(cluster[0].url("/metrics")).await;
-    assert!(
-        metrics.contains("herald_commit_seconds_count"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("herald_commit_seconds_count"), "{metrics}");
     assert!(metrics.contains("herald_log_ready 1"), "{metrics}");
     // A subscriber resuming from before the trim is told of the gap, then gets the rest.
     let mut sse = Sse::connect(&cluster[0], "channel=d", Some(1)).await;
