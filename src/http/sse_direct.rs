@@ -63,6 +63,9 @@ pub async fn serve(
     max_head: usize,
 ) {
     let kill = conn.kill.clone();
+    // The stream holds its slot in the connection limits for as long as it lives: `conn`
+    // itself goes into the request and is dropped once the request is routed.
+    let _permit = conn.permit.clone();
     // Reading the head and routing the request are boxed: they end before the stream
     // starts, and inline they would reserve their room (a read buffer, the router's
     // future) in the task for the stream's whole life, which is most of an idle stream's
@@ -126,6 +129,7 @@ async fn write_response(
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut head = response_head(&parts, http10);
+    drop(parts); // not kept in the task for the stream's life
     if !streaming {
         let bytes = body
             .collect()

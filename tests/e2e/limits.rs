@@ -116,6 +116,24 @@ async fn connections_per_ip_and_in_total_are_capped() {
     .await;
 }
 
+/// An event stream holds its slot for its whole life (they leave hyper after their head,
+/// and once did not): with two open, a third connection from the address is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_event_streams_count_against_the_per_address_cap() {
+    let h = Herald::start("[limits]\nmax_connections_per_ip = 2\n");
+    let a = Sse::connect(&h, "channel=a", None).await;
+    let b = Sse::connect(&h, "channel=b", None).await;
+    let mut third = connect_from("127.0.0.1", h.addr).await;
+    let reply = read_to_close(&mut third).await;
+    assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
+    drop((a, b));
+    crate::webhooks::eventually("the slots to be free again", WAIT, async || {
+        let r = http().get(h.url("/healthz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
 /// A keep-alive connection from `source` that has had one answered request: by then the
 /// server has certainly counted it (no sleep needed to let it account for the connection).
 async fn held_open(source: &str, to: std::net::SocketAddr) -> TcpStream {
