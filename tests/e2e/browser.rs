@@ -402,15 +402,7 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
     let (id, secret) = (parts[1].to_string(), parts[2].to_string());
     assert!(secret.starts_with("whsec_"), "{line}");
     // Made for the token's owner.
-    let endpoint: serde_json::Value = http()
-        .get(h.url(&format!("/v1/webhooks/{id}")))
-        .bearer_auth("admin-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let endpoint = get_json_as(&h, &format!("/v1/webhooks/{id}"), "admin-key").await;
     assert_eq!(endpoint["owner"], "acme");
 
     publish_as(
