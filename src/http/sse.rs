@@ -181,9 +181,10 @@ struct StreamState {
     sources: Sources,
     typed: bool,
     heartbeat: tokio::time::Interval,
-    shutdown: CancellationToken,
-    /// When the subscriber's token expires, the stream ends.
-    expires: Option<tokio::time::Instant>,
+    /// Shutdown, or the subscriber's token expiring. Made once for the stream: a fresh
+    /// `cancelled()` or `sleep_until` per frame would register with the token or the timer
+    /// (and leave again) for every event sent.
+    end: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     preamble: Option<Bytes>,
     _open: crate::stats::Held,
 }
@@ -207,8 +208,12 @@ fn frames(
         sources,
         typed,
         heartbeat,
-        shutdown,
-        expires,
+        end: Box::pin(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = until(expires) => {}
+            }
+        }),
         preamble: Some(Bytes::from(preamble.concat())),
         _open: crate::stats::Held::connection(crate::stats::Transport::Sse),
     };
@@ -217,8 +222,7 @@ fn frames(
             return Some((Ok(preamble), s));
         }
         let frame = tokio::select! {
-            _ = s.shutdown.cancelled() => return None,
-            _ = until(s.expires) => return None,
+            _ = &mut s.end => return None,
             _ = s.heartbeat.tick() => Bytes::from_static(HEARTBEAT),
             Some((_, update)) = s.sources.presence.watches.next(), if !s.sources.presence.watches.is_empty() => {
                 match update {

@@ -152,9 +152,13 @@ async fn write_response(
     // Reads only to notice the client leaving; an SSE client sends nothing after its head.
     let mut probe = [0u8; 16];
     let mut ended = false;
+    // Made once, not per frame: each fresh `cancelled()` registers with its token when
+    // polled and leaves it when dropped, under the token's lock.
+    let mut killed = std::pin::pin!(kill.cancelled());
+    let mut shut = std::pin::pin!(shutdown.cancelled());
     while !ended {
         let first = tokio::select! {
-            _ = kill.cancelled() => return Ok(()),
+            _ = &mut killed => return Ok(()),
             n = reader.read(&mut probe) => match n {
                 Ok(0) | Err(_) => return Ok(()),
                 Ok(_) => continue,
@@ -169,8 +173,8 @@ async fn write_response(
         // and shutdown still end it.
         tokio::select! {
             r = write_all_vectored(&mut writer, &mut out) => r?,
-            _ = kill.cancelled() => return Ok(()),
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut killed => return Ok(()),
+            _ = &mut shut => return Ok(()),
         }
     }
     writer.shutdown().await

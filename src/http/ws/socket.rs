@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use tokio_util::sync::CancellationToken;
 use yawc::{CompressionLevel, DeflatePool, Frame, OpCode, Options, WebSocketError};
 
@@ -205,6 +205,11 @@ pub(crate) async fn flush_or_end(
     lagged: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Result<(), FlushEnd> {
+    // Most flushes complete at once (the socket has room); only a flush that has to wait
+    // needs to watch for the end, and watching costs a registration with each token.
+    if let Some(r) = ws.flush().now_or_never() {
+        return r.map_err(|_| FlushEnd::Failed);
+    }
     tokio::select! {
         r = ws.flush() => r.map_err(|_| FlushEnd::Failed),
         _ = lagged.cancelled() => Err(FlushEnd::Slow),

@@ -160,12 +160,13 @@ impl Session {
     async fn serve(&mut self, activity: Duration) -> Result<(), Close> {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + activity, activity);
         let mut pinged = false;
-        let shutdown = self.app.shutdown.clone();
-        let lagged = self.lagged.clone();
+        // Made once, not per turn (see Herald's own session).
+        let mut shutdown = std::pin::pin!(self.app.shutdown.clone().cancelled_owned());
+        let mut lagged = std::pin::pin!(self.lagged.clone().cancelled_owned());
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Err(Close::with(RECONNECT, "server shutting down")),
-                _ = lagged.cancelled() => return Err(Close::with(RECONNECT, "slow consumer")),
+                _ = &mut shutdown => return Err(Close::with(RECONNECT, "server shutting down")),
+                _ = &mut lagged => return Err(Close::with(RECONNECT, "slow consumer")),
                 _ = tick.tick() => {
                     // Silent for a whole activity period: ping; silent for another: gone.
                     if self.last_seen.elapsed() >= activity {
