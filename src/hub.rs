@@ -1,24 +1,26 @@
 //! Fan-out: live subscriptions by channel and pattern, and resume (history, then live).
 //!
 //! The log's writer calls [`Hub::committed`] with each committed group, in seq order; the hub
-//! pushes a refcounted [`EventRef`] into every matching subscription's bounded queue with
-//! `try_send`. It never waits on a subscriber: a full queue marks that subscription lagged
+//! pushes a refcounted [`EventRef`] into every matching subscription's bounded queue
+//! (`queue.rs`). It never waits on a subscriber: a full queue marks that subscription lagged
 //! and its connection is closed, to resume from its cursor. Transports never read the log
 //! themselves; they hold a [`Subscription`].
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventRef, Filter, NewEvent};
 use crate::log::{Appended, CommitListener, Log, LogError};
 
 mod patterns;
+mod queue;
 
 use patterns::PatternIndex;
+use queue::Queue;
 
 /// Events read from the log per catch-up page.
 const PAGE: usize = 512;
@@ -40,11 +42,11 @@ struct Registry {
     patterned: PatternIndex,
 }
 
-/// The hub's end of one subscription.
+/// One live subscription, shared by the hub (which pushes) and the subscription (which pops).
 struct Sink {
     id: u64,
     filter: Arc<Filter>,
-    tx: mpsc::Sender<EventRef>,
+    queue: Queue,
     /// Cancelled when the queue overflowed; the subscription then ends with [`Lagged`].
     lagged: CancellationToken,
     /// Set with `lagged`; a plain flag because dispatch reads it for every event.
@@ -128,20 +130,15 @@ impl Hub {
         sub
     }
 
-    fn register(
-        &self,
-        filter: &Arc<Filter>,
-        lagged: &CancellationToken,
-    ) -> (u64, mpsc::Receiver<EventRef>, u64) {
-        let (tx, rx) = mpsc::channel(self.queue_len);
+    fn register(&self, filter: &Arc<Filter>, lagged: &CancellationToken) -> (u64, Arc<Sink>, u64) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let sink = Arc::new(Sink {
+        let sink = Arc::new(Sink::new(
             id,
-            filter: filter.clone(),
-            tx,
-            lagged: lagged.clone(),
-            dead: AtomicBool::new(false),
-        });
+            filter.clone(),
+            lagged.clone(),
+            self.queue_len,
+        ));
+        let live = sink.clone();
         let mut reg = self.registry.write().expect("hub registry lock");
         if filter.has_patterns() {
             reg.patterned.insert(sink);
@@ -154,7 +151,7 @@ impl Hub {
             }
         }
         let head = self.dispatched.load(Ordering::Acquire);
-        (id, rx, head)
+        (id, live, head)
     }
 
     fn unregister(&self, id: u64, filter: &Filter) {
@@ -209,18 +206,10 @@ impl CommitListener for Hub {
                     if sink.dead.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match sink.tx.try_send(event.clone()) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            metrics::counter!("herald_slow_consumer_disconnects_total")
-                                .increment(1);
-                            sink.dead.store(true, Ordering::Relaxed);
-                            sink.lagged.cancel();
-                            dropped.push((sink.id, sink.filter.clone()));
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            dropped.push((sink.id, sink.filter.clone()));
-                        }
+                    if sink.queue.push(event.clone()).is_err() {
+                        metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
+                        sink.end();
+                        dropped.push((sink.id, sink.filter.clone()));
                     }
                 }
             }
@@ -242,9 +231,28 @@ impl Hub {
         let mut all = std::mem::take(&mut *reg);
         let patterned = all.patterned.drain();
         for sink in patterned.iter().chain(all.by_channel.values().flatten()) {
-            sink.dead.store(true, Ordering::Relaxed);
-            sink.lagged.cancel();
+            sink.end();
         }
+    }
+}
+
+impl Sink {
+    fn new(id: u64, filter: Arc<Filter>, lagged: CancellationToken, queue_len: usize) -> Sink {
+        Sink {
+            id,
+            filter,
+            queue: Queue::new(queue_len),
+            lagged,
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    /// Dropped by the hub: nothing more is queued, and the subscriber (after what it has)
+    /// ends with [`SubscriptionError::Lagged`].
+    fn end(&self) {
+        self.dead.store(true, Ordering::Relaxed);
+        self.queue.close();
+        self.lagged.cancel();
     }
 }
 
@@ -253,7 +261,7 @@ enum State {
     CatchUp,
     Live {
         id: u64,
-        rx: mpsc::Receiver<EventRef>,
+        sink: Arc<Sink>,
     },
     Ended,
 }
@@ -285,9 +293,9 @@ impl Subscription {
     }
 
     fn register_live_only(&mut self) {
-        let (id, rx, head) = self.hub.register(&self.filter, &self.lagged);
+        let (id, sink, head) = self.hub.register(&self.filter, &self.lagged);
         self.cursor = head;
-        self.state = State::Live { id, rx };
+        self.state = State::Live { id, sink };
     }
 
     /// The next item in seq order. Cancel-safe: every state change happens after an await
@@ -310,12 +318,12 @@ impl Subscription {
                 State::Ended => return Err(SubscriptionError::Lagged),
                 State::CatchUp => {
                     if self.read_page(None).await? {
-                        let (id, rx, head) = self.hub.register(&self.filter, &self.lagged);
-                        self.state = State::Live { id, rx };
+                        let (id, sink, head) = self.hub.register(&self.filter, &self.lagged);
+                        self.state = State::Live { id, sink };
                         self.fill_to = Some(head);
                     }
                 }
-                State::Live { rx, .. } => match rx.recv().await {
+                State::Live { sink, .. } => match poll_fn(|cx| sink.queue.poll_pop(cx)).await {
                     Some(event) if event.seq > self.cursor => {
                         self.cursor = event.seq;
                         return Ok(Item::Event(event));

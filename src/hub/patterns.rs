@@ -127,18 +127,11 @@ fn collect(node: Node, out: &mut Vec<Arc<Sink>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
-    use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     fn sink(id: u64, names: &[String]) -> Arc<Sink> {
-        Arc::new(Sink {
-            id,
-            filter: Arc::new(Filter::parse(names.iter().map(String::as_str)).unwrap()),
-            tx: mpsc::channel(1).0,
-            lagged: CancellationToken::new(),
-            dead: AtomicBool::new(false),
-        })
+        let filter = Arc::new(Filter::parse(names.iter().map(String::as_str)).unwrap());
+        Arc::new(Sink::new(id, filter, CancellationToken::new(), 1))
     }
 
     proptest::proptest! {

@@ -1236,6 +1236,11 @@ async fn a_node_shutting_down_hands_its_unfinished_deliveries_to_the_others() {
         receiver.delivered().contains(&seq).then_some(())
     })
     .await;
+    // The receiver sees the request before b has read its answer and counted it.
+    eventually("node b to count its delivery", WAIT, async || {
+        (delivered_by(&b).await == 1).then_some(())
+    })
+    .await;
     assert_eq!(delivered_by(&b).await, 1);
 }
 

@@ -100,11 +100,11 @@ pub async fn upgrade(
     let (response, socket) = upgrade?.accept(app.ws.options(max_message(&app)))?;
     let guard = app.tasks.token();
     tokio::spawn(async move {
-        let _guard = guard;
         if let Ok(socket) = socket.await {
-            Session::new(app, socket, conn, principal)
-                .run(initial, since)
-                .await;
+            // A task of its own, sized for the session alone: this one also holds what the
+            // upgrade needed, and a task keeps its size for its whole life.
+            let session = Session::new(app, socket, conn, principal, guard);
+            tokio::spawn(session.run(initial, since));
         }
     });
     Ok(response)
@@ -130,10 +130,18 @@ struct Session {
     /// This connection's publish budget.
     bucket: Bucket,
     last_seen: tokio::time::Instant,
+    /// Shutdown waits for the session to end.
+    _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Session {
-    fn new(app: AppState, ws: Socket, conn: Connection, principal: Principal) -> Session {
+    fn new(
+        app: AppState,
+        ws: Socket,
+        conn: Connection,
+        principal: Principal,
+        task: tokio_util::task::task_tracker::TaskTrackerToken,
+    ) -> Session {
         let limits = &app.config.limits;
         Session {
             bucket: Bucket::new(limits.ws_publish_rate, limits.ws_publish_burst),
@@ -147,24 +155,43 @@ impl Session {
             acks: FuturesUnordered::new(),
             lagged: CancellationToken::new(),
             _open: crate::stats::Held::connection(crate::stats::Transport::Ws),
+            _task: task,
         }
     }
 
-    async fn run(mut self, initial: Vec<(String, Filter)>, since: Option<u64>) {
-        let head = self.app.hub.log().bounds().head;
-        let close = async {
-            self.send(json!({"op": "welcome", "head": head})).await?;
-            for (channel, filter) in initial {
-                self.add_subscription(channel.clone(), filter, since);
-                self.send(json!({"op": "subscribed", "channel": channel}))
-                    .await?;
+    /// The session's task. Sized with care, because a task keeps its size for the
+    /// connection's life: not an `async fn`, whose future would hold `self` twice (the
+    /// argument, and the binding it is moved into); opening and closing are boxed, since
+    /// they run once and inline would make the task larger than serving needs.
+    fn run(
+        mut self,
+        initial: Vec<(String, Filter)>,
+        since: Option<u64>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let result = match Box::pin(self.open(initial, since)).await {
+                Ok(()) => self.serve().await,
+                Err(how) => Err(how),
+            };
+            if let Err(how) = result {
+                Box::pin(self.close(how)).await;
             }
-            self.serve().await
         }
-        .await;
-        if let Err(how) = close {
-            Box::pin(self.close(how)).await;
+    }
+
+    async fn open(
+        &mut self,
+        initial: Vec<(String, Filter)>,
+        since: Option<u64>,
+    ) -> Result<(), Close> {
+        let head = self.app.hub.log().bounds().head;
+        self.send(json!({"op": "welcome", "head": head})).await?;
+        for (channel, filter) in initial {
+            self.add_subscription(channel.clone(), filter, since);
+            self.send(json!({"op": "subscribed", "channel": channel}))
+                .await?;
         }
+        Ok(())
     }
 
     async fn serve(&mut self) -> Result<(), Close> {

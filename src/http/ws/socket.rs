@@ -21,10 +21,14 @@ use crate::http::ApiError;
 pub type Socket = yawc::WebSocket<yawc::HttpStream>;
 
 /// Read buffer a connection starts with; grows for a large frame and shrinks back after.
-const READ_BUFFER: usize = 1024;
+/// Small, because most connections send little (a subscribe, a pong) and an idle one holds
+/// this for its whole life; a larger message costs one reallocation.
+const READ_BUFFER: usize = 256;
 
-/// Write buffer a connection starts with; a batch of events grows it until flushed.
-const WRITE_BUFFER: usize = 1024;
+/// Write buffer a connection starts with (the welcome fits); the first batch of events
+/// grows it to what a batch needs (at most `WRITE_BATCH_BYTES` and one frame), and it stays
+/// that size: a connection that is sent to is sent to again.
+const WRITE_BUFFER: usize = 256;
 
 /// Bounds what one connection's writer may hold (frames fed before a flush).
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
@@ -207,14 +211,19 @@ pub(crate) async fn flush_or_end(
 ) -> Result<(), FlushEnd> {
     // Most flushes complete at once (the socket has room); only a flush that has to wait
     // needs to watch for the end, and watching costs a registration with each token.
+    // The waiting is boxed: it is rare, and inline it would add its size to every
+    // session's task for the connection's life.
     if let Some(r) = ws.flush().now_or_never() {
         return r.map_err(|_| FlushEnd::Failed);
     }
-    tokio::select! {
-        r = ws.flush() => r.map_err(|_| FlushEnd::Failed),
-        _ = lagged.cancelled() => Err(FlushEnd::Slow),
-        _ = shutdown.cancelled() => Err(FlushEnd::Shutdown),
-    }
+    Box::pin(async {
+        tokio::select! {
+            r = ws.flush() => r.map_err(|_| FlushEnd::Failed),
+            _ = lagged.cancelled() => Err(FlushEnd::Slow),
+            _ = shutdown.cancelled() => Err(FlushEnd::Shutdown),
+        }
+    })
+    .await
 }
 
 /// How a session ends.

@@ -1,0 +1,189 @@
+//! One subscription's bounded queue of events: the hub pushes (never waiting), the
+//! subscription pops.
+//!
+//! Hand-written instead of tokio's `mpsc`: that channel allocates its slots in blocks of 32
+//! and keeps ~300 bytes of shared state, about 800 bytes per subscription before the first
+//! event, which every idle connection carried for its whole life. Here an idle subscription
+//! costs a lock and an empty `VecDeque`; the storage grows with a backlog and is given back
+//! once the backlog drains.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use crate::event::EventRef;
+
+/// Storage kept after a backlog drains: enough for the usual few events in flight, so a
+/// subscriber that keeps up does not allocate per event.
+const KEEP: usize = 8;
+
+pub(crate) struct Queue {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    items: VecDeque<EventRef>,
+    /// The subscription waiting for an event, if it is.
+    waker: Option<Waker>,
+    /// No more pushes: the subscription lagged or was dropped by the hub. What is queued is
+    /// still popped, then `None`.
+    closed: bool,
+}
+
+/// The queue holds `capacity` events already.
+#[derive(Debug)]
+pub(crate) struct Full;
+
+impl Queue {
+    pub fn new(capacity: usize) -> Queue {
+        Queue {
+            capacity: capacity.max(1),
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Nothing runs under the lock that can panic; a poisoned lock still holds a
+        // consistent queue.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `event` unless the queue is full. A closed queue takes nothing (and says so
+    /// as if it were fine: its subscriber is already on its way out).
+    pub fn push(&self, event: EventRef) -> Result<(), Full> {
+        let waker = {
+            let mut inner = self.lock();
+            if inner.closed {
+                return Ok(());
+            }
+            if inner.items.len() >= self.capacity {
+                return Err(Full);
+            }
+            inner.items.push_back(event);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Takes no more events; the subscriber gets what is queued, then the end.
+    pub fn close(&self) {
+        let waker = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The next event; `None` once closed and drained.
+    pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<EventRef>> {
+        let mut inner = self.lock();
+        if let Some(event) = inner.items.pop_front() {
+            if inner.items.is_empty() && inner.items.capacity() > KEEP {
+                inner.items = VecDeque::new();
+            }
+            return Poll::Ready(Some(event));
+        }
+        if inner.closed {
+            inner.items = VecDeque::new();
+            return Poll::Ready(None);
+        }
+        match &mut inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    #[cfg(test)]
+    fn storage(&self) -> usize {
+        self.lock().items.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, NewEvent};
+    use std::sync::Arc;
+
+    fn event(seq: u64) -> EventRef {
+        let new = NewEvent {
+            channel: "c".into(),
+            kind: None,
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            id: None,
+        };
+        Arc::new(Event::encode(seq, 0, &new))
+    }
+
+    fn pop(q: &Queue) -> Poll<Option<u64>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        q.poll_pop(&mut cx).map(|e| e.map(|e| e.seq))
+    }
+
+    #[test]
+    fn bounded_ordered_and_drained_after_close() {
+        let q = Queue::new(3);
+        assert_eq!(pop(&q), Poll::Pending);
+        for seq in 1..=3 {
+            q.push(event(seq)).unwrap();
+        }
+        assert!(q.push(event(4)).is_err(), "a full queue refuses");
+        assert_eq!(pop(&q), Poll::Ready(Some(1)));
+        q.push(event(4)).unwrap();
+        q.close();
+        q.push(event(5)).unwrap();
+        assert_eq!(pop(&q), Poll::Ready(Some(2)));
+        assert_eq!(pop(&q), Poll::Ready(Some(3)));
+        assert_eq!(
+            pop(&q),
+            Poll::Ready(Some(4)),
+            "closing keeps what was queued"
+        );
+        assert_eq!(pop(&q), Poll::Ready(None), "nothing after close");
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_storage_back() {
+        let q = Queue::new(1000);
+        assert_eq!(q.storage(), 0, "an idle queue holds no storage");
+        for seq in 1..=500 {
+            q.push(event(seq)).unwrap();
+        }
+        assert!(q.storage() >= 500);
+        for _ in 1..=500 {
+            assert!(pop(&q).is_ready());
+        }
+        assert_eq!(q.storage(), 0);
+        q.push(event(501)).unwrap();
+        assert!(pop(&q).is_ready());
+        assert!(
+            q.storage() <= KEEP,
+            "a subscriber that keeps up keeps a little"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_waiting_subscriber() {
+        let q = Arc::new(Queue::new(4));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move {
+                std::future::poll_fn(|cx| q.poll_pop(cx))
+                    .await
+                    .map(|e| e.seq)
+            }
+        });
+        tokio::task::yield_now().await;
+        q.push(event(7)).unwrap();
+        assert_eq!(waiting.await.unwrap(), Some(7));
+    }
+}
