@@ -163,6 +163,7 @@ impl Session {
     /// connection's life: not an `async fn`, whose future would hold `self` twice (the
     /// argument, and the binding it is moved into); opening and closing are boxed, since
     /// they run once and inline would make the task larger than serving needs.
+    #[allow(clippy::manual_async_fn)] // on purpose, as said above
     fn run(
         mut self,
         initial: Vec<(String, Filter)>,
