@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::EventIn;
 use super::presence::updates;
-use super::sse::{deadline, until};
+use super::sse::deadline;
 use super::{
     check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState, Connection,
 };
@@ -120,7 +120,9 @@ struct Session {
     subs: StreamMap<String, ItemStream>,
     /// Presence watches (each holding its membership), by channel.
     watches: StreamMap<String, UpdateStream>,
-    acks: FuturesUnordered<BoxFuture<'static, Frame>>,
+    /// Publishes awaiting their ack; made at the first publish (an empty one allocates, and
+    /// most connections only subscribe).
+    acks: Option<FuturesUnordered<BoxFuture<'static, Frame>>>,
     /// Shared by every subscription of the connection: one lag closes it with 4008.
     lagged: CancellationToken,
     _open: crate::stats::Held,
@@ -150,9 +152,10 @@ impl Session {
             last_seen: tokio::time::Instant::now(),
             app,
             ws,
-            subs: StreamMap::new(),
+            // Most connections hold one subscription.
+            subs: StreamMap::with_capacity(1),
             watches: StreamMap::new(),
-            acks: FuturesUnordered::new(),
+            acks: None,
             lagged: CancellationToken::new(),
             _open: crate::stats::Held::connection(crate::stats::Transport::Ws),
             _task: task,
@@ -201,15 +204,16 @@ impl Session {
         // Made once, not per turn of the loop: a fresh `cancelled()` future registers with
         // (and on drop leaves) the token's waiter list, under its lock, every time it is
         // polled, which was ~7% of the CPU of a busy fan-out.
+        // A lag needs no watch here: the hub closes the lagging subscription, whose stream
+        // ends with `Lagged` after what was queued. A flush that waits watches for it.
         let mut shutdown = std::pin::pin!(self.app.shutdown.clone().cancelled_owned());
-        let mut lagged = std::pin::pin!(self.lagged.clone().cancelled_owned());
-        let mut expiry = std::pin::pin!(until(deadline(&self.principal)));
+        // Boxed, and only for a token that expires: a timer is large.
+        let mut expiry = deadline(&self.principal).map(|at| Box::pin(tokio::time::sleep_until(at)));
         let idle = self.app.config.server.idle_timeout;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Err(Close::with(CLOSE_GOING_AWAY, "server shutting down")),
-                _ = &mut lagged => return Err(slow_consumer()),
-                _ = &mut expiry => {
+                _ = expired(&mut expiry) => {
                     self.send(error(None, "token_expired", "the token has expired; reconnect with a fresh one")).await?;
                     return Err(Close::with(CLOSE_POLICY, "token expired"));
                 }
@@ -220,9 +224,9 @@ impl Session {
                     }
                     self.feed_flush(Frame::ping(bytes::Bytes::new())).await?
                 }
-                Some(ack) = self.acks.next(), if !self.acks.is_empty() => self.feed_flush(ack).await?,
+                Some(ack) = next_ack(&mut self.acks), if self.acks.as_ref().is_some_and(|a| !a.is_empty()) => self.feed_flush(ack).await?,
                 Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
-                    self.write_items(channel, item).await?;
+                    Box::pin(self.write_items(channel, item)).await?;
                 }
                 Some((_, update)) = self.watches.next(), if !self.watches.is_empty() => {
                     self.feed_flush(presence_message(&update)).await?;
@@ -424,13 +428,13 @@ impl Session {
                 return self.send(reply).await;
             }
         };
-        while self.acks.len() >= MAX_IN_FLIGHT {
-            if let Some(ack) = self.acks.next().await {
+        while self.acks.as_ref().map_or(0, |a| a.len()) >= MAX_IN_FLIGHT {
+            if let Some(ack) = next_ack(&mut self.acks).await {
                 self.feed_flush(ack).await?;
             }
         }
         let hub = self.app.hub.clone();
-        self.acks.push(
+        self.acks.get_or_insert_with(FuturesUnordered::new).push(
             async move {
                 match hub.publish(vec![event], "ws").await {
                     Ok(results) => text(with_ref(
@@ -482,6 +486,21 @@ impl Session {
         self.watches = StreamMap::new();
         socket::close(&mut self.ws, how).await;
     }
+}
+
+/// The next publish acknowledged, if any are waiting.
+async fn next_ack(acks: &mut Option<FuturesUnordered<BoxFuture<'static, Frame>>>) -> Option<Frame> {
+    acks.as_mut()?.next().await
+}
+
+/// Resolves when the token's timer fires; never without one.
+fn expired(
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match timer {
+        Some(sleep) => std::future::Future::poll(sleep.as_mut(), cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// The subscription's items; the stream holds the occupancy count until it is dropped.
