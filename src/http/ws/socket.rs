@@ -22,13 +22,14 @@ pub type Socket = yawc::WebSocket<yawc::HttpStream>;
 
 /// Read buffer a connection starts with; grows for a large frame and shrinks back after.
 /// Small, because most connections send little (a subscribe, a pong) and an idle one holds
-/// this for its whole life; a larger message costs one reallocation.
+/// this for its whole life; a larger message grows it (doubling, a read each) and it is
+/// given back after.
 const READ_BUFFER: usize = 128;
 
-/// Write buffer a connection starts with (the welcome fits); the first batch of events
-/// grows it to what a batch needs (at most `WRITE_BATCH_BYTES` and one frame), and it stays
-/// that size: a connection that is sent to is sent to again.
-const WRITE_BUFFER: usize = 128;
+/// Write buffer a connection starts with (the welcome and a subscription's reply fit); the
+/// first batch of events grows it to what a batch needs (at most `WRITE_BATCH_BYTES` and
+/// one frame), and it stays that size: a connection that is sent to is sent to again.
+const WRITE_BUFFER: usize = 64;
 
 /// Bounds what one connection's writer may hold (frames fed before a flush).
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
