@@ -90,7 +90,7 @@ def per_cpu(d):
     v = g(d, "deliveries_per_server_cpu_s")
     return round(v) if v else None
 rows = [
-    ("deliveries/s", lambda d: g(d, "deliveries_per_sec"), True),
+    ("deliveries/s", lambda d: round(g(d, "deliveries_per_sec") or 0) or None, True),
     ("per server CPU-s", per_cpu, True),
     ("p50 ms", lambda d: g(d, "latency", "p50_ms"), False),
     ("p99 ms", lambda d: g(d, "latency", "p99_ms"), False),
