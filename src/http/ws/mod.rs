@@ -269,6 +269,10 @@ impl Session {
                     return Err(Close::with(CLOSE_INTERNAL, "internal error"));
                 }
             };
+            if !batch.fits(message.payload().len()) {
+                self.flush().await?;
+                batch.flushed();
+            }
             if batch.feed(&mut self.ws, message).await? {
                 next = self.subs.next().now_or_never().flatten();
             }

@@ -37,8 +37,8 @@ const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 /// Most frames fed before one flush...
 const WRITE_BATCH: usize = 64;
 
-/// ...and most bytes: the frames are copied into the connection's write buffer, and a
-/// consumer that stopped reading keeps that buffer until it is cut.
+/// ...and most bytes between flushes: the frames are copied into the connection's write
+/// buffer, and a consumer that stopped reading keeps that buffer until it is cut.
 const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
 /// How long a close frame may take to leave; a stuck peer is then just dropped.
@@ -187,14 +187,31 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// Feeds one frame; true while the batch has room for another before the flush.
+    /// Whether a frame of `len` bytes still fits in the write buffer with what was fed since
+    /// the last flush. If not, flush first: the buffer then never grows past
+    /// `WRITE_BATCH_BYTES` (a lone larger frame aside), which is what a subscriber whose
+    /// socket is full holds.
+    pub fn fits(&self, len: usize) -> bool {
+        self.bytes == 0 || self.bytes + len + MAX_HEADER <= WRITE_BATCH_BYTES
+    }
+
+    /// After a flush in the middle of a batch: the buffer is empty again; the frame count
+    /// goes on, so a busy subscription still yields to the rest of the session.
+    pub fn flushed(&mut self) {
+        self.bytes = 0;
+    }
+
+    /// Feeds one frame; true while the batch may take another before the flush.
     pub async fn feed(&mut self, ws: &mut Socket, frame: Frame) -> Result<bool, Close> {
         self.frames += 1;
-        self.bytes += frame.payload().len();
+        self.bytes += frame.payload().len() + MAX_HEADER;
         ws.feed(frame).await.map_err(|_| Close::Fail)?;
-        Ok(self.frames < WRITE_BATCH && self.bytes < WRITE_BATCH_BYTES)
+        Ok(self.frames < WRITE_BATCH)
     }
 }
+
+/// A server frame's header is at most 10 bytes (unmasked, 64-bit length).
+const MAX_HEADER: usize = 10;
 
 /// Why a guarded flush ended without flushing.
 pub(crate) enum FlushEnd {

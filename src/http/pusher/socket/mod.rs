@@ -215,6 +215,10 @@ impl Session {
             let room = match self.frame(&channel, item)? {
                 Some(frame) => {
                     crate::stats::get().delivered(crate::stats::Transport::Pusher, 1);
+                    if !batch.fits(frame.len()) {
+                        self.flush().await?;
+                        batch.flushed();
+                    }
                     batch.feed(&mut self.ws, Frame::text(frame)).await?
                 }
                 None => true,
