@@ -76,7 +76,6 @@ pub async fn upgrade(
         Err(e) => return e.into_response(),
     };
     tokio::spawn(async move {
-        let _guard = guard;
         let Ok(mut ws) = socket.await else { return };
         // Pusher reports these on the open socket, then closes it.
         let refusal = match (&pusher_app, protocol.as_deref()) {
@@ -93,7 +92,8 @@ pub async fn upgrade(
             return;
         }
         let pusher_app = pusher_app.expect("checked");
-        Session::new(app, pusher_app, ws, conn).run().await;
+        // A task of its own, sized for the session (as Herald's own WebSocket does).
+        tokio::spawn(Session::new(app, pusher_app, ws, conn, guard).run());
     });
     response
 }
@@ -118,10 +118,18 @@ struct Session {
     client_events: Bucket,
     last_seen: tokio::time::Instant,
     _open: crate::stats::Held,
+    /// Shutdown waits for the session to end.
+    _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Session {
-    fn new(app: AppState, pusher: Arc<PusherApp>, ws: Socket, conn: Connection) -> Session {
+    fn new(
+        app: AppState,
+        pusher: Arc<PusherApp>,
+        ws: Socket,
+        conn: Connection,
+        task: tokio_util::task::task_tracker::TaskTrackerToken,
+    ) -> Session {
         let socket_id = format!(
             "{}.{}",
             node_number(),
@@ -141,20 +149,26 @@ impl Session {
             client_events: Bucket::new(CLIENT_EVENT_RATE, CLIENT_EVENT_RATE),
             last_seen: tokio::time::Instant::now(),
             _open: crate::stats::Held::connection(crate::stats::Transport::Pusher),
+            _task: task,
         }
     }
 
-    async fn run(mut self) {
-        let timeout = self.app.pusher.activity_timeout;
-        let hello = message::established(&self.socket_id, timeout);
-        let result = match self.send(hello).await {
-            Ok(()) => self.serve(Duration::from_secs(timeout.max(1))).await,
-            Err(c) => Err(c),
-        };
-        let how = result.err().unwrap_or(Close::with(1000, ""));
-        self.subs = StreamMap::new();
-        self.watches = StreamMap::new();
-        socket::close(&mut self.ws, how).await;
+    /// The session's task, sized as Herald's own WebSocket session's is (see there): not an
+    /// `async fn`, and what runs once or rarely boxed.
+    #[allow(clippy::manual_async_fn)] // on purpose, as said above
+    fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let timeout = self.app.pusher.activity_timeout;
+            let hello = message::established(&self.socket_id, timeout);
+            let result = match Box::pin(self.send(hello)).await {
+                Ok(()) => self.serve(Duration::from_secs(timeout.max(1))).await,
+                Err(c) => Err(c),
+            };
+            let how = result.err().unwrap_or(Close::with(1000, ""));
+            self.subs = StreamMap::new();
+            self.watches = StreamMap::new();
+            Box::pin(socket::close(&mut self.ws, how)).await;
+        }
     }
 
     async fn serve(&mut self, activity: Duration) -> Result<(), Close> {
@@ -174,14 +188,14 @@ impl Session {
                             return Err(Close::with(PONG_MISSED, "pong not received"));
                         }
                         pinged = true;
-                        self.send(message::ping()).await?;
+                        Box::pin(self.send(message::ping())).await?;
                     }
                 }
                 Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
-                    self.deliver(channel, item).await?;
+                    Box::pin(self.deliver(channel, item)).await?;
                 }
                 Some((channel, update)) = self.watches.next(), if !self.watches.is_empty() => {
-                    self.tell_members(&channel, update).await?;
+                    Box::pin(self.tell_members(&channel, update)).await?;
                 }
                 frame = self.ws.next_frame() => match received(frame) {
                     Received::Frame(frame) => {
