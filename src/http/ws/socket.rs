@@ -27,8 +27,8 @@ pub type Socket = yawc::WebSocket<yawc::HttpStream>;
 const READ_BUFFER: usize = 128;
 
 /// Write buffer a connection starts with (the welcome and a subscription's reply fit); the
-/// first batch of events grows it to what a batch needs (at most `WRITE_BATCH_BYTES` and
-/// one frame), and it stays that size: a connection that is sent to is sent to again.
+/// first batch of events grows it to what a batch needs (at most `WRITE_BATCH_BYTES`, or one
+/// larger frame), and it stays that size: a connection that is sent to is sent to again.
 const WRITE_BUFFER: usize = 64;
 
 /// Bounds what one connection's writer may hold (frames fed before a flush).
