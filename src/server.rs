@@ -85,7 +85,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         shutdown.clone(),
     )
     .await?;
-    spawn_memory_trim(shutdown.clone());
     webhooks.take_notices(notices);
     webhooks.sync_pusher(&config.pusher.apps).await?;
     pusher.start(&hub, shutdown.clone());
@@ -355,28 +354,6 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
 }
 
 #[allow(clippy::too_many_arguments)]
-/// Gives freed memory back to the OS every few seconds. glibc's malloc keeps what a burst
-/// freed (say, thousands of stuck subscribers cut at once after a flood) in its per-thread
-/// arenas for good, so the process would stay at its peak; `malloc_trim` releases the free
-/// pages. mimalloc was measured too and kept more (BENCHMARKS.md, "Floods leave no residue").
-fn spawn_memory_trim(shutdown: CancellationToken) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            // Off the runtime's threads: it walks every arena.
-            // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-        }
-    });
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    drop(shutdown);
-}
-
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
