@@ -3,10 +3,13 @@
 //! delivery time, inside the HTTP client's resolver, so a DNS answer that changes between check
 //! and connect (rebinding) cannot slip through.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use hyper_util::client::legacy::connect::dns::Name;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum GuardError {
@@ -157,32 +160,39 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
 }
 
 /// The HTTP client's resolver: system DNS, then the policy on every answer.
+/// The webhook client's DNS: every address a name resolves to is checked, and one forbidden
+/// address refuses the name (so a round-robin answer cannot smuggle one in).
+#[derive(Clone)]
 pub struct GuardedResolver {
     pub policy: Arc<Policy>,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut allowed = Vec::new();
-            let mut refusal = None;
-            for addr in addrs {
-                match policy.check_addr(&host, addr.ip()) {
-                    Ok(()) => allowed.push(addr),
-                    Err(e) => refusal = Some(e),
-                }
-            }
-            // Any forbidden answer refuses the host: mixing one public and one private address
-            // is a classic way to get a private one tried.
-            if let Some(e) = refusal {
-                return Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl GuardedResolver {
+    pub async fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+        let mut allowed = Vec::new();
+        for addr in addrs {
+            self.policy.check_addr(host, addr.ip())?;
+            allowed.push(addr);
+        }
+        Ok(allowed)
+    }
+}
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolver = self.clone();
+        Box::pin(async move { Ok(resolver.resolve(name.as_str()).await?.into_iter()) })
     }
 }
 
@@ -242,7 +252,7 @@ mod tests {
         let strict = GuardedResolver {
             policy: Arc::new(Policy::default()),
         };
-        let err = match strict.resolve("localhost".parse().unwrap()).await {
+        let err = match strict.resolve("localhost").await {
             Ok(_) => panic!("localhost must be refused"),
             Err(e) => e.to_string(),
         };
@@ -253,7 +263,7 @@ mod tests {
                 ..Policy::default()
             }),
         };
-        assert!(open.resolve("localhost".parse().unwrap()).await.is_ok());
+        assert!(open.resolve("localhost").await.is_ok());
     }
 
     #[test]

@@ -270,3 +270,31 @@ fn bad_tls_settings_refuse_to_start_and_say_why() {
         assert_serve_refuses(dir.path(), &toml, &reason);
     }
 }
+
+/// An `https://` webhook is spoken to over TLS and its certificate is checked: a receiver
+/// whose certificate no public root signed is refused at the handshake, and the attempt log
+/// says why. (Plain HTTP sent to a TLS port would fail differently: no certificate error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_verify_the_receivers_certificate() {
+    use crate::webhooks::{attempts, create_webhook, eventually};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(receiver) = tls_herald(dir.path()) else {
+        return;
+    };
+    let h = Herald::start("[webhooks]\nallow_private = true\n");
+    let (status, created) = create_webhook(
+        &h,
+        json!({"url": format!("https://{}/v1/health", receiver.addr()), "channels": ["t"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    publish_one(&h, "t", json!(1)).await;
+    let first = eventually("an attempt logged", WAIT, async || {
+        attempts(&h, &id, "").await.into_iter().next()
+    })
+    .await;
+    let error = first["error"].as_str().unwrap_or_default();
+    assert!(first["status_code"].is_null(), "{first}");
+    assert!(error.contains("certificate"), "{first}");
+}
