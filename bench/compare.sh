@@ -6,6 +6,7 @@
 #
 #   bash bench/compare.sh                        # 1,000 WS subscribers, 1,000 events/s, 10 s
 #   SUBSCRIBERS=2000 RATE=200 PAYLOAD=256 TRANSPORT=sse bash bench/compare.sh
+#   WRITE_DELAY=10ms bash bench/compare.sh       # Herald with websocket.write_delay
 #
 # nchan: apt-get install -y nginx-light libnginx-mod-nchan. Node: apt-get install -y nodejs npm.
 set -euo pipefail
@@ -16,6 +17,7 @@ RATE="${RATE:-1000}"
 DURATION="${DURATION:-10s}"
 PAYLOAD="${PAYLOAD:-64}"
 TRANSPORT="${TRANSPORT:-ws}"
+WRITE_DELAY="${WRITE_DELAY:-0ms}"
 HERALD_PORT="${HERALD_PORT:-18090}"
 NODE_PORT="${NODE_PORT:-18100}"
 NCHAN_PORT="${NCHAN_PORT:-18110}"
@@ -39,6 +41,8 @@ idle_timeout = "1h"
 [limits]
 max_connections_per_ip = 1000000
 publish_rate = 0
+[websocket]
+write_delay = "$WRITE_DELAY"
 TOML
 ./target/release/herald serve --listen "127.0.0.1:$HERALD_PORT" --data "$work/data" --config "$work/herald.toml" 2> "$work/herald.log" &
 pids+=($!)

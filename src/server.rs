@@ -157,6 +157,13 @@ fn check_ranges(config: &Config) -> Result<(), ServeError> {
             "websocket.compression_level is {level}; it must be 0 (fastest) to 9 (smallest)"
         )));
     }
+    let delay = config.websocket.write_delay;
+    if delay > Duration::from_secs(1) {
+        return Err(ServeError::OutOfRange(format!(
+            "websocket.write_delay is {}; it must be at most 1s",
+            humantime::format_duration(delay)
+        )));
+    }
     let nice = config.webhooks.nice;
     if nice > 19 {
         return Err(ServeError::OutOfRange(format!(

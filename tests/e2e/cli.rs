@@ -311,6 +311,10 @@ fn out_of_range_settings_are_refused_at_start() {
             "[webhooks]\nnice = 25\n",
             "webhooks.nice is 25; it must be 0",
         ),
+        (
+            "[websocket]\nwrite_delay = \"2s\"\n",
+            "websocket.write_delay is 2s; it must be at most 1s",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         assert_serve_refuses(dir.path(), toml, expected);

@@ -210,3 +210,106 @@ async fn bad_query_is_refused_before_upgrade() {
     assert!(status == 400 || status == 426, "{status}");
     assert_eq!(body["error"]["code"], "websocket_required");
 }
+
+/// Counts the reads that brought bytes, so a test can see how many writes the server made.
+struct CountingStream {
+    inner: tokio::net::TcpStream,
+    reads: std::sync::Arc<std::sync::Mutex<usize>>,
+}
+
+impl tokio::io::AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            *self.reads.lock().unwrap() += 1;
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// `websocket.write_delay`: events published one after another (each acknowledged before
+/// the next is sent) reach the subscriber in one write, because the connection waits that
+/// long for more before writing. Without the delay the first is written before the second
+/// is even published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_delay_sends_events_close_together_in_one_write() {
+    let h = Herald::start("[websocket]\nwrite_delay = \"1s\"\n");
+    let reads = std::sync::Arc::new(std::sync::Mutex::new(0));
+    let stream = CountingStream {
+        inner: tokio::net::TcpStream::connect(h.addr()).await.unwrap(),
+        reads: reads.clone(),
+    };
+    let (mut ws, _) = tokio_tungstenite::client_async(h.ws_url("/v1/ws"), stream)
+        .await
+        .unwrap();
+    assert_eq!(text_json(&mut ws).await["op"], "welcome");
+    ws.send(Message::Text(
+        json!({"op": "subscribe", "channel": "d"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(text_json(&mut ws).await["op"], "subscribed");
+    let before = *reads.lock().unwrap();
+    // Read while publishing, so each write is seen as it lands.
+    let publish = async {
+        for i in 1..=3 {
+            publish_one(&h, "d", json!(i)).await;
+        }
+    };
+    let read = async {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(text_json(&mut ws).await["data"].clone());
+        }
+        got
+    };
+    let ((), got) = tokio::join!(publish, read);
+    assert_eq!(got, [json!(1), json!(2), json!(3)]);
+    assert_eq!(
+        *reads.lock().unwrap() - before,
+        1,
+        "one write for the three events"
+    );
+}
+
+async fn text_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    match tokio::time::timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).unwrap(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}

@@ -253,7 +253,7 @@ impl Session {
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
         let mut next = Some((channel, first));
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(self.app.config.websocket.write_delay);
         while let Some((channel, item)) = next.take() {
             let message = match item {
                 Ok(Item::Event(event)) => {
@@ -275,6 +275,9 @@ impl Session {
             }
             if batch.feed(&mut self.ws, message).await? {
                 next = self.subs.next().now_or_never().flatten();
+                if next.is_none() && batch.linger().await {
+                    next = self.subs.next().now_or_never().flatten();
+                }
             }
         }
         self.flush().await

@@ -183,13 +183,33 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 
 /// Frames fed since the last flush, for both sessions' write batching: feed what is ready,
 /// flush once, so a subscriber behind by ten events costs one write, not ten.
-#[derive(Default)]
 pub(crate) struct Batch {
     frames: usize,
     bytes: usize,
+    /// `websocket.write_delay`: how long the batch may wait for more once nothing else is
+    /// ready; zero once it has waited (once per batch).
+    linger: Duration,
 }
 
 impl Batch {
+    pub fn new(write_delay: Duration) -> Batch {
+        Batch {
+            frames: 0,
+            bytes: 0,
+            linger: write_delay,
+        }
+    }
+
+    /// When nothing more is ready: waits out the write delay, once per batch, and says
+    /// whether it did (then look again). Without a delay, returns false at once.
+    pub async fn linger(&mut self) -> bool {
+        if self.linger.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(std::mem::take(&mut self.linger)).await;
+        true
+    }
+
     /// Whether a frame of `len` bytes still fits in the write buffer with what was fed since
     /// the last flush. If not, flush first: the buffer then never grows past
     /// `WRITE_BATCH_BYTES` (a lone larger frame aside), which is what a subscriber whose

@@ -224,7 +224,7 @@ impl Session {
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
         let mut next = Some((channel, first));
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(self.app.config.websocket.write_delay);
         while let Some((channel, item)) = next.take() {
             let room = match self.frame(&channel, item)? {
                 Some(frame) => {
@@ -239,6 +239,9 @@ impl Session {
             };
             if room {
                 next = self.subs.next().now_or_never().flatten();
+                if next.is_none() && batch.linger().await {
+                    next = self.subs.next().now_or_never().flatten();
+                }
             }
         }
         self.flush().await
