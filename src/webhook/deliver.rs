@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -57,10 +57,19 @@ impl Outcome {
     }
 }
 
+/// An endpoint's URL, parsed and checked once: where to POST, and the credentials its
+/// userinfo carried (`https://user:pass@host/`), sent as HTTP Basic authorization and never
+/// in the request line.
+#[derive(Debug, Clone)]
+pub struct Target {
+    uri: Uri,
+    authorization: Option<HeaderValue>,
+}
+
 /// A message ready to send to one endpoint.
 pub struct Message<'a> {
     /// The endpoint's URL as `Deliverer::target` checked it (or why it is refused).
-    pub url: &'a Result<Uri, String>,
+    pub url: &'a Result<Target, String>,
     pub webhook_id: &'a str,
     pub body: Bytes,
     pub secrets: Vec<&'a Secret>,
@@ -119,18 +128,23 @@ impl Deliverer {
 
     /// Parses and checks an endpoint's URL once (the policy is fixed for the process): IP
     /// literals never reach the resolver, so they are refused here.
-    pub fn target(&self, url: &str) -> Result<Uri, String> {
-        let url = self.policy.check_url(url).map_err(|e| e.to_string())?;
-        Uri::try_from(url.as_str()).map_err(|e| format!("invalid webhook URL: {e}"))
+    pub fn target(&self, url: &str) -> Result<Target, String> {
+        let mut url = self.policy.check_url(url).map_err(|e| e.to_string())?;
+        let authorization = basic_credentials(&url);
+        // Both only fail for URLs that cannot have userinfo, which check_url refused.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let uri = Uri::try_from(url.as_str()).map_err(|e| format!("invalid webhook URL: {e}"))?;
+        Ok(Target { uri, authorization })
     }
 
     pub async fn send(&self, message: Message<'_>, timestamp: u64) -> Outcome {
         let started = Instant::now();
-        let uri = match message.url {
-            Ok(uri) => uri.clone(),
+        let target = match message.url {
+            Ok(target) => target,
             Err(e) => return Outcome::failed(e.clone(), started),
         };
-        let request = match build(uri, &message, timestamp) {
+        let request = match build(target, &message, timestamp) {
             Ok(r) => r,
             Err(e) => return Outcome::failed(format!("request failed: {e}"), started),
         };
@@ -173,7 +187,7 @@ impl Deliverer {
 
 /// The signed POST.
 fn build(
-    uri: Uri,
+    target: &Target,
     message: &Message<'_>,
     timestamp: u64,
 ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
@@ -186,18 +200,37 @@ fn build(
     // Names and the fixed values are made at compile time: nothing parsed per request.
     let mut request = Request::builder()
         .method(Method::POST)
-        .uri(uri)
+        .uri(target.uri.clone())
         .header(CONTENT_TYPE, JSON)
         .header(USER_AGENT, AGENT)
         .header(WEBHOOK_ID, message.webhook_id)
         .header(WEBHOOK_TIMESTAMP, timestamp)
         .header(WEBHOOK_SIGNATURE, signature);
+    if let Some(credentials) = &target.authorization {
+        request = request.header(AUTHORIZATION, credentials.clone());
+    }
     if let Some(p) = message.pusher {
         for (k, v) in super::format::pusher_headers(p, &message.body) {
             request = request.header(k, v);
         }
     }
     request.body(Full::new(message.body.clone()))
+}
+
+/// `Basic` credentials from the URL's userinfo (percent-decoded), if it has any.
+fn basic_credentials(url: &url::Url) -> Option<HeaderValue> {
+    use base64::Engine;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut pair = decode(url.username());
+    pair.push(b':');
+    pair.extend(decode(url.password().unwrap_or_default()));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Reads at most `MAX_RESPONSE_BODY` bytes of the body, then stops. A body that breaks off

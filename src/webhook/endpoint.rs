@@ -81,7 +81,7 @@ pub(super) struct Live {
     /// `endpoint.types` compiled (`order.*` matches `order.paid`); None: every type.
     types: Option<Vec<Pattern>>,
     /// The URL parsed and checked once, at the first delivery.
-    pub(super) target: std::sync::OnceLock<Result<hyper::Uri, String>>,
+    pub(super) target: std::sync::OnceLock<Result<super::deliver::Target, String>>,
     pub(super) stop: CancellationToken,
     /// What the running enqueuer was started for; a change means a restart.
     pub(super) route: Route,

@@ -849,3 +849,21 @@ async fn delivery_threads_run_below_the_real_time_path() {
         "delivery threads should be 10 nicer than {base}: {nice:?}"
     );
 }
+
+/// Credentials in an endpoint's URL (`http://user:pass@host/`) are sent as HTTP Basic
+/// authorization, percent-decoded, as receivers behind basic auth expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_are_sent_as_basic_auth() {
+    let h = Herald::start(OPEN);
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let url = format!("http://hook:s%40cret@{}/hook", receiver.addr);
+    let (status, created) = create_webhook(&h, json!({"url": url, "channels": ["b"]})).await;
+    assert_eq!(status, 201, "{created}");
+    publish_one(&h, "b", json!(1)).await;
+    let got = eventually("a delivery", WAIT, async || {
+        receiver.got.lock().unwrap().first().cloned()
+    })
+    .await;
+    // "hook:s@cret" in base64.
+    assert_eq!(got.header("authorization"), Some("Basic aG9vazpzQGNyZXQ="));
+}
