@@ -3,8 +3,7 @@
 /// jemalloc instead of glibc's malloc. Webhook delivery spent a fifth of its CPU in glibc's
 /// allocator (arena locks, `malloc_consolidate`), and glibc kept what a burst freed in its
 /// arenas until a periodic `malloc_trim`; jemalloc's thread caches and decay do both jobs
-/// (BENCHMARKS.md, "jemalloc, a leaner webhook
-/// client, and an opt-in write delay").
+/// (BENCHMARKS.md, "jemalloc, a leaner webhook client, and an opt-in write delay").
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
