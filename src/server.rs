@@ -360,7 +360,6 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
     .await;
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,

@@ -159,7 +159,6 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// The HTTP client's resolver: system DNS, then the policy on every answer.
 /// The webhook client's DNS: every address a name resolves to is checked, and one forbidden
 /// address refuses the name (so a round-robin answer cannot smuggle one in).
 #[derive(Clone)]
@@ -172,12 +171,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl GuardedResolver {
     pub async fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
-        let mut allowed = Vec::new();
-        for addr in addrs {
+        for addr in &addrs {
             self.policy.check_addr(host, addr.ip())?;
-            allowed.push(addr);
         }
-        Ok(allowed)
+        Ok(addrs)
     }
 }
 
