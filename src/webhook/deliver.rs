@@ -149,29 +149,15 @@ impl Deliverer {
             Ok(r) => r,
             Err(e) => return Outcome::failed(format!("request failed: {e}"), started),
         };
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(Ok((status, retry_after, body))) => Outcome {
-                status: Some(status),
-                error: None,
-                duration: started.elapsed(),
-                retry_after,
-                body: Some(body),
-            },
-            Ok(Err(e)) => Outcome::failed(e, started),
-            Err(_) => Outcome::failed("timed out".into(), started),
-        }
-    }
-
-    /// The request and the response's status, `Retry-After` and capped body.
-    async fn exchange(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(u16, Option<Duration>, String), String> {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| describe(&e))?;
+        // One deadline for the whole attempt. A receiver that answered with a status has
+        // answered: a body that stalls past the deadline is cut, and the status stands
+        // (a retry would deliver the event twice).
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Outcome::failed(describe(&e), started),
+            Err(_) => return Outcome::failed("timed out".into(), started),
+        };
         let status = response.status().as_u16();
         let retry_after = match status {
             429 | 503 => response
@@ -182,7 +168,16 @@ impl Deliverer {
                 .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)),
             _ => None,
         };
-        Ok((status, retry_after, read_prefix(response.into_body()).await))
+        let mut body = Vec::new();
+        let _ =
+            tokio::time::timeout_at(deadline, read_prefix(response.into_body(), &mut body)).await;
+        Outcome {
+            status: Some(status),
+            error: None,
+            duration: started.elapsed(),
+            retry_after,
+            body: Some(String::from_utf8_lossy(&body).into_owned()),
+        }
     }
 }
 
@@ -234,20 +229,18 @@ fn basic_credentials(url: &url::Url) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// Reads at most `MAX_RESPONSE_BODY` bytes of the body, then stops. A body that breaks off
-/// keeps what arrived.
-async fn read_prefix(mut body: hyper::body::Incoming) -> String {
-    let mut out = Vec::new();
+/// Reads at most `MAX_RESPONSE_BODY` bytes of the body into `out`, then stops. What arrived
+/// stays in `out` if the body breaks off or the caller gives up waiting.
+async fn read_prefix(mut body: hyper::body::Incoming, out: &mut Vec<u8>) {
     while out.len() < MAX_RESPONSE_BODY {
         let Some(Ok(frame)) = body.frame().await else {
-            break;
+            return;
         };
         if let Ok(chunk) = frame.into_data() {
             let room = MAX_RESPONSE_BODY - out.len();
             out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A one-line reason, including the guard's refusal when that is the cause.

@@ -42,6 +42,8 @@ pub enum Reply {
     Hang(Duration),
     /// Answers with the status after the delay (requests overlap if Herald sends them so).
     After(Duration, u16),
+    /// Sends the status and the start of a body ("ok"), then never finishes the body.
+    StallBody(u16),
 }
 
 type Plan = Box<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
@@ -124,6 +126,21 @@ impl Receiver {
                     Reply::Hang(d) => {
                         tokio::time::sleep(d).await;
                         (200, StatusCode::OK.into_response())
+                    }
+                    Reply::StallBody(s) => {
+                        use futures_util::StreamExt;
+                        let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                            Bytes::from_static(b"ok"),
+                        )])
+                        .chain(futures_util::stream::pending());
+                        (
+                            s,
+                            (
+                                StatusCode::from_u16(s).unwrap(),
+                                axum::body::Body::from_stream(chunks),
+                            )
+                                .into_response(),
+                        )
                     }
                     Reply::After(d, s) => {
                         tokio::time::sleep(d).await;
@@ -866,4 +883,27 @@ async fn credentials_in_the_url_are_sent_as_basic_auth() {
     .await;
     // "hook:s@cret" in base64.
     assert_eq!(got.header("authorization"), Some("Basic aG9vazpzQGNyZXQ="));
+}
+
+/// A receiver that sent its status and then stalled the body has answered: the attempt keeps
+/// its status once the timeout cuts the body, and the event is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_after_a_2xx_status_still_counts_as_delivered() {
+    let h = Herald::start(&format!(
+        "{OPEN}timeout = \"300ms\"\nretry_schedule = [\"200ms\", \"200ms\"]\n"
+    ));
+    let receiver = Receiver::start(|_, _| Reply::StallBody(200)).await;
+    let (_, created) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["s"]})).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    publish_one(&h, "s", json!(1)).await;
+    let first = eventually("an attempt logged", WAIT, async || {
+        attempts(&h, &id, "").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(first["status"], "delivered", "{first}");
+    assert_eq!(first["status_code"], 200, "{first}");
+    assert_eq!(first["response_body"], "ok", "{first}");
+    // Past the retry schedule: still one request.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.got.lock().unwrap().len(), 1);
 }
