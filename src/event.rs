@@ -192,7 +192,8 @@ pub struct Event {
     sse_frame: OnceLock<Bytes>,
     /// Without the `event:` line, for `typed=false` subscribers (only built for typed events).
     sse_untyped: OnceLock<Bytes>,
-    ws_text: OnceLock<Bytes>,
+    /// The whole WebSocket text frame (header and payload); the payload alone is a slice of it.
+    ws_frame: OnceLock<Bytes>,
     /// One more transport's frame (the Pusher protocol's), built once like the others. Typed
     /// as `Any` so this module need not know that transport.
     extension: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
@@ -230,7 +231,7 @@ impl Event {
             envelope,
             sse_frame: OnceLock::new(),
             sse_untyped: OnceLock::new(),
-            ws_text: OnceLock::new(),
+            ws_frame: OnceLock::new(),
             extension: OnceLock::new(),
         }
     }
@@ -258,8 +259,6 @@ impl Event {
             .clone()
     }
 
-    /// The WebSocket text payload `{"op":"event",...envelope fields}`, built on first use and
-    /// shared: cloning it is a refcount bump, so no subscriber re-encodes.
     /// The extension frame, built by `build` the first time. `None` if another type was
     /// stored first (one transport owns the slot).
     pub fn extension<T: std::any::Any + Send + Sync>(
@@ -271,14 +270,47 @@ impl Event {
             .downcast_ref()
     }
 
+    /// The WebSocket text payload `{"op":"event",...envelope fields}`, built on first use and
+    /// shared: cloning it is a refcount bump, so no subscriber re-encodes.
     pub fn ws_text(&self) -> Bytes {
-        self.ws_text
-            .get_or_init(|| {
-                // The envelope always starts with `{"seq":`; splice `"op":"event",` after `{`.
-                let body = std::str::from_utf8(&self.envelope[1..]).unwrap_or("}");
-                Bytes::from(format!("{{\"op\":\"event\",{body}"))
-            })
-            .clone()
+        let frame = self.ws_frame();
+        frame.slice(ws_header_len(frame.len())..)
+    }
+
+    /// The same payload as a complete server-to-client text frame (FIN, unmasked, no
+    /// extension bits), which a WebSocket subscriber that is caught up gets written straight
+    /// to its socket (`http/ws/wire.rs`).
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame.get_or_init(|| {
+            // The envelope always starts with `{"seq":`; splice `"op":"event",` after `{`.
+            let body = &self.envelope[1..];
+            let len = b"{\"op\":\"event\",".len() + body.len();
+            let mut out = Vec::with_capacity(len + 10);
+            out.push(0x81); // FIN + text
+            match len {
+                0..=125 => out.push(len as u8),
+                126..=0xffff => {
+                    out.push(126);
+                    out.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                _ => {
+                    out.push(127);
+                    out.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            out.extend_from_slice(b"{\"op\":\"event\",");
+            out.extend_from_slice(body);
+            Bytes::from(out)
+        })
+    }
+}
+
+/// The header length of an unmasked frame `total` bytes long, header included.
+fn ws_header_len(total: usize) -> usize {
+    match total {
+        ..=127 => 2,
+        128..=65539 => 4,
+        _ => 10,
     }
 }
 
@@ -422,6 +454,45 @@ mod tests {
         assert!(ev
             .ws_text()
             .starts_with(br#"{"op":"event","seq":42,"channel""#));
+    }
+
+    #[test]
+    fn the_ws_frame_is_a_valid_text_frame_around_the_ws_text() {
+        // Payload lengths on both sides of the 7-bit and 16-bit length encodings.
+        let mut seen = std::collections::BTreeSet::new();
+        for pad in (0..80).chain(65_420..65_500).chain([70_000]) {
+            let new = NewEvent {
+                channel: "c".into(),
+                kind: None,
+                data: RawValue::from_string(format!("\"{}\"", "x".repeat(pad))).unwrap(),
+                id: None,
+            };
+            let ev = Event::encode(7, 0, &new);
+            let (frame, text) = (ev.ws_frame().clone(), ev.ws_text());
+            assert_eq!(frame[0], 0x81, "FIN and text, no extension bits");
+            let (len, header) = match frame[1] {
+                126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            assert!(frame[1] & 0x80 == 0, "server frames are not masked");
+            assert_eq!(len, text.len(), "pad {pad}");
+            assert_eq!(&frame[header..], &text[..], "pad {pad}");
+            let minimal = match len {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            assert_eq!(
+                header, minimal,
+                "the shortest length encoding (RFC 6455 5.2)"
+            );
+            seen.insert(header);
+        }
+        assert_eq!(seen.len(), 3, "each length encoding was checked");
     }
 
     #[test]

@@ -53,6 +53,21 @@ struct Sink {
     dead: AtomicBool,
 }
 
+/// A subscriber that can take an event without waking its task: a WebSocket connection
+/// writes the event's frame to its socket from the dispatching thread. On a busy fan-out
+/// most of a delivery's CPU was the task's wake-up and polling, not the write.
+///
+/// Ordering is the queue's: `offer` is only tried when the subscription has nothing queued
+/// and is caught up, and `claim` is called (under the queue's lock) for every event the
+/// subscriber pops, so nothing is handed over while an earlier event is on its way.
+pub trait Direct: Send + Sync {
+    /// Takes all of `events` now, or returns false to have them queued (the connection is
+    /// busy writing, or its socket is full).
+    fn offer(&self, events: &[EventRef]) -> bool;
+    /// The subscriber took an event from its queue; hold off until it says it wrote it.
+    fn claim(&self);
+}
+
 /// What a subscription yields, in seq order.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -123,6 +138,7 @@ impl Hub {
             buffer: VecDeque::new(),
             lagged,
             counted: None,
+            direct: None,
         };
         if since.is_none() {
             sub.register_live_only();
@@ -194,19 +210,20 @@ impl CommitListener for Hub {
         let mut candidates = Vec::new();
         {
             let reg = self.registry.read().expect("hub registry lock");
-            for event in events {
-                let exact = reg.by_channel.get(&*event.channel).into_iter().flatten();
-                reg.patterned.candidates(&event.channel, &mut candidates);
-                let patterned = candidates
-                    .iter()
-                    .filter(|s| s.filter.matches(&event.channel));
+            // Events in a row on one channel go to the same subscribers: each gets the run
+            // at once (one write for a subscriber written to directly).
+            for run in events.chunk_by(|a, b| a.channel == b.channel) {
+                let channel = &run[0].channel;
+                let exact = reg.by_channel.get(&**channel).into_iter().flatten();
+                reg.patterned.candidates(channel, &mut candidates);
+                let patterned = candidates.iter().filter(|s| s.filter.matches(channel));
                 for sink in exact.chain(patterned) {
                     // A lagged sink must get nothing more: a later event slipping in would
                     // hide the gap from the subscriber.
                     if sink.dead.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if sink.queue.push(event.clone()).is_err() {
+                    if sink.queue.push(run).is_err() {
                         metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
                         sink.end();
                         dropped.push((sink.id, sink.filter.clone()));
@@ -279,6 +296,8 @@ pub struct Subscription {
     lagged: CancellationToken,
     /// Counts it in `herald_subscriptions_open` while it lives, once a transport says whose.
     counted: Option<crate::stats::Held>,
+    /// Given to the hub's queue once history is delivered (see [`Direct`]).
+    direct: Option<Arc<dyn Direct>>,
 }
 
 impl Subscription {
@@ -289,6 +308,12 @@ impl Subscription {
     /// Counts this subscription under `transport` until it ends.
     pub fn counted(mut self, transport: crate::stats::Transport) -> Subscription {
         self.counted = Some(crate::stats::Held::subscription(transport));
+        self
+    }
+
+    /// Lets the hub hand live events to `direct` once this subscription is caught up.
+    pub fn direct(mut self, direct: Arc<dyn Direct>) -> Subscription {
+        self.direct = Some(direct);
         self
     }
 
@@ -323,17 +348,24 @@ impl Subscription {
                         self.fill_to = Some(head);
                     }
                 }
-                State::Live { sink, .. } => match poll_fn(|cx| sink.queue.poll_pop(cx)).await {
-                    Some(event) if event.seq > self.cursor => {
-                        self.cursor = event.seq;
-                        return Ok(Item::Event(event));
+                State::Live { sink, .. } => {
+                    // Here history and the hand-over are done and the buffer is empty:
+                    // from now on only the queue's order matters.
+                    if let Some(direct) = self.direct.take() {
+                        sink.queue.set_direct(direct, self.cursor);
                     }
-                    Some(_) => continue,
-                    None => {
-                        self.end();
-                        return Err(SubscriptionError::Lagged);
+                    match poll_fn(|cx| sink.queue.poll_pop(cx)).await {
+                        Some(event) if event.seq > self.cursor => {
+                            self.cursor = event.seq;
+                            return Ok(Item::Event(event));
+                        }
+                        Some(_) => continue,
+                        None => {
+                            self.end();
+                            return Err(SubscriptionError::Lagged);
+                        }
                     }
-                },
+                }
             }
         }
     }

@@ -8,9 +8,10 @@
 //! once the backlog drains.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use super::Direct;
 use crate::event::EventRef;
 
 /// Storage kept after a backlog drains: enough for the usual few events in flight, so a
@@ -30,6 +31,52 @@ struct Inner {
     /// No more pushes: the subscription lagged or was dropped by the hub. What is queued is
     /// still popped, then `None`.
     closed: bool,
+    /// Set once the subscriber is caught up and can take events without its task. Used only
+    /// while nothing is queued, so a handed-over event never overtakes a queued one.
+    direct: Option<Arc<dyn Direct>>,
+    /// The subscriber's cursor as far as this queue knows: the seq it was caught up to when
+    /// `direct` was set, then the last event handed over or queued. An event at or below it
+    /// is a repeat (a cluster's engine can redeliver) and is dropped, as the subscription
+    /// itself drops such events from the queue.
+    cursor: u64,
+}
+
+impl Inner {
+    /// `push` for a subscriber that takes events directly while nothing is queued.
+    fn push_direct(&mut self, events: &[EventRef], capacity: usize) -> Result<Option<Waker>, Full> {
+        let fresh: std::borrow::Cow<[EventRef]> =
+            if events.first().is_some_and(|e| e.seq > self.cursor)
+                && events.windows(2).all(|w| w[0].seq < w[1].seq)
+            {
+                events.into()
+            } else {
+                let mut kept = Vec::new();
+                for e in events {
+                    if e.seq > kept.last().map_or(self.cursor, |k: &EventRef| k.seq) {
+                        kept.push(e.clone());
+                    }
+                }
+                kept.into()
+            };
+        let Some(last) = fresh.last() else {
+            return Ok(None);
+        };
+        let last = last.seq;
+        let direct = self
+            .direct
+            .as_ref()
+            .expect("only called with a direct subscriber");
+        if self.items.is_empty() && direct.offer(&fresh) {
+            self.cursor = last;
+            return Ok(None);
+        }
+        if self.items.len() + fresh.len() > capacity {
+            return Err(Full);
+        }
+        self.items.extend(fresh.iter().cloned());
+        self.cursor = last;
+        Ok(self.waker.take())
+    }
 }
 
 /// The queue holds `capacity` events already.
@@ -50,19 +97,24 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `event` unless the queue is full. A closed queue takes nothing (and says so
-    /// as if it were fine: its subscriber is already on its way out).
-    pub fn push(&self, event: EventRef) -> Result<(), Full> {
+    /// Queues `events` (in order) unless that would overfill the queue. A closed queue
+    /// takes nothing (and says so as if it were fine: its subscriber is already on its way
+    /// out).
+    pub fn push(&self, events: &[EventRef]) -> Result<(), Full> {
         let waker = {
             let mut inner = self.lock();
             if inner.closed {
                 return Ok(());
             }
-            if inner.items.len() >= self.capacity {
-                return Err(Full);
+            if inner.direct.is_some() {
+                inner.push_direct(events, self.capacity)?
+            } else {
+                if inner.items.len() + events.len() > self.capacity {
+                    return Err(Full);
+                }
+                inner.items.extend(events.iter().cloned());
+                inner.waker.take()
             }
-            inner.items.push_back(event);
-            inner.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
@@ -86,6 +138,10 @@ impl Queue {
     pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<EventRef>> {
         let mut inner = self.lock();
         if let Some(event) = inner.items.pop_front() {
+            // Under this lock, so no later event is handed over before this one is written.
+            if let Some(direct) = &inner.direct {
+                direct.claim();
+            }
             if inner.items.is_empty() && inner.items.capacity() > KEEP {
                 inner.items = VecDeque::new();
             }
@@ -100,6 +156,13 @@ impl Queue {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// From now on, while nothing is queued, events after `cursor` go to `direct` first.
+    pub fn set_direct(&self, direct: Arc<dyn Direct>, cursor: u64) {
+        let mut inner = self.lock();
+        inner.direct = Some(direct);
+        inner.cursor = cursor;
     }
 
     #[cfg(test)]
@@ -134,13 +197,13 @@ mod tests {
         let q = Queue::new(3);
         assert_eq!(pop(&q), Poll::Pending);
         for seq in 1..=3 {
-            q.push(event(seq)).unwrap();
+            q.push(&[event(seq)]).unwrap();
         }
-        assert!(q.push(event(4)).is_err(), "a full queue refuses");
+        assert!(q.push(&[event(4)]).is_err(), "a full queue refuses");
         assert_eq!(pop(&q), Poll::Ready(Some(1)));
-        q.push(event(4)).unwrap();
+        q.push(&[event(4)]).unwrap();
         q.close();
-        q.push(event(5)).unwrap();
+        q.push(&[event(5)]).unwrap();
         assert_eq!(pop(&q), Poll::Ready(Some(2)));
         assert_eq!(pop(&q), Poll::Ready(Some(3)));
         assert_eq!(
@@ -156,19 +219,88 @@ mod tests {
         let q = Queue::new(1000);
         assert_eq!(q.storage(), 0, "an idle queue holds no storage");
         for seq in 1..=500 {
-            q.push(event(seq)).unwrap();
+            q.push(&[event(seq)]).unwrap();
         }
         assert!(q.storage() >= 500);
         for _ in 1..=500 {
             assert!(pop(&q).is_ready());
         }
         assert_eq!(q.storage(), 0);
-        q.push(event(501)).unwrap();
+        q.push(&[event(501)]).unwrap();
         assert!(pop(&q).is_ready());
         assert!(
             q.storage() <= KEEP,
             "a subscriber that keeps up keeps a little"
         );
+    }
+
+    /// A subscriber that takes events directly unless it is busy or full, like a WebSocket
+    /// whose socket is shared with the hub.
+    #[derive(Default)]
+    struct Taker {
+        busy: Mutex<bool>,
+        full: Mutex<bool>,
+        taken: Mutex<Vec<u64>>,
+    }
+
+    impl Direct for Taker {
+        fn offer(&self, events: &[EventRef]) -> bool {
+            if *self.busy.lock().unwrap() || *self.full.lock().unwrap() {
+                return false;
+            }
+            let mut taken = self.taken.lock().unwrap();
+            taken.extend(events.iter().map(|e| e.seq));
+            true
+        }
+
+        fn claim(&self) {
+            *self.busy.lock().unwrap() = true;
+        }
+    }
+
+    #[test]
+    fn direct_delivery_never_overtakes_a_queued_or_unwritten_event() {
+        let q = Queue::new(100);
+        let taker = Arc::new(Taker::default());
+        q.set_direct(taker.clone(), 0);
+
+        q.push(&[event(1), event(2)]).unwrap();
+        assert_eq!(pop(&q), Poll::Pending, "taken directly, nothing queued");
+        q.push(&[event(2)]).unwrap();
+        q.push(&[event(1), event(2)]).unwrap();
+        assert_eq!(pop(&q), Poll::Pending, "a repeat is dropped, not queued");
+        *taker.full.lock().unwrap() = true;
+        q.push(&[event(3)]).unwrap();
+        *taker.full.lock().unwrap() = false;
+        q.push(&[event(4)]).unwrap();
+        assert_eq!(
+            *taker.taken.lock().unwrap(),
+            [1, 2],
+            "4 waits behind the queued 3"
+        );
+        assert_eq!(pop(&q), Poll::Ready(Some(3)));
+        q.push(&[event(5)]).unwrap();
+        assert_eq!(pop(&q), Poll::Ready(Some(4)));
+        assert_eq!(pop(&q), Poll::Ready(Some(5)));
+        q.push(&[event(6)]).unwrap();
+        assert_eq!(
+            *taker.taken.lock().unwrap(),
+            [1, 2],
+            "the subscriber has not written what it took: still queued"
+        );
+        assert_eq!(pop(&q), Poll::Ready(Some(6)));
+        *taker.busy.lock().unwrap() = false; // it wrote them
+        q.push(&[event(7)]).unwrap();
+        assert_eq!(*taker.taken.lock().unwrap(), [1, 2, 7]);
+        assert_eq!(pop(&q), Poll::Pending);
+    }
+
+    #[test]
+    fn a_run_that_would_overfill_the_queue_is_refused_whole() {
+        let q = Queue::new(3);
+        q.push(&[event(1), event(2)]).unwrap();
+        assert!(q.push(&[event(3), event(4)]).is_err());
+        assert_eq!(pop(&q), Poll::Ready(Some(1)));
     }
 
     #[tokio::test]
@@ -183,7 +315,7 @@ mod tests {
             }
         });
         tokio::task::yield_now().await;
-        q.push(event(7)).unwrap();
+        q.push(&[event(7)]).unwrap();
         assert_eq!(waiting.await.unwrap(), Some(7));
     }
 }

@@ -383,7 +383,11 @@ pub async fn ws_read(ws: &mut Ws) -> WsRead {
                 return WsRead::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
             }
             Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return WsRead::Closed(None),
+            Some(Err(e)) => {
+                eprintln!("ws_read: {e}");
+                return WsRead::Closed(None);
+            }
+            None => return WsRead::Closed(None),
         }
     }
 }

@@ -313,3 +313,51 @@ where
         other => panic!("expected a text message, got {other:?}"),
     }
 }
+
+/// Events written to a caught-up subscriber straight from the fan-out and the session's own
+/// replies share one socket. A subscriber with a tiny receive window that stops reading
+/// while events and its own pings pile up (so most writes find the socket full or take only
+/// part of a frame) must still read every frame whole: every event once, in order, and a
+/// pong for every ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_socket_keeps_events_whole_and_in_order_around_replies() {
+    let h = Herald::start("[server]\nsend_queue = 100000\n");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(h.addr()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(h.ws_url("/v1/ws?channel=w"), stream)
+        .await
+        .unwrap();
+    assert_eq!(text_json(&mut ws).await["op"], "welcome");
+    assert_eq!(text_json(&mut ws).await["op"], "subscribed");
+    // 8 MB: more than the kernel's socket buffers on both sides hold.
+    const BATCHES: usize = 50;
+    const PER_BATCH: usize = 10;
+    const PAD: usize = 16_000;
+    let pad = "p".repeat(PAD);
+    for b in 0..BATCHES {
+        // One event alone (a single frame), then a run of them (one vectored write).
+        publish_one(&h, "w", json!({"n": b * PER_BATCH, "pad": pad})).await;
+        let run: Vec<Value> = (1..PER_BATCH)
+            .map(|i| json!({"channel": "w", "data": {"n": b * PER_BATCH + i, "pad": pad}}))
+            .collect();
+        assert_eq!(publish(&h, json!(run)).await.0, 201);
+        let ping = json!({"op": "ping", "ref": b}).to_string();
+        ws.send(Message::Text(ping.into())).await.unwrap();
+    }
+    let (mut events, mut pongs) = (Vec::new(), Vec::new());
+    while events.len() < BATCHES * PER_BATCH || pongs.len() < BATCHES {
+        let m = text_json(&mut ws).await;
+        match m["op"].as_str() {
+            Some("event") => {
+                assert_eq!(m["data"]["pad"].as_str().map(str::len), Some(PAD));
+                events.push(m["data"]["n"].as_u64().unwrap());
+            }
+            Some("pong") => pongs.push(m["ref"].as_u64().unwrap()),
+            _ => panic!("unexpected message {m}"),
+        }
+    }
+    let want: Vec<u64> = (0..(BATCHES * PER_BATCH) as u64).collect();
+    assert_eq!(events, want, "every event once, in order");
+    assert_eq!(pongs, (0..BATCHES as u64).collect::<Vec<_>>());
+}

@@ -21,7 +21,9 @@ pub async fn echo(State(app): State<AppState>, upgrade: Upgrade) -> Response {
     let guard = app.tasks.token();
     tokio::spawn(async move {
         let _guard = guard;
-        let Ok(mut ws) = socket.await else { return };
+        let Some((mut ws, _)) = socket.await else {
+            return;
+        };
         // Keep reading after a Close so the library can finish the closing handshake.
         loop {
             let frame = match received(ws.next_frame().await) {

@@ -34,12 +34,15 @@ use axum::Extension;
 mod echo;
 mod message;
 pub mod socket;
+mod wire;
 
 pub use echo::echo;
 use message::{error, presence_message, text, with_ref};
 pub use message::{parse_client_message, ClientMessage, MessageError};
 pub(crate) use socket::{flush_or_end, FlushEnd};
 use socket::{received, Batch, Close, Received, Socket, Upgrade};
+use std::sync::Arc;
+use wire::Wire;
 use yawc::{Frame, OpCode};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -100,10 +103,12 @@ pub async fn upgrade(
     let (response, socket) = upgrade?.accept(app.ws.options(max_message(&app)))?;
     let guard = app.tasks.token();
     tokio::spawn(async move {
-        if let Ok(socket) = socket.await {
+        if let Some((socket, wire)) = socket.await {
             // A task of its own, sized for the session alone: this one also holds what the
             // upgrade needed, and a task keeps its size for its whole life.
-            let session = Session::new(app, socket, conn, principal, guard);
+            // A write delay batches on purpose, so its events all go through the session.
+            let wire = wire.filter(|_| app.config.websocket.write_delay.is_zero());
+            let session = Session::new(app, socket, wire, conn, principal, guard);
             tokio::spawn(session.run(initial, since));
         }
     });
@@ -117,6 +122,9 @@ type UpdateStream = BoxStream<'static, Update>;
 struct Session {
     app: AppState,
     ws: Socket,
+    /// The socket shared with the hub, which then writes caught-up events itself
+    /// (`wire.rs`); `None` for TLS, compression or a write delay.
+    wire: Option<Arc<Wire>>,
     subs: StreamMap<String, ItemStream>,
     /// Presence watches (each holding its membership), by channel.
     watches: StreamMap<String, UpdateStream>,
@@ -140,6 +148,7 @@ impl Session {
     fn new(
         app: AppState,
         ws: Socket,
+        wire: Option<Arc<Wire>>,
         conn: Connection,
         principal: Principal,
         task: tokio_util::task::task_tracker::TaskTrackerToken,
@@ -152,6 +161,7 @@ impl Session {
             last_seen: tokio::time::Instant::now(),
             app,
             ws,
+            wire,
             // Most connections hold one subscription.
             subs: StreamMap::with_capacity(1),
             watches: StreamMap::new(),
@@ -231,6 +241,11 @@ impl Session {
                 Some((_, update)) = self.watches.next(), if !self.watches.is_empty() => {
                     self.feed_flush(presence_message(&update)).await?;
                 }
+                _ = pending(&self.wire) => {
+                    // The hub's write of an event left its tail to us.
+                    self.flush().await?;
+                    self.release();
+                }
                 frame = self.ws.next_frame() => match received(frame) {
                     Received::Frame(frame) => {
                         self.last_seen = tokio::time::Instant::now();
@@ -280,12 +295,25 @@ impl Session {
                 }
             }
         }
-        self.flush().await
+        self.flush().await?;
+        self.release();
+        Ok(())
     }
 
+    /// Feeds and flushes a message of the session's own (a reply, a ping, a presence
+    /// change). Never called while an event taken from a queue is still unwritten.
     async fn feed_flush(&mut self, message: Frame) -> Result<(), Close> {
         self.ws.feed(message).await.map_err(|_| Close::Fail)?;
-        self.flush().await
+        self.flush().await?;
+        self.release();
+        Ok(())
+    }
+
+    /// Everything written and no event held: the hub may write events to the socket again.
+    fn release(&self) {
+        if let Some(wire) = &self.wire {
+            wire.release();
+        }
     }
 
     /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
@@ -480,11 +508,14 @@ impl Session {
     fn add_subscription(&mut self, channel: String, filter: Filter, since: Option<u64>) {
         // An exact channel counts in its occupancy while subscribed (patterns do not).
         let occupant = (!filter.has_patterns()).then(|| self.app.presence.occupy(&channel));
-        let subscription = self
+        let mut subscription = self
             .app
             .hub
             .subscribe(filter, since, self.lagged.clone())
             .counted(crate::stats::Transport::Ws);
+        if let Some(wire) = &self.wire {
+            subscription = subscription.direct(wire.clone());
+        }
         self.subs.insert(channel, items(subscription, occupant));
     }
 
@@ -498,6 +529,15 @@ impl Session {
 /// The next publish acknowledged, if any are waiting.
 async fn next_ack(acks: &mut Option<FuturesUnordered<BoxFuture<'static, Frame>>>) -> Option<Frame> {
     acks.as_mut()?.next().await
+}
+
+/// Resolves when the hub left the tail of an event for the session to write; never without
+/// a shared socket.
+fn pending(wire: &Option<Arc<Wire>>) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match wire {
+        Some(wire) => wire.poll_pending(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// Resolves when the token's timer fires; never without one.

@@ -14,11 +14,18 @@ use futures_util::{FutureExt, SinkExt};
 use tokio_util::sync::CancellationToken;
 use yawc::{CompressionLevel, DeflatePool, Frame, OpCode, Options, WebSocketError};
 
+use super::wire::{Wire, WireIo};
 use crate::config::WebSocketConfig;
 use crate::http::ApiError;
+use std::future::Future;
+use std::sync::Arc;
 
 /// An upgraded connection.
-pub type Socket = yawc::WebSocket<yawc::HttpStream>;
+pub type Socket = yawc::WebSocket<WireIo>;
+
+/// What an upgrade becomes: the connection, and the socket the hub may share (see
+/// [`Upgrade::accept`]); `None` if the client left before it completed.
+pub type Accepted = Option<(Socket, Option<Arc<Wire>>)>;
 
 /// Read buffer a connection starts with; grows for a large frame and shrinks back after.
 /// Small, because most connections send little (a subscribe, a pong) and an idle one holds
@@ -97,7 +104,13 @@ impl Settings {
 
 /// A WebSocket upgrade request. Refuses anything else with Herald's JSON error (400
 /// `websocket_required`) rather than a bare status.
-pub struct Upgrade(pub yawc::IncomingUpgrade);
+///
+/// yawc checks the request and writes the answer; the connection itself is taken from hyper
+/// here (`on_upgrade`), so a plain TCP one can be shared with the hub (`wire.rs`).
+pub struct Upgrade {
+    request: yawc::IncomingUpgrade,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = ApiError;
@@ -118,10 +131,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             ));
         }
         choose_deflate_offer(&mut parts.headers);
-        yawc::IncomingUpgrade::from_request_parts(parts, state)
+        let on_upgrade = parts
+            .extensions
+            .get::<hyper::upgrade::OnUpgrade>()
+            .cloned()
+            .ok_or_else(|| refused("this connection cannot be upgraded"))?;
+        let request = yawc::IncomingUpgrade::from_request_parts(parts, state)
             .await
-            .map(Upgrade)
-            .map_err(|_| refused("expected Sec-WebSocket-Key and Sec-WebSocket-Version: 13"))
+            .map_err(|_| refused("expected Sec-WebSocket-Key and Sec-WebSocket-Version: 13"))?;
+        Ok(Upgrade {
+            request,
+            on_upgrade,
+        })
     }
 }
 
@@ -162,14 +183,40 @@ fn choose_deflate_offer(headers: &mut HeaderMap) {
 }
 
 impl Upgrade {
-    /// The 101 response to return, and the connection it becomes once sent.
+    /// The 101 response to return, and the connection it becomes once sent (`None` if the
+    /// client left first), with the socket the hub may write events to directly when the
+    /// connection is plain TCP and compresses nothing (a compressed connection's frames
+    /// are its own).
     pub fn accept(
         self,
         options: Options,
-    ) -> Result<(axum::response::Response, yawc::UpgradeFut), ApiError> {
-        let (response, socket) = self.0.upgrade(options).map_err(|e| {
+    ) -> Result<
+        (
+            axum::response::Response,
+            impl Future<Output = Accepted> + Send,
+        ),
+        ApiError,
+    > {
+        let (response, yawc_upgrade) = self.request.upgrade(options.clone()).map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "websocket_required", e.to_string())
         })?;
+        // yawc's own future would wrap hyper's connection in a box we cannot share; ours
+        // takes it instead, with the extensions yawc agreed to in its answer.
+        drop(yawc_upgrade);
+        let agreed = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_EXTENSIONS)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let on_upgrade = self.on_upgrade;
+        let socket = async move {
+            let io = WireIo::new(on_upgrade.await.ok()?);
+            let wire = io.wire().filter(|_| agreed.is_none()).cloned();
+            let role = yawc::Role::Server;
+            let ws =
+                yawc::WebSocket::from_stream_with_extensions(io, role, agreed.as_deref(), options);
+            Some((ws.ok()?, wire))
+        };
         Ok((response.map(axum::body::Body::new), socket))
     }
 }

@@ -76,7 +76,9 @@ pub async fn upgrade(
         Err(e) => return e.into_response(),
     };
     tokio::spawn(async move {
-        let Ok(mut ws) = socket.await else { return };
+        let Some((mut ws, _)) = socket.await else {
+            return;
+        };
         // Pusher reports these on the open socket, then closes it.
         let refusal = match (&pusher_app, protocol.as_deref()) {
             (None, _) => Some((APP_UNKNOWN, format!("Could not find app by key {key}"))),
