@@ -1,8 +1,10 @@
 //! WebSocket (`GET /v1/ws`): JSON text frames with an `op`, one task per connection.
 //!
-//! The task owns the socket and every subscription of the connection, so there is no extra
-//! task per direction. Events go out as their pre-encoded text (a refcount bump each), fed in
-//! batches and flushed once per batch.
+//! The task owns the reading side and every subscription of the connection, so there is no
+//! extra task per direction. A caught-up subscription's events are written by the hub itself
+//! on a plain connection (`wire.rs`); the rest (history, replies, events that arrive while
+//! the socket is full or the task writes) go out as their pre-encoded text (a refcount bump
+//! each), fed in batches and flushed once per batch.
 //!
 //! `message.rs`: what clients send (parsed totally: fuzzed and property-tested) and the
 //! shapes of replies. `echo.rs`: the Autobahn echo endpoint.
