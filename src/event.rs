@@ -243,20 +243,24 @@ impl Event {
 
     /// The complete SSE frame (`id`, `event`, `data`, blank line), built on first use and shared.
     pub fn sse_frame(&self) -> Bytes {
-        self.sse_frame
-            .get_or_init(|| sse_frame(self.seq, self.kind.as_deref(), &self.envelope))
-            .clone()
+        self.sse_frame_ref(true).clone()
     }
 
     /// The SSE frame without an `event:` line: EventSource hands every such event to
     /// `onmessage`, where a typed one only reaches a listener for its exact type.
     pub fn sse_frame_untyped(&self) -> Bytes {
-        if self.kind.is_none() {
-            return self.sse_frame();
+        self.sse_frame_ref(false).clone()
+    }
+
+    /// The SSE frame, typed (with its `event:` line) or not, borrowed.
+    pub fn sse_frame_ref(&self, typed: bool) -> &Bytes {
+        if typed || self.kind.is_none() {
+            return self
+                .sse_frame
+                .get_or_init(|| sse_frame(self.seq, self.kind.as_deref(), &self.envelope));
         }
         self.sse_untyped
             .get_or_init(|| sse_frame(self.seq, None, &self.envelope))
-            .clone()
     }
 
     /// The extension frame, built by `build` the first time. `None` if another type was

@@ -14,6 +14,7 @@ pub mod sse_direct;
 pub mod tokens;
 pub mod ui;
 pub mod webhooks;
+mod wire;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -13,6 +13,7 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
 use super::presence::updates;
+use super::sse_direct::SseWire;
 use super::{
     check_subscription_caps, parse_cursor, query_pairs, query_token, ApiError, AppState, Connection,
 };
@@ -30,6 +31,7 @@ const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 pub async fn stream(
     State(app): State<AppState>,
     Extension(conn): Extension<Connection>,
+    wire: Option<Extension<SseWire>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -89,10 +91,14 @@ pub async fn stream(
         .collect();
     // A slow consumer cancels the connection's kill token: its socket is likely full, so the
     // only sure way to free the server's buffers is to drop the connection.
-    let subscription = app
+    let mut subscription = app
         .hub
         .subscribe(filter, since, conn.kill.clone())
         .counted(crate::stats::Transport::Sse);
+    // On the direct path the hub writes caught-up events to the socket itself.
+    if let Some(Extension(wire)) = wire {
+        subscription = subscription.direct(wire.taker(typed));
+    }
     let server = &app.config.server;
     let body = Body::from_stream(frames(
         Sources {

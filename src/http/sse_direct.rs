@@ -10,6 +10,7 @@
 //! socket. Only the first request of a connection takes this path; a keep-alive connection
 //! that asks for SSE later is served by hyper as before.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::wire::{Framing, Taker, Wire, WireIo};
 use super::Connection;
 
 /// Most headers in a request head.
@@ -31,6 +33,25 @@ const MAX_HEADERS: usize = 64;
 const WRITE_BATCH: usize = 64 * 1024;
 /// ...or this many frames.
 const WRITE_FRAMES: usize = 64;
+
+/// Put in the request's extensions: the socket the stream's events may be written to by the
+/// hub directly (`wire.rs`), once the response head is out.
+#[derive(Clone)]
+pub struct SseWire {
+    wire: Arc<Wire>,
+    chunked: bool,
+}
+
+impl SseWire {
+    /// The taker for a subscription whose events go out typed or not.
+    pub fn taker(&self, typed: bool) -> Arc<Taker> {
+        let framing = Framing::Sse {
+            typed,
+            chunked: self.chunked,
+        };
+        Arc::new(Taker::new(self.wire.clone(), framing))
+    }
+}
 
 /// Whether the connection's first bytes are an SSE request (a cheap peek; short or
 /// inconclusive reads go to hyper, which handles everything).
@@ -80,10 +101,15 @@ pub async fn serve(
             .await;
         return;
     };
+    let wire = Arc::new(Wire::new(stream));
     let mut request = request;
     request.extensions_mut().insert(conn);
+    request.extensions_mut().insert(SseWire {
+        wire: wire.clone(),
+        chunked: !http10,
+    });
     let Ok(response) = Box::pin(router.oneshot(request)).await;
-    let _ = write_response(&mut stream, response, http10, &kill, &shutdown).await;
+    let _ = write_response(wire, response, http10, &kill, &shutdown).await;
 }
 
 /// Reads and parses the request head; the buffer is gone once this returns. Returns the
@@ -117,7 +143,7 @@ async fn read_head(stream: &mut TcpStream, max_head: usize) -> Option<(Request<B
 /// Writes the status line, headers and body. An event stream goes out frame by frame as
 /// chunks; anything else (an error) whole. Ends on client EOF, kill, or shutdown.
 async fn write_response(
-    stream: &mut TcpStream,
+    wire: Arc<Wire>,
     response: Response<Body>,
     http10: bool,
     kill: &CancellationToken,
@@ -130,6 +156,11 @@ async fn write_response(
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut head = response_head(&parts, http10);
     drop(parts); // not kept in the task for the stream's life
+    let io = || WireIo::Plain {
+        wire: wire.clone(),
+        early: Bytes::new(),
+    };
+    let (mut reader, mut writer) = (io(), io());
     if !streaming {
         let bytes = body
             .collect()
@@ -138,17 +169,16 @@ async fn write_response(
             .unwrap_or_default();
         head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
         head.extend_from_slice(&bytes);
-        stream.write_all(&head).await?;
-        return stream.shutdown().await;
+        writer.write_all(&head).await?;
+        return writer.shutdown().await;
     }
     let chunked = !http10;
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    stream.write_all(&head).await?;
+    writer.write_all(&head).await?;
     drop(head);
-    let (mut reader, mut writer) = stream.split();
     // Reads only to notice the client leaving; an SSE client sends nothing after its head.
     let mut probe = [0u8; 16];
     let mut ended = false;
@@ -156,6 +186,8 @@ async fn write_response(
     // polled and leaves it when dropped, under the token's lock.
     let mut killed = std::pin::pin!(kill.cancelled());
     let mut shut = std::pin::pin!(shutdown.cancelled());
+    // The wire stays busy (the hub writes nothing) until the first frames, the `retry:` and
+    // presence preamble, are out.
     while !ended {
         let first = tokio::select! {
             _ = &mut killed => return Ok(()),
@@ -163,19 +195,24 @@ async fn write_response(
                 Ok(0) | Err(_) => return Ok(()),
                 Ok(_) => continue,
             },
-            frame = body.frame() => frame,
+            // The hub's write of an event left its tail to us.
+            () = std::future::poll_fn(|cx| wire.poll_pending(cx)) => None,
+            frame = body.frame() => Some(frame),
         };
-        let mut out = gather(first, &mut body, chunked, &mut ended);
-        if out.is_empty() {
-            continue;
-        }
+        let mut out = match first {
+            Some(first) => gather(first, &mut body, chunked, &mut ended),
+            None => Parts::default(),
+        };
         // A full socket must not hold the task forever: the kill switch (slow consumer)
-        // and shutdown still end it.
+        // and shutdown still end it. Writing anything (even nothing) first finishes a tail
+        // the hub left.
         tokio::select! {
             r = write_all_vectored(&mut writer, &mut out) => r?,
             _ = &mut killed => return Ok(()),
             _ = &mut shut => return Ok(()),
         }
+        // Every event taken from the queue is written: the hub may write again.
+        wire.release();
     }
     writer.shutdown().await
 }
@@ -245,10 +282,6 @@ struct Parts {
 }
 
 impl Parts {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
             self.len += b.len();
@@ -277,6 +310,8 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     out: &mut Parts,
 ) -> std::io::Result<()> {
     use bytes::Buf;
+    // Flushing is what writes a tail the hub left (`wire.rs`), even with nothing to add.
+    w.flush().await?;
     while !out.parts.is_empty() {
         let slices: Vec<std::io::IoSlice> = out
             .parts

@@ -252,3 +252,113 @@ async fn raw_http_1_1_and_1_0_clients_get_well_framed_streams() {
         .unwrap();
     assert_eq!(r.headers()["content-type"], "text/event-stream");
 }
+
+/// Reads a raw SSE response until `count` events arrived, undoing HTTP/1.1 chunking
+/// strictly (every chunk's size line, its exact length, its CRLF) when `chunked`.
+async fn raw_events(
+    s: &mut tokio::net::TcpStream,
+    chunked: bool,
+    count: usize,
+) -> Vec<herald::cli::SseEvent> {
+    use tokio::io::AsyncReadExt;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut reader = herald::cli::SseReader::default();
+    let mut events = Vec::new();
+    let mut head_done = false;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while events.len() < count {
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the stream went quiet")
+            .unwrap();
+        assert!(n > 0, "the stream ended after {} events", events.len());
+        buf.extend_from_slice(&chunk[..n]);
+        if !head_done {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            buf.drain(..end + 4);
+            head_done = true;
+        }
+        if !chunked {
+            events.extend(reader.push(&buf));
+            buf.clear();
+            continue;
+        }
+        while let Some(line) = buf.windows(2).position(|w| w == b"\r\n") {
+            let size = std::str::from_utf8(&buf[..line]).expect("a chunk-size line");
+            let size = usize::from_str_radix(size, 16).expect("a chunk size in hex");
+            if buf.len() < line + 2 + size + 2 {
+                break;
+            }
+            let body = line + 2;
+            assert_eq!(
+                &buf[body + size..body + size + 2],
+                b"\r\n",
+                "a chunk ends in CRLF"
+            );
+            events.extend(reader.push(&buf[body..body + size]));
+            buf.drain(..body + size + 2);
+        }
+    }
+    events
+}
+
+/// Events written to a caught-up stream straight from the fan-out and the stream's own
+/// frames share one socket. Readers with a tiny receive window that stop reading while
+/// 8 MB of events pile up (so most writes find the socket full or take only part of a
+/// chunk) must still read every event whole, once and in order, chunked or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_socket_keeps_events_whole_and_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let h = Herald::start("[server]\nsend_queue = 100000\n");
+    let mut readers = Vec::new();
+    for request in [
+        &b"GET /v1/sse?channel=f HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"[..],
+        &b"GET /v1/sse?channel=f&typed=false HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(h.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        readers.push(s);
+    }
+    // Both streams are live before the first publish.
+    let open = r#"herald_subscriptions_open{transport="sse"} 2"#;
+    crate::webhooks::eventually("two SSE subscribers", WAIT, async || {
+        let metrics = get_text(h.url("/metrics")).await;
+        metrics.lines().any(|l| l == open).then_some(())
+    })
+    .await;
+    const BATCHES: usize = 50;
+    const PER_BATCH: usize = 10;
+    const PAD: usize = 16_000;
+    let pad = "p".repeat(PAD);
+    for b in 0..BATCHES {
+        // One event alone, then a run of them (one vectored write).
+        let one = json!({"channel": "f", "type": "t", "data": {"n": b * PER_BATCH, "pad": pad}});
+        assert_eq!(publish(&h, one).await.0, 201);
+        let run: Vec<Value> = (1..PER_BATCH)
+            .map(|i| json!({"channel": "f", "type": "t", "data": {"n": b * PER_BATCH + i, "pad": pad}}))
+            .collect();
+        assert_eq!(publish(&h, json!(run)).await.0, 201);
+    }
+    let want: Vec<u64> = (0..(BATCHES * PER_BATCH) as u64).collect();
+    for (i, mut s) in readers.into_iter().enumerate() {
+        let chunked = i == 0;
+        let events = raw_events(&mut s, chunked, want.len()).await;
+        let mut got = Vec::new();
+        for e in events {
+            assert_eq!(
+                e.name.as_deref(),
+                chunked.then_some("t"),
+                "typed only when asked"
+            );
+            let envelope: Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(envelope["seq"].as_u64(), e.id);
+            assert_eq!(envelope["data"]["pad"].as_str().map(str::len), Some(PAD));
+            got.push(envelope["data"]["n"].as_u64().unwrap());
+        }
+        assert_eq!(got, want, "every event once, in order (chunked: {chunked})");
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! The task owns the reading side and every subscription of the connection, so there is no
 //! extra task per direction. A caught-up subscription's events are written by the hub itself
-//! on a plain connection (`wire.rs`); the rest (history, replies, events that arrive while
+//! on a plain connection (`../wire.rs`); the rest (history, replies, events that arrive while
 //! the socket is full or the task writes) go out as their pre-encoded text (a refcount bump
 //! each), fed in batches and flushed once per batch.
 //!
@@ -36,15 +36,14 @@ use axum::Extension;
 mod echo;
 mod message;
 pub mod socket;
-mod wire;
 
+use super::wire::{Framing, Taker, Wire};
 pub use echo::echo;
 use message::{error, presence_message, text, with_ref};
 pub use message::{parse_client_message, ClientMessage, MessageError};
 pub(crate) use socket::{flush_or_end, FlushEnd};
 use socket::{received, Batch, Close, Received, Socket, Upgrade};
 use std::sync::Arc;
-use wire::Wire;
 use yawc::{Frame, OpCode};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -125,7 +124,7 @@ struct Session {
     app: AppState,
     ws: Socket,
     /// The socket shared with the hub, which then writes caught-up events itself
-    /// (`wire.rs`); `None` for TLS, compression or a write delay.
+    /// (`../wire.rs`); `None` for TLS, compression or a write delay.
     wire: Option<Arc<Wire>>,
     subs: StreamMap<String, ItemStream>,
     /// Presence watches (each holding its membership), by channel.
@@ -516,7 +515,7 @@ impl Session {
             .subscribe(filter, since, self.lagged.clone())
             .counted(crate::stats::Transport::Ws);
         if let Some(wire) = &self.wire {
-            subscription = subscription.direct(wire.clone());
+            subscription = subscription.direct(Arc::new(Taker::new(wire.clone(), Framing::Ws)));
         }
         self.subs.insert(channel, items(subscription, occupant));
     }

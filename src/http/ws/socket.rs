@@ -14,8 +14,8 @@ use futures_util::{FutureExt, SinkExt};
 use tokio_util::sync::CancellationToken;
 use yawc::{CompressionLevel, DeflatePool, Frame, OpCode, Options, WebSocketError};
 
-use super::wire::{Wire, WireIo};
 use crate::config::WebSocketConfig;
+use crate::http::wire::{Wire, WireIo};
 use crate::http::ApiError;
 use std::future::Future;
 use std::sync::Arc;
@@ -106,7 +106,7 @@ impl Settings {
 /// `websocket_required`) rather than a bare status.
 ///
 /// yawc checks the request and writes the answer; the connection itself is taken from hyper
-/// here (`on_upgrade`), so a plain TCP one can be shared with the hub (`wire.rs`).
+/// here (`on_upgrade`), so a plain TCP one can be shared with the hub (`http/wire.rs`).
 pub struct Upgrade {
     request: yawc::IncomingUpgrade,
     on_upgrade: hyper::upgrade::OnUpgrade,
