@@ -1,5 +1,7 @@
 //! Server-Sent Events (`GET /v1/sse`): frames are the events' pre-encoded SSE bytes, written
-//! straight into the response body; nothing is serialized per subscriber.
+//! straight into the response body; nothing is serialized per subscriber. On the direct path
+//! (`sse_direct.rs`) a caught-up stream's events skip the body: the hub writes them to the
+//! socket (`wire.rs`).
 
 use std::convert::Infallible;
 use std::time::Duration;

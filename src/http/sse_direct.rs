@@ -7,7 +7,8 @@
 //! `httparse` (hyper's own parser) from a buffer dropped right after, the request goes
 //! through the same router and handler as any other (auth, limits, CORS, errors are not
 //! duplicated), and the response is written as HTTP/1.1 chunked frames straight to the
-//! socket. Only the first request of a connection takes this path; a keep-alive connection
+//! socket; once the stream is caught up, the hub writes its events to the socket itself
+//! (`wire.rs`). Only the first request of a connection takes this path; a keep-alive connection
 //! that asks for SSE later is served by hyper as before.
 
 use std::sync::Arc;
@@ -211,8 +212,11 @@ async fn write_response(
             _ = &mut killed => return Ok(()),
             _ = &mut shut => return Ok(()),
         }
-        // Every event taken from the queue is written: the hub may write again.
-        wire.release();
+        // Every event taken from the queue is written: the hub may write again (unless the
+        // body has ended: nothing may follow its last chunk).
+        if !ended {
+            wire.release();
+        }
     }
     writer.shutdown().await
 }
