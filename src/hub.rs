@@ -89,16 +89,29 @@ pub enum SubscriptionError {
 
 impl Hub {
     pub fn new(log: Arc<dyn Log>, queue_len: usize) -> Arc<Hub> {
+        let hub = Hub::unlistening(log.clone(), queue_len);
+        log.set_listener(Arc::new(Dispatcher::start(hub.clone())));
+        hub
+    }
+
+    /// A hub that dispatches on the log's own thread, for tests that drive commits at
+    /// exact points of a subscriber's catch-up.
+    #[cfg(test)]
+    fn inline(log: Arc<dyn Log>, queue_len: usize) -> Arc<Hub> {
+        let hub = Hub::unlistening(log.clone(), queue_len);
+        log.set_listener(Arc::new(Inline(hub.clone())));
+        hub
+    }
+
+    fn unlistening(log: Arc<dyn Log>, queue_len: usize) -> Arc<Hub> {
         let head = log.bounds().head;
-        let hub = Arc::new(Hub {
-            log: log.clone(),
+        Arc::new(Hub {
+            log,
             registry: RwLock::default(),
             dispatched: AtomicU64::new(head),
             next_id: AtomicU64::new(1),
             queue_len: queue_len.max(1),
-        });
-        log.set_listener(hub.clone());
-        hub
+        })
     }
 
     pub fn log(&self) -> &Arc<dyn Log> {
@@ -199,12 +212,75 @@ impl Registry {
     }
 }
 
-impl CommitListener for Hub {
+/// What the log tells the hub, in order.
+enum Notice {
+    Committed(Vec<EventRef>),
+    Lost,
+}
+
+/// Committed groups waiting for dispatch; past this the log's writer waits.
+const DISPATCH_BACKLOG: usize = 1024;
+
+/// The log's listener: hands each committed group to a thread of its own, which dispatches
+/// them in order. Dispatch writes to caught-up subscribers' sockets (`http/wire.rs`), a
+/// `send` each; on the log writer's thread that would delay every publisher's ack and the
+/// next group's commit by the whole fan-out.
+struct Dispatcher {
+    notices: std::sync::mpsc::SyncSender<Notice>,
+}
+
+impl Dispatcher {
+    fn start(hub: Arc<Hub>) -> Dispatcher {
+        let (tx, rx) = std::sync::mpsc::sync_channel(DISPATCH_BACKLOG);
+        std::thread::Builder::new()
+            .name("herald-dispatch".into())
+            .spawn(move || {
+                while let Ok(notice) = rx.recv() {
+                    match notice {
+                        Notice::Committed(events) => hub.dispatch(&events),
+                        Notice::Lost => hub.drop_all(),
+                    }
+                }
+            })
+            .expect("spawn the dispatch thread");
+        Dispatcher { notices: tx }
+    }
+
+    fn send(&self, notice: Notice) {
+        // The thread lives as long as the process (the hub and the log hold each other).
+        let _ = self.notices.send(notice);
+    }
+}
+
+impl CommitListener for Dispatcher {
     fn lost(&self) {
-        self.drop_all();
+        self.send(Notice::Lost);
     }
 
     fn committed(&self, events: &[EventRef]) {
+        if !events.is_empty() {
+            self.send(Notice::Committed(events.to_vec()));
+        }
+    }
+}
+
+#[cfg(test)]
+struct Inline(Arc<Hub>);
+
+#[cfg(test)]
+impl CommitListener for Inline {
+    fn lost(&self) {
+        self.0.drop_all();
+    }
+
+    fn committed(&self, events: &[EventRef]) {
+        self.0.dispatch(events);
+    }
+}
+
+impl Hub {
+    /// Pushes each event to every matching subscription, in seq order.
+    fn dispatch(&self, events: &[EventRef]) {
         let Some(last) = events.last() else { return };
         let mut dropped: Vec<(u64, Arc<Filter>)> = Vec::new();
         let mut candidates = Vec::new();

@@ -6,7 +6,7 @@ use crate::log::memory::MemoryLog;
 
 fn hub(queue: usize) -> (Arc<MemoryLog>, Arc<Hub>) {
     let log = MemoryLog::new();
-    let hub = Hub::new(log.clone(), queue);
+    let hub = Hub::inline(log.clone(), queue);
     (log, hub)
 }
 
@@ -183,4 +183,28 @@ async fn a_subscriber_that_lags_mid_catch_up_ends_after_a_gapless_prefix() {
     got.append(&mut rest);
     assert_eq!(got, (1..=14).collect::<Vec<_>>());
     assert_eq!(hub.subscriptions(), 1, "the lagged one was unregistered");
+}
+
+#[tokio::test]
+async fn the_dispatch_thread_delivers_every_commit_in_order() {
+    let log = MemoryLog::new();
+    let hub = Hub::new(log.clone(), 10_000);
+    let mut live = subscribe(&hub, &["a*"], None);
+    let writer = std::thread::spawn({
+        let log = log.clone();
+        move || {
+            for i in 0..2_000 {
+                log.commit(if i % 3 == 0 { "ab" } else { "a" });
+            }
+        }
+    });
+    let mut resumed = subscribe(&hub, &["a"], Some(0));
+    let all = until(&mut live, 2_000).await;
+    assert_eq!(all, seqs(1..=2_000));
+    let plain: Vec<String> = (1..=2_000u64)
+        .filter(|s| (s - 1) % 3 != 0)
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(until(&mut resumed, 2_000).await, plain);
+    writer.join().unwrap();
 }
