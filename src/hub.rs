@@ -1,8 +1,8 @@
 //! Fan-out: live subscriptions by channel and pattern, and resume (history, then live).
 //!
-//! The log's writer calls [`Hub::committed`] with each committed group, in seq order; the hub
+//! The log hands each committed group, in seq order, to the hub's dispatch thread, which
 //! pushes a refcounted [`EventRef`] into every matching subscription's bounded queue
-//! (`queue.rs`). It never waits on a subscriber: a full queue marks that subscription lagged
+//! (`queue.rs`) or gives it to a caught-up subscriber's [`Direct`] taker. It never waits on a subscriber: a full queue marks that subscription lagged
 //! and its connection is closed, to resume from its cursor. Transports never read the log
 //! themselves; they hold a [`Subscription`].
 
