@@ -221,6 +221,9 @@ enum Notice {
 /// Committed groups waiting for dispatch; past this the log's writer waits.
 const DISPATCH_BACKLOG: usize = 1024;
 
+/// Most events dispatched at once when groups pile up.
+const MAX_DISPATCH: usize = 4096;
+
 /// The log's listener: hands each committed group to a thread of its own, which dispatches
 /// them in order. Dispatch writes to caught-up subscribers' sockets (`http/wire.rs`), a
 /// `send` each; on the log writer's thread that would delay every publisher's ack and the
@@ -235,11 +238,28 @@ impl Dispatcher {
         std::thread::Builder::new()
             .name("herald-dispatch".into())
             .spawn(move || {
-                while let Ok(notice) = rx.recv() {
-                    match notice {
-                        Notice::Committed(events) => hub.dispatch(&events),
-                        Notice::Lost => hub.drop_all(),
+                // Whatever piled up while the last dispatch ran goes out as one: runs of
+                // events on a channel grow, and a subscriber gets a run in one write. So a
+                // fan-out that falls behind catches up in fewer, larger writes instead of
+                // falling further behind.
+                let mut batch = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    let mut next = Some(first);
+                    while let Some(notice) = next.take() {
+                        match notice {
+                            Notice::Committed(events) => batch.extend(events),
+                            Notice::Lost => {
+                                hub.dispatch(&batch);
+                                batch.clear();
+                                hub.drop_all();
+                            }
+                        }
+                        if batch.len() < MAX_DISPATCH {
+                            next = rx.try_recv().ok();
+                        }
                     }
+                    hub.dispatch(&batch);
+                    batch.clear();
                 }
             })
             .expect("spawn the dispatch thread");
