@@ -424,6 +424,11 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Item, SubscriptionError> {
         loop {
             if let Some(item) = self.buffer.pop_front() {
+                // History on its way out: the taker must hand nothing over until it is
+                // written, or a live event would overtake it.
+                if let Some(direct) = &self.direct {
+                    direct.claim();
+                }
                 return Ok(item);
             }
             if let Some(until) = self.fill_to {

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::wire::{Framing, Taker, Wire, WireIo};
+use super::wire::{Framing, Taker, Wire};
 use super::Connection;
 
 /// Most headers in a request head.
@@ -157,11 +157,7 @@ async fn write_response(
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut head = response_head(&parts, http10);
     drop(parts); // not kept in the task for the stream's life
-    let io = || WireIo::Plain {
-        wire: wire.clone(),
-        early: Bytes::new(),
-    };
-    let (mut reader, mut writer) = (io(), io());
+    let (mut reader, mut writer) = (&*wire, &*wire);
     if !streaming {
         let bytes = body
             .collect()

@@ -327,6 +327,67 @@ impl WireIo {
     }
 }
 
+/// The task's own reading and writing on a shared socket; the hub writes only through
+/// [`Taker`]. By reference, so a task that reads and writes holds one `Arc` and two pointers.
+impl AsyncRead for &Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.stream.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for &Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // Busy before anything of the task's reaches the socket, and the tail of a direct
+        // write before it.
+        self.lock().busy = true;
+        ready!(self.poll_drain(cx))?;
+        Wire::poll_write_vectored(&self, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_drain(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        // The hub may still hold the socket; shutting down the sending side ends the
+        // connection for the peer now, as a TcpStream's own shutdown does.
+        let socket = socket2::SockRef::from(&self.stream);
+        Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
+    }
+}
+
 impl AsyncRead for WireIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -341,34 +402,9 @@ impl AsyncRead for WireIo {
                     buf.put_slice(&early.split_to(n));
                     return Poll::Ready(Ok(()));
                 }
-                loop {
-                    ready!(wire.stream.poll_read_ready(cx))?;
-                    let unfilled = buf.initialize_unfilled();
-                    match wire.stream.try_read(unfilled) {
-                        Ok(n) => {
-                            buf.advance(n);
-                            return Poll::Ready(Ok(()));
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
+                Pin::new(&mut &**wire).poll_read(cx, buf)
             }
         }
-    }
-}
-
-impl WireIo {
-    fn poll_write_plain(
-        wire: &Wire,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        // Busy before anything of the task's reaches the socket, and the tail of a direct
-        // write before it.
-        wire.lock().busy = true;
-        ready!(wire.poll_drain(cx))?;
-        wire.poll_write_vectored(cx, bufs)
     }
 }
 
@@ -380,9 +416,7 @@ impl AsyncWrite for WireIo {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             WireIo::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
-            WireIo::Plain { wire, .. } => {
-                Self::poll_write_plain(wire, cx, &[io::IoSlice::new(buf)])
-            }
+            WireIo::Plain { wire, .. } => Pin::new(&mut &**wire).poll_write(cx, buf),
         }
     }
 
@@ -393,7 +427,7 @@ impl AsyncWrite for WireIo {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             WireIo::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            WireIo::Plain { wire, .. } => Self::poll_write_plain(wire, cx, bufs),
+            WireIo::Plain { wire, .. } => Pin::new(&mut &**wire).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -407,20 +441,14 @@ impl AsyncWrite for WireIo {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             WireIo::Upgraded(io) => Pin::new(io).poll_flush(cx),
-            WireIo::Plain { wire, .. } => wire.poll_drain(cx),
+            WireIo::Plain { wire, .. } => Pin::new(&mut &**wire).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             WireIo::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
-            WireIo::Plain { wire, .. } => {
-                ready!(wire.poll_drain(cx))?;
-                // The hub may still hold the socket; shutting down the sending side ends the
-                // connection for the peer now, as a TcpStream's own shutdown does.
-                let socket = socket2::SockRef::from(&wire.stream);
-                Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
-            }
+            WireIo::Plain { wire, .. } => Pin::new(&mut &**wire).poll_shutdown(cx),
         }
     }
 }

@@ -208,3 +208,47 @@ async fn the_dispatch_thread_delivers_every_commit_in_order() {
     assert_eq!(until(&mut resumed, 2_000).await, plain);
     writer.join().unwrap();
 }
+
+/// A taker that records what it was handed, busy from a claim until `release`.
+#[derive(Default)]
+struct Taker {
+    busy: std::sync::Mutex<bool>,
+    taken: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Direct for Taker {
+    fn offer(&self, events: &[EventRef]) -> bool {
+        if *self.busy.lock().unwrap() {
+            return false;
+        }
+        let mut taken = self.taken.lock().unwrap();
+        taken.extend(events.iter().map(|e| e.seq));
+        true
+    }
+
+    fn claim(&self) {
+        *self.busy.lock().unwrap() = true;
+    }
+}
+
+#[tokio::test]
+async fn history_on_its_way_out_is_never_overtaken_by_a_handed_over_event() {
+    let (log, hub) = hub(64);
+    commit_n(&log, "a", 3);
+    let taker = Arc::new(Taker::default());
+    let mut sub = subscribe(&hub, &["a"], Some(0)).direct(taker.clone());
+    // The subscriber takes its history (a transport would be writing it out)...
+    assert_eq!(until(&mut sub, 3).await, seqs(1..=3));
+    // ...and looks for more, which installs the taker.
+    let quiet = std::time::Duration::from_millis(20);
+    assert!(tokio::time::timeout(quiet, sub.next()).await.is_err());
+    log.commit("a");
+    assert!(
+        taker.taken.lock().unwrap().is_empty(),
+        "4 must wait while 1-3 may be unwritten"
+    );
+    assert_eq!(until(&mut sub, 4).await, ["4"]);
+    *taker.busy.lock().unwrap() = false; // everything written
+    log.commit("a");
+    assert_eq!(*taker.taken.lock().unwrap(), [5]);
+}
