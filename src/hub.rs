@@ -221,8 +221,6 @@ enum Notice {
 /// Committed groups waiting for dispatch; past this the log's writer waits.
 const DISPATCH_BACKLOG: usize = 1024;
 
-/// Most events dispatched at once when groups pile up.
-const MAX_DISPATCH: usize = 4096;
 
 /// The log's listener: hands each committed group to a thread of its own, which dispatches
 /// them in order. Dispatch writes to caught-up subscribers' sockets (`http/wire.rs`), a
@@ -242,6 +240,9 @@ impl Dispatcher {
                 // events on a channel grow, and a subscriber gets a run in one write. So a
                 // fan-out that falls behind catches up in fewer, larger writes instead of
                 // falling further behind.
+                // Bounded well below a subscriber's queue: a run longer than what the queue
+                // holds would cut even a subscriber that keeps up.
+                let most = (hub.queue_len / 2).clamp(1, 1024);
                 let mut batch = Vec::new();
                 while let Ok(first) = rx.recv() {
                     let mut next = Some(first);
@@ -254,7 +255,7 @@ impl Dispatcher {
                                 hub.drop_all();
                             }
                         }
-                        if batch.len() < MAX_DISPATCH {
+                        if batch.len() < most {
                             next = rx.try_recv().ok();
                         }
                     }
