@@ -221,7 +221,6 @@ enum Notice {
 /// Committed groups waiting for dispatch; past this the log's writer waits.
 const DISPATCH_BACKLOG: usize = 1024;
 
-
 /// The log's listener: hands each committed group to a thread of its own, which dispatches
 /// them in order. Dispatch writes to caught-up subscribers' sockets (`http/wire.rs`), a
 /// `send` each; on the log writer's thread that would delay every publisher's ack and the
