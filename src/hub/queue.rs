@@ -234,29 +234,7 @@ mod tests {
         );
     }
 
-    /// A subscriber that takes events directly unless it is busy or full, like a WebSocket
-    /// whose socket is shared with the hub.
-    #[derive(Default)]
-    struct Taker {
-        busy: Mutex<bool>,
-        full: Mutex<bool>,
-        taken: Mutex<Vec<u64>>,
-    }
-
-    impl Direct for Taker {
-        fn offer(&self, events: &[EventRef]) -> bool {
-            if *self.busy.lock().unwrap() || *self.full.lock().unwrap() {
-                return false;
-            }
-            let mut taken = self.taken.lock().unwrap();
-            taken.extend(events.iter().map(|e| e.seq));
-            true
-        }
-
-        fn claim(&self) {
-            *self.busy.lock().unwrap() = true;
-        }
-    }
+    use crate::hub::tests::Taker;
 
     #[test]
     fn direct_delivery_never_overtakes_a_queued_or_unwritten_event() {

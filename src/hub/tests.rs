@@ -209,16 +209,18 @@ async fn the_dispatch_thread_delivers_every_commit_in_order() {
     writer.join().unwrap();
 }
 
-/// A taker that records what it was handed, busy from a claim until `release`.
+/// A subscriber that takes events directly unless it is busy (from a claim until the test
+/// says it wrote them) or full, like a WebSocket whose socket is shared with the hub.
 #[derive(Default)]
-struct Taker {
-    busy: std::sync::Mutex<bool>,
-    taken: std::sync::Mutex<Vec<u64>>,
+pub(super) struct Taker {
+    pub busy: std::sync::Mutex<bool>,
+    pub full: std::sync::Mutex<bool>,
+    pub taken: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Direct for Taker {
     fn offer(&self, events: &[EventRef]) -> bool {
-        if *self.busy.lock().unwrap() {
+        if *self.busy.lock().unwrap() || *self.full.lock().unwrap() {
             return false;
         }
         let mut taken = self.taken.lock().unwrap();
