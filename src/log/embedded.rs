@@ -32,6 +32,7 @@ use super::{Appended, Bounds, CommitListener, Log, LogError, Page};
 use crate::config::{Durability, LogConfig};
 use crate::event::{now_ms, Event, EventRef, Filter, NewEvent};
 use crate::store::keys::{be_u64, name_seq};
+use crate::store::lock::DirLock;
 use crate::store::StoreError;
 
 mod record;
@@ -78,6 +79,8 @@ pub struct EmbeddedLog {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     listener: Arc<RwLock<Option<Arc<dyn CommitListener>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Held while the log lives (the process, in `serve`): no second process opens this store.
+    _owner: DirLock,
 }
 
 impl EmbeddedLog {
@@ -89,6 +92,7 @@ impl EmbeddedLog {
                 source,
             })
         })?;
+        let owner = DirLock::acquire(dir)?;
         // Background sync each second covers state written beside the log without an explicit
         // persist (webhook queue bookkeeping, retention); the log itself persists per commit.
         // Memory is bounded explicitly (block cache, all memtables together, each memtable):
@@ -146,6 +150,7 @@ impl EmbeddedLog {
             tx: Mutex::new(Some(tx)),
             listener,
             writer: Mutex::new(Some(handle)),
+            _owner: owner,
         }))
     }
 

@@ -39,6 +39,9 @@ pub enum LogError {
     /// accepts no more writes until the process restarts. Nothing was written.
     #[error("the event log stopped accepting writes after a storage failure")]
     Halted,
+    /// Another process owns the data directory.
+    #[error(transparent)]
+    Locked(#[from] crate::store::lock::LockError),
 }
 
 /// Transient store failures (Redis unreachable) are `Unavailable`: retry. The rest are

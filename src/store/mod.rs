@@ -3,6 +3,7 @@
 //! kept in the embedded store (fjall) shares.
 
 pub mod keys;
+pub mod lock;
 
 use std::sync::Arc;
 

@@ -233,3 +233,37 @@ async fn fsync_syncs_before_every_ack_and_os_does_not() {
         "os: {os} syncs for {N} publishes (expected only periodic ones)"
     );
 }
+
+/// Two processes on one data directory would each acknowledge publishes into a store only
+/// one of them survives in; the second must refuse to start, and a dead holder (SIGKILL)
+/// must not block the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_has_one_owner() {
+    let mut h = Herald::start("");
+    let first = publish_one(&h, "orders", json!(1)).await;
+    let out = herald_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&h.data)
+        .arg("--config")
+        .arg(h.config_path())
+        .output_within();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second owner started: {stderr}");
+    assert!(
+        stderr.contains(&h.data.display().to_string()),
+        "names the directory: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", h.pid())),
+        "names the holder: {stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    // The owner is untouched, and after it dies by SIGKILL (its lock file left behind) a new
+    // process takes over with everything acknowledged.
+    let second = publish_one(&h, "orders", json!(2)).await;
+    h.kill9();
+    assert!(h.data.join("herald.lock").exists());
+    h.restart();
+    let page = get_json(h.url("/v1/events?channel=orders")).await;
+    assert_eq!(page_seqs(&page), vec![first, second]);
+}
