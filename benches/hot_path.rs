@@ -15,16 +15,18 @@ fn main() {
 }
 
 fn sample(data_bytes: usize) -> NewEvent {
-    NewEvent {
-        channel: "orders:eu-west".into(),
-        kind: Some("order.created".into()),
-        data: RawValue::from_string(format!(
+    NewEvent::new(
+        herald::event::Source::Publisher,
+        "orders:eu-west".into(),
+        Some("order.created".into()),
+        RawValue::from_string(format!(
             "{{\"id\":7,\"pad\":\"{}\"}}",
             "x".repeat(data_bytes)
         ))
         .unwrap(),
-        id: Some("order-7".into()),
-    }
+        Some("order-7".into()),
+    )
+    .unwrap()
 }
 
 #[divan::bench(args = [64, 1024, 16384])]
@@ -87,9 +89,16 @@ fn log_append_batch_100(bencher: Bencher) {
     });
     let log: Arc<dyn Log> = log;
     let batch: Vec<NewEvent> = (0..100)
-        .map(|_| NewEvent {
-            id: None,
-            ..sample(64)
+        .map(|_| {
+            let s = sample(64);
+            NewEvent::new(
+                herald::event::Source::Publisher,
+                s.channel().into(),
+                s.kind().map(Into::into),
+                s.data().to_owned(),
+                None,
+            )
+            .unwrap()
         })
         .collect();
     bencher

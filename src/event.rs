@@ -172,13 +172,169 @@ impl Filter {
     }
 }
 
-/// An event as a publisher hands it in, validated, before it has a seq.
+/// Which door an event comes in by. Each may use only the reserved names it owns, so no
+/// path can pass an event off as another's (a forged captured request, a forged Pusher
+/// sender).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `POST /v1/events` and WebSocket `publish`: the native rules, nothing reserved.
+    Publisher,
+    /// `POST /v1/hooks/{channel}` and its replay: type `webhook`, which only it may write.
+    Hook,
+    /// The Pusher socket's client events and the Pusher HTTP API: Pusher event names (any
+    /// printable text, `pusher:` names refused) and ids that carry the origin (`pusher:`).
+    Pusher,
+    /// Herald's own signals on notice channels (presence notices, terminate requests).
+    Internal,
+}
+
+/// The id prefix that carries a Pusher event's origin (see `crate::pusher::origin_id`):
+/// reserved to [`Source::Pusher`], or a native publisher could forge a sender.
+pub const PUSHER_ID_PREFIX: &str = "pusher:";
+
+/// The id prefix of a captured request's delivery id (`hook:{webhook-id}`), which makes a
+/// sender's retries idempotent: reserved to [`Source::Hook`], or a publisher could take an id
+/// first and have the real delivery answered as a duplicate.
+pub const HOOK_ID_PREFIX: &str = "hook:";
+
+/// Why an event was refused at the door. Each variant's `code` is the API error code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error(transparent)]
+    Channel(#[from] NameError),
+    #[error("type must be 1-200 characters of A-Z a-z 0-9 _ . : @ / -")]
+    Type,
+    #[error("event name must be 1-200 characters with no control characters")]
+    PusherName,
+    #[error("type {:?} is reserved{}", .0, reserved_type_owner(.0))]
+    ReservedType(String),
+    #[error("id must be 1-200 characters with no control characters")]
+    Id,
+    #[error("ids starting with \"{0}\" are reserved for Herald's own use")]
+    ReservedId(&'static str),
+}
+
+fn reserved_type_owner(kind: &str) -> &'static str {
+    if kind == HOOK_TYPE {
+        " for requests captured by /v1/hooks"
+    } else {
+        " for the Pusher protocol"
+    }
+}
+
+impl EventError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventError::Channel(_) => "invalid_channel",
+            EventError::Type | EventError::PusherName => "invalid_type",
+            EventError::ReservedType(_) => "reserved_type",
+            EventError::Id => "invalid_id",
+            EventError::ReservedId(_) => "reserved_id",
+        }
+    }
+}
+
+/// The type of events made by `POST /v1/hooks/{channel}`, and only there: `herald forward`
+/// replays them as HTTP requests to a developer's app, so any other publisher could forge one.
+pub const HOOK_TYPE: &str = "webhook";
+
+/// An event as a publisher hands it in, validated, before it has a seq. The fields are
+/// private: [`NewEvent::new`] is the one door every ingest path goes through.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub channel: String,
-    pub kind: Option<String>,
-    pub data: Box<RawValue>,
-    pub id: Option<String>,
+    channel: String,
+    kind: Option<String>,
+    data: Box<RawValue>,
+    id: Option<String>,
+}
+
+impl NewEvent {
+    /// Checks the channel, type and id by the rules of `source` (the data is JSON already).
+    pub fn new(
+        source: Source,
+        channel: String,
+        kind: Option<String>,
+        data: Box<RawValue>,
+        id: Option<String>,
+    ) -> Result<NewEvent, EventError> {
+        match (source, channel.strip_prefix(char::from(NOTICE_MARK))) {
+            (Source::Internal, Some(rest)) => validate_channel(rest)?,
+            _ => validate_channel(&channel)?,
+        }
+        if let Some(kind) = &kind {
+            check_type(source, kind)?;
+        } else if source == Source::Hook {
+            return Err(EventError::Type);
+        }
+        if let Some(id) = &id {
+            if id.is_empty() || id.len() > MAX_NAME_LEN || id.chars().any(char::is_control) {
+                return Err(EventError::Id);
+            }
+            for (prefix, owner) in [
+                (PUSHER_ID_PREFIX, Source::Pusher),
+                (HOOK_ID_PREFIX, Source::Hook),
+            ] {
+                if id.starts_with(prefix) && source != owner {
+                    return Err(EventError::ReservedId(prefix));
+                }
+            }
+        }
+        Ok(NewEvent {
+            channel,
+            kind,
+            data,
+            id,
+        })
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
+    }
+
+    pub fn data(&self) -> &RawValue {
+        &self.data
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+}
+
+fn check_type(source: Source, kind: &str) -> Result<(), EventError> {
+    match source {
+        // The native type is a token (it becomes the SSE `event:` line, which listeners name).
+        Source::Publisher | Source::Hook => {
+            if validate_channel(kind).is_err() {
+                return Err(EventError::Type);
+            }
+            if (kind == HOOK_TYPE) != (source == Source::Hook) {
+                return Err(EventError::ReservedType(kind.into()));
+            }
+        }
+        // Pusher names are free text (Laravel sends `App\Events\OrderShipped`), but never
+        // a line break or other control character, and never Pusher's own namespace.
+        Source::Pusher => {
+            if kind.is_empty() || kind.len() > MAX_NAME_LEN || kind.chars().any(char::is_control) {
+                return Err(EventError::PusherName);
+            }
+            if kind.starts_with("pusher:") || kind.starts_with("pusher_internal:") {
+                return Err(EventError::ReservedType(kind.into()));
+            }
+            if kind == HOOK_TYPE {
+                return Err(EventError::ReservedType(kind.into()));
+            }
+        }
+        Source::Internal => {
+            if kind.is_empty() || kind.chars().any(char::is_control) {
+                return Err(EventError::Type);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A committed event. Immutable; shared by every subscriber through `Arc<Event>`.
@@ -319,19 +475,37 @@ fn ws_header_len(total: usize) -> usize {
 }
 
 /// One SSE frame: `id:`, `event:` (when there is a name), one `data:` line, a blank line.
-/// The one place SSE frames are written; `data` must hold no CR or LF (envelopes never do).
+/// The one place SSE frames are written. No field may hold CR or LF (the door refuses them in
+/// names, envelopes never hold them raw); should one get here anyway, it is written as a space,
+/// so a field can never end its line and start a forged one (`id:`, `event:`).
 pub fn sse_frame(id: u64, event: Option<&str>, data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 48);
     out.extend_from_slice(b"id: ");
     out.extend_from_slice(id.to_string().as_bytes());
     if let Some(name) = event {
         out.extend_from_slice(b"\nevent: ");
-        out.extend_from_slice(name.as_bytes());
+        push_field(&mut out, name.as_bytes());
     }
     out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data);
+    push_field(&mut out, data);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
+}
+
+/// Appends one SSE field value, CR and LF written as spaces (debug builds fail loudly: a
+/// line break here means some path skipped the door).
+fn push_field(out: &mut Vec<u8>, value: &[u8]) {
+    let breaks = value.iter().any(|&b| b == b'\n' || b == b'\r');
+    debug_assert!(!breaks, "a line break reached an SSE field: {value:?}");
+    let start = out.len();
+    out.extend_from_slice(value);
+    if breaks {
+        for b in &mut out[start..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
+    }
 }
 
 /// Appends the envelope after its leading `{"seq":N`, from `,"channel":` to the closing
@@ -437,6 +611,82 @@ mod tests {
         for bad in ["", "has space", "star*", "ü", &"x".repeat(201), "a\nb"] {
             assert!(validate_channel(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn door(
+        source: Source,
+        channel: &str,
+        kind: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<(), EventError> {
+        let data = RawValue::from_string("1".into()).unwrap();
+        NewEvent::new(
+            source,
+            channel.into(),
+            kind.map(Into::into),
+            data,
+            id.map(Into::into),
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn each_door_owns_its_reserved_names() {
+        use Source::*;
+        assert_eq!(door(Publisher, "c", Some("a.b"), Some("k1")), Ok(()));
+        assert_eq!(
+            door(Publisher, "c", Some("webhook"), None),
+            Err(EventError::ReservedType("webhook".into()))
+        );
+        assert_eq!(door(Hook, "c", Some("webhook"), Some("hook:1")), Ok(()));
+        assert_eq!(door(Hook, "c", None, None), Err(EventError::Type));
+        for id in ["pusher:1.1:ab:eve", "hook:x"] {
+            assert_eq!(
+                door(Publisher, "c", None, Some(id)).unwrap_err().code(),
+                "reserved_id",
+                "{id}"
+            );
+        }
+        assert_eq!(
+            door(
+                Pusher,
+                "pusher/a/x",
+                Some("App\\Events\\Shipped"),
+                Some("pusher::00")
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            door(Pusher, "pusher/a/x", Some("client-x\nid: 9"), None),
+            Err(EventError::PusherName)
+        );
+        assert_eq!(
+            door(Pusher, "pusher/a/x", Some("pusher:subscribe"), None)
+                .unwrap_err()
+                .code(),
+            "reserved_type"
+        );
+        assert_eq!(
+            door(Publisher, "c", Some("a b"), None),
+            Err(EventError::Type)
+        );
+        assert_eq!(
+            door(Publisher, "c", None, Some("a\rb")),
+            Err(EventError::Id)
+        );
+        // Notice channels are Herald's own.
+        assert!(door(Publisher, "$c", None, None).is_err());
+        assert!(door(Pusher, "$c", None, None).is_err());
+        assert_eq!(door(Internal, "$c", Some("member_added"), None), Ok(()));
+    }
+
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "line break"))]
+    fn a_line_break_never_leaves_an_sse_field() {
+        // Release builds write it as a space; debug builds stop at the path that skipped
+        // the door.
+        let frame = sse_frame(7, Some("a\nid: 99"), b"{}\r");
+        assert_eq!(&frame[..], b"id: 7\nevent: a id: 99\ndata: {} \n\n");
     }
 
     #[test]

@@ -11,14 +11,13 @@ use serde_json::{json, Value};
 use super::{parse_cursor, query_pairs, query_token, ApiError, AppState, Connection};
 use crate::auth::{AuthError, Principal, Via};
 use crate::config::LimitsConfig;
-use crate::event::{validate_channel, Filter, NewEvent, MAX_NAME_LEN};
+use crate::event::{Filter, NewEvent, Source};
 use crate::log::Appended;
 use axum::http::HeaderMap;
 use axum::Extension;
 use std::sync::Arc;
 
-/// The type of events made by `POST /v1/hooks/{channel}`, and only there.
-pub const HOOK_TYPE: &str = "webhook";
+pub use crate::event::HOOK_TYPE;
 
 /// An event as a publisher sends it (HTTP body or WebSocket `publish`).
 #[derive(Debug, Deserialize)]
@@ -34,49 +33,30 @@ pub struct EventIn {
 impl EventIn {
     /// Validates names and sizes; the result is ready for the log.
     pub fn validate(self, limits: &LimitsConfig) -> Result<NewEvent, ApiError> {
-        validate_channel(&self.channel)?;
-        if let Some(kind) = &self.kind {
-            // The type becomes the SSE `event:` line, so it must stay one clean token.
-            if validate_channel(kind).is_err() {
-                return Err(ApiError::bad_request(
-                    "invalid_type",
-                    "type must be 1-200 characters of A-Z a-z 0-9 _ . : @ / -",
-                ));
-            }
-            // `herald forward` replays `webhook` events as HTTP requests to a developer's
-            // app: only `/v1/hooks` may make one, or any publisher could forge a request.
-            if kind == HOOK_TYPE {
-                return Err(ApiError::bad_request(
-                    "reserved_type",
-                    "type \"webhook\" is reserved for requests captured by /v1/hooks",
-                ));
-            }
-        }
-        if let Some(id) = &self.id {
-            if id.is_empty() || id.len() > MAX_NAME_LEN || id.chars().any(char::is_control) {
-                return Err(ApiError::bad_request(
-                    "invalid_id",
-                    "id must be 1-200 characters with no control characters",
-                ));
-            }
-        }
-        let size = self.data.get().len();
-        if size > limits.max_event_bytes {
-            return Err(ApiError::too_large(
-                "event_too_large",
-                format!(
-                    "event data is {size} bytes; the limit is {} bytes",
-                    limits.max_event_bytes
-                ),
-            ));
-        }
-        Ok(NewEvent {
-            channel: self.channel,
-            kind: self.kind,
-            data: self.data,
-            id: self.id,
-        })
+        check_data_size(&self.data, limits)?;
+        Ok(NewEvent::new(
+            Source::Publisher,
+            self.channel,
+            self.kind,
+            self.data,
+            self.id,
+        )?)
     }
+}
+
+/// Refuses event data over `limits.max_event_bytes` (413).
+pub fn check_data_size(data: &RawValue, limits: &LimitsConfig) -> Result<(), ApiError> {
+    let size = data.get().len();
+    if size > limits.max_event_bytes {
+        return Err(ApiError::too_large(
+            "event_too_large",
+            format!(
+                "event data is {size} bytes; the limit is {} bytes",
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Maps a serde_json error to `invalid_json` (not JSON at all) or `invalid_event` (JSON of the
@@ -243,7 +223,7 @@ pub async fn publish(
     let body = read_body(body, limits.max_body_bytes, limits).await?;
     let (events, batch) = parse_publish(&body, limits)?;
     for event in &events {
-        app.auth.check_publish(&principal, &event.channel)?;
+        app.auth.check_publish(&principal, event.channel())?;
     }
     app.take_publish_budget(&principal, conn.peer.ip(), events.len())?;
     let results = app.hub.publish(events, "http").await?;
@@ -472,8 +452,8 @@ mod tests {
             let (events, is_batch) = parse_publish(batch.to_string().as_bytes(), &LimitsConfig::default()).unwrap();
             proptest::prop_assert!(is_batch);
             proptest::prop_assert_eq!(events.len(), count);
-            proptest::prop_assert_eq!(&events[0].channel, &channel);
-            proptest::prop_assert_eq!(events[0].kind.as_deref(), kind.as_deref());
+            proptest::prop_assert_eq!(events[0].channel(), &channel);
+            proptest::prop_assert_eq!(events[0].kind(), kind.as_deref());
             let (single, is_batch) = parse_publish(one.to_string().as_bytes(), &LimitsConfig::default()).unwrap();
             proptest::prop_assert!(!is_batch && single.len() == 1);
         }

@@ -373,6 +373,12 @@ impl AppState {
     }
 }
 
+impl From<crate::event::EventError> for ApiError {
+    fn from(e: crate::event::EventError) -> Self {
+        Self::bad_request(e.code(), e.to_string())
+    }
+}
+
 impl From<NameError> for ApiError {
     fn from(e: NameError) -> Self {
         let code = match e {

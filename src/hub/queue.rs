@@ -178,12 +178,14 @@ mod tests {
     use std::sync::Arc;
 
     fn event(seq: u64) -> EventRef {
-        let new = NewEvent {
-            channel: "c".into(),
-            kind: None,
-            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            id: None,
-        };
+        let new = NewEvent::new(
+            crate::event::Source::Publisher,
+            "c".into(),
+            None,
+            serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            None,
+        )
+        .unwrap();
         Arc::new(Event::encode(seq, 0, &new))
     }
 

@@ -391,12 +391,14 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn new(channel: &str, id: Option<&str>) -> NewEvent {
-        NewEvent {
-            channel: channel.into(),
-            kind: None,
-            data: RawValue::from_string("1".into()).unwrap(),
-            id: id.map(Into::into),
-        }
+        NewEvent::new(
+            crate::event::Source::Publisher,
+            channel.into(),
+            None,
+            RawValue::from_string("1".into()).unwrap(),
+            id.map(Into::into),
+        )
+        .unwrap()
     }
 
     fn config() -> LogConfig {

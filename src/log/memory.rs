@@ -37,12 +37,14 @@ impl MemoryLog {
 
     /// Commits one event on `channel` and returns its seq.
     pub fn commit(&self, channel: &str) -> u64 {
-        let new = NewEvent {
-            channel: channel.into(),
-            kind: None,
-            data: serde_json::value::RawValue::from_string("1".into()).expect("JSON"),
-            id: None,
-        };
+        let new = NewEvent::new(
+            crate::event::Source::Publisher,
+            channel.into(),
+            None,
+            serde_json::value::RawValue::from_string("1".into()).expect("JSON"),
+            None,
+        )
+        .unwrap();
         self.commit_all(vec![new])[0]
     }
 

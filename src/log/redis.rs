@@ -238,9 +238,9 @@ async fn writer(
         for request in &group {
             for event in &request.events {
                 invocation
-                    .arg(&event.channel)
-                    .arg(event.kind.as_deref().unwrap_or(""))
-                    .arg(event.id.as_deref().unwrap_or(""))
+                    .arg(event.channel())
+                    .arg(event.kind().unwrap_or(""))
+                    .arg(event.id().unwrap_or(""))
                     .arg(envelope_tail(now, event));
             }
         }
@@ -285,7 +285,7 @@ async fn writer(
 
 /// The envelope after `{"seq":N` (the script adds that part).
 fn envelope_tail(time_ms: u64, event: &NewEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80 + event.channel.len() + event.data.get().len());
+    let mut out = Vec::with_capacity(80 + event.channel().len() + event.data().get().len());
     push_envelope_tail(&mut out, time_ms, event);
     out
 }
@@ -417,12 +417,14 @@ mod tests {
 
     #[test]
     fn the_script_envelope_is_byte_identical_to_the_embedded_one() {
-        let new = NewEvent {
-            channel: "user:42".into(),
-            kind: Some("order.created".into()),
-            data: RawValue::from_string(r#"{"x":[1,"é\n"]}"#.into()).unwrap(),
-            id: Some("k\"1".into()),
-        };
+        let new = NewEvent::new(
+            crate::event::Source::Publisher,
+            "user:42".into(),
+            Some("order.created".into()),
+            RawValue::from_string(r#"{"x":[1,"é\n"]}"#.into()).unwrap(),
+            Some("k\"1".into()),
+        )
+        .unwrap();
         // What the append script does: `{"seq":` .. seq .. tail.
         let mut made = b"{\"seq\":".to_vec();
         made.extend_from_slice(b"9007199254740991");

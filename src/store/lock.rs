@@ -70,14 +70,25 @@ impl DirLock {
     }
 }
 
-/// `File::try_lock` is `flock(LOCK_EX | LOCK_NB)` on Linux: per open file description, so a
-/// second open in this very process is refused too (the unit test relies on it), and the
-/// kernel releases it on exit.
+/// `flock(LOCK_EX | LOCK_NB)`: per open file description, so a second open in this very
+/// process is refused too (the unit test relies on it), and the kernel releases it on exit.
+/// (`File::try_lock` does the same from Rust 1.89, above this crate's minimum.)
+#[cfg(unix)]
 fn try_lock(file: &File) -> std::io::Result<()> {
-    file.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::WouldBlock => std::io::ErrorKind::WouldBlock.into(),
-        std::fs::TryLockError::Error(e) => e,
-    })
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock takes a descriptor this `File` owns and no memory.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere Herald is not tested; the directory goes unguarded rather than unusable.
+#[cfg(not(unix))]
+fn try_lock(_: &File) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::Webhooks;
-use crate::event::{NewEvent, NOTICE_MARK};
+use crate::event::{EventError, NewEvent, Source, NOTICE_MARK};
 use crate::presence::Notice;
 
 /// Notices appended in one batch.
@@ -29,7 +29,11 @@ impl Webhooks {
                 let events: Vec<NewEvent> = batch
                     .drain(..)
                     .filter(|n| service.wants_notice(n))
-                    .map(|n| notice_event(&n))
+                    .filter_map(|n| {
+                        notice_event(&n)
+                            .inspect_err(|e| tracing::warn!(error = %e, "presence notice refused"))
+                            .ok()
+                    })
                     .collect();
                 if events.is_empty() {
                     continue;
@@ -48,12 +52,13 @@ impl Webhooks {
     }
 }
 
-fn notice_event(notice: &Notice) -> NewEvent {
+fn notice_event(notice: &Notice) -> Result<NewEvent, EventError> {
     let data = RawValue::from_string(notice.data().to_string()).expect("JSON");
-    NewEvent {
-        channel: format!("{}{}", char::from(NOTICE_MARK), notice.channel()),
-        kind: Some(notice.kind().to_string()),
+    NewEvent::new(
+        Source::Internal,
+        format!("{}{}", char::from(NOTICE_MARK), notice.channel()),
+        Some(notice.kind().to_string()),
         data,
-        id: None,
-    }
+        None,
+    )
 }

@@ -17,6 +17,7 @@ mod flood;
 mod hardening;
 mod hooks;
 mod limits;
+mod one_door;
 mod presence;
 mod prometheus;
 mod promises;

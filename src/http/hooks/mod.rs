@@ -27,7 +27,9 @@ use super::api::read_body;
 use super::{ApiError, AppState, Connection};
 use crate::auth::{AuthError, Principal};
 use crate::config::{HookConfig, HookVerify};
-use crate::event::{validate_channel, NewEvent, Pattern, MAX_NAME_LEN};
+use crate::event::{
+    validate_channel, NewEvent, Pattern, Source, HOOK_ID_PREFIX, HOOK_TYPE, MAX_NAME_LEN,
+};
 pub use capture::{capture, restore, Restored};
 use verify::Unsigned;
 
@@ -136,7 +138,7 @@ pub async fn receive(
         let mac = signed.verify(&rule.key, &body).map_err(unsigned)?;
         id = rule
             .delivery_id(signed, &mac, &body)
-            .map(|d| format!("hook:{d}"))
+            .map(|d| format!("{HOOK_ID_PREFIX}{d}"))
             .filter(|d| d.len() <= MAX_NAME_LEN && !d.chars().any(char::is_control));
     }
     let data = capture(&method, &uri, &headers, &body);
@@ -151,14 +153,9 @@ pub async fn receive(
         ));
     }
     app.take_publish_budget(&principal, conn.peer.ip(), 1)?;
-    let event = NewEvent {
-        channel,
-        kind: Some(super::api::HOOK_TYPE.into()),
-        data: RawValue::from_string(data).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })?,
-        id,
-    };
+    let data = RawValue::from_string(data)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let event = NewEvent::new(Source::Hook, channel, Some(HOOK_TYPE.into()), data, id)?;
     let appended = app.hub.publish(vec![event], "hook").await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -185,7 +182,7 @@ pub async fn replay(
     };
     let seq: u64 = seq.parse().map_err(|_| not_found())?;
     let event = app.hub.log().get(seq).await?.ok_or_else(not_found)?;
-    if event.kind.as_deref() != Some(super::api::HOOK_TYPE) {
+    if event.kind.as_deref() != Some(HOOK_TYPE) {
         return Err(ApiError::bad_request(
             "not_a_hook",
             format!("event {seq} was not captured by /v1/hooks; only those can be replayed"),
@@ -198,12 +195,13 @@ pub async fn replay(
     }
     let envelope: Envelope = serde_json::from_slice(event.envelope())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let again = NewEvent {
-        channel: event.channel.to_string(),
-        kind: Some(super::api::HOOK_TYPE.into()),
-        data: envelope.data.to_owned(),
-        id: None,
-    };
+    let again = NewEvent::new(
+        Source::Hook,
+        event.channel.to_string(),
+        Some(HOOK_TYPE.into()),
+        envelope.data.to_owned(),
+        None,
+    )?;
     let appended = app.hub.publish(vec![again], "hook").await?;
     Ok((
         StatusCode::CREATED,

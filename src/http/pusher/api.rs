@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use super::message::event_data;
 use super::{herald_channel, pusher_channel, signature_ok, valid_channel, Kind};
 use crate::config::PusherApp;
-use crate::event::{NewEvent, NOTICE_MARK};
+use crate::event::{NewEvent, Source, NOTICE_MARK};
 use crate::http::{query_pairs, AppState};
 
 /// How far `auth_timestamp` may be from the server's clock.
@@ -48,6 +48,8 @@ fn bad(message: impl Into<String>) -> PusherError {
 
 /// The channel that carries "end this user's connections" to every node.
 pub fn terminate_channel(app: &str, user: &str) -> String {
+    // A user id is any text (an email, a URL): its digest is always a valid channel name.
+    let user = hex::encode(<sha2::Sha256 as md5::Digest>::digest(user.as_bytes()));
     format!("pusher-terminate/{app}/{user}")
 }
 
@@ -226,13 +228,17 @@ fn events_of(app: &PusherApp, t: &Trigger) -> Result<(Vec<NewEvent>, Vec<String>
     }
     let events = channels
         .iter()
-        .map(|c| NewEvent {
-            channel: herald_channel(&app.id, c),
-            kind: Some(t.name.clone()),
-            data: data.clone(),
-            id: Some(super::origin_id(t.socket_id.as_deref(), None)),
+        .map(|c| {
+            NewEvent::new(
+                Source::Pusher,
+                herald_channel(&app.id, c),
+                Some(t.name.clone()),
+                data.clone(),
+                Some(super::origin_id(t.socket_id.as_deref(), None)),
+            )
+            .map_err(|e| bad(e.to_string()))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok((events, channels))
 }
 
@@ -449,16 +455,18 @@ pub async fn terminate(
     req: Signed,
 ) -> Result<Json<Value>, PusherError> {
     let app = &req.app;
-    let event = NewEvent {
-        channel: format!(
+    let event = NewEvent::new(
+        Source::Internal,
+        format!(
             "{}{}",
             char::from(NOTICE_MARK),
             terminate_channel(&app.id, &user)
         ),
-        kind: Some("terminate".into()),
-        data: serde_json::value::RawValue::from_string("{}".into()).expect("JSON"),
-        id: None,
-    };
+        Some("terminate".into()),
+        serde_json::value::RawValue::from_string("{}".into()).expect("JSON"),
+        None,
+    )
+    .map_err(|e| bad(e.to_string()))?;
     publish(&state, vec![event]).await?;
     Ok(Json(json!({})))
 }

@@ -493,7 +493,7 @@ impl Session {
         let event = input.validate(&self.app.config.limits)?;
         self.app
             .auth
-            .check_publish(&self.principal, &event.channel)?;
+            .check_publish(&self.principal, event.channel())?;
         self.bucket
             .take(1, std::time::Instant::now())
             .map_err(|wait| {

@@ -86,7 +86,7 @@ impl Writer {
         for (events, _) in group.iter() {
             let mut out = Vec::with_capacity(events.len());
             for new in events {
-                let dedup = new.id.as_ref().map(|id| dedup_key(&new.channel, id));
+                let dedup = new.id().map(|id| dedup_key(new.channel(), id));
                 if let Some(key) = &dedup {
                     let original = match seen.get(key) {
                         Some(seq) => Some(*seq),
@@ -110,7 +110,7 @@ impl Writer {
                 next += 1;
                 let event = Event::encode(seq, now, new);
                 batch.insert(&s.events, seq_key(seq), Record::encode(&event));
-                batch.insert(&s.by_channel, name_seq(&new.channel, seq), []);
+                batch.insert(&s.by_channel, name_seq(new.channel(), seq), []);
                 if let Some(key) = dedup {
                     let mut v = seq.to_be_bytes().to_vec();
                     v.extend_from_slice(&now.to_be_bytes());

@@ -6,7 +6,7 @@ use super::super::api::terminate_channel;
 use super::super::message::{self, data_as, ClientFrame, SigninData};
 use super::super::{herald_channel, origin_id, signature_ok, Kind};
 use super::{plain, Close, Session, CLIENT_EVENT_REJECTED, TERMINATE, UNAUTHORIZED};
-use crate::event::{Filter, NewEvent};
+use crate::event::{Filter, NewEvent, Source};
 
 impl Session {
     pub(super) async fn on_client_event(&mut self, frame: ClientFrame) -> Result<(), Close> {
@@ -45,11 +45,15 @@ impl Session {
             return self.send(message::error(None, &m)).await;
         }
         let user = self.members.get(&channel).map(|(u, _)| u.as_str());
-        let event = NewEvent {
-            channel: herald_channel(&self.pusher.id, &channel),
-            kind: Some(frame.event),
+        let event = match NewEvent::new(
+            Source::Pusher,
+            herald_channel(&self.pusher.id, &channel),
+            Some(frame.event),
             data,
-            id: Some(origin_id(Some(&self.socket_id), user)),
+            Some(origin_id(Some(&self.socket_id), user)),
+        ) {
+            Ok(event) => event,
+            Err(e) => return self.send(message::error(None, &e.to_string())).await,
         };
         if let Err(e) =
             self.app
