@@ -14,12 +14,33 @@ use serde_json::value::RawValue;
 /// Longest channel name, pattern, event type or publisher id we accept.
 pub const MAX_NAME_LEN: usize = 200;
 
+/// Longest Herald name of a mapped Pusher channel (`pusher/{app}/{name}`, see
+/// `crate::pusher::herald_channel`): a 64-character app id and a 164-character Pusher name
+/// whose every character is written as two. Every name Pusher allows stays reachable from
+/// Herald's side, so only those names may pass [`MAX_NAME_LEN`].
+pub const MAX_MAPPED_LEN: usize = "pusher/".len() + 64 + 1 + 2 * 164;
+
+/// The longest a name may be: [`MAX_MAPPED_LEN`] under `pusher/`, else [`MAX_NAME_LEN`].
+fn max_len(name: &str) -> usize {
+    if name.starts_with("pusher/") {
+        MAX_MAPPED_LEN
+    } else {
+        MAX_NAME_LEN
+    }
+}
+
 /// Why a channel name, pattern or event field was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
-    #[error("channel name must be 1-200 characters of A-Z a-z 0-9 _ . : @ / -, got {0:?}")]
+    #[error(
+        "channel name must be 1-200 characters of A-Z a-z 0-9 _ . : @ / - (mapped Pusher \
+         channels, pusher/..., up to 400), got {0:?}"
+    )]
     Channel(String),
-    #[error("pattern must be 1-200 characters of A-Z a-z 0-9 _ . : @ / - and *, got {0:?}")]
+    #[error(
+        "pattern must be 1-200 characters of A-Z a-z 0-9 _ . : @ / - and * (under pusher/, up \
+         to 400), got {0:?}"
+    )]
     Pattern(String),
 }
 
@@ -29,7 +50,7 @@ fn valid_name_char(c: u8) -> bool {
 
 /// Checks a channel name against `^[A-Za-z0-9_.:@/-]{1,200}$`.
 pub fn validate_channel(name: &str) -> Result<(), NameError> {
-    let ok = !name.is_empty() && name.len() <= MAX_NAME_LEN && name.bytes().all(valid_name_char);
+    let ok = !name.is_empty() && name.len() <= max_len(name) && name.bytes().all(valid_name_char);
     if ok {
         Ok(())
     } else {
@@ -49,7 +70,7 @@ pub struct Pattern(Box<str>);
 impl Pattern {
     pub fn parse(text: &str) -> Result<Self, NameError> {
         let ok = !text.is_empty()
-            && text.len() <= MAX_NAME_LEN
+            && text.len() <= max_len(text)
             && text.bytes().all(|c| c == b'*' || valid_name_char(c));
         if ok {
             Ok(Pattern(text.into()))
@@ -605,10 +626,19 @@ mod tests {
             "chat/room-1",
             "a@b.c_d-e",
             &"x".repeat(200),
+            &format!("pusher/{}/{}", "a".repeat(64), ":e".repeat(164)),
         ] {
             assert_eq!(validate_channel(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "has space", "star*", "ü", &"x".repeat(201), "a\nb"] {
+        for bad in [
+            "",
+            "has space",
+            "star*",
+            "ü",
+            &"x".repeat(201),
+            "a\nb",
+            &format!("pusher/{}", "x".repeat(394)),
+        ] {
             assert!(validate_channel(bad).is_err(), "{bad:?}");
         }
     }
@@ -784,7 +814,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn channel_validation_is_the_documented_regex(s in "\\PC{0,210}") {
-            let expected = (1..=200).contains(&s.len())
+            let expected = (1..=if s.starts_with("pusher/") { 400 } else { 200 }).contains(&s.len())
                 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.:@/-".contains(&c));
             proptest::prop_assert_eq!(validate_channel(&s).is_ok(), expected);
         }

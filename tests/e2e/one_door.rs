@@ -10,25 +10,9 @@ use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::pusher::APP;
+use crate::pusher::{pusher_signed, APP};
 
 const CONFIG: &str = "[[hooks]]\nchannels = [\"in/*\"]\nverify = \"none\"\n";
-
-/// A Pusher HTTP API path with Pusher's request signature (computed here, not by Herald).
-fn pusher_signed(path: &str, body: &str) -> String {
-    use hmac::Mac;
-    use md5::Digest;
-    let md5 = hex::encode(md5::Md5::digest(body.as_bytes()));
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let query = format!("auth_key=app-key&auth_timestamp={ts}&auth_version=1.0&body_md5={md5}");
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"app-secret").unwrap();
-    mac.update(format!("POST\n{path}\n{query}").as_bytes());
-    let sig = hex::encode(mac.finalize().into_bytes());
-    format!("{path}?{query}&auth_signature={sig}")
-}
 
 /// A Pusher socket subscribed to `private-door` (signed), ready to send client events.
 async fn pusher_socket(h: &Herald) -> Ws {

@@ -12,6 +12,22 @@ use crate::common::*;
 
 pub const APP: &str = "[[pusher.apps]]\nid = \"1234\"\nkey = \"app-key\"\nsecret = \"app-secret\"\nclient_events = true\n";
 
+/// A Pusher HTTP API path with Pusher's request signature (computed here, not by Herald).
+pub fn pusher_signed(path: &str, body: &str) -> String {
+    use hmac::Mac;
+    use md5::Digest;
+    let md5 = hex::encode(md5::Md5::digest(body.as_bytes()));
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = format!("auth_key=app-key&auth_timestamp={ts}&auth_version=1.0&body_md5={md5}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"app-secret").unwrap();
+    mac.update(format!("POST\n{path}\n{query}").as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    format!("{path}?{query}&auth_signature={sig}")
+}
+
 /// The scenario script, or None (outside CI) without node and the npm packages.
 pub fn script() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
@@ -634,4 +650,99 @@ async fn apps_are_isolated() {
         send_text(ws, "{\"event\":\"pusher:ping\",\"data\":{}}").await;
         assert_eq!(frame(ws).await["event"], "pusher:pong");
     }
+}
+
+/// `pusher:signin`'s auth for `user_data` on `socket_id` (computed here, not by Herald).
+fn signin_auth(socket_id: &str, user_data: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"app-secret").unwrap();
+    mac.update(format!("{socket_id}::user::{user_data}").as_bytes());
+    format!("app-key:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A client cannot edit Herald's own streams: unsubscribing from the name the terminate
+/// stream once had does not save a signed-in user from `terminate_connections`.
+#[tokio::test]
+async fn a_client_cannot_unsubscribe_from_its_own_termination() {
+    let h = Herald::start(APP);
+    let mut ws = pusher_ws(&h, "/app/app-key?protocol=7").await;
+    let hello = frame(&mut ws).await;
+    let socket_id = hello["data"]["socket_id"].as_str().unwrap().to_string();
+    let user_data = json!({"id": "u+1@example.com"}).to_string();
+    let signin = json!({"event": "pusher:signin", "data": {"auth": signin_auth(&socket_id, &user_data), "user_data": user_data}});
+    send_text(&mut ws, &signin.to_string()).await;
+    assert_eq!(frame(&mut ws).await["event"], "pusher:signin_success");
+    for name in ["#terminate", "pusher-terminate"] {
+        let unsub = json!({"event": "pusher:unsubscribe", "data": {"channel": name}});
+        send_text(&mut ws, &unsub.to_string()).await;
+    }
+    send_text(&mut ws, "{\"event\":\"pusher:ping\",\"data\":{}}").await;
+    assert_eq!(frame(&mut ws).await["event"], "pusher:pong");
+    let path = "/apps/1234/users/u%2B1%40example.com/terminate_connections";
+    let r = client()
+        .post(h.url(&pusher_signed(
+            path.replace("%2B", "+").replace("%40", "@").as_str(),
+            "{}",
+        )))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    loop {
+        match ws_read(&mut ws).await {
+            WsRead::Json(_) => continue,
+            WsRead::Closed(c) => {
+                assert_eq!(c.map(|c| c.0), Some(4009), "terminated");
+                break;
+            }
+        }
+    }
+}
+
+/// Every name Pusher allows is usable from both sides, however long its Herald name; a name
+/// Pusher refuses gets `pusher:subscription_error`, and the connection goes on.
+#[tokio::test]
+async fn long_pusher_names_are_reachable_from_both_sides() {
+    let h = Herald::start(APP);
+    let name = "=".repeat(100);
+    let mapped = format!("pusher/1234/{}", ":e".repeat(100));
+    assert!(mapped.len() > 200);
+    let mut sse = Sse::connect(&h, &format!("channel={mapped}"), None).await;
+    let mut ws = pusher_ws(&h, "/app/app-key?protocol=7").await;
+    frame(&mut ws).await;
+    for bad in ["x".repeat(165), "a b".to_string()] {
+        let sub = json!({"event": "pusher:subscribe", "data": {"channel": bad}});
+        send_text(&mut ws, &sub.to_string()).await;
+        let e = frame(&mut ws).await;
+        assert_eq!(e["event"], "pusher:subscription_error", "{e}");
+    }
+    let sub = json!({"event": "pusher:subscribe", "data": {"channel": name}});
+    send_text(&mut ws, &sub.to_string()).await;
+    assert_eq!(
+        frame(&mut ws).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    // Triggered from the Pusher side: both hear it.
+    let body = json!({"name": "hello", "channel": name, "data": "{\"n\":1}"}).to_string();
+    let r = client()
+        .post(h.url(&pusher_signed("/apps/1234/events", &body)))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = frame(&mut ws).await;
+    assert_eq!(
+        (e["event"].as_str(), e["channel"].as_str()),
+        (Some("hello"), Some(name.as_str()))
+    );
+    let got = sse.next().await.unwrap();
+    assert_eq!(got.name.as_deref(), Some("hello"));
+    // Published from Herald's side on the mapped name: the Pusher client hears it.
+    let seq = publish_one(&h, &mapped, json!({"n": 2})).await;
+    let e = frame(&mut ws).await;
+    assert_eq!(e["data"], json!({"n": 2}), "{e} (seq {seq})");
 }

@@ -104,6 +104,14 @@ impl Session {
                 .await;
         }
         let mapped = herald_channel(&self.pusher.id, &name);
+        let Ok(filter) = Filter::parse([mapped.as_str()]) else {
+            // Every valid Pusher name maps to a valid Herald name (`MAX_MAPPED_LEN`); should
+            // that ever break, this channel is refused, not the connection.
+            let m = "This channel name cannot be mapped to a Herald channel";
+            return self
+                .send(message::subscription_error(&name, "InvalidChannel", m, 400))
+                .await;
+        };
         let data = if kind == Kind::Presence {
             match self
                 .join_presence(&name, &mapped, d.channel_data.as_deref())
@@ -115,7 +123,6 @@ impl Session {
         } else {
             json!({})
         };
-        let filter = Filter::parse([mapped.as_str()]).expect("mapped names are valid");
         let occupant = self.app.presence.occupy(&mapped);
         let subscription = self
             .app

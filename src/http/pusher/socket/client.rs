@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::super::api::terminate_channel;
 use super::super::message::{self, data_as, ClientFrame, SigninData};
 use super::super::{herald_channel, origin_id, signature_ok, Kind};
-use super::{plain, Close, Session, CLIENT_EVENT_REJECTED, TERMINATE, UNAUTHORIZED};
+use super::{plain, Close, Session, CLIENT_EVENT_REJECTED, UNAUTHORIZED};
 use crate::event::{Filter, NewEvent, Source};
 
 impl Session {
@@ -103,7 +103,7 @@ impl Session {
         let filter = Filter::notice(&terminate_channel(&self.pusher.id, &user));
         let ends = self.app.hub.subscribe(filter, None, self.lagged.clone());
         // A terminate event for this user ends the connection (no frame goes to the client).
-        self.subs.insert(TERMINATE.to_string(), plain(ends));
+        self.terminate = Some(plain(ends));
         self.user = Some(user);
         self.send(message::signin_success(&d.user_data)).await
     }

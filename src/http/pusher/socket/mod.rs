@@ -112,9 +112,11 @@ struct Session {
     /// On each presence channel: this socket's user, and the members it knows of (to turn
     /// a fresh list into added/removed).
     members: HashMap<String, (String, HashSet<String>)>,
-    /// Who `pusher:signin` said this socket is, and the hub subscription that ends it when
-    /// the API terminates that user's connections.
+    /// Who `pusher:signin` said this socket is.
     user: Option<String>,
+    /// The hub subscription that ends the connection when the API terminates the signed-in
+    /// user's connections. Kept apart from `subs`, which the client's own frames edit.
+    terminate: Option<ItemStream>,
     lagged: CancellationToken,
     conn: Connection,
     client_events: Bucket,
@@ -146,6 +148,7 @@ impl Session {
             watches: StreamMap::new(),
             members: HashMap::new(),
             user: None,
+            terminate: None,
             lagged: CancellationToken::new(),
             conn,
             client_events: Bucket::new(CLIENT_EVENT_RATE, CLIENT_EVENT_RATE),
@@ -168,6 +171,7 @@ impl Session {
             };
             let how = result.err().unwrap_or(Close::with(1000, ""));
             self.subs = StreamMap::new();
+            self.terminate = None;
             self.watches = StreamMap::new();
             Box::pin(socket::close(&mut self.ws, how)).await;
         }
@@ -191,6 +195,11 @@ impl Session {
                         }
                         pinged = true;
                         Box::pin(self.send(message::ping())).await?;
+                    }
+                }
+                item = next_of(&mut self.terminate), if self.terminate.is_some() => {
+                    if let Some(Ok(Item::Event(_))) = item {
+                        return Err(Close::with(UNAUTHORIZED, "connection terminated"));
                     }
                 }
                 Some((channel, item)) = self.subs.next(), if !self.subs.is_empty() => {
@@ -270,10 +279,6 @@ impl Session {
         item: Result<Item, SubscriptionError>,
     ) -> Result<Option<Bytes>, Close> {
         let event = match item {
-            // The API ended this signed-in user's connections.
-            Ok(Item::Event(_)) if channel == TERMINATE => {
-                return Err(Close::with(UNAUTHORIZED, "connection terminated"))
-            }
             Ok(Item::Event(e)) => e,
             // Pusher has no way to say "events were lost": a client reconnects and, with no
             // cursor in the protocol, starts from now.
@@ -331,9 +336,13 @@ impl Session {
     }
 }
 
-/// The `subs` key of the signed-in user's terminate subscription (not a Pusher name: it
-/// holds a character Pusher names cannot).
-const TERMINATE: &str = "#terminate";
+/// The next item of an optional stream (pending forever when there is none).
+async fn next_of(stream: &mut Option<ItemStream>) -> Option<Result<Item, SubscriptionError>> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
 
 fn plain(subscription: crate::hub::Subscription) -> ItemStream {
     futures_util::stream::unfold(subscription, |mut s| async move {
