@@ -218,8 +218,10 @@ pub(super) struct EndpointSettings {
 
 #[derive(Args)]
 pub(super) struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one.
-    #[arg(long, env = "HERALD_LISTEN")]
+    /// Address to listen on [default: 127.0.0.1:8080]: `HOST:PORT` (`localhost:8080`,
+    /// `0.0.0.0:8080`, `[::1]:8080`), `:PORT` (every interface) or `PORT` (loopback); port 0
+    /// picks a free one.
+    #[arg(long, env = "HERALD_LISTEN", value_parser = parse_listen)]
     pub(super) listen: Option<SocketAddr>,
     /// Data directory for the embedded log [default: ./herald-data].
     #[arg(long, env = "HERALD_DATA")]
@@ -243,14 +245,47 @@ pub(super) struct ClientArgs {
     /// Print the server's JSON reply as is (for scripts) instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    /// Give up on a request the server has not answered in this long (`tail` and `forward`:
+    /// on connecting, not on the stream).
+    #[arg(long, env = "HERALD_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(super) timeout: Duration,
+}
+
+/// `--listen`: `HOST:PORT` (names resolved, the first address taken), `:PORT` for every
+/// interface, or a bare `PORT` on loopback (as the default is).
+pub(super) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    if let Some(port) = text.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()) {
+        return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || {
+        format!("{text:?} is not an address to listen on: give HOST:PORT (localhost:8080), :PORT or PORT")
+    };
+    if !text.contains(':') {
+        return Err(bad());
+    }
+    text.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
 }
 
 #[derive(Args)]
 pub(super) struct PublishArgs {
     /// Channel name, e.g. `orders` or `user:42`.
     pub(super) channel: String,
-    /// Event data: JSON (`'{"total":3}'`, `42`); anything that is not JSON is sent as a string.
+    /// Event data as JSON (`'{"total":3}'`, `42`, `'"text"'`); anything else is refused
+    /// unless --string says to send it as a string.
     pub(super) data: String,
+    /// Send DATA as a JSON string, as it is (no quoting needed).
+    #[arg(long)]
+    pub(super) string: bool,
     /// Event type, e.g. `order.created` (becomes the SSE `event:` name).
     #[arg(long = "type")]
     pub(super) kind: Option<String>,
@@ -289,4 +324,30 @@ pub(super) struct TailArgs {
     pub(super) count: Option<u64>,
     #[command(flatten)]
     pub(super) client: ClientArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_takes_the_forms_people_type() {
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen(":9000").unwrap(),
+            "0.0.0.0:9000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert!(parse_listen("localhost:8080").unwrap().ip().is_loopback());
+        for bad in ["localhost", "http://x:1", "1.2.3.4:99999", ""] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
 }

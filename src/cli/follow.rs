@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures_util::StreamExt;
 
 use super::args::{ClientArgs, ForwardArgs, TailArgs};
-use super::client::client;
+use super::client::{refused, stream_client, unreachable};
 use super::sse::{SseEvent, SseReader};
 
 pub(super) async fn tail(args: TailArgs) -> anyhow::Result<()> {
@@ -37,7 +37,7 @@ pub(super) async fn follow(
     since: Option<u64>,
     mut handle: impl AsyncFnMut(SseEvent) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
-    let (http, headers) = client(client_args)?;
+    let (http, headers) = stream_client(client_args)?;
     let mut url = reqwest::Url::parse(&format!(
         "{}/v1/sse",
         client_args.server.trim_end_matches('/')
@@ -81,11 +81,14 @@ pub(super) async fn follow(
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
                 if status.is_client_error() {
-                    bail!("{status}: {text}");
+                    return Err(refused(status, &text));
                 }
                 eprintln!("herald: {status}: {text}; retrying");
             }
-            Err(e) => eprintln!("herald: {e}; retrying in {backoff:?}"),
+            Err(e) => eprintln!(
+                "herald: {:#}; retrying in {backoff:?}",
+                unreachable(e, client_args, url.as_str())
+            ),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -97,6 +100,7 @@ pub(super) async fn follow(
 pub(super) async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     let to = reqwest::Url::parse(&args.to).context("--to must be a URL")?;
     let local = reqwest::Client::builder()
+        .timeout(args.client.timeout)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()?;

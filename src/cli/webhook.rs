@@ -3,12 +3,12 @@
 
 use std::io::IsTerminal;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::args::{ClientArgs, EndpointSettings, WebhookCommand};
-use super::client::client;
+use super::client::{client, exchange, refused};
 
 /// How a reply is shown to a person.
 enum View {
@@ -28,30 +28,35 @@ pub(super) async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.with_context(|| url.clone())?;
-    let status = response.status();
-    let text = response.text().await?;
-    let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let (status, text) = exchange(&client_args, request, &url).await?;
     if !status.is_success() {
-        let e = &reply["error"];
-        match (e["code"].as_str(), e["message"].as_str()) {
-            (Some(code), Some(message)) => bail!(
-                "{message} ({status}, {code}{})",
-                e["request_id"]
-                    .as_str()
-                    .map(|id| format!(", request {id}"))
-                    .unwrap_or_default()
-            ),
-            _ => bail!("{status}: {text}"),
-        }
+        return Err(refused(status, &text));
     }
+    let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if client_args.json {
         println!("{}", serde_json::to_string_pretty(&reply).unwrap_or(text));
-        return Ok(());
+    } else {
+        let color = std::io::stdout().is_terminal();
+        print!("{}", render(&view, &reply, color));
     }
-    let color = std::io::stdout().is_terminal();
-    print!("{}", render(&view, &reply, color));
+    // A test delivery that did not get a 2xx is a failure for scripts too.
+    if matches!(view, View::Attempt) && reply["status"] != "delivered" {
+        bail!(
+            "the test delivery failed: {}",
+            reply["error"]
+                .as_str()
+                .map(String::from)
+                .or_else(|| reply["status_code"].as_u64().map(|c| format!("HTTP {c}")))
+                .unwrap_or_else(|| text_of(&reply["status"]))
+        );
+    }
     Ok(())
+}
+
+fn text_of(v: &Value) -> String {
+    v.as_str()
+        .map(String::from)
+        .unwrap_or_else(|| v.to_string())
 }
 
 type Request = (ClientArgs, Method, String, Option<Value>, View);

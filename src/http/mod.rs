@@ -168,6 +168,7 @@ pub fn app(state: AppState) -> Router {
     let guard = axum::middleware::from_fn_with_state(state.clone(), origin::guard);
     router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(guard)
         .layer(cors)
         // Outermost, so refusals by the layers inside carry an id too.
@@ -177,6 +178,18 @@ pub fn app(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// A known path with a method it does not take; axum keeps its `Allow` header.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {} (the Allow header lists what is)",
+            uri.path()
+        ),
+    )
 }
 
 /// The one error shape: `{"error":{"code","message"}}` with a fitting status.

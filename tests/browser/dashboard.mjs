@@ -39,6 +39,12 @@ try {
     if (command === "publish") {
       await page.fill("#pub-channel", "chat/room-1");
       await page.fill("#pub-type", "message.sent");
+      // Text that is not JSON is refused in the page (nothing is sent), not stored as a string.
+      await page.fill("#pub-data", "{total:3}");
+      await page.click("#publish button");
+      await page.waitForFunction(() => document.querySelector("#pub-result").value !== "", null, { timeout: 20000 });
+      const refusal = await page.textContent("#pub-result");
+      if (!refusal.startsWith("the data is not JSON")) problems.push("invalid JSON was not refused: " + refusal);
       await page.fill("#pub-data", '{"text": "from the page"}');
       await page.click("#publish button");
       await page.waitForFunction(() => /^seq \d+$/.test(document.querySelector("#pub-result").value), null, { timeout: 20000 });

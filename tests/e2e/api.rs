@@ -385,3 +385,15 @@ async fn open_connections_are_counted_by_transport() {
     })
     .await;
 }
+
+/// Every refusal has the JSON error body, a wrong method too (with its Allow header).
+#[tokio::test]
+async fn a_wrong_method_gets_the_json_error_and_allow() {
+    let h = Herald::start("");
+    let r = http().put(h.url("/v1/events")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let allow = r.headers()["allow"].to_str().unwrap().to_string();
+    assert!(allow.contains("POST"), "{allow}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_error(405, &body, 405, "method_not_allowed");
+}

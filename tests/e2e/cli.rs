@@ -35,7 +35,7 @@ async fn publish_then_tail_with_since() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"seq":1}"#);
-    let out = herald(&["publish", "orders", "plain text"], &h);
+    let out = herald(&["publish", "orders", "plain text", "--string"], &h);
     assert!(out.status.success());
 
     let out = herald(&["tail", "orders", "--since", "0", "--count", "2"], &h);
@@ -412,4 +412,151 @@ async fn webhook_commands_print_tables_for_people() {
     assert!(!ok);
     assert_eq!(err.matches("not_found").count(), 1, "said once: {err}");
     assert!(err.contains("404") && err.contains("request "), "{err}");
+}
+
+/// Runs `herald` off the async workers (a local app in this runtime must keep answering).
+async fn herald_async(args: &[&str], server: &Herald) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let url = server.url("");
+    tokio::task::spawn_blocking(move || {
+        herald_command()
+            .args(&args)
+            .env("HERALD_URL", url)
+            .stdin(Stdio::null())
+            .output_within()
+    })
+    .await
+    .unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_refuses_data_that_is_not_json_unless_asked_for_a_string() {
+    let h = Herald::start("");
+    let out = herald_async(&["publish", "orders", "{total:3}"], &h).await;
+    assert!(!out.status.success(), "invalid JSON must fail");
+    assert!(stderr(&out).contains("--string"), "{}", stderr(&out));
+    let page = get_json(h.url("/v1/events?channel=orders")).await;
+    assert_eq!(page_seqs(&page), Vec::<u64>::new(), "nothing was stored");
+
+    let out = herald_async(&["publish", "orders", "{total:3}", "--string"], &h).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = get_json(h.url("/v1/events?channel=orders")).await;
+    assert_eq!(page["events"][0]["data"], "{total:3}");
+
+    // The same id again: the original seq on stdout, and a note that nothing new was stored.
+    for _ in 0..2 {
+        let out = herald_async(&["publish", "orders", "1", "--id", "k"], &h).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"seq":2}"#);
+    }
+    let out = herald_async(&["publish", "orders", "1", "--id", "k"], &h).await;
+    assert!(
+        stderr(&out).contains("already stored as seq 2"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_say_what_to_do() {
+    // A server that accepts and never answers: --timeout ends the wait.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let out = tokio::task::spawn_blocking(move || {
+        herald_command()
+            .args(["publish", "c", "1", "--timeout", "1s", "--server", &url])
+            .output_within()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--timeout"), "{}", stderr(&out));
+    drop(silent);
+
+    // Nobody listening: which URL, and how to point elsewhere.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let out = herald_command()
+        .args(["publish", "c", "1", "--server", &url])
+        .output_within();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains(&url) && e.contains("HERALD_URL") && e.contains("herald serve"),
+        "{e}"
+    );
+
+    // A missing key: where a key goes.
+    let h = Herald::start("[auth]\napi_keys = [\"sekret\"]\n");
+    let out = herald_async(&["publish", "c", "1"], &h).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--api-key"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_test_fails_when_the_delivery_fails() {
+    let h = Herald::start("[webhooks]\nallow_private = true\n");
+    let app =
+        axum::Router::new().fallback(|| async { (axum::http::StatusCode::BAD_GATEWAY, "no") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (ok_url, _) = local_app().await;
+    let mut ids = Vec::new();
+    for url in [format!("http://{addr}/hook"), format!("{ok_url}/hook")] {
+        let (status, endpoint) =
+            crate::webhooks::create_webhook(&h, serde_json::json!({"url": url, "channels": ["c"]}))
+                .await;
+        assert_eq!(status, 201, "{endpoint}");
+        ids.push(endpoint["id"].as_str().unwrap().to_string());
+    }
+    let out = herald_async(&["webhook", "test", &ids[0]], &h).await;
+    assert!(!out.status.success(), "a 502 is a failed test");
+    assert!(stderr(&out).contains("502"), "{}", stderr(&out));
+    let out = herald_async(&["webhook", "test", &ids[1]], &h).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn listen_takes_a_host_name_or_a_bare_port() {
+    use std::io::BufRead;
+    for listen in ["localhost:0", "0"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = herald_command()
+            .args(["serve", "--listen", listen, "--data"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        let line = loop {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(wait) else {
+                let _ = child.kill();
+                panic!("--listen {listen}: no `listening on` line");
+            };
+            if line.contains("listening on") {
+                break line;
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            line.contains("listening on http://127.0.0.1:"),
+            "{listen}: {line}"
+        );
+    }
 }

@@ -117,11 +117,15 @@ $("unsubscribe").addEventListener("click", () => {
 $("publish").addEventListener("submit", async (event) => {
   event.preventDefault();
   const out = $("pub-result");
-  let data;
-  try {
-    data = JSON.parse($("pub-data").value);
-  } catch (e) {
-    data = $("pub-data").value; // not JSON: send it as a string
+  let data = $("pub-data").value;
+  if (!$("pub-string").checked) {
+    try {
+      data = JSON.parse(data);
+    } catch (e) {
+      // Never guess: text that is not JSON is sent only when asked for ("send as text").
+      out.textContent = "the data is not JSON (" + e.message + "); tick \"send as text\" to send it as a string";
+      return;
+    }
   }
   const body = { channel: $("pub-channel").value.trim(), data };
   const type = $("pub-type").value.trim();
