@@ -21,9 +21,31 @@ try {
   page.on("pageerror", (e) => problems.push(e.message));
   page.on("console", (m) => m.type() === "error" && !/status of 403/.test(m.text()) && problems.push(m.text()));
   page.on("request", (r) => r.url().split("#")[0].includes(token) && problems.push("token in a URL: " + r.url()));
+  const apiCalls = [];
+  page.on("request", (r) => new URL(r.url()).pathname.startsWith("/v1/") && apiCalls.push(r.method() + " " + r.url()));
   await page.goto(url);
   await page.waitForSelector("#who.ok, #who.bad", { timeout: 20000 });
-  if (await page.$("#who.bad")) throw new Error("the page refused: " + (await page.textContent("#who")));
+  if (await page.$("#who.bad")) {
+    // The refusal must be real, not cosmetic: no credential kept, and the add form, if it is
+    // there at all, sends nothing when submitted. A marker request made after the submit
+    // shows that anything the submit sent has been seen.
+    const kept = await page.evaluate(() => sessionStorage.getItem("herald_portal_token"));
+    if (kept) problems.push("a credential was kept in sessionStorage");
+    const marker = page.waitForRequest((r) => r.url().includes("/healthz?marker"), { timeout: 20000 });
+    await page.evaluate(() => {
+      const form = document.querySelector("#add");
+      if (form) {
+        document.querySelector("#add-url").value = "https://example.com/x";
+        document.querySelector("#add-channels").value = "anything.*";
+        form.requestSubmit();
+      }
+      fetch("/healthz?marker");
+    });
+    await marker;
+    if (apiCalls.length) problems.push("the refused page called the API: " + apiCalls.join(", "));
+    if (problems.length) throw new Error(problems.join("; "));
+    throw new Error("the page refused: " + (await page.textContent("#who")));
+  }
   console.log("READY " + page.url());
   const result = async () => {
     await page.waitForFunction(() => document.querySelector("#action-result").value !== "", null, { timeout: 20000 });

@@ -10,11 +10,14 @@ const $ = (id) => document.getElementById(id);
 const isToken = (t) => /^[\w-]+\.[\w-]+\.[\w-]*$/.test(t);
 
 const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-if (fromHash) {
-  sessionStorage.setItem("herald_portal_token", fromHash);
+if (fromHash !== null) {
+  // Out of the address bar at once; kept only when it is a token (an API key is dropped).
   history.replaceState(null, "", location.pathname + location.search);
+  if (isToken(fromHash)) sessionStorage.setItem("herald_portal_token", fromHash);
+  else sessionStorage.removeItem("herald_portal_token");
 }
-const token = sessionStorage.getItem("herald_portal_token") || "";
+const stored = sessionStorage.getItem("herald_portal_token") || "";
+const token = isToken(stored) ? stored : "";
 
 function claims() {
   try {
@@ -25,6 +28,8 @@ function claims() {
 }
 
 async function api(path, init = {}) {
+  // The one way out of this page: nothing leaves it without a token.
+  if (!isToken(token)) throw new Error("no consumer token");
   const headers = { Authorization: "Bearer " + token, ...(init.headers || {}) };
   if (init.body) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { ...init, headers });
@@ -214,7 +219,7 @@ if (!isToken(token)) {
   // An API key (or nothing): refuse to work with it rather than send it anywhere.
   $("who").textContent = "This page needs a consumer token (#token=...), never an API key.";
   $("who").className = "pill bad";
-  document.querySelector("main").hidden = true;
+  document.querySelector("main").remove();
 } else {
   const c = claims();
   $("who").textContent = c.webhooks ? `${c.webhooks.owner}` : "token";
