@@ -414,6 +414,10 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// The commented reference config: every key at its default. `herald init` writes it, and
+/// the docs point at it; a test holds it to [`Config::default`], so it cannot drift.
+pub const REFERENCE: &str = include_str!("../docs/herald.toml");
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
@@ -470,6 +474,52 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    /// Every key's dotted path in a JSON view of the config (null values left out: those
+    /// are optional keys, commented in the reference).
+    fn keys(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    serde_json::Value::Object(_) => keys(&path, v, out),
+                    serde_json::Value::Null => {}
+                    _ => {
+                        out.insert(path);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_reference_config_is_every_default() {
+        // Read alone (no defaults under it), it is exactly the defaults...
+        let alone: Config = toml::from_str(REFERENCE).expect("the reference parses");
+        let json = |c: &Config| serde_json::to_value(c).unwrap();
+        assert_eq!(json(&alone), json(&Config::default()));
+        // ...and it names every key, not only the ones that differ from nothing.
+        let table: serde_json::Value = toml::from_str(REFERENCE).unwrap();
+        let (mut want, mut have) = (Default::default(), Default::default());
+        keys("", &json(&Config::default()), &mut want);
+        keys("", &table, &mut have);
+        // Lists of tables are shown as commented examples.
+        want.retain(|k| k != "hooks" && k != "pusher.apps");
+        assert_eq!(want, have, "keys in the defaults vs in docs/herald.toml");
+        for optional in [
+            "tls_cert",
+            "tls_key",
+            "tls_ca",
+            "[[pusher.apps]]",
+            "[[hooks]]",
+        ] {
+            assert!(REFERENCE.contains(&format!("# {optional}")), "{optional}");
+        }
+    }
     use super::*;
 
     #[test]

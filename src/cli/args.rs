@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "herald",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), env!("HERALD_VERSION_SUFFIX")),
     about = "A real-time event hub: publish once; deliver over SSE, WebSocket and webhooks from one durable, ordered log."
 )]
 pub(super) struct Cli {
@@ -38,6 +38,22 @@ pub(super) enum Command {
     /// Load generators against a running server (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a commented herald.toml with every setting at its default.
+    Init(InitArgs),
+    /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `herald man | man -l -`.
+    Man,
+}
+
+#[derive(Args)]
+pub(super) struct InitArgs {
+    /// Where to write it (`-` for standard output).
+    #[arg(default_value = "herald.toml")]
+    pub(super) path: PathBuf,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub(super) force: bool,
 }
 
 #[derive(Args)]

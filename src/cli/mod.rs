@@ -46,6 +46,19 @@ pub fn main() -> ExitCode {
             Command::Forward(args) => forward(args).await,
             Command::Webhook(command) => webhook(command).await,
             Command::Token(args) => token(args),
+            Command::Init(args) => init(args),
+            Command::Completions { shell } => {
+                let mut cli = <Cli as clap::CommandFactory>::command();
+                let mut out = Vec::new();
+                clap_complete::generate(shell, &mut cli, "herald", &mut out);
+                print_all(&out)
+            }
+            Command::Man => {
+                let cli = <Cli as clap::CommandFactory>::command();
+                let mut out = Vec::new();
+                clap_mangen::Man::new(cli).render(&mut out)?;
+                print_all(&out)
+            }
             Command::Bench(command) => match command {
                 BenchCommand::Idle(args) => crate::bench::idle::run(args).await,
                 BenchCommand::Fanout(args) => crate::bench::fanout::run(args, false).await,
@@ -100,6 +113,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     crate::server::serve(config, shutdown).await?;
+    Ok(())
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is not an error.
+fn print_all(out: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(out) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `herald init`: the reference config (every key at its default), never over a file
+/// unless asked.
+fn init(args: args::InitArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    if args.path.as_os_str() == "-" {
+        return print_all(crate::config::REFERENCE.as_bytes());
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true);
+    if args.force {
+        open.create(true).truncate(true);
+    } else {
+        open.create_new(true);
+    }
+    let path = args.path.display();
+    let mut file = open.open(&args.path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!("{path} exists; pass --force to replace it")
+        } else {
+            anyhow::anyhow!("cannot write {path}: {e}")
+        }
+    })?;
+    file.write_all(crate::config::REFERENCE.as_bytes())?;
+    eprintln!("wrote {path}: every setting at its default; `herald serve` reads ./herald.toml");
     Ok(())
 }
 

@@ -23,6 +23,7 @@ mod prometheus;
 mod promises;
 mod pusher;
 mod resume;
+mod ship;
 mod slow;
 mod sse;
 mod tls;
