@@ -301,7 +301,7 @@ impl From<LogError> for ApiError {
                 "log_failed",
                 format!("{e}; nothing was written. Restart the server (see its log)"),
             ),
-            LogError::Storage(_) | LogError::Locked(_) => {
+            LogError::Storage(_) | LogError::Locked(_) | LogError::RedisTooOld(_) => {
                 tracing::error!(error = %e, "log error");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -39,6 +39,12 @@ pub enum LogError {
     /// accepts no more writes until the process restarts. Nothing was written.
     #[error("the event log stopped accepting writes after a storage failure")]
     Halted,
+    /// The shared engine is a Redis older than the scripts need.
+    #[error(
+        "Redis {0} is too old: Herald needs Redis 7.0 or newer (Debian 12, Ubuntu 24.04, or \
+         packages.redis.io)"
+    )]
+    RedisTooOld(String),
     /// Another process owns the data directory.
     #[error(transparent)]
     Locked(#[from] crate::store::lock::LockError),

@@ -48,7 +48,7 @@ mod follow;
 mod retention;
 mod stream;
 
-use connect::warn_about_durability;
+use connect::{check_version, warn_about_durability};
 pub use connect::{connect, redact_url, unavailable};
 use follow::report_lost_seqs;
 use retention::trimmer;
@@ -143,6 +143,7 @@ impl RedisLog {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
+        check_version(&mut c).await?;
         warn_about_durability(&mut c, config).await;
         let scripts = Arc::new(Scripts {
             append: Script::new(APPEND),

@@ -5,7 +5,7 @@
 //! Last-Event-ID after the server was killed and restarted, with nothing lost or doubled.
 //!
 //! Needs `chromium` and `node` on PATH and `npm --prefix tests/browser install`. Missing
-//! ones fail the test under `CI=true` and skip it (with a note) elsewhere.
+//! ones fail the test, naming what to install.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,7 +23,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Chromium and the driver script, or None (outside CI) when they are not installed.
+/// Chromium and the driver script (a test without them fails, naming what to install).
 pub fn browser() -> Option<(PathBuf, PathBuf)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var_os("HERALD_CHROMIUM")

@@ -1,7 +1,7 @@
 //! Cluster mode: several real `herald` nodes sharing one real `redis-server` on loopback.
 //!
 //! Needs `redis-server` on PATH (`apt-get install -y redis-server`). Without it these tests
-//! fail under `CI=true` and are skipped (with a note) elsewhere.
+//! fail, naming what to install.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -46,7 +46,7 @@ fn free_port() -> u16 {
 }
 
 impl Redis {
-    /// Starts Redis, or returns None (outside CI) when redis-server is not installed.
+    /// Starts Redis (a test without redis-server fails, naming the package).
     pub fn start() -> Option<Redis> {
         Self::start_with(true)
     }
@@ -57,14 +57,9 @@ impl Redis {
     }
 
     pub fn start_with_args(persist: bool, args: &[&str]) -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
+        if let Err(why) = redis_usable() {
             dependency_missing(
-                "redis-server (the cluster tests run nodes against a real Redis)",
+                &format!("redis-server 7 or newer (the cluster tests run nodes against a real Redis): {why}"),
                 "apt-get install -y redis-server",
             );
             return None;
@@ -1389,4 +1384,129 @@ async fn a_webhook_store_outage_is_reported_as_such() {
     assert!(retry_after.is_some(), "{body}");
     let (status, body) = publish(node, json!({"channel": "c", "data": 1})).await;
     assert_error(status, &body, 503, "log_unavailable");
+}
+
+/// `scripts/check-redis` (the one check of the redis-server on PATH, shared with
+/// `scripts/test`): Ok, or what it said.
+fn redis_usable() -> Result<(), String> {
+    redis_check(None)
+}
+
+fn redis_check(path: Option<&std::ffi::OsStr>) -> Result<(), String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-redis");
+    let mut command = Command::new("bash");
+    command.arg(script);
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let out = command.output_within();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Debian 11 and Ubuntu 22.04 ship Redis 6.0, whose Lua runtime Herald's scripts outgrow: the
+/// test harness (through a stub `redis-server` that reports 6.0) and Herald itself (through
+/// a stub server that answers INFO as 6.0 does) both say so, naming the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_redis_is_refused_by_name() {
+    let stub = tempfile::tempdir().unwrap();
+    let fake = stub.path().join("redis-server");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'Redis server v=6.0.16 sha=00000000:0 malloc=jemalloc-5.2.1 bits=64'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = std::ffi::OsString::from(stub.path());
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let why = redis_check(Some(&path)).unwrap_err();
+    assert!(why.contains("6.0.16") && why.contains("7.0"), "{why}");
+
+    // A server speaking RESP that says it is 6.0.16: Herald refuses to start on it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(fake_redis(socket, "6.0.16"));
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        herald_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--redis"])
+            .arg(format!("redis://{addr}"))
+            .arg("--data")
+            .arg(dir.path())
+            .output_within()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("Redis 6.0.16 is too old") && err.contains("7.0"),
+        "{err}"
+    );
+}
+
+/// Just enough of RESP2 for a client to connect: INFO says `version`, GET finds nothing,
+/// everything else is OK.
+async fn fake_redis(mut socket: tokio::net::TcpStream, version: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Whole commands (arrays of bulk strings) at the front of `buf`.
+        while let Some((args, used)) = resp_command(&buf) {
+            buf.drain(..used);
+            let reply = match args.first().map(|a| a.to_ascii_uppercase()) {
+                Some(c) if c == "INFO" => {
+                    let body = format!("# Server\r\nredis_version:{version}\r\n");
+                    format!("${}\r\n{body}\r\n", body.len())
+                }
+                Some(c) if c == "GET" => "$-1\r\n".to_string(),
+                Some(c) if c == "CONFIG" => "*0\r\n".to_string(),
+                _ => "+OK\r\n".to_string(),
+            };
+            if socket.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        match socket.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    }
+}
+
+/// One RESP array of bulk strings from the start of `buf`: its items and its length.
+fn resp_command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
+    let line = |at: usize| -> Option<(&[u8], usize)> {
+        let end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        Some((&buf[at..end], end + 2))
+    };
+    let (head, mut at) = line(0)?;
+    let count: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut args = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (len, next) = line(at)?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        if buf.len() < next + len + 2 {
+            return None;
+        }
+        args.push(String::from_utf8_lossy(&buf[next..next + len]).into_owned());
+        at = next + len + 2;
+    }
+    Some((args, at))
 }

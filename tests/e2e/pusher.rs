@@ -2,7 +2,7 @@
 //! pusher-js and the `pusher` server SDK), against the real binary, and what a Pusher event is
 //! in Herald: an event with a seq, in history, seen by Herald's own SSE subscribers.
 //!
-//! Needs `node` and `npm --prefix tests/browser ci` (fails under CI without them).
+//! Needs `node` and `npm --prefix tests/browser ci` (fails without them, naming what to install).
 
 use std::path::PathBuf;
 
@@ -28,7 +28,7 @@ pub fn pusher_signed(path: &str, body: &str) -> String {
     format!("{path}?{query}&auth_signature={sig}")
 }
 
-/// The scenario script, or None (outside CI) without node and the npm packages.
+/// The scenario script (a test without node and the npm packages fails, naming them).
 pub fn script() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let ready = std::process::Command::new("node")

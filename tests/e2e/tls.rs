@@ -2,7 +2,7 @@
 //! h2 by ALPN (and HTTP/1.1 when it asks for it), the API, SSE and WebSocket work the same,
 //! plain HTTP gets nothing, and a new certificate is taken on SIGHUP without a restart.
 //!
-//! Needs `openssl` to make the certificates (fails under CI without it).
+//! Needs `openssl` to make the certificates (fails without it, naming the package).
 
 use std::path::Path;
 

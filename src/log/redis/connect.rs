@@ -93,6 +93,34 @@ pub(super) async fn connect_inner(
 
 /// Our `fsync` policy needs Redis to fsync every write; say so when it does not (the check
 /// is advisory: managed Redis services often refuse CONFIG).
+/// Refuses a Redis older than 7.0, whose Lua runtime lacks what the log and presence scripts
+/// use: better a clear error at start than a script error on the first publish. A server
+/// that will not say its version (INFO refused by an ACL) is given the benefit of the doubt.
+pub(super) async fn check_version(conn: &mut ConnectionManager) -> Result<(), LogError> {
+    let Ok(info) = redis::cmd("INFO")
+        .arg("server")
+        .query_async::<String>(conn)
+        .await
+    else {
+        return Ok(());
+    };
+    let Some(version) = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+    else {
+        return Ok(());
+    };
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    if major.is_some_and(|m| m < 7) {
+        return Err(LogError::RedisTooOld(version.to_string()));
+    }
+    Ok(())
+}
+
 pub(super) async fn warn_about_durability(conn: &mut ConnectionManager, config: &LogConfig) {
     let got: Result<Vec<String>, _> = redis::cmd("CONFIG")
         .arg("GET")
