@@ -92,6 +92,9 @@ pub struct ServerConfig {
     /// Origins that may frame the consumer portal (`/portal`), e.g. your app's
     /// `https://app.example.com`; `'self'` for this server. Empty: no framing.
     pub portal_frame_ancestors: Vec<String>,
+    /// HTTP/2 (TLS only): requests one connection may have open at once. Every open event
+    /// stream also counts against `limits.max_connections_per_ip`, as a connection would.
+    pub max_streams_per_connection: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -120,6 +123,7 @@ impl Default for ServerConfig {
             tls_key: None,
             log_format: LogFormat::Text,
             portal_frame_ancestors: Vec::new(),
+            max_streams_per_connection: 100,
         }
     }
 }
@@ -245,6 +249,15 @@ pub struct WebhooksConfig {
     /// How far below the real-time path those threads run (a nice increment, 0 to 19; 0:
     /// same priority).
     pub nice: u8,
+    /// Endpoints one owner (a consumer token's `webhooks.owner`) may have; each one
+    /// multiplies the delivery work and outbound traffic of every matching event.
+    pub max_endpoints_per_owner: usize,
+    /// Endpoints one owner may create per minute (per node).
+    pub owner_creations_per_minute: u32,
+    /// The DNS lookup when an endpoint is created or its URL changed (an early, clear error
+    /// for a name that points inward); past it the check is left to delivery time.
+    #[serde(with = "humantime_serde")]
+    pub dns_timeout: Duration,
 }
 
 impl Default for WebhooksConfig {
@@ -264,6 +277,9 @@ impl Default for WebhooksConfig {
             max_in_flight_per_endpoint: 16,
             threads: 0,
             nice: 10,
+            max_endpoints_per_owner: 100,
+            owner_creations_per_minute: 10,
+            dns_timeout: Duration::from_secs(5),
         }
     }
 }

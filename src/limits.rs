@@ -39,6 +39,18 @@ pub enum Refusal {
     PerIp(usize),
 }
 
+impl Refusal {
+    /// What the client is told (429 `too_many_connections`).
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Total(n) => format!("the server holds its maximum of {n} connections"),
+            Refusal::PerIp(n) => {
+                format!("this address already holds its maximum of {n} connections")
+            }
+        }
+    }
+}
+
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,
@@ -70,6 +82,27 @@ impl ConnectionLimits {
         Ok(ConnectionPermit {
             limits: self.clone(),
             ip,
+        })
+    }
+}
+
+impl ConnectionPermit {
+    /// One more slot for the same client, for something that costs what a connection does
+    /// (an HTTP/2 event stream: many of them share one TCP connection).
+    pub fn another(&self) -> Result<ConnectionPermit, Refusal> {
+        let mut per_ip = self.limits.per_ip.lock().expect("connection limits");
+        if self.limits.total.load(Ordering::Relaxed) >= self.limits.max_total {
+            return Err(Refusal::Total(self.limits.max_total));
+        }
+        let n = per_ip.entry(self.ip).or_default();
+        if *n >= self.limits.max_per_ip {
+            return Err(Refusal::PerIp(self.limits.max_per_ip));
+        }
+        *n += 1;
+        self.limits.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionPermit {
+            limits: self.limits.clone(),
+            ip: self.ip,
         })
     }
 }
@@ -133,8 +166,9 @@ impl Bucket {
 
 /// Buckets by key (an API key's index, a token's subject, or a client address).
 pub struct RateLimiter {
-    rate: u32,
-    burst: u32,
+    /// Tokens per second (0: unlimited).
+    rate: f64,
+    burst: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -144,14 +178,23 @@ const MAX_BUCKETS: usize = 10_000;
 impl RateLimiter {
     pub fn new(rate: u32, burst: u32) -> RateLimiter {
         RateLimiter {
-            rate,
-            burst,
+            rate: rate as f64,
+            burst: burst.max(rate).max(1) as f64,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// `n` a minute, all of them at once at most (0: unlimited).
+    pub fn per_minute(n: u32) -> RateLimiter {
+        RateLimiter {
+            rate: n as f64 / 60.0,
+            burst: n.max(1) as f64,
             buckets: Mutex::default(),
         }
     }
 
     pub fn take(&self, key: &str, n: u32) -> Result<(), Duration> {
-        if self.rate == 0 {
+        if self.rate <= 0.0 {
             return Ok(());
         }
         let now = Instant::now();
@@ -161,7 +204,12 @@ impl RateLimiter {
         }
         buckets
             .entry(key.to_string())
-            .or_insert_with(|| Bucket::new(self.rate, self.burst))
+            .or_insert_with(|| Bucket {
+                rate: self.rate,
+                burst: self.burst,
+                tokens: self.burst,
+                at: now,
+            })
             .take(n, now)
     }
 }

@@ -342,10 +342,7 @@ async fn open_storage(config: &Config, stop: &CancellationToken) -> Result<Stora
 
 /// Answers a connection over the limits with a 429 and closes it.
 async fn refuse(mut stream: TcpStream, refusal: Refusal) {
-    let message = match refusal {
-        Refusal::Total(n) => format!("the server holds its maximum of {n} connections"),
-        Refusal::PerIp(n) => format!("this address already holds its maximum of {n} connections"),
-    };
+    let message = refusal.message();
     let body = serde_json::json!({"error": {"code": "too_many_connections", "message": message}})
         .to_string();
     let response = format!(
@@ -470,7 +467,7 @@ async fn serve_tls(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(server.max_streams_per_connection)
         .max_header_list_size(max_header.max(8192) as u32)
         .keep_alive_interval(Some(server.heartbeat));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

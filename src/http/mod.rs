@@ -224,6 +224,18 @@ impl ApiError {
         e
     }
 
+    /// 429 for a client over the connection limits (an HTTP/2 event stream counts as one).
+    pub fn too_many_connections(refusal: crate::limits::Refusal) -> Self {
+        let message = refusal.message();
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            message,
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

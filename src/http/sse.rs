@@ -34,9 +34,19 @@ pub async fn stream(
     State(app): State<AppState>,
     Extension(conn): Extension<Connection>,
     wire: Option<Extension<SseWire>>,
+    version: axum::http::Version,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    // Over HTTP/2 one TCP connection carries any number of streams (up to
+    // server.max_streams_per_connection): each event stream holds a connection's slot of its
+    // own in the per-client limits, or one client could hold thousands through a few sockets.
+    let slot = match (&conn.permit, version) {
+        (Some(permit), axum::http::Version::HTTP_2) => {
+            Some(permit.another().map_err(ApiError::too_many_connections)?)
+        }
+        _ => None,
+    };
     let pairs = query_pairs(query.as_deref())?;
     let channels: Vec<&str> = pairs
         .iter()
@@ -107,6 +117,7 @@ pub async fn stream(
             subscription,
             presence,
             _occupants: occupants,
+            _slot: slot,
         },
         typed,
         server.heartbeat,
@@ -183,6 +194,8 @@ struct Sources {
     presence: Presence,
     /// Counted in their channels' occupancy until the stream ends.
     _occupants: Vec<Occupant>,
+    /// An HTTP/2 stream's own slot in the connection limits.
+    _slot: Option<crate::limits::ConnectionPermit>,
 }
 
 struct StreamState {

@@ -31,6 +31,14 @@ impl From<WebhookError> for ApiError {
                 g.to_string(),
             ),
             WebhookError::Log(e) => e.into(),
+            WebhookError::OwnerFull { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "endpoint_limit", e.to_string())
+            }
+            WebhookError::OwnerRate { retry_after, .. } => {
+                let mut out = ApiError::rate_limited(retry_after);
+                out.message = e.to_string();
+                out
+            }
             WebhookError::Store(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "webhook store unavailable");
                 ApiError::unavailable("webhook_store_unavailable", format!("{e}; retry shortly"))
@@ -77,11 +85,9 @@ impl Manager {
         if self.may_see(&endpoint) {
             return Ok(endpoint);
         }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_your_endpoint",
-            format!("webhook endpoint {id} belongs to another owner"),
-        ))
+        // As if it did not exist: another owner's endpoint ids are none of this token's
+        // business (a 403 would confirm that one exists).
+        Err(WebhookError::NotFound(id.to_string()).into())
     }
 
     /// Refuses channels outside a consumer's scope.
@@ -312,30 +318,24 @@ pub async fn deliveries_all(
             _ => {}
         }
     }
-    if let Some(id) = &only {
-        manager.endpoint(&app, id).await?;
-    }
+    // Each endpoint's newest `limit` (read back from the end of its attempt log, never the
+    // whole log), merged newest first.
+    let endpoints: Vec<Endpoint> = match &only {
+        Some(id) => vec![manager.endpoint(&app, id).await?],
+        None => app
+            .webhooks
+            .list()
+            .await?
+            .into_iter()
+            .filter(|e| manager.may_see(e))
+            .collect(),
+    };
     let mut all: Vec<(String, Attempt)> = Vec::new();
-    for e in app.webhooks.list().await? {
-        if !manager.may_see(&e) || only.as_ref().is_some_and(|id| *id != e.id) {
-            continue;
-        }
-        let mut after = 0;
-        loop {
-            let page = app
-                .webhooks
-                .attempts(&e.id, after, status, MAX_ATTEMPTS_PAGE)
-                .await?;
-            after = page.last().map_or(after, |a| a.id);
-            let full = page.len() == MAX_ATTEMPTS_PAGE;
-            all.extend(page.into_iter().map(|a| (e.id.clone(), a)));
-            // Keep only the newest `limit` seen so far, so memory stays bounded.
-            all.sort_by(|x, y| y.1.time_ms.cmp(&x.1.time_ms).then(y.1.id.cmp(&x.1.id)));
-            all.truncate(limit);
-            if !full {
-                break;
-            }
-        }
+    for e in endpoints {
+        let newest = app.webhooks.attempts_newest(&e.id, status, limit).await?;
+        all.extend(newest.into_iter().map(|a| (e.id.clone(), a)));
+        all.sort_by(|x, y| y.1.time_ms.cmp(&x.1.time_ms).then(y.1.id.cmp(&x.1.id)));
+        all.truncate(limit);
     }
     let list: Vec<Value> = all
         .iter()

@@ -511,7 +511,7 @@ mod tests {
         );
         log.close();
         drop(log); // lets go of the directory's lock
-        // Trimming never lets seqs be reused.
+                   // Trimming never lets seqs be reused.
         let log = EmbeddedLog::open(dir.path(), &cfg).unwrap();
         assert_eq!(log.append(vec![new("a", None)]).await.unwrap()[0].seq, 11);
         log.close();

@@ -14,6 +14,7 @@ mod notices;
 mod pusher;
 pub mod queue;
 mod record;
+mod resolve;
 pub mod retry;
 mod runtime;
 pub mod sign;
@@ -66,6 +67,22 @@ pub enum WebhookError {
     /// Reading the event log (for a delivery or a replay) failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The owner already has as many endpoints as it may.
+    #[error(
+        "owner {owner:?} already has {max} webhook endpoints, the most it may have \
+         (webhooks.max_endpoints_per_owner); delete one first"
+    )]
+    OwnerFull { owner: String, max: usize },
+    /// The owner creates endpoints faster than it may.
+    #[error(
+        "owner {owner:?} creates webhook endpoints faster than {per_minute} a minute \
+         (webhooks.owner_creations_per_minute)"
+    )]
+    OwnerRate {
+        owner: String,
+        per_minute: u32,
+        retry_after: Duration,
+    },
 }
 
 pub struct Webhooks {
@@ -86,6 +103,10 @@ pub struct Webhooks {
     tasks: TaskTracker,
     rt: tokio::runtime::Handle,
     runtime: Mutex<runtime::DeliveryRuntime>,
+    /// Looks up endpoint hosts when their URL is set (off the blocking pool, with a timeout).
+    resolver: Arc<dyn resolve::Resolve>,
+    /// Endpoint creations per owner.
+    creations: crate::limits::RateLimiter,
 }
 
 impl Webhooks {
@@ -110,6 +131,7 @@ impl Webhooks {
             let _on = runtime.handle().enter();
             record::Recorder::start(store.clone(), config.max_in_flight)
         };
+        let creations = crate::limits::RateLimiter::per_minute(config.owner_creations_per_minute);
         let service = Arc::new(Webhooks {
             recorder,
             rt: runtime.handle(),
@@ -126,6 +148,8 @@ impl Webhooks {
             wake: Notify::new(),
             shutdown,
             tasks: TaskTracker::new(),
+            resolver: Arc::new(resolve::SystemResolver::default()),
+            creations,
         });
         for endpoint in service.store.endpoints().await? {
             service.install(endpoint)?;
@@ -276,6 +300,9 @@ impl Webhooks {
     }
 
     pub async fn create(self: &Arc<Self>, req: CreateEndpoint) -> Result<Endpoint, WebhookError> {
+        if let Some(owner) = &req.owner {
+            self.check_owner(owner).await?;
+        }
         self.check_url(&req.url).await?;
         validate_channels(&req.channels)?;
         if let Some(types) = &req.types {
@@ -425,6 +452,16 @@ impl Webhooks {
         Ok(self.store.attempts(id, after, status, limit).await?)
     }
 
+    /// An endpoint's newest attempts, newest first.
+    pub async fn attempts_newest(
+        &self,
+        id: &str,
+        status: Option<AttemptStatus>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, WebhookError> {
+        Ok(self.store.attempts_newest(id, status, limit).await?)
+    }
+
     /// Re-queues every matching event after `since` up to the endpoint's cursor (later events
     /// are on their way already). Runs in the background; returns the range.
     pub async fn replay(
@@ -443,14 +480,40 @@ impl Webhooks {
         Ok((since, until))
     }
 
+    /// An owner's endpoint cap and creation rate: a consumer token must not be able to
+    /// multiply the delivery work of every event without bound.
+    async fn check_owner(&self, owner: &str) -> Result<(), WebhookError> {
+        let max = self.config.max_endpoints_per_owner;
+        let has = self
+            .store
+            .endpoints()
+            .await?
+            .iter()
+            .filter(|e| e.owner.as_deref() == Some(owner))
+            .count();
+        if has >= max {
+            return Err(WebhookError::OwnerFull {
+                owner: owner.to_string(),
+                max,
+            });
+        }
+        self.creations
+            .take(owner, 1)
+            .map_err(|retry_after| WebhookError::OwnerRate {
+                owner: owner.to_string(),
+                per_minute: self.config.owner_creations_per_minute,
+                retry_after,
+            })
+    }
+
     /// Scheme and literal-address checks, plus a DNS check now for a clear early error (the
     /// binding check happens again at every delivery).
     async fn check_url(&self, url: &str) -> Result<(), WebhookError> {
         let parsed = self.deliverer.policy().check_url(url)?;
         if let Some(url::Host::Domain(host)) = parsed.host() {
-            if let Ok(addrs) =
-                tokio::net::lookup_host((host, parsed.port_or_known_default().unwrap_or(80))).await
-            {
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let timeout = self.config.dns_timeout;
+            if let Some(addrs) = resolve::lookup(&*self.resolver, host, port, timeout).await {
                 for addr in addrs {
                     self.deliverer.policy().check_addr(host, addr.ip())?;
                 }

@@ -436,6 +436,30 @@ impl WebhookStore {
         Ok(out)
     }
 
+    /// The newest attempts first, reading back from the end of the endpoint's log.
+    pub fn attempts_newest(
+        &self,
+        id: &str,
+        status: Option<AttemptStatus>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let from = name_prefix(id);
+        let mut to = name_prefix(id);
+        to.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.attempts.range(from..=to).rev() {
+            let (_, v) = item?;
+            let attempt: Attempt = serde_json::from_slice(&v).map_err(json_err)?;
+            if status.is_none_or(|s| s == attempt.status) {
+                out.push(attempt);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Drops attempt records older than `cutoff_ms` (the attempt log is bounded by retention).
     pub fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let mut batch = self.keyspace.batch();

@@ -1510,3 +1510,54 @@ fn resp_command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
     }
     Some((args, at))
 }
+
+/// The newest attempts, read back from the end of each endpoint's attempt log (XREVRANGE
+/// on Redis), newest first across endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_deliveries_are_read_from_the_end_of_the_log() {
+    let Some(redis) = Redis::start() else { return };
+    let node = nodes(&redis, 1, "[webhooks]\nallow_private = true\n").remove(0);
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let mut ids = Vec::new();
+    for channel in ["a", "b"] {
+        let (status, e) =
+            create_webhook(&node, json!({"url": receiver.url(), "channels": [channel]})).await;
+        assert_eq!(status, 201, "{e}");
+        ids.push(e["id"].as_str().unwrap().to_string());
+    }
+    let mut made = Vec::new();
+    for id in [&ids[0], &ids[1], &ids[0], &ids[0]] {
+        let r = http()
+            .post(node.url(&format!("/v1/webhooks/{id}/test")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        made.push(id.clone());
+    }
+    let page = get_json(node.url("/v1/webhooks/deliveries?limit=3")).await;
+    let mut listed: Vec<&str> = page["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["endpoint"].as_str().unwrap())
+        .collect();
+    // The last three made (attempts within one millisecond may list in either order).
+    listed.sort_unstable();
+    let mut newest: Vec<&str> = made[1..].iter().map(String::as_str).collect();
+    newest.sort_unstable();
+    assert_eq!(listed, newest, "{page}");
+    let one = get_json(node.url(&format!(
+        "/v1/webhooks/deliveries?endpoint={}&limit=2",
+        ids[0]
+    )))
+    .await;
+    let times: Vec<&str> = one["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["time"].as_str().unwrap())
+        .collect();
+    assert_eq!(times.len(), 2, "{one}");
+    assert!(times[0] >= times[1], "{one}");
+}

@@ -75,7 +75,8 @@ async fn a_consumer_token_manages_only_its_owners_endpoints_within_its_channels(
     let (_, all) = call("GET", hooks.clone(), "k-admin", None).await;
     assert_eq!(all["webhooks"].as_array().unwrap().len(), 2, "{all}");
 
-    // Every operation on the other owner's endpoint is refused, and changes nothing.
+    // Every operation on the other owner's endpoint is refused as if it did not exist (a 403
+    // would confirm it does), and changes nothing.
     let other = |path: &str| h.url(&format!("/v1/webhooks/{beta_id}{path}"));
     for (method, url, body) in [
         ("GET", other(""), None),
@@ -85,8 +86,19 @@ async fn a_consumer_token_manages_only_its_owners_endpoints_within_its_channels(
         ("POST", other("/replay"), Some(json!({"since": 0}))),
         ("GET", other("/deliveries"), None),
     ] {
-        let (status, reply) = call(method, url.clone(), &acme, body).await;
-        assert_error(status, &reply, 403, "not_your_endpoint");
+        let (status, reply) = call(method, url.clone(), &acme, body.clone()).await;
+        assert_error(status, &reply, 404, "not_found");
+        let none = url.replace(&beta_id, "wh_00000000000000000000");
+        let (_, unknown) = call(method, none, &acme, body).await;
+        assert_eq!(
+            reply["error"]["message"]
+                .as_str()
+                .map(|m| m.replace(&beta_id, "ID")),
+            unknown["error"]["message"]
+                .as_str()
+                .map(|m| m.replace("wh_00000000000000000000", "ID")),
+            "the same answer as for no endpoint at all"
+        );
     }
     let (status, still) = call("GET", other(""), "k-admin", None).await;
     assert_eq!(
@@ -225,4 +237,67 @@ async fn a_session_token_can_carry_a_consumer_scope() {
     )
     .await;
     assert_error(status, &reply, 400, "invalid_webhooks_claim");
+}
+
+/// Each endpoint multiplies the delivery work of every matching event: an owner has at most
+/// `max_endpoints_per_owner`, created at most `owner_creations_per_minute`, each refused by
+/// name.
+#[tokio::test]
+async fn an_owner_has_a_capped_number_of_endpoints_made_at_a_capped_rate() {
+    let h = Herald::start(&format!(
+        "{KEYED}max_endpoints_per_owner = 3\nowner_creations_per_minute = 100\n"
+    ));
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let acme = acme_token(&h);
+    let body = json!({"url": receiver.url(), "channels": ["orders.acme.*"]});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, e) = call("POST", h.url("/v1/webhooks"), &acme, Some(body.clone())).await;
+        assert_eq!(status, 201, "{e}");
+        ids.push(e["id"].as_str().unwrap().to_string());
+    }
+    let (status, reply) = call("POST", h.url("/v1/webhooks"), &acme, Some(body.clone())).await;
+    assert_error(status, &reply, 409, "endpoint_limit");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_endpoints_per_owner"));
+    // Room again once one is deleted.
+    let (status, _) = call(
+        "DELETE",
+        h.url(&format!("/v1/webhooks/{}", ids[0])),
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call("POST", h.url("/v1/webhooks"), &acme, Some(body.clone())).await;
+    assert_eq!(status, 201);
+
+    let h = Herald::start(&format!(
+        "{KEYED}max_endpoints_per_owner = 100\nowner_creations_per_minute = 2\n"
+    ));
+    let acme = acme_token(&h);
+    for _ in 0..2 {
+        let (status, e) = call("POST", h.url("/v1/webhooks"), &acme, Some(body.clone())).await;
+        assert_eq!(status, 201, "{e}");
+    }
+    let r = http()
+        .post(h.url("/v1/webhooks"))
+        .bearer_auth(&acme)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let reply: Value = r.json().await.unwrap();
+    assert_error(429, &reply, 429, "rate_limited");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("owner_creations_per_minute"));
+    // The admin key (no owner) is not an owner's creation.
+    let (status, _) = call("POST", h.url("/v1/webhooks"), "k-admin", Some(body)).await;
+    assert_eq!(status, 201);
 }

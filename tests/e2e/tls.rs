@@ -298,3 +298,54 @@ async fn https_webhooks_verify_the_receivers_certificate() {
     assert!(first["status_code"].is_null(), "{first}");
     assert!(error.contains("certificate"), "{first}");
 }
+
+/// Over HTTP/2 one TCP connection carries many requests: each open event stream takes a
+/// connection's slot in the per-client limit, so a few sockets cannot hold thousands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_event_streams_count_against_the_per_client_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    if !make_certs(dir.path()) {
+        dependency_missing("openssl (test certificates)", "apt-get install -y openssl");
+        return;
+    }
+    let h = Herald::start(&format!(
+        "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[limits]\nmax_connections_per_ip = 3\n",
+        dir.path().join("redis.pem").display(),
+        dir.path().join("redis.key").display()
+    ));
+    let client = https_client(&dir.path().join("ca.pem"), false);
+    let url = format!("https://127.0.0.1:{}/v1/sse?channel=c", h.addr().port());
+    let open = || async {
+        tokio::time::timeout(WAIT, client.get(&url).send())
+            .await
+            .expect("answered")
+            .expect("response")
+    };
+    // The connection is one slot; two streams take the other two.
+    let first = open().await;
+    assert_eq!(
+        (first.status().as_u16(), first.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
+    let second = open().await;
+    assert_eq!(second.status(), 200);
+    let third = open().await;
+    assert_eq!(third.status(), 429);
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    // A stream that ends gives its slot back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let again = open().await;
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(second);
+}

@@ -234,6 +234,21 @@ impl Queue {
         }
     }
 
+    pub async fn attempts_newest(
+        &self,
+        id: &str,
+        status: Option<AttemptStatus>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        match self {
+            Queue::Local(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.attempts_newest(&id, status, limit)).await
+            }
+            Queue::Shared(r) => r.attempts_newest(id, status, limit).await,
+        }
+    }
+
     pub async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         match self {
             Queue::Local(s) => blocking(s, move |s| s.trim_attempts(cutoff_ms)).await,

@@ -355,6 +355,46 @@ impl RedisQueue {
         }
     }
 
+    /// The newest attempts first (`XREVRANGE`): what a poll of the newest needs, without
+    /// reading the endpoint's whole attempt log.
+    pub(super) async fn attempts_newest(
+        &self,
+        id: &str,
+        status: Option<AttemptStatus>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let mut out = Vec::new();
+        let mut to = "+".to_string();
+        loop {
+            let reply: Value = redis::cmd("XREVRANGE")
+                .arg(self.key_of("attempts", id))
+                .arg(&to)
+                .arg("-")
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(StoreError::from)?;
+            let records = stream_records(&reply)?;
+            let done = records.len() < 500;
+            for (n, attempt) in records {
+                if n == 0 {
+                    return Ok(out);
+                }
+                to = format!("{}-0", n - 1);
+                if status.is_none_or(|s| s == attempt.status) {
+                    out.push(attempt);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
     pub(super) async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let mut trimmed = 0;
         for endpoint in self.endpoints().await? {
