@@ -125,16 +125,23 @@ impl RedisPresence {
             member: member.clone(),
             done,
         };
-        if self.ops.send(op).await.is_err() {
-            return Err(StoreError::Corrupt(
+        let result = match self.ops.send(op).await {
+            Err(_) => Err(StoreError::Corrupt(
                 "the presence writer has stopped".into(),
-            ));
+            )),
+            Ok(()) => wait.await.unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "the presence writer has stopped".into(),
+                ))
+            }),
+        };
+        if result.is_err() {
+            // Refused: nothing may stay behind. Out of `mine` (or the next sync would state
+            // the member again once Redis is back: a phantom nobody leaves), and a leave in
+            // case the write reached Redis before its reply was lost.
+            self.leave(conn);
         }
-        wait.await.unwrap_or_else(|_| {
-            Err(StoreError::Corrupt(
-                "the presence writer has stopped".into(),
-            ))
-        })
+        result
     }
 
     pub(super) fn leave(&self, conn: u64) {

@@ -337,3 +337,43 @@ async fn stats_show_the_nodes_redis_and_presence_members() {
     .await;
     assert!(c["error"].as_str().is_some_and(|e| !e.is_empty()), "{c}");
 }
+
+/// A presence subscribe refused while Redis is down leaves nothing behind: once Redis is
+/// back and the node has re-stated what it holds, the refused user is nowhere.
+#[tokio::test]
+async fn a_join_refused_during_an_outage_leaves_no_phantom() {
+    let Some(mut redis) = Redis::start_with(false) else {
+        return;
+    };
+    let cluster = nodes(&redis, 2, FAST);
+    let (_stay, _) = member(&cluster[0], "room:r", "stay", json!({})).await;
+    redis.kill9();
+    let mut ws = ws_connect(&cluster[0], "").await;
+    ws_json(&mut ws).await; // welcome
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "room:r", "presence": true, "user": "ghost", "ref": "g"}),
+    )
+    .await;
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(
+        (reply["op"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("presence_unavailable")),
+        "{reply}"
+    );
+    redis.restart();
+    // Redis came back empty: `stay` is listed again only once node 0 has re-stated all it
+    // holds, which is when a phantom would appear with it.
+    for node in &cluster {
+        eventually("node 0 to re-state its members", WAIT, async || {
+            let members = get_json(node.url("/v1/presence?channel=room:r")).await;
+            (!members["members"].as_array()?.is_empty()).then_some(users_of(&members))
+        })
+        .await;
+        let members = get_json(node.url("/v1/presence?channel=room:r")).await;
+        assert_eq!(users_of(&members), ["stay"], "{members}");
+        let page = get_json(node.url("/v1/channels?prefix=room:r")).await;
+        assert!(!page.to_string().contains("ghost"), "{page}");
+    }
+    drop(ws);
+}
