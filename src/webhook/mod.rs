@@ -22,6 +22,7 @@ pub mod store;
 mod tools;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -107,6 +108,10 @@ pub struct Webhooks {
     resolver: Arc<dyn resolve::Resolve>,
     /// Endpoint creations per owner.
     creations: crate::limits::RateLimiter,
+    /// Cluster: the version of the shared endpoint set this node last synced to.
+    synced: std::sync::atomic::AtomicU64,
+    /// One sync at a time (the refresh timer and the notice path both sync).
+    syncing: tokio::sync::Mutex<()>,
 }
 
 impl Webhooks {
@@ -150,6 +155,8 @@ impl Webhooks {
             tasks: TaskTracker::new(),
             resolver: Arc::new(resolve::SystemResolver::default()),
             creations,
+            synced: std::sync::atomic::AtomicU64::new(u64::MAX),
+            syncing: tokio::sync::Mutex::new(()),
         });
         for endpoint in service.store.endpoints().await? {
             service.install(endpoint)?;
@@ -169,13 +176,30 @@ impl Webhooks {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(REFRESH) => {}
             }
-            let stored = match self.store.endpoints().await {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::debug!(error = %e, "webhook endpoints not refreshed");
-                    continue;
-                }
-            };
+            if let Err(e) = self.sync_endpoints().await {
+                tracing::debug!(error = %e, "webhook endpoints not refreshed");
+            }
+        }
+    }
+
+    /// Cluster: brings this node's endpoints up to the shared set when its version moved
+    /// since the last sync.
+    async fn sync_if_changed(self: &Arc<Self>) -> Result<(), StoreError> {
+        match self.store.endpoints_version().await? {
+            Some(v) if v != self.synced.load(AtomicOrdering::Acquire) => {
+                self.sync_endpoints().await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Cluster: installs, updates and stops endpoints to match the shared set.
+    async fn sync_endpoints(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _one = self.syncing.lock().await;
+        // The version first: a change after it moves it again, so none is missed.
+        let version = self.store.endpoints_version().await?.unwrap_or(0);
+        let stored = self.store.endpoints().await?;
+        {
             let ids: HashSet<String> = stored.iter().map(|e| e.id.clone()).collect();
             let gone: Vec<Arc<Live>> = {
                 let mut map = self.live.write().expect("webhook map");
@@ -215,6 +239,8 @@ impl Webhooks {
                 }
             }
         }
+        self.synced.store(version, AtomicOrdering::Release);
+        Ok(())
     }
 
     /// On the delivery runtime, tracked for shutdown.

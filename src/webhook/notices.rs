@@ -26,6 +26,11 @@ impl Webhooks {
                     _ = service.shutdown.cancelled() => return,
                     n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
                 }
+                // In a cluster another node may have just created an endpoint that wants
+                // these: a notice is dropped only against an up-to-date endpoint set.
+                if let Err(e) = service.sync_if_changed().await {
+                    tracing::debug!(error = %e, "webhook endpoints not synced before notices");
+                }
                 let events: Vec<NewEvent> = batch
                     .drain(..)
                     .filter(|n| service.wants_notice(n))

@@ -377,3 +377,43 @@ async fn a_join_refused_during_an_outage_leaves_no_phantom() {
     }
     drop(ws);
 }
+
+/// An endpoint created on one node wants presence notices from every node at once: joins on
+/// another node right after the creation are all told (no refresh window drops them).
+#[tokio::test]
+async fn a_new_endpoint_hears_every_node_from_its_creation() {
+    use crate::presence::notices;
+    use crate::webhooks::{create_webhook, Receiver, Reply};
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let cluster = nodes(&redis, 2, "[webhooks]\nallow_private = true\n");
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let (status, created) = create_webhook(
+        &cluster[0],
+        json!({"url": receiver.url(), "channels": ["lobby:*"], "notifications": ["presence.join"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    // At once, on the other node.
+    let mut held = Vec::new();
+    for i in 0..12 {
+        held.push(
+            member(&cluster[1], "lobby:a", &format!("u{i:02}"), json!({}))
+                .await
+                .0,
+        );
+    }
+    eventually("every join", WAIT, async || {
+        (notices(&receiver).len() >= 12).then_some(())
+    })
+    .await;
+    let mut told: Vec<String> = notices(&receiver)
+        .into_iter()
+        .filter_map(|(_, _, user)| user)
+        .collect();
+    told.sort();
+    let want: Vec<String> = (0..12).map(|i| format!("u{i:02}")).collect();
+    assert_eq!(told, want);
+    drop(held);
+}

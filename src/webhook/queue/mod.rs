@@ -56,6 +56,15 @@ impl Queue {
         }
     }
 
+    /// Cluster: the shared endpoint set's version (see `RedisQueue::endpoints_version`); a
+    /// single node's set changes only through this node, so it has none.
+    pub async fn endpoints_version(&self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Queue::Local(_) => Ok(None),
+            Queue::Shared(r) => r.endpoints_version().await.map(Some),
+        }
+    }
+
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         match self {
             Queue::Local(s) => {

@@ -79,6 +79,16 @@ impl RedisQueue {
         all.iter().map(|(_, json)| parse_endpoint(json)).collect()
     }
 
+    /// The endpoint set's version: moved in the same atomic step as every change to it.
+    pub(super) async fn endpoints_version(&self) -> Result<u64, StoreError> {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(self.key("version"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::from)?;
+        Ok(v.unwrap_or(0))
+    }
+
     pub(super) async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         let json: Option<String> = redis::cmd("HGET")
             .arg(self.key("endpoints"))
@@ -110,6 +120,7 @@ impl RedisQueue {
             let swapped: i64 = self
                 .swap
                 .key(&key)
+                .key(self.key("version"))
                 .arg(id)
                 .arg(&old)
                 .arg(&new)
@@ -134,6 +145,8 @@ impl RedisQueue {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset(self.key("endpoints"), &endpoint.id, json)
+            .ignore()
+            .incr(self.key("version"), 1)
             .ignore();
         if let Some(c) = cursor {
             pipe.hset(self.key("cursor"), &endpoint.id, c).ignore();
@@ -157,7 +170,8 @@ impl RedisQueue {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hdel(self.key("endpoints"), id)
-            .hdel(self.key("cursor"), id);
+            .hdel(self.key("cursor"), id)
+            .incr(self.key("version"), 1);
         for name in ["due", "pending", "tasks", "claims", "failed", "attempts"] {
             pipe.del(self.key_of(name, id));
         }
