@@ -413,6 +413,12 @@ impl Subscription {
         self
     }
 
+    /// Where the subscription stands: the last seq handed over (for a live-only one, the
+    /// head when it was registered).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
     fn register_live_only(&mut self) {
         let (id, sink, head) = self.hub.register(&self.filter, &self.lagged);
         self.cursor = head;

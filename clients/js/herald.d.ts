@@ -19,6 +19,7 @@ export interface Member {
   connections?: number;
 }
 
+/** "connected" means a stream is open (a welcomed WebSocket, or an open event stream). */
 export type State = "connecting" | "connected" | "disconnected";
 
 export interface ConnectOptions {
@@ -30,6 +31,9 @@ export interface ConnectOptions {
   transport?: "auto" | "ws" | "sse";
   /** After falling back, try WebSocket again this much later (default 30000). */
   retryWebSocketMs?: number;
+  /** How long a publish waits and retries (same id) while no connection takes it before it
+   * rejects with code "publish_timeout" (default 30000). */
+  publishTimeoutMs?: number;
   /** Implementations for runtimes without globals (older Node). */
   WebSocket?: unknown;
   EventSource?: unknown;
@@ -71,7 +75,9 @@ export interface Client {
   readonly state: State;
   on(event: "state", fn: (state: State) => void): () => void;
   on(event: "connecting" | "connected" | "disconnected" | "fallback", fn: () => void): () => void;
-  on(event: "error", fn: (error: Error) => void): () => void;
+  /** Errors carry Herald's `code` (and `status` for an HTTP refusal): a stream refused
+   * before opening is probed with fetch, so a 401 or 403 is told as such. */
+  on(event: "error", fn: (error: Error & { code?: string; status?: number }) => void): () => void;
   subscribe<T = unknown>(channel: string, onEvent: (event: HeraldEvent<T>) => void): Subscription;
   subscribe<T = unknown>(channel: string, options: SubscribeOptions, onEvent: (event: HeraldEvent<T>) => void): Subscription;
   /** Resolves to the seq once the event is durable. */

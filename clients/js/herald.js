@@ -102,13 +102,15 @@ class Client {
     this.fetch = opts.fetch || globalThis.fetch.bind(globalThis);
     this.subs = new Set();
     this.listeners = {};
-    this.pending = new Map(); // ref -> {msg, resolve, reject}
+    this.pending = new Map(); // ref -> {msg, resolve, reject, http}
     this.nextRef = 1;
     this.attempt = 0;
     this.timers = new Set();
     this.closed = false;
     this.ws = null;
     this.sources = new Map(); // Subscription -> EventSource (SSE mode)
+    this.open = new Set(); // EventSources that are open now
+    this.head = null; // the head the last WebSocket welcome gave
     this.state = "disconnected";
     this._start();
   }
@@ -183,19 +185,16 @@ class Client {
     ws.onopen = () => {
       opened = true;
       this.attempt = 0;
-      this._setState("connected");
-      for (const sub of this.subs) this._wsSubscribe(sub);
-      // Publishes not yet acked go again, with their ids: the server answers a repeat with
-      // the original seq, so nothing is doubled.
-      for (const [ref, p] of this.pending) ws.send(JSON.stringify({ ...p.msg, ref }));
-      this._refreshBefore(this.token);
+      // Connected once the welcome (always the first message) names the head.
     };
     ws.onmessage = (m) => this._wsMessage(JSON.parse(m.data));
     ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      this.welcomed = false;
       if (this.closed) return;
       this._setState("disconnected");
+      if (!opened) this._probe(u.toString().replace(/^ws/, "http"));
       if (!opened && this.opts.transport !== "ws") return this._fallback();
       const expired = e.code === 1008 && /token/.test(e.reason || "");
       if (expired || (e.code === 1008 && this.opts.getToken)) {
@@ -207,10 +206,27 @@ class Client {
   }
 
   _wsSend(msg) {
-    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(msg));
+    if (this.ws && this.ws.readyState === 1 && this.welcomed) this.ws.send(JSON.stringify(msg));
+  }
+
+  /** The welcome: the stream is open. Every subscription resumes from its cursor; one that
+   * has seen nothing yet from this head, so nothing published while it was away is lost. */
+  _welcome(head) {
+    this.welcomed = true;
+    this.head = head;
+    this._setState("connected");
+    for (const sub of this.subs) {
+      if (sub.lastSeq === null) sub.lastSeq = head;
+      this._wsSubscribe(sub);
+    }
+    // Publishes not yet acked go again, with their ids: the server answers a repeat with
+    // the original seq, so nothing is doubled.
+    for (const [ref, p] of this.pending) if (!p.http) this._wsSend({ ...p.msg, ref });
+    this._refreshBefore(this.token);
   }
 
   _wsSubscribe(sub) {
+    if (!this.welcomed) return; // the welcome subscribes everything
     const msg = { op: "subscribe", channel: sub.channel };
     if (sub.lastSeq !== null) msg.since = sub.lastSeq;
     if (sub.opts.presence) {
@@ -223,6 +239,9 @@ class Client {
 
   _wsMessage(m) {
     switch (m.op) {
+      case "welcome":
+        this._welcome(m.head);
+        break;
       case "event":
         for (const sub of this.subs) if (matches(sub.channel, m.channel)) sub.deliver(strip(m));
         break;
@@ -238,10 +257,9 @@ class Client {
       case "ack":
       case "error": {
         const p = m.ref !== undefined && this.pending.get(m.ref);
-        if (p) {
-          this.pending.delete(m.ref);
-          if (m.op === "ack") p.resolve(m.seq);
-          else p.reject(Object.assign(new Error(m.message), { code: m.code }));
+        if (p && !p.http) {
+          if (m.op === "ack") this._settle(m.ref, m.seq);
+          else this._settle(m.ref, null, Object.assign(new Error(m.message), { code: m.code }));
         } else if (m.op === "error") {
           this._emit("error", Object.assign(new Error(m.message), { code: m.code }));
         }
@@ -254,6 +272,8 @@ class Client {
   _fallback() {
     this.mode = "sse";
     this._emit("fallback", undefined);
+    // Publishes waiting for a WebSocket that will not come go over HTTP now.
+    for (const p of this.pending.values()) this._viaHttp(p);
     this._openSse();
     const again = this.opts.retryWebSocketMs ?? 30000;
     this._later(again, () => {
@@ -271,9 +291,26 @@ class Client {
       this._emit("error", new Error("neither WebSocket nor EventSource is available"));
       return;
     }
-    this._setState("connected");
     this._refreshBefore(this.token);
+    if (this.subs.size === 0) return this._sseIdle();
     for (const sub of this.subs) this._sseSubscribe(sub);
+  }
+
+  /** SSE mode with nothing subscribed holds no stream: "connected" once the server answers. */
+  async _sseIdle() {
+    try {
+      const r = await this.fetch(this.base + "/healthz");
+      if (r.ok && this.mode === "sse" && !this.closed) this._setState("connected");
+      else throw new Error("HTTP " + r.status);
+    } catch {
+      if (this.mode === "sse" && !this.closed && this.subs.size === 0) this._retry(() => this._openSse());
+    }
+  }
+
+  /** State from the open streams (SSE mode). */
+  _sseState() {
+    if (this.mode !== "sse" || this.closed) return;
+    this._setState(this.open.size > 0 ? "connected" : "disconnected");
   }
 
   /** One EventSource per subscription: each resumes from its own cursor. */
@@ -285,19 +322,31 @@ class Client {
       params.push(["presence", "true"], ["user", sub.opts.user]);
       if (sub.opts.info) params.push(["info", JSON.stringify(sub.opts.info)]);
     }
-    const es = new this.EventSource(this._url("/v1/sse", params).toString());
+    const url = this._url("/v1/sse", params).toString();
+    const es = new this.EventSource(url);
     this.sources.set(sub, es);
+    let opened = false;
+    es.onopen = () => {
+      opened = true;
+      this.attempt = 0;
+      this.open.add(es);
+      this._sseState();
+    };
     es.onmessage = (e) => sub.deliver(JSON.parse(e.data));
     es.addEventListener("reset", (e) => sub.reset(JSON.parse(e.data).oldest));
     es.addEventListener("presence", (e) => sub.presence(JSON.parse(e.data)));
     es.onerror = () => {
+      this.open.delete(es);
+      this._sseState();
       // EventSource reconnects by itself (with Last-Event-ID); a closed one means the server
-      // refused it (an expired token, say): start over with a fresh token.
+      // refused it (an expired token, say): say why, then start over with a fresh token.
       if (es.readyState === 2 && this.sources.get(sub) === es) {
         this.sources.delete(sub);
+        if (!opened) this._probe(url);
+        const again = () => !sub.closed && this.mode === "sse" && this._sseSubscribe(sub);
         this._freshToken(true).then(
-          () => !sub.closed && this.mode === "sse" && this._sseSubscribe(sub),
-          () => this._retry(() => this._sseSubscribe(sub)),
+          () => this._retry(again),
+          () => this._retry(again),
         );
       }
     };
@@ -306,6 +355,29 @@ class Client {
   _closeSources() {
     for (const es of this.sources.values()) es.close();
     this.sources.clear();
+    this.open.clear();
+  }
+
+  /** A stream failed before opening: WebSocket and EventSource hide the status, so ask the
+   * same URL with fetch. A refusal (401, 403, ...) is told as an `error` with Herald's code
+   * and message, and publishes waiting for a stream are refused with it. */
+  async _probe(url) {
+    const abort = new AbortController();
+    let r;
+    try {
+      r = await this.fetch(url, { signal: abort.signal, headers: this.token ? { authorization: "Bearer " + this.token } : {} });
+    } catch {
+      // Down, or a refusal the browser will not let this page read (cross-origin).
+      return this._emit("error", Object.assign(new Error(`cannot reach ${this.base} (down, or refusing this page's origin: see server.allowed_origins)`), { code: "unreachable" }));
+    }
+    const body = r.ok ? {} : await r.json().catch(() => ({}));
+    abort.abort();
+    // Open (the failure was passing), a WebSocket URL asked without an upgrade, or the
+    // server's own trouble: not a refusal.
+    if (r.ok || r.status >= 500 || body.error?.code === "websocket_required") return;
+    const e = Object.assign(new Error(body.error?.message || "HTTP " + r.status), { code: body.error?.code || "http_" + r.status, status: r.status });
+    this._emit("error", e);
+    for (const [ref, p] of this.pending) if (!p.http) this._settle(ref, null, e);
   }
 
   /** Reconnects with a new token shortly before this one expires. */
@@ -339,46 +411,89 @@ class Client {
 
   _unsubscribe(sub) {
     this.subs.delete(sub);
-    if (this.mode === "ws") this._wsSend({ op: "unsubscribe", channel: sub.channel });
+    // The server holds one subscription per channel for the connection: keep it while
+    // another Subscription here still wants the channel.
+    const shared = [...this.subs].some((s) => s.channel === sub.channel);
+    if (this.mode === "ws" && !shared) this._wsSend({ op: "unsubscribe", channel: sub.channel });
     const es = this.sources.get(sub);
-    if (es) es.close();
+    if (es) {
+      es.close();
+      this.open.delete(es);
+    }
     this.sources.delete(sub);
+    this._sseState();
   }
 
   /** Resolves to the event's seq once it is durable. An `id` is made when none is given, so a
-   * publish repeated after a reconnect is stored once. */
+   * publish repeated after a reconnect is stored once. While no connection can take it, it
+   * waits and is retried with backoff (same id) until `publishTimeoutMs` (default 30 s). */
   publish(channel, data, opts = {}) {
     const msg = { op: "publish", channel, data, id: opts.id || randomId() };
     if (opts.type) msg.type = opts.type;
-    if (this.mode === "ws" && this.WebSocket) {
-      return new Promise((resolve, reject) => {
-        const ref = this.nextRef++;
-        this.pending.set(ref, { msg, resolve, reject });
-        this._wsSend({ ...msg, ref });
+    return new Promise((resolve, reject) => {
+      const ref = this.nextRef++;
+      const p = { msg, resolve, reject, http: false };
+      this.pending.set(ref, p);
+      const limit = this.opts.publishTimeoutMs ?? 30000;
+      p.timer = this._later(limit, () => {
+        const e = new Error(`publish not confirmed within ${limit} ms; it may or may not be stored: publish again with the same id (${msg.id}) and it is stored once`);
+        this._settle(ref, null, Object.assign(e, { code: "publish_timeout", id: msg.id }));
       });
-    }
-    return this._httpPublish(msg, true);
+      if (this.mode === "ws" && this.WebSocket) this._wsSend({ ...msg, ref });
+      else this._viaHttp(p);
+    });
   }
 
-  async _httpPublish(msg, mayRetry) {
+  /** Ends a pending publish once (an ack, an answer, a refusal or its deadline). */
+  _settle(ref, seq, error) {
+    const p = this.pending.get(ref);
+    if (!p) return;
+    this.pending.delete(ref);
+    clearTimeout(p.timer);
+    this.timers.delete(p.timer);
+    if (error) p.reject(error);
+    else p.resolve(seq);
+  }
+
+  /** Sends a pending publish over HTTP, retrying with backoff while nothing answers. */
+  async _viaHttp(p) {
+    if (p.http) return;
+    p.http = true;
+    const ref = [...this.pending].find(([, q]) => q === p)?.[0];
+    for (let attempt = 0; this.pending.get(ref) === p; attempt++) {
+      try {
+        const seq = await this._httpPublish(p.msg);
+        return this._settle(ref, seq);
+      } catch (e) {
+        if (!e.retry) return this._settle(ref, null, e);
+      }
+      const step = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
+      await new Promise((ok) => this._later(step / 2 + (Math.random() * step) / 2, ok));
+    }
+  }
+
+  /** One HTTP publish: the seq, or an error with `retry` set when trying again may help. */
+  async _httpPublish(msg) {
     const { op, ...body } = msg;
-    const headers = { "content-type": "application/json" };
-    if (this.token) headers.authorization = "Bearer " + this.token;
+    const send = () => {
+      const headers = { "content-type": "application/json" };
+      if (this.token) headers.authorization = "Bearer " + this.token;
+      return this.fetch(this.base + "/v1/events", { method: "POST", headers, body: JSON.stringify(body) });
+    };
     let r;
     try {
-      r = await this.fetch(this.base + "/v1/events", { method: "POST", headers, body: JSON.stringify(body) });
+      r = await send();
+      if (r.status === 401 && this.opts.getToken) {
+        await this._freshToken(true);
+        r = await send();
+      }
     } catch (e) {
-      if (!mayRetry) throw e;
-      await new Promise((ok) => this._later(500, ok));
-      return this._httpPublish(msg, false);
+      throw Object.assign(e instanceof Error ? e : new Error(String(e)), { retry: true });
     }
-    if (r.status === 401 && mayRetry && this.opts.getToken) {
-      await this._freshToken(true);
-      return this._httpPublish(msg, false);
-    }
-    const reply = await r.json();
-    if (!r.ok) throw Object.assign(new Error(reply.error?.message || r.statusText), { code: reply.error?.code });
-    return reply.seq;
+    const reply = await r.json().catch(() => ({}));
+    if (r.ok) return reply.seq;
+    const retry = r.status >= 500 || r.status === 429 || r.status === 408;
+    throw Object.assign(new Error(reply.error?.message || r.statusText), { code: reply.error?.code, status: r.status, retry });
   }
 
   /** Pages of history after `after`, oldest first. */
@@ -407,8 +522,7 @@ class Client {
       ws.close(1000);
     }
     this._closeSources();
-    for (const p of this.pending.values()) p.reject(new Error("client closed"));
-    this.pending.clear();
+    for (const ref of [...this.pending.keys()]) this._settle(ref, null, Object.assign(new Error("client closed"), { code: "closed" }));
     this._setState("disconnected");
   }
 }

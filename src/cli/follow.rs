@@ -72,6 +72,8 @@ pub(super) async fn follow(
                         }
                     }
                 }
+                // A live stream names its start (an id without data) before any event.
+                cursor = cursor.max(reader.last_id());
                 eprintln!(
                     "herald: stream ended; resuming after {}",
                     cursor.map_or("now".into(), |c| c.to_string())

@@ -17,6 +17,9 @@ pub struct SseReader {
     has_data: bool,
     /// The last chunk ended in CR: an LF starting the next one belongs to that line end.
     after_cr: bool,
+    /// The stream's last event id, set at every dispatch that had an `id:` (one without
+    /// data too, as EventSource does: Herald starts a live stream with its head that way).
+    last_id: Option<u64>,
 }
 
 impl SseReader {
@@ -49,8 +52,16 @@ impl SseReader {
         out
     }
 
+    /// Where a reconnect should resume: the last id the stream gave.
+    pub fn last_id(&self) -> Option<u64> {
+        self.last_id
+    }
+
     fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
         if line.is_empty() {
+            if self.current.id.is_some() {
+                self.last_id = self.current.id;
+            }
             if self.has_data {
                 out.push(std::mem::take(&mut self.current));
             } else {

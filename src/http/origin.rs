@@ -106,23 +106,32 @@ pub async fn guard(State(app): State<AppState>, request: Request, next: Next) ->
     }
     let unsafe_method = is_unsafe(request.method());
     if (unsafe_method || app.auth.is_open()) && !app.origin_allowed(headers) {
-        return forbidden_origin();
+        return forbidden_origin(headers);
     }
     let cross_site = header_str(headers, header::HeaderName::from_static("sec-fetch-site"))
         == Some("cross-site");
     if unsafe_method && cross_site && headers.get(header::ORIGIN).is_none() {
-        return forbidden_origin();
+        return forbidden_origin(headers);
     }
     next.run(request).await
 }
 
-fn forbidden_origin() -> Response {
-    ApiError::new(
+/// The refusal is readable by the refused page itself (CORS allows it this one answer), so
+/// a client there can say why instead of "network error". It grants nothing: the request
+/// was not served.
+pub fn forbidden_origin(headers: &axum::http::HeaderMap) -> Response {
+    let mut response = ApiError::new(
         StatusCode::FORBIDDEN,
         "forbidden_origin",
         "this Origin may not call Herald: add it to server.allowed_origins",
     )
-    .into_response()
+    .into_response();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+    response
 }
 
 /// CORS for the HTTP API and SSE, from `server.allowed_origins`; with no list, loopback

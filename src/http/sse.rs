@@ -111,6 +111,10 @@ pub async fn stream(
     if let Some(Extension(wire)) = wire {
         subscription = subscription.direct(wire.taker(typed));
     }
+    // A live stream (no cursor) starts with the head it was registered at as its id (in the
+    // `retry:` frame, which carries no data, so no event fires): should it drop before any
+    // event, EventSource resumes from there, and nothing published meanwhile is lost.
+    let start_id = since.is_none().then(|| subscription.cursor());
     let server = &app.config.server;
     let body = Body::from_stream(frames(
         Sources {
@@ -120,6 +124,7 @@ pub async fn stream(
             _slot: slot,
         },
         typed,
+        start_id,
         server.heartbeat,
         server.sse_retry,
         app.shutdown.clone(),
@@ -214,6 +219,7 @@ struct StreamState {
 fn frames(
     sources: Sources,
     typed: bool,
+    start_id: Option<u64>,
     heartbeat: Duration,
     retry: Duration,
     shutdown: CancellationToken,
@@ -222,7 +228,11 @@ fn frames(
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut preamble = vec![Bytes::from(format!("retry: {}\n\n", retry.as_millis()))];
+    let first = match start_id {
+        Some(id) => format!("retry: {}\nid: {id}\n\n", retry.as_millis()),
+        None => format!("retry: {}\n\n", retry.as_millis()),
+    };
+    let mut preamble = vec![Bytes::from(first)];
     let mut sources = sources;
     preamble.append(&mut sources.presence.first);
     let state = StreamState {

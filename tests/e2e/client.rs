@@ -276,3 +276,64 @@ async fn after_falling_back_the_client_returns_to_websocket() {
     assert!(states.rfind("via-ws").unwrap() > last_sse, "{states}");
     page.finish().await;
 }
+
+/// The client in Chromium through a network that refuses upgrades, cuts sockets and fails
+/// requests (`tests/browser/client-promises.mjs`): publishes before and during outages
+/// complete once, a live subscription misses nothing across a drop, `connected` means a
+/// stream is open, one unsubscribe leaves another Subscription alone, and a refusal is told
+/// with Herald's code while pending publishes reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_its_word_through_outages_in_chromium() {
+    let Some((chromium, dashboard)) = crate::browser::browser() else {
+        return;
+    };
+    if !node_ready() {
+        return;
+    }
+    let open = Herald::start("");
+    let keyed = Herald::start("[auth]\napi_keys = [\"only-the-backend\"]\n");
+    let args = [
+        open.url(""),
+        keyed.url(""),
+        chromium.to_str().unwrap().to_string(),
+    ]
+    .map(|a| a.trim_end_matches('/').to_string());
+    let mut driver =
+        crate::browser::Driver::spawn(&dashboard.with_file_name("client-promises.mjs"), &args);
+    let mut results = Vec::new();
+    loop {
+        let line = driver.line().await;
+        if line == "DONE" {
+            break;
+        }
+        results.push(line);
+    }
+    let failed: Vec<&String> = results.iter().filter(|l| !l.starts_with("OK ")).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(results.len(), 8, "every scenario ran: {results:#?}");
+}
+
+/// A live event stream starts with the head it was registered at as its id (no event), so
+/// EventSource's own reconnect resumes from there: what was published meanwhile arrives.
+#[tokio::test]
+async fn a_live_event_stream_names_its_start_so_a_reconnect_loses_nothing() {
+    let h = Herald::start("");
+    let before = publish_one(&h, "c.live", serde_json::json!(0)).await;
+    let mut sse = Sse::connect(&h, "channel=c.live", None).await;
+    let during = publish_one(&h, "c.live", serde_json::json!(1)).await;
+    assert_eq!(sse.next().await.unwrap().id, Some(during));
+    let raw = String::from_utf8_lossy(&sse.raw).to_string();
+    let start = raw
+        .split("\n\n")
+        .next()
+        .and_then(|b| b.lines().find_map(|l| l.strip_prefix("id: ")))
+        .and_then(|id| id.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no id in the first frame: {raw:?}"));
+    assert_eq!(start, before, "{raw:?}");
+    // As EventSource would after a drop before any event: resume from that id.
+    drop(sse);
+    let missed = publish_one(&h, "c.live", serde_json::json!(2)).await;
+    let mut again = Sse::connect(&h, "channel=c.live", Some(start)).await;
+    assert_eq!(again.next().await.unwrap().id, Some(during));
+    assert_eq!(again.next().await.unwrap().id, Some(missed));
+}
