@@ -298,6 +298,28 @@ pub struct RedisConfig {
     /// PEM file of the CA that signed Redis's certificate, for `rediss://` URLs with a private
     /// CA (empty: the system's trust store, which also honours `SSL_CERT_FILE`).
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Redis Sentinels (`host:port`) that say which server is the primary; set, the node is
+    /// a cluster node that follows failovers by itself (`url` then only carries the data
+    /// nodes' password and database, and may be empty).
+    pub sentinels: Vec<String>,
+    /// The primary's name in the Sentinels' configuration.
+    pub master_name: String,
+    /// The Sentinels' own password, when they require AUTH.
+    pub sentinel_password: String,
+    /// Replicas that must have an append group before it is acknowledged (Redis `WAIT`); 0:
+    /// acknowledged once the primary has it.
+    pub min_replicas: u32,
+    /// How long an append group waits for those replicas; past it the publish is answered
+    /// 503 `outcome_unknown` (retry with the same id: never doubled).
+    #[serde(with = "humantime_serde")]
+    pub replica_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Cluster mode: a Redis URL or Sentinels are set.
+    pub fn is_cluster(&self) -> bool {
+        !self.url.is_empty() || !self.sentinels.is_empty()
+    }
 }
 
 impl Default for RedisConfig {
@@ -307,6 +329,11 @@ impl Default for RedisConfig {
             prefix: "herald".into(),
             lease: Duration::from_secs(60),
             tls_ca: None,
+            sentinels: Vec::new(),
+            master_name: "herald".into(),
+            sentinel_password: String::new(),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -479,6 +506,14 @@ impl Config {
         }
         if let Ok(v) = std::env::var("HERALD_DATA") {
             figment = figment.merge(("server.data", v));
+        }
+        if let Ok(v) = std::env::var("HERALD_REDIS_SENTINELS") {
+            let list: Vec<String> = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            figment = figment.merge(("redis.sentinels", list));
         }
         if let Ok(v) = std::env::var("HERALD_API_KEY") {
             let keys: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();

@@ -209,7 +209,7 @@ fn announce(config: &Config, auth: &Auth, log: &dyn Log) {
         tracing::warn!("no API keys configured: running open, which is only allowed on loopback");
     }
     let bounds = log.bounds();
-    if config.redis.url.is_empty() {
+    if !config.redis.is_cluster() {
         tracing::info!(data = %config.server.data.display(), head = bounds.head, "event log open");
     } else {
         tracing::info!(head = bounds.head, "event log open on redis");
@@ -294,7 +294,7 @@ struct Storage {
 
 /// The embedded store by default; Redis (shared by every node) when `redis.url` is set.
 async fn open_storage(config: &Config, stop: &CancellationToken) -> Result<Storage, ServeError> {
-    if config.redis.url.is_empty() {
+    if !config.redis.is_cluster() {
         let embedded = EmbeddedLog::open(&config.server.data, &config.log)?;
         let queue = Queue::Local(WebhookStore::open(embedded.keyspace())?);
         let (presence, notices) = Presence::local(config.presence.clone());
@@ -305,9 +305,40 @@ async fn open_storage(config: &Config, stop: &CancellationToken) -> Result<Stora
             notices,
         });
     }
-    let (client, conn) =
-        crate::log::redis::connect(&config.redis.url, config.redis.tls_ca.as_deref()).await?;
-    let log = RedisLog::open(client.clone(), conn, &config.redis.prefix, &config.log).await?;
+    let url = if config.redis.sentinels.is_empty() {
+        config.redis.url.clone()
+    } else {
+        let sentinels = crate::log::redis::Sentinels {
+            addrs: config.redis.sentinels.clone(),
+            master: config.redis.master_name.clone(),
+            sentinel_password: config.redis.sentinel_password.clone(),
+            data_url: config.redis.url.clone(),
+        };
+        tracing::info!(sentinels = ?sentinels.addrs, master = %sentinels.master, "following the redis primary through Sentinel");
+        crate::log::redis::sentinel::start(sentinels, stop.clone()).await?
+    };
+    let (client, conn) = crate::log::redis::connect(&url, config.redis.tls_ca.as_deref()).await?;
+    let confirm = crate::log::redis::Confirm {
+        replicas: config.redis.min_replicas,
+        timeout: config.redis.replica_timeout,
+        conn: if config.redis.min_replicas > 0 {
+            Some(
+                crate::log::redis::connect(&url, config.redis.tls_ca.as_deref())
+                    .await?
+                    .1,
+            )
+        } else {
+            None
+        },
+    };
+    let log = RedisLog::open(
+        client.clone(),
+        conn,
+        &config.redis.prefix,
+        &config.log,
+        confirm,
+    )
+    .await?;
     let (presence, notices) = Presence::shared(config.presence.clone(), |notifier, notices| {
         RedisPresence::start(
             client,

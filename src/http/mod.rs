@@ -296,6 +296,17 @@ impl From<LogError> for ApiError {
                     format!("{e}; retry shortly (with the same id, a retry is never doubled)"),
                 )
             }
+            LogError::Unconfirmed(_) => {
+                tracing::warn!(error = %e, "append unconfirmed");
+                let out = Self::unavailable(
+                    "outcome_unknown",
+                    format!(
+                        "{e}: they may or may not have been stored. Publish again with the \
+                         same ids (a retry is never doubled)"
+                    ),
+                );
+                out
+            }
             LogError::Uncertain(_) => {
                 tracing::error!(error = %e, "log halted");
                 Self::new(

@@ -39,6 +39,10 @@ pub enum LogError {
     /// accepts no more writes until the process restarts. Nothing was written.
     #[error("the event log stopped accepting writes after a storage failure")]
     Halted,
+    /// The append reached the primary but not `redis.min_replicas` replicas in time: it may
+    /// or may not survive a failover. Retrying with the same ids is never doubled.
+    #[error("the event log could not confirm these events on enough replicas ({0})")]
+    Unconfirmed(String),
     /// The shared engine is a Redis older than the scripts need.
     #[error(
         "Redis {0} is too old: Herald needs Redis 7.0 or newer (Debian 12, Ubuntu 24.04, or \

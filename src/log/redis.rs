@@ -46,12 +46,14 @@ use crate::store::StoreError;
 mod connect;
 mod follow;
 mod retention;
+pub mod sentinel;
 mod stream;
 
 use connect::{check_version, warn_about_durability};
 pub use connect::{connect, redact_url, unavailable};
 use follow::report_lost_seqs;
 use retention::trimmer;
+pub use sentinel::Sentinels;
 use stream::{corrupt, entry, int_of};
 
 /// Publishes waiting for the writer; a full queue makes publishers wait (backpressure).
@@ -117,6 +119,8 @@ pub struct RedisLog {
     /// Set once: the follower starts with the listener, so it never reads past an event
     /// nobody heard.
     started: AtomicBool,
+    /// `redis.min_replicas > 0`: followers hand on only replica-confirmed events.
+    confirmed_only: bool,
 }
 
 struct Scripts {
@@ -134,6 +138,7 @@ impl RedisLog {
         conn: ConnectionManager,
         prefix: &str,
         config: &LogConfig,
+        confirm: Confirm,
     ) -> Result<Arc<RedisLog>, LogError> {
         let keys = Keys::new(prefix);
         let mut c = conn.clone();
@@ -163,14 +168,16 @@ impl RedisLog {
             tx: Mutex::new(Some(tx)),
             stop: CancellationToken::new(),
             started: AtomicBool::new(false),
+            confirmed_only: confirm.replicas > 0,
         });
         tokio::spawn(writer(
             rx,
-            log.conn.clone(),
+            confirm.conn.clone().unwrap_or_else(|| log.conn.clone()),
             log.keys.clone(),
             log.scripts.clone(),
             config.dedup_window,
             log.head.clone(),
+            confirm,
         ));
         tokio::spawn(trimmer(log.clone_parts(), config.clone()));
         Ok(log)
@@ -204,6 +211,79 @@ struct Parts {
 
 /// Drains waiting publishes into one script call (group commit: one round trip and one AOF
 /// write for many publishers), then answers each.
+/// Replica acknowledgement of appends (`redis.min_replicas`): after each group, `WAIT`
+/// for that many replicas, on a connection of the writer's own (WAIT holds the connection it
+/// is sent on, and the shared one carries everyone else's commands).
+#[derive(Clone, Default)]
+pub struct Confirm {
+    pub replicas: u32,
+    pub timeout: Duration,
+    pub conn: Option<ConnectionManager>,
+}
+
+/// `WAIT`s for `confirm.replicas` replicas to have every write of this connection so far.
+/// A group answered only from idempotency records wrote nothing, so a marker is written
+/// first: the records it read may come from another node's connection, and the replication
+/// stream is ordered, so a replica that has the marker has them too.
+async fn confirm_on_replicas(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    confirm: &Confirm,
+    wrote: bool,
+) -> Result<(), LogError> {
+    if !wrote {
+        redis::cmd("INCR")
+            .arg(format!("{}:confirm", keys.prefix))
+            .query_async::<i64>(conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    let timeout_ms = confirm.timeout.as_millis().max(1) as u64;
+    let got: i64 = redis::cmd("WAIT")
+        .arg(confirm.replicas)
+        .arg(timeout_ms)
+        .query_async(conn)
+        .await
+        .map_err(|e| LogError::Unconfirmed(format!("WAIT failed: {e}")))?;
+    if got < i64::from(confirm.replicas) {
+        metrics::counter!("herald_redis_unconfirmed_total").increment(1);
+        return Err(LogError::Unconfirmed(format!(
+            "{got} of {} replicas confirmed within {} (redis.min_replicas, \
+             redis.replica_timeout)",
+            confirm.replicas,
+            humantime::format_duration(confirm.timeout)
+        )));
+    }
+    Ok(())
+}
+
+/// Moves the cluster's replica-confirmed point up to `seq` (never down: groups of several
+/// nodes confirm in any order, and replication is ordered, so a confirmed seq vouches for
+/// every seq below it).
+async fn mark_confirmed(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    seq: i64,
+) -> Result<(), LogError> {
+    Script::new(
+        "#!lua
+        local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+        return 0",
+    )
+    .key(confirmed_key(keys))
+    .arg(seq)
+    .invoke_async::<i64>(conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Where the replica-confirmed point lives.
+fn confirmed_key(keys: &Keys) -> String {
+    format!("{}:confirmed", keys.prefix)
+}
+
 async fn writer(
     mut rx: mpsc::Receiver<Append>,
     mut conn: ConnectionManager,
@@ -211,6 +291,7 @@ async fn writer(
     scripts: Arc<Scripts>,
     dedup_window: Duration,
     seen: Arc<AtomicU64>,
+    confirm: Confirm,
 ) {
     let window = dedup_window.as_millis().max(1).to_string();
     while let Some(first) = rx.recv().await {
@@ -247,6 +328,38 @@ async fn writer(
         }
         let started = std::time::Instant::now();
         let result: Result<Vec<i64>, _> = invocation.invoke_async(&mut conn).await;
+        // Acknowledged only once enough replicas have the group (and, for duplicates, the
+        // records they were answered from).
+        let result = match result {
+            Ok(flat) if confirm.replicas > 0 => {
+                let wrote = flat[1.min(flat.len())..]
+                    .chunks(2)
+                    .any(|p| p.get(1) != Some(&1));
+                let newest = flat[1.min(flat.len())..]
+                    .chunks(2)
+                    .map(|p| p[0])
+                    .max()
+                    .unwrap_or(0);
+                let confirmed = match confirm_on_replicas(&mut conn, &keys, &confirm, wrote).await {
+                    Ok(()) => mark_confirmed(&mut conn, &keys, newest).await,
+                    Err(e) => Err(e),
+                };
+                match confirmed {
+                    Ok(()) => Ok(flat),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "append not confirmed by replicas");
+                        for request in group {
+                            let _ = request.reply.send(Err(match &e {
+                                LogError::Unconfirmed(m) => LogError::Unconfirmed(m.clone()),
+                                other => LogError::Unconfirmed(other.to_string()),
+                            }));
+                        }
+                        continue;
+                    }
+                }
+            }
+            other => other,
+        };
         // What a cluster publish costs: one round trip and script per group.
         if result.is_ok() {
             crate::stats::get().commit(started.elapsed(), events);
@@ -402,6 +515,7 @@ impl Log for RedisLog {
             self.ready.clone(),
             listener,
             self.stop.clone(),
+            self.confirmed_only,
         ));
     }
 

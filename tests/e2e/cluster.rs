@@ -29,7 +29,7 @@ pub struct Redis {
 /// its port while nodes keep reconnecting to it; a port from the ephemeral range can be
 /// handed to one of those reconnecting sockets (a TCP self-connect), and Redis then cannot
 /// bind it again.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())

@@ -23,6 +23,7 @@ mod prometheus;
 mod promises;
 mod pusher;
 mod resume;
+mod sentinel;
 mod ship;
 mod slow;
 mod sse;

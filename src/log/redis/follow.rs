@@ -20,6 +20,7 @@ pub(super) async fn follow(
     ready: Arc<AtomicBool>,
     listener: Arc<dyn CommitListener>,
     stop: CancellationToken,
+    confirmed_only: bool,
 ) {
     // A blocking read needs its own connection: on a shared one it would stall every other
     // command for up to FOLLOW_BLOCK.
@@ -73,6 +74,24 @@ pub(super) async fn follow(
             }
             if entries[0].seq > last + 1 {
                 notice_trim(&mut conn, &keys, &oldest, last, listener.as_ref()).await;
+            }
+            let mut entries = entries;
+            if confirmed_only {
+                // Only what enough replicas have: an event a failover could lose is never
+                // delivered. The rest is read again once the confirmed point moves.
+                let confirmed: u64 = match redis::cmd("GET")
+                    .arg(super::confirmed_key(&keys))
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+                {
+                    Ok(c) => c.unwrap_or(0),
+                    Err(_) => break,
+                };
+                entries.retain(|e| e.seq <= confirmed);
+                if entries.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
             }
             let newest = entries.last().map_or(last, |e| e.seq);
             listener.committed(&entries);
