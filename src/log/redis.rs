@@ -507,16 +507,16 @@ impl Log for RedisLog {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        tokio::spawn(follow::follow(
-            self.client.clone(),
-            self.keys.clone(),
-            self.head.clone(),
-            self.oldest.clone(),
-            self.ready.clone(),
+        tokio::spawn(follow::follow(follow::Follower {
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            head: self.head.clone(),
+            oldest: self.oldest.clone(),
+            ready: self.ready.clone(),
             listener,
-            self.stop.clone(),
-            self.confirmed_only,
-        ));
+            stop: self.stop.clone(),
+            confirmed_only: self.confirmed_only,
+        }));
     }
 
     fn close(&self) {

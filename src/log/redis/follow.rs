@@ -10,18 +10,32 @@ pub(super) const FOLLOW_BATCH: usize = 1024;
 /// How long one blocking live read waits; also how soon a dead connection is noticed.
 pub(super) const FOLLOW_BLOCK: Duration = Duration::from_millis(1000);
 
+/// What a follower reads and updates (the log's shared state).
+pub(super) struct Follower {
+    pub client: Client,
+    pub keys: Keys,
+    pub head: Arc<AtomicU64>,
+    pub oldest: Arc<AtomicU64>,
+    pub ready: Arc<AtomicBool>,
+    pub listener: Arc<dyn CommitListener>,
+    pub stop: CancellationToken,
+    /// Hand on only replica-confirmed events (`redis.min_replicas > 0`).
+    pub confirmed_only: bool,
+}
+
 /// Follows the log stream and hands each new event to the listener, in seq order. Runs for
 /// the node's lifetime; reconnects by itself and continues from the last seq it handed on.
-pub(super) async fn follow(
-    client: Client,
-    keys: Keys,
-    head: Arc<AtomicU64>,
-    oldest: Arc<AtomicU64>,
-    ready: Arc<AtomicBool>,
-    listener: Arc<dyn CommitListener>,
-    stop: CancellationToken,
-    confirmed_only: bool,
-) {
+pub(super) async fn follow(f: Follower) {
+    let Follower {
+        client,
+        keys,
+        head,
+        oldest,
+        ready,
+        listener,
+        stop,
+        confirmed_only,
+    } = f;
     // A blocking read needs its own connection: on a shared one it would stall every other
     // command for up to FOLLOW_BLOCK.
     let config = AsyncConnectionConfig::new()
