@@ -4,7 +4,7 @@
 #
 #   bash scripts/cluster.sh
 #   curl -N 'http://127.0.0.1:8083/v1/sse?channel=demo'               # subscribe on node 3
-#   curl -XPOST 127.0.0.1:8081/v1/events -d '{"channel":"demo","data":1}'   # publish on node 1
+#   curl -XPOST 127.0.0.1:8081/v1/events -H 'content-type: application/json' -d '{"channel":"demo","data":1}'   # publish on node 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install -y redis-server)" >&2; exit 1; }

@@ -460,7 +460,7 @@ impl Event {
 
     /// The same payload as a complete server-to-client text frame (FIN, unmasked, no
     /// extension bits), which a WebSocket subscriber that is caught up gets written straight
-    /// to its socket (`http/ws/wire.rs`).
+    /// to its socket (`http/wire.rs`).
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame.get_or_init(|| {
             // The envelope always starts with `{"seq":`; splice `"op":"event",` after `{`.
