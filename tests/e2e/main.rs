@@ -12,6 +12,7 @@ mod common;
 mod compression;
 mod console;
 mod consumers;
+mod docs;
 mod durability;
 mod flood;
 mod hardening;
