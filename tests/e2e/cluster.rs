@@ -595,14 +595,20 @@ async fn history(node: &Herald, channel: &str) -> BTreeSet<u64> {
 /// Waits until every node runs the endpoint (and so competes for its deliveries): nodes
 /// re-read endpoints each second.
 pub async fn wait_for_endpoint(cluster: &[Herald], id: &str) {
+    wait_for_endpoints(cluster, &[id]).await
+}
+
+/// Waits until every node runs exactly these endpoints.
+pub async fn wait_for_endpoints(cluster: &[Herald], ids: &[&str]) {
+    let want = format!("herald_webhook_endpoints {}", ids.len());
     for node in cluster {
-        let v = get_json(node.url(&format!("/v1/webhooks/{id}"))).await;
-        assert_eq!(v["id"], id);
-        eventually("the endpoint running on every node", WAIT, async || {
+        for id in ids {
+            let v = get_json(node.url(&format!("/v1/webhooks/{id}"))).await;
+            assert_eq!(v["id"], *id);
+        }
+        eventually("the endpoints running on every node", WAIT, async || {
             let text = get_text(node.url("/metrics")).await;
-            text.lines()
-                .any(|l| l == "herald_webhook_endpoints 1")
-                .then_some(())
+            text.lines().any(|l| l == want).then_some(())
         })
         .await;
     }
@@ -1027,21 +1033,24 @@ async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster(
     let Some(redis) = Redis::start() else { return };
     let cluster = nodes(&redis, 3, WEBHOOKS);
     // Every third request fails, so the head is retried while every node is eager to send.
-    let receiver = Receiver::start(|n, _| {
-        if n % 3 == 1 {
-            Reply::Status(500)
-        } else {
-            Reply::Hang(Duration::from_millis(5))
-        }
-    })
-    .await;
+    // Each request is held for 20 ms, so two in flight at once would be seen.
+    let plan = |n: usize, _: &crate::webhooks::Received| {
+        Reply::After(Duration::from_millis(20), if n % 3 == 1 { 500 } else { 200 })
+    };
+    let receiver = Receiver::start(plan).await;
+    // The control: the same load to an unordered endpoint does overlap, so the check can see
+    // concurrency when there is some.
+    let unordered = Receiver::start(plan).await;
     let (status, endpoint) = create_webhook(
         &cluster[0],
         json!({"url": receiver.url(), "channels": ["o"], "ordered": true}),
     )
     .await;
     assert_eq!(status, 201, "{endpoint}");
-    wait_for_endpoint(&cluster, endpoint["id"].as_str().unwrap()).await;
+    let (_, control) =
+        create_webhook(&cluster[1], json!({"url": unordered.url(), "channels": ["o"]})).await;
+    let ids = [endpoint["id"].as_str().unwrap(), control["id"].as_str().unwrap()];
+    wait_for_endpoints(&cluster, &ids).await;
     let mut seqs = Vec::new();
     for i in 0..60 {
         seqs.push(publish_one(&cluster[i % 3], "o", json!(i)).await);
@@ -1063,6 +1072,20 @@ async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster(
             next += 1;
         }
     }
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(
+        receiver.max_concurrent.load(SeqCst),
+        1,
+        "ordered: one delivery at a time from the whole cluster"
+    );
+    eventually("the unordered endpoint's 60", WAIT, async || {
+        (unordered.delivered().len() == 60).then_some(())
+    })
+    .await;
+    assert!(
+        unordered.max_concurrent.load(SeqCst) > 1,
+        "the control saw no overlap"
+    );
     let mut per_node = Vec::new();
     for node in &cluster {
         per_node.push(delivered_by(node).await);

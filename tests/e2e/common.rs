@@ -153,12 +153,13 @@ fn spawn_on(
     env: &[(String, String)],
 ) -> (Child, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
     let mut child = herald_command()
+        // info unless the test asks for another level
+        .env("HERALD_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data)
         .arg("--config")
         .arg(config)
-        .env("HERALD_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
