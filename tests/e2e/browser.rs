@@ -85,10 +85,15 @@ impl Driver {
     pub async fn finish(mut self) {
         self.stdin.write_all(b"done\n").await.unwrap();
         drop(self.stdin);
-        while let Ok(Some(line)) = self.lines.next_line().await {
-            assert!(!line.starts_with("ERROR"), "{line}");
-        }
-        let _ = self.child.wait().await;
+        let rest = async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                assert!(!line.starts_with("ERROR"), "{line}");
+            }
+            let _ = self.child.wait().await;
+        };
+        tokio::time::timeout(WAIT * 2, rest)
+            .await
+            .expect("the browser driver did not end after `done`");
     }
 
     pub async fn line(&mut self) -> String {

@@ -1035,7 +1035,10 @@ async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster(
     // Every third request fails, so the head is retried while every node is eager to send.
     // Each request is held for 20 ms, so two in flight at once would be seen.
     let plan = |n: usize, _: &crate::webhooks::Received| {
-        Reply::After(Duration::from_millis(20), if n % 3 == 1 { 500 } else { 200 })
+        Reply::After(
+            Duration::from_millis(20),
+            if n % 3 == 1 { 500 } else { 200 },
+        )
     };
     let receiver = Receiver::start(plan).await;
     // The control: the same load to an unordered endpoint does overlap, so the check can see
@@ -1047,9 +1050,15 @@ async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster(
     )
     .await;
     assert_eq!(status, 201, "{endpoint}");
-    let (_, control) =
-        create_webhook(&cluster[1], json!({"url": unordered.url(), "channels": ["o"]})).await;
-    let ids = [endpoint["id"].as_str().unwrap(), control["id"].as_str().unwrap()];
+    let (_, control) = create_webhook(
+        &cluster[1],
+        json!({"url": unordered.url(), "channels": ["o"]}),
+    )
+    .await;
+    let ids = [
+        endpoint["id"].as_str().unwrap(),
+        control["id"].as_str().unwrap(),
+    ];
     wait_for_endpoints(&cluster, &ids).await;
     let mut seqs = Vec::new();
     for i in 0..60 {

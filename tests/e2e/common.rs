@@ -478,9 +478,31 @@ pub async fn local_app() -> (String, Got) {
     (format!("http://{addr}"), got)
 }
 
+/// A running `herald forward`, killed when dropped: an assertion that fails while it runs
+/// must not leave it behind.
+pub struct Forward(Option<Child>);
+
+impl Forward {
+    /// Kills it and returns what it printed.
+    pub fn stop(mut self) -> std::process::Output {
+        let mut child = self.0.take().expect("running");
+        let _ = child.kill();
+        child.wait_with_output().expect("herald forward's output")
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `herald forward` from `server`'s `channel` to `to` (stderr piped, for reading after
-/// the child is killed).
-pub fn spawn_forward(server: &str, channel: &str, to: &str, since: Option<u64>) -> Child {
+/// it is stopped).
+pub fn spawn_forward(server: &str, channel: &str, to: &str, since: Option<u64>) -> Forward {
     let mut command = herald_command();
     command
         .args([
@@ -497,7 +519,7 @@ pub fn spawn_forward(server: &str, channel: &str, to: &str, since: Option<u64>) 
     if let Some(since) = since {
         command.args(["--since", &since.to_string()]);
     }
-    command.spawn().expect("spawn herald forward")
+    Forward(Some(command.spawn().expect("spawn herald forward")))
 }
 
 /// The seqs of a history page, in order.

@@ -192,14 +192,13 @@ async fn item01_a_pretty_printed_signed_hook_is_forwarded_byte_for_byte() {
     assert_eq!(page["events"][0]["data"]["body"], body);
     // `herald forward` replays the exact bytes, and the signature still verifies.
     let (app, got) = local_app().await;
-    let mut child = spawn_forward(&h.url(""), "gh/*", &format!("{app}/hooks"), Some(0));
+    let child = spawn_forward(&h.url(""), "gh/*", &format!("{app}/hooks"), Some(0));
     let seen = eventually("the forwarded request", WAIT, async || {
         let g = got.lock().unwrap();
         (!g.is_empty()).then(|| g[0].clone())
     })
     .await;
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
+    let out = child.stop();
     let (_, _, headers, received) = seen;
     assert_eq!(
         received.as_ref(),
@@ -231,14 +230,13 @@ async fn item01_tail_and_forward_report_a_bad_frame_and_go_on() {
     );
 
     let (app, got) = local_app().await;
-    let mut child = spawn_forward(&server, "c", &format!("{app}/hooks"), None);
+    let child = spawn_forward(&server, "c", &format!("{app}/hooks"), None);
     let seen = eventually("the good frame, forwarded", WAIT, async || {
         let g = got.lock().unwrap();
         (!g.is_empty()).then(|| g[0].clone())
     })
     .await;
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
+    let out = child.stop();
     assert_eq!(seen.3.as_ref(), b"{\"ok\":true}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("seq 1") && err.contains("skipped"), "{err}");
@@ -865,14 +863,13 @@ async fn item12_only_hooks_make_webhook_events_and_forward_replays_no_credential
     });
     let server = fake_sse(stream).await;
     let (app, got) = local_app().await;
-    let mut child = spawn_forward(&server, "c", &format!("{app}/hooks"), None);
+    let child = spawn_forward(&server, "c", &format!("{app}/hooks"), None);
     let (_, _, headers, _) = eventually("the forwarded request", WAIT, async || {
         let g = got.lock().unwrap();
         (!g.is_empty()).then(|| g[0].clone())
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(headers["x-custom"], "kept");
     for name in ["authorization", "cookie", "proxy-authorization"] {
         assert!(headers.get(name).is_none(), "{name} was replayed");

@@ -273,7 +273,7 @@ async fn forward_replays_captured_requests_to_a_local_app_and_signatures_still_v
     ];
     let (status, _) = post_hook(&h, "/v1/hooks/gh/push?x=1", &headers, body.to_vec()).await;
     assert_eq!(status, 202);
-    let mut child = spawn_forward(&h.url(""), "gh/*", &format!("{local}/webhooks"), Some(0));
+    let child = spawn_forward(&h.url(""), "gh/*", &format!("{local}/webhooks"), Some(0));
     // And one that arrives while it runs.
     let later = br#"{"ref":"refs/heads/dev"}"#;
     let sig2 = github_signature("dev secret", later);
@@ -289,8 +289,7 @@ async fn forward_replays_captured_requests_to_a_local_app_and_signatures_still_v
         (g.len() == 2).then(|| g.clone())
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let (method, uri, headers, received) = &seen[0];
     assert_eq!((method.as_str(), uri.as_str()), ("POST", "/webhooks?x=1"));
     assert_eq!(received.as_ref(), body);

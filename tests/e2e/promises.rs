@@ -1,6 +1,5 @@
 //! README promises that had no test of their own (issue #11, item 8).
 
-
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -139,7 +138,7 @@ async fn forward_resumes_after_the_server_restarts() {
     hook(&h, "one").await;
     let (app, got) = local_app().await;
     let port = h.addr.port();
-    let mut child = spawn_forward(&h.url(""), "in", &format!("{app}/x"), Some(0));
+    let child = spawn_forward(&h.url(""), "in", &format!("{app}/x"), Some(0));
     let bodies = |n: usize| {
         let got = got.clone();
         async move {
@@ -155,8 +154,7 @@ async fn forward_resumes_after_the_server_restarts() {
     h.restart_on(port);
     hook(&h, "two").await;
     let seen = bodies(2).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(seen, ["one", "two"]);
     assert_eq!(got.lock().unwrap().len(), 2, "nothing replayed twice");
 }

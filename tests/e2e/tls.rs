@@ -180,8 +180,18 @@ async fn a_new_certificate_is_taken_on_sighup() {
             .is_err(),
         "not yet"
     );
+    // Written with the old files' modification times, so the file watch sees no change:
+    // only the SIGHUP can make the server take them.
     for f in ["redis.pem", "redis.key"] {
-        std::fs::copy(next.path().join(f), dir.path().join(f)).unwrap();
+        let path = dir.path().join(f);
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::copy(next.path().join(f), &path).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
     }
     let ok = std::process::Command::new("kill")
         .args(["-HUP", &h.pid().to_string()])
@@ -348,4 +358,37 @@ async fn http2_event_streams_count_against_the_per_client_limit() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     drop(second);
+}
+
+/// Renewed certificate files are taken without a signal too (the files are watched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_certificate_is_taken_when_the_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(h) = tls_herald(dir.path()) else {
+        return;
+    };
+    let base = format!("https://{}", h.addr());
+    let next = tempfile::tempdir().unwrap();
+    assert!(make_certs(next.path()));
+    let new_client = https_client(&next.path().join("ca.pem"), false);
+    assert!(
+        new_client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "not yet"
+    );
+    for f in ["redis.pem", "redis.key"] {
+        std::fs::copy(next.path().join(f), dir.path().join(f)).unwrap();
+    }
+    crate::webhooks::eventually("the new certificate", WAIT, async || {
+        let r = new_client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
 }
