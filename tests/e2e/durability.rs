@@ -184,7 +184,6 @@ async fn syncs_during_publishes(durability: &str, n: usize) -> Option<usize> {
     let mut strace = std::process::Command::new("strace")
         .args([
             "-f",
-            "-qq",
             "-e",
             "trace=fsync,fdatasync,sync_file_range,syncfs",
             "-o",
@@ -195,9 +194,34 @@ async fn syncs_during_publishes(durability: &str, n: usize) -> Option<usize> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn strace");
-    // strace prints nothing when attached with -qq; a first publish after a pause gives it
-    // time to attach to every thread (what it sees before that is not counted anyway).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // strace says "Process N attached with K threads" once it traces them all, and why when
+    // it cannot (ptrace refused would read as "0 syncs" otherwise): wait for that line, or
+    // fail with strace's words.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = strace.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(wait)
+            .expect("strace never said it attached");
+        assert!(
+            !line.contains("not permitted") && !line.contains("ptrace"),
+            "strace cannot trace the server: {line}"
+        );
+        if line.contains("attached") {
+            break;
+        }
+    }
     let before = std::fs::read_to_string(&out)
         .unwrap_or_default()
         .lines()
