@@ -190,9 +190,26 @@ fn verify_with_the_sdk(
 async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
     use crate::webhooks::{eventually, Receiver, Reply};
     let Some(script) = script() else { return };
-    let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
-    let h = Herald::start(&format!(
-        "{APP}webhooks = [\"{}\"]\n[webhooks]\nallow_private = true\n",
+    // The app is down while the events happen (every delivery fails and is retried), and the
+    // server is killed before it comes back: what was queued survives the restart.
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = down.clone();
+    // What was answered 200, decided and recorded in one step.
+    let taken: std::sync::Arc<std::sync::Mutex<Vec<crate::webhooks::Received>>> =
+        Default::default();
+    let delivered = taken.clone();
+    let receiver = Receiver::start(move |_, r| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::Status(503)
+        } else {
+            delivered.lock().unwrap().push(r.clone());
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let mut h = Herald::start(&format!(
+        "{APP}webhooks = [\"{}\"]\n[webhooks]\nallow_private = true\n\
+         retry_schedule = [\"100ms\", \"100ms\", \"200ms\", \"500ms\", \"1s\", \"1s\", \"1s\", \"1s\"]\n",
         receiver.url()
     ));
     // The app's webhook is an endpoint like any other (so it is retried and inspectable).
@@ -204,6 +221,14 @@ async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
         &["presence_members", "client_events"],
     )
     .await;
+    eventually("a refused delivery (the app is down)", WAIT, async || {
+        let replies = receiver.replies.lock().unwrap().clone();
+        replies.iter().any(|(_, s)| *s == 503).then_some(())
+    })
+    .await;
+    h.kill9();
+    h.restart();
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
     let names = |events: &[Value]| -> Vec<String> {
         events
             .iter()
@@ -214,7 +239,7 @@ async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
         "member_removed and client_event webhooks",
         WAIT,
         async || {
-            let got = receiver.got.lock().unwrap().clone();
+            let got = taken.lock().unwrap().clone();
             let bodies: Vec<Value> = got
                 .iter()
                 .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
@@ -233,7 +258,8 @@ async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
                         && user.is_none_or(|u| e["user_id"] == u)
                 })
             };
-            (room("member_added", Some("alice"))
+            (room("channel_occupied", None)
+                && room("member_added", Some("alice"))
                 && room("member_removed", Some("bob"))
                 && room("channel_vacated", None)
                 && n.contains(&"client_event".to_string()))
@@ -241,7 +267,7 @@ async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
         },
     )
     .await;
-    let got = receiver.got.lock().unwrap().clone();
+    let got = taken.lock().unwrap().clone();
     let events = verify_with_the_sdk(&got, "app-key", "app-secret");
     let find = |name: &str, channel: &str| {
         events

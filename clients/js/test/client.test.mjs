@@ -84,6 +84,7 @@ test("a publish repeated after a drop is stored once", async () => {
   await until("connected", () => c.state === "connected");
   p.dropNextPublish();
   const seq = await c.publish(channel, "only once");
+  assert.equal(p.dropped, 1, "the connection was cut between the publish and its ack");
   const page = await (await fetch(`${BASE}/v1/events?channel=${channel}`)).json();
   assert.deepEqual(page.events.map((e) => e.seq), [seq], JSON.stringify(page));
   c.close();

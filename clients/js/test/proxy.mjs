@@ -5,6 +5,7 @@ import net from "node:net";
 export async function proxy(target) {
   const conns = new Set();
   let dropAfterPublish = false;
+  let dropped = 0;
   const server = net.createServer((client) => {
     const upstream = net.connect(target.port, target.hostname);
     const pair = { client, upstream };
@@ -19,6 +20,7 @@ export async function proxy(target) {
       // A publish reaches the server, and the connection dies before its ack comes back.
       if (dropAfterPublish && d.includes(0x81) && /"op":"publish"/.test(unmask(d))) {
         dropAfterPublish = false;
+        dropped++;
         upstream.pause();
         setTimeout(end, 50);
       }
@@ -39,6 +41,10 @@ export async function proxy(target) {
     },
     dropNextPublish() {
       dropAfterPublish = true;
+    },
+    /** How many publishes had their connection dropped before the ack. */
+    get dropped() {
+      return dropped;
     },
     close() {
       this.cut();
