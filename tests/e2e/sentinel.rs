@@ -168,43 +168,77 @@ async fn a_node_follows_a_sentinel_failover_and_loses_nothing_acknowledged() {
     let h = Herald::start(&format!(
         "[redis]\nsentinels = [{list}]\nmaster_name = \"herald\"\nmin_replicas = 1\nreplica_timeout = \"2s\"\n"
     ));
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let (status, _, reply) = publish_with(
-            &h,
-            &json!({"channel": "ha", "data": i, "id": format!("before-{i}")}),
-        )
-        .await;
-        assert_eq!(status, 201, "{reply}");
-        acked.push(reply["seq"].as_u64().unwrap());
-    }
-    primary.kill9();
-    // Until a replica is promoted: 503 with Retry-After, then 201, each retry with its id.
-    let mut refused = 0;
-    for i in 0..10 {
-        let body = json!({"channel": "ha", "data": 100 + i, "id": format!("during-{i}")});
-        let seq = eventually("a writable primary", WAIT * 2, async || {
-            let (status, retry_after, reply) = publish_with(&h, &body).await;
-            match status {
-                200 | 201 => reply["seq"].as_u64(),
-                503 => {
-                    let code = reply["error"]["code"].as_str().unwrap_or("");
+    let mut sse = Sse::connect(&h, "channel=ha", Some(0)).await;
+    // Eight publishers, each retrying a refused publish with its id until it is taken.
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
+    let refused: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let killed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>> = Default::default();
+    let resumed: std::sync::Arc<std::sync::Mutex<Option<Duration>>> = Default::default();
+    let mut publishers = Vec::new();
+    for p in 0..8 {
+        let (url, acked, refused, killed, resumed) = (
+            h.url("/v1/events"),
+            acked.clone(),
+            refused.clone(),
+            killed.clone(),
+            resumed.clone(),
+        );
+        publishers.push(tokio::spawn(async move {
+            let client = http();
+            for i in 0..25 {
+                let body = json!({"channel": "ha", "data": [p, i], "id": format!("p{p}-{i}")});
+                let deadline = tokio::time::Instant::now() + WAIT * 2;
+                loop {
                     assert!(
-                        ["log_unavailable", "outcome_unknown"].contains(&code),
-                        "{reply}"
+                        tokio::time::Instant::now() < deadline,
+                        "no primary came back"
                     );
-                    assert!(retry_after, "503 says when to retry: {reply}");
-                    refused += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    None
+                    let Ok(r) = client.post(&url).json(&body).send().await else {
+                        continue;
+                    };
+                    let status = r.status().as_u16();
+                    let retry_after = r.headers().contains_key("retry-after");
+                    let reply: Value = r.json().await.unwrap_or(Value::Null);
+                    match status {
+                        200 | 201 => {
+                            acked.lock().unwrap().push(reply["seq"].as_u64().unwrap());
+                            if let Some(at) = *killed.lock().unwrap() {
+                                resumed.lock().unwrap().get_or_insert(at.elapsed());
+                            }
+                            break;
+                        }
+                        503 => {
+                            let code = reply["error"]["code"].as_str().unwrap_or("");
+                            assert!(
+                                ["log_unavailable", "outcome_unknown"].contains(&code),
+                                "{reply}"
+                            );
+                            assert!(retry_after, "503 says when to retry: {reply}");
+                            refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        other => panic!("unexpected {other}: {reply}"),
+                    }
                 }
-                other => panic!("unexpected {other}: {reply}"),
             }
-        })
-        .await;
-        acked.push(seq);
+        }));
     }
-    assert!(refused > 0, "the outage was seen");
+    // Mid-run, the primary dies.
+    eventually("some publishes acknowledged", WAIT, async || {
+        (acked.lock().unwrap().len() >= 40).then_some(())
+    })
+    .await;
+    primary.kill9();
+    *killed.lock().unwrap() = Some(std::time::Instant::now());
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 200);
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the outage was seen"
+    );
     let roles: Vec<String> = replicas
         .iter()
         .map(|r| {
@@ -220,15 +254,33 @@ async fn a_node_follows_a_sentinel_failover_and_loses_nothing_acknowledged() {
         roles.contains(&"master".to_string()),
         "a replica was promoted: {roles:?}"
     );
+    // Every acknowledged event is in history with its acknowledged seq, once.
     let page = get_json(h.url("/v1/events?channel=ha&limit=1000")).await;
     let stored = page_seqs(&page);
-    for seq in &acked {
-        assert!(
-            stored.contains(seq),
-            "acknowledged seq {seq} lost: {stored:?}"
-        );
+    let mut want = acked.clone();
+    want.sort_unstable();
+    assert_eq!(stored, want, "history is exactly what was acknowledged");
+    // The subscriber from 0 saw each once, in order, across the failover.
+    let mut seen = Vec::new();
+    while seen.len() < want.len() {
+        let e = sse.next().await.expect("the stream stays");
+        if e.name.as_deref() == Some("reset") {
+            continue;
+        }
+        seen.push(e.id.unwrap());
     }
-    assert_eq!(stored.len(), acked.len(), "nothing doubled: {stored:?}");
+    assert_eq!(seen, want, "the subscriber saw each event once, in order");
+    let metrics = get_text(h.url("/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_redis_failovers_total") && !l.ends_with(" 0")),
+        "the failover is counted"
+    );
+    eprintln!(
+        "publishing resumed {:?} after the primary was killed",
+        resumed.lock().unwrap()
+    );
 }
 
 /// With `min_replicas = 1` and no replica, an append cannot be confirmed: 503
@@ -265,4 +317,59 @@ async fn appends_wait_for_replicas_and_unconfirmed_ones_are_not_acknowledged() {
     let page = get_json(h.url("/v1/events?channel=rep")).await;
     assert_eq!(page_seqs(&page), vec![seq], "never doubled");
     drop(replica);
+}
+
+/// With both replicas paused (SIGSTOP), a publish is never acknowledged 2xx within the
+/// timeout; once they resume, the same id succeeds, stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_replicas_hold_acknowledgements_back() {
+    drop(Redis::start());
+    let primary = Server::data(None);
+    let replicas = [
+        Server::data(Some(primary.port)),
+        Server::data(Some(primary.port)),
+    ];
+    for r in &replicas {
+        eventually("the replica in sync", WAIT, async || {
+            let info = r.cli(&["INFO", "replication"])?;
+            info.contains("master_link_status:up").then_some(())
+        })
+        .await;
+    }
+    let h = Herald::start(&format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}\"\nmin_replicas = 1\nreplica_timeout = \"500ms\"\n",
+        primary.port
+    ));
+    let first = json!({"channel": "p", "data": 0, "id": "p-0"});
+    let (status, _, reply) = publish_with(&h, &first).await;
+    assert_eq!(status, 201, "{reply}");
+    let signal = |sig: &str| {
+        for r in &replicas {
+            let pid = r.child.as_ref().unwrap().id().to_string();
+            assert!(Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+    signal("-STOP");
+    let body = json!({"channel": "p", "data": 1, "id": "p-1"});
+    for _ in 0..3 {
+        let (status, _, reply) = publish_with(&h, &body).await;
+        assert_eq!(
+            status, 503,
+            "never acknowledged while no replica has it: {reply}"
+        );
+        assert_eq!(reply["error"]["code"], "outcome_unknown");
+    }
+    signal("-CONT");
+    let (status, reply) = eventually("the replicas back", WAIT, async || {
+        let (status, _, reply) = publish_with(&h, &body).await;
+        (status != 503).then_some((status, reply))
+    })
+    .await;
+    assert!(status == 200 || status == 201, "{reply}");
+    let page = get_json(h.url("/v1/events?channel=p")).await;
+    assert_eq!(page_seqs(&page).len(), 2, "stored once: {page}");
 }

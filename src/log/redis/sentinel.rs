@@ -104,19 +104,42 @@ fn local_url(data_url: &str, local: SocketAddr) -> Result<String, LogError> {
 
 /// Asks the Sentinels every `POLL` and publishes each change of primary.
 async fn watch_primary(s: Sentinels, tx: watch::Sender<Primary>, stop: CancellationToken) {
+    let mut lost_at = tx.borrow().is_none().then(std::time::Instant::now);
+    metrics::gauge!("herald_redis_primary_up").set(if lost_at.is_none() { 1.0 } else { 0.0 });
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
         }
         let now = find_primary(&s).await;
-        if *tx.borrow() != now {
-            match now {
-                Some(addr) => tracing::warn!(primary = %addr, "redis primary changed (Sentinel)"),
-                None => tracing::warn!("no writable redis primary (Sentinel): publishes get 503"),
-            }
-            tx.send_replace(now);
+        let before = *tx.borrow();
+        if before == now {
+            continue;
         }
+        match now {
+            Some(addr) => {
+                let without = lost_at.take().map(|t| t.elapsed());
+                if let Some(d) = without {
+                    metrics::counter!("herald_redis_without_primary_seconds_total")
+                        .increment(d.as_secs());
+                }
+                if before.is_some() || without.is_some() {
+                    metrics::counter!("herald_redis_failovers_total").increment(1);
+                }
+                tracing::warn!(
+                    primary = %addr,
+                    without_primary_ms = without.map(|d| d.as_millis() as u64),
+                    "redis primary changed (Sentinel)"
+                );
+                metrics::gauge!("herald_redis_primary_up").set(1.0);
+            }
+            None => {
+                lost_at.get_or_insert_with(std::time::Instant::now);
+                metrics::gauge!("herald_redis_primary_up").set(0.0);
+                tracing::warn!("no writable redis primary (Sentinel): publishes get 503");
+            }
+        }
+        tx.send_replace(now);
     }
 }
 
