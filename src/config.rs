@@ -24,6 +24,47 @@ pub struct Config {
     pub pusher: PusherConfig,
     /// Incoming webhooks: who may post to `/v1/hooks/{channel}` without an API key.
     pub hooks: Vec<HookConfig>,
+    /// Backend hooks: the app decides who connects and what they may do.
+    pub proxy: ProxyConfig,
+}
+
+/// `[proxy]`: URLs of the app that Herald asks (each optional), signed with `secret`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Asked when an SSE, WebSocket or HTTP publish request carries no Herald credential.
+    pub connect_url: String,
+    /// Asked when a connection subscribes to a channel in `subscribe_channels`.
+    pub subscribe_url: String,
+    pub subscribe_channels: Vec<String>,
+    /// Asked for each client publish (not API keys) on a channel in `publish_channels`.
+    pub publish_url: String,
+    pub publish_channels: Vec<String>,
+    /// Answers WebSocket `{"op":"rpc"}` calls.
+    pub rpc_url: String,
+    /// Past it, the action is refused with `proxy_unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// `whsec_...`: every request is signed with it (Standard Webhooks headers).
+    pub secret: String,
+    /// Request headers the connect hook sees.
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_url: String::new(),
+            subscribe_url: String::new(),
+            subscribe_channels: Vec::new(),
+            publish_url: String::new(),
+            publish_channels: Vec::new(),
+            rpc_url: String::new(),
+            timeout: Duration::from_secs(1),
+            secret: String::new(),
+            forward_headers: vec!["cookie".into(), "authorization".into()],
+        }
+    }
 }
 
 /// One `[[hooks]]` rule: requests to matching channels are accepted when they carry a valid
@@ -465,7 +506,8 @@ pub const REFERENCE: &str = include_str!("../docs/herald.toml");
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
+    "proxy",
     "server",
     "log",
     "limits",

@@ -312,6 +312,11 @@ impl NewEvent {
         &self.channel
     }
 
+    /// The same event with other data (the publish hook's rewrite; names stay as checked).
+    pub fn with_data(self, data: Box<RawValue>) -> NewEvent {
+        NewEvent { data, ..self }
+    }
+
     pub fn kind(&self) -> Option<&str> {
         self.kind.as_deref()
     }

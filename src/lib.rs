@@ -10,7 +10,8 @@
 //! - [`hub`]: fan-out from the log's commits to live subscriptions, and resume (history, then
 //!   live, with no gap or duplicate at the hand-over).
 //! - [`http`]: the router and the transports: the JSON API, SSE, WebSocket.
-//! - [`auth`], [`limits`]: who may do what (API keys, scoped JWTs), and per-client bounds.
+//! - [`auth`], [`limits`]: who may do what (API keys, scoped JWTs), and per-client bounds;
+//!   [`proxy`]: or the app decides (backend hooks).
 //! - [`server`]: the accept loop and lifecycle (bind, drain, shutdown).
 //! - [`webhook`]: outgoing webhooks: durable per-endpoint queues fed from the log, signing,
 //!   retries, the SSRF guard.
@@ -28,6 +29,7 @@ pub(crate) mod hub;
 pub(crate) mod limits;
 pub mod log;
 pub(crate) mod presence;
+pub(crate) mod proxy;
 pub(crate) mod pusher;
 pub(crate) mod server;
 pub mod stats;

@@ -49,6 +49,8 @@ pub enum ServeError {
     Pusher(#[from] crate::http::pusher::AppsError),
     #[error("TLS configuration")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("backend hooks configuration")]
+    Proxy(#[from] crate::proxy::ProxyConfigError),
     /// A setting outside what it can be, refused at start rather than quietly clamped.
     #[error("{0}")]
     OutOfRange(String),
@@ -62,6 +64,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let auth = Arc::new(Auth::from_config(&config.auth)?);
     let hooks = Arc::new(crate::http::hooks::HookRules::from_config(&config.hooks)?);
     let pusher = Arc::new(crate::http::pusher::Apps::from_config(&config.pusher)?);
+    let proxy = crate::proxy::Proxy::from_config(&config.proxy)?;
     let tls = crate::tls::acceptor(
         config.server.tls_cert.as_deref(),
         config.server.tls_key.as_deref(),
@@ -121,6 +124,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         metrics,
         history,
         ws: Arc::new(crate::http::ws::socket::Settings::new(&config.websocket)),
+        proxy,
         config: Arc::new(config),
         shutdown,
         tasks: acceptor.tasks.clone(),

@@ -207,8 +207,12 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Credentials first: an unauthenticated client does not get its body read.
+    // Credentials first: an unauthenticated client does not get its body read (with a
+    // connect hook, the app says who it is).
     let principal = app.principal(&headers, None, Via::Write)?;
+    let principal = app
+        .identify(principal, &headers, conn.peer, "http", &[])
+        .await?;
     if matches!(principal, Principal::Anonymous) {
         return Err(AuthError::Missing.into());
     }
@@ -226,6 +230,7 @@ pub async fn publish(
         app.auth.check_publish(&principal, event.channel())?;
     }
     app.take_publish_budget(&principal, conn.peer.ip(), events.len())?;
+    let events = app.vet_publish(&principal, events).await?;
     let results = app.hub.publish(events, "http").await?;
     let status = if results.iter().all(|a: &Appended| a.duplicate) {
         StatusCode::OK

@@ -79,6 +79,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// How WebSocket connections are sized and compressed (`[websocket]`).
     pub ws: Arc<ws::socket::Settings>,
+    /// Backend hooks (`[proxy]`), when any URL is set.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 /// An extractor that admits only an admin credential (an API key in the `Authorization`
@@ -406,6 +408,128 @@ impl AppState {
                 metrics::counter!("herald_rate_limited_total", "limit" => "publish").increment(1);
                 ApiError::rate_limited(wait)
             })
+    }
+}
+
+impl From<crate::proxy::ProxyError> for ApiError {
+    fn from(e: crate::proxy::ProxyError) -> Self {
+        match e {
+            crate::proxy::ProxyError::Refused { message, .. } => {
+                Self::new(StatusCode::FORBIDDEN, "proxy_refused", message)
+            }
+            crate::proxy::ProxyError::Unavailable(why) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "proxy_unavailable",
+                format!("{why}; refused (the app could not decide)"),
+            ),
+        }
+    }
+}
+
+/// The user a principal names to the backend hooks.
+fn user_of(p: &crate::auth::Principal) -> Option<&str> {
+    match p {
+        crate::auth::Principal::Token { sub, .. } => sub.as_deref(),
+        _ => None,
+    }
+}
+
+impl AppState {
+    /// Who the caller is: its own credential, or, with none and a connect hook, whom the app
+    /// says it is (`transport`: `sse`, `ws` or `http`). An identity vouched for by cookies
+    /// needs an allowed Origin (against cross-site WebSocket hijacking and CSRF).
+    pub async fn identify(
+        &self,
+        principal: crate::auth::Principal,
+        headers: &HeaderMap,
+        peer: std::net::SocketAddr,
+        transport: &str,
+        channels: &[&str],
+    ) -> Result<crate::auth::Principal, ApiError> {
+        use crate::auth::Principal;
+        let Some(proxy) = self.proxy.as_ref().filter(|p| p.asks_connect()) else {
+            return Ok(principal);
+        };
+        if !matches!(principal, Principal::Anonymous | Principal::Open) {
+            return Ok(principal);
+        }
+        if headers.contains_key(axum::http::header::COOKIE) && !self.origin_allowed(headers) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "an identity from cookies needs an allowed Origin (same origin or \
+                 server.allowed_origins)",
+            ));
+        }
+        Ok(proxy
+            .connect(transport, proxy.forwarded(headers), peer, channels)
+            .await?)
+    }
+
+    /// The subscribe hook, for a channel in `proxy.subscribe_channels` (API keys never ask).
+    pub async fn ask_subscribe(
+        &self,
+        principal: &crate::auth::Principal,
+        channel: &str,
+        transport: &str,
+    ) -> Result<(), ApiError> {
+        let Some(proxy) = self.proxy.as_ref().filter(|p| p.asks_subscribe(channel)) else {
+            return Ok(());
+        };
+        if matches!(principal, crate::auth::Principal::Admin { .. }) {
+            return Ok(());
+        }
+        let info = match principal {
+            crate::auth::Principal::Token { info, .. } => info.as_deref(),
+            _ => None,
+        };
+        proxy
+            .subscribe(user_of(principal), channel, transport, info)
+            .await
+            .map_err(|e| {
+                let mut e = ApiError::from(e);
+                e.message = format!("{:?}: {}", crate::event::excerpt(channel), e.message);
+                e
+            })
+    }
+
+    /// The publish hook, once per event on a channel in `proxy.publish_channels`, before the
+    /// idempotency check and the append: each kept, rewritten, or the whole lot refused.
+    /// Only client publishes ask (tokens and hook identities); API keys never do.
+    pub async fn vet_publish(
+        &self,
+        principal: &crate::auth::Principal,
+        events: Vec<crate::event::NewEvent>,
+    ) -> Result<Vec<crate::event::NewEvent>, ApiError> {
+        let Some(proxy) = self.proxy.as_ref() else {
+            return Ok(events);
+        };
+        if !matches!(principal, crate::auth::Principal::Token { .. }) {
+            return Ok(events);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            if !proxy.asks_publish(event.channel()) {
+                out.push(event);
+                continue;
+            }
+            let rewrite = proxy
+                .publish(
+                    user_of(principal),
+                    event.channel(),
+                    event.kind(),
+                    event.data(),
+                )
+                .await?;
+            out.push(match rewrite {
+                None => event,
+                Some(data) => {
+                    crate::http::api::check_data_size(&data, &self.config.limits)?;
+                    event.with_data(data)
+                }
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -64,8 +64,15 @@ pub async fn stream(
     distinct.dedup();
     check_subscription_caps(&app.config.limits, distinct)?;
     let principal = app.principal(&headers, query_token(&pairs), Via::Read)?;
+    let principal = app
+        .identify(principal, &headers, conn.peer, "sse", &channels)
+        .await?;
     for channel in &channels {
         app.auth.check_subscribe(&principal, channel)?;
+    }
+    // A refused channel refuses the stream (403 naming it) before it starts.
+    for channel in &distinct_channels(&channels) {
+        app.ask_subscribe(&principal, channel, "sse").await?;
     }
     let filter = Filter::parse(channels.iter().copied())?;
     // `typed=false`: no `event:` lines, so a browser gets every event in `onmessage` without
@@ -139,6 +146,13 @@ pub async fn stream(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+fn distinct_channels<'a>(channels: &[&'a str]) -> Vec<&'a str> {
+    let mut out = channels.to_vec();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// `&presence=true[&user=U][&info=JSON]`: the reader is a member of every channel of the

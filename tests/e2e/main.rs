@@ -22,6 +22,7 @@ mod one_door;
 mod presence;
 mod prometheus;
 mod promises;
+mod proxy;
 mod pusher;
 mod resume;
 mod sentinel;

@@ -23,6 +23,8 @@ pub struct ClientMessage {
     pub presence: bool,
     pub user: Option<String>,
     pub info: Option<Value>,
+    /// rpc: the method the app is asked to run (`data` its argument).
+    pub method: Option<String>,
     #[serde(rename = "ref")]
     _ref: Option<Value>,
 }

@@ -83,6 +83,40 @@ pub async fn upgrade(
     }
     let pairs = query_pairs(query.as_deref())?;
     let principal = app.principal(&headers, query_token(&pairs), crate::auth::Via::Read)?;
+    let asked: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "channel")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    // The backend hooks' refusals end the WebSocket with 1008 and the app's message (what a
+    // browser can see), after the upgrade.
+    let hooked = async {
+        let principal = app
+            .identify(principal, &headers, conn.peer, "ws", &asked)
+            .await?;
+        for channel in &asked {
+            app.ask_subscribe(&principal, channel, "ws").await?;
+        }
+        Ok::<_, ApiError>(principal)
+    };
+    let principal = match hooked.await {
+        Ok(p) => p,
+        Err(e) if e.code.starts_with("proxy_") => {
+            let (response, socket) = upgrade?.accept(app.ws.options(max_message(&app)))?;
+            tokio::spawn(async move {
+                if let Some((mut socket, _)) = socket.await {
+                    // A close reason holds at most 123 bytes.
+                    let mut reason = e.message;
+                    while reason.len() > 120 {
+                        reason.pop();
+                    }
+                    socket::close_because(&mut socket, CLOSE_POLICY, &reason).await;
+                }
+            });
+            return Ok(response);
+        }
+        Err(e) => return Err(e),
+    };
     let since = match pairs.iter().find(|(k, _)| k == "since") {
         Some((_, v)) => Some(parse_cursor(v, "since")?),
         None => None,
@@ -363,6 +397,9 @@ impl Session {
             "unsubscribe" => self.on_unsubscribe(message, reference.as_ref()),
             "publish" => return self.on_publish(message, reference).await,
             "ping" => with_ref(json!({"op": "pong"}), reference.as_ref()),
+            "rpc" if self.app.proxy.as_ref().is_some_and(|p| p.asks_rpc()) => {
+                self.on_rpc(message, reference.as_ref()).await
+            }
             other => error(
                 reference.as_ref(),
                 "unknown_op",
@@ -385,6 +422,13 @@ impl Session {
         };
         if let Err(e) = self.app.auth.check_subscribe(&self.principal, &channel) {
             let e = ApiError::from(e);
+            return error(reference, e.code, &e.message);
+        }
+        if let Err(e) = self
+            .app
+            .ask_subscribe(&self.principal, &channel, "ws")
+            .await
+        {
             return error(reference, e.code, &e.message);
         }
         if !self.subs.contains_key(&channel) {
@@ -417,6 +461,36 @@ impl Session {
         }
         self.add_subscription(channel.clone(), filter, m.since);
         with_ref(reply, reference)
+    }
+
+    /// `{"op":"rpc","method","data"}`: the app's answer as `{"op":"rpc","data"}`.
+    async fn on_rpc(&mut self, m: ClientMessage, reference: Option<&Value>) -> Value {
+        let Some(method) = m.method.filter(|m| !m.is_empty() && m.len() <= 200) else {
+            return error(
+                reference,
+                "invalid_message",
+                "rpc needs a method (1-200 characters)",
+            );
+        };
+        let Some(proxy) = self.app.proxy.clone() else {
+            return error(reference, "unknown_op", "no rpc_url is configured");
+        };
+        let data: Value = m
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d.get()).ok())
+            .unwrap_or(Value::Null);
+        let user = match &self.principal {
+            crate::auth::Principal::Token { sub, .. } => sub.clone(),
+            _ => None,
+        };
+        match proxy.rpc(user.as_deref(), &method, &data).await {
+            Ok(answer) => with_ref(json!({"op": "rpc", "data": answer}), reference),
+            Err(e) => {
+                let e = ApiError::from(e);
+                error(reference, e.code, &e.message)
+            }
+        }
     }
 
     fn on_unsubscribe(&mut self, m: ClientMessage, reference: Option<&Value>) -> Value {
@@ -454,8 +528,12 @@ impl Session {
             data,
             id: m.id,
         };
-        let event = match self.admit(input) {
-            Ok(e) => e,
+        let admitted = match self.admit(input) {
+            Ok(e) => self.app.vet_publish(&self.principal, vec![e]).await,
+            Err(e) => Err(e),
+        };
+        let event = match admitted {
+            Ok(mut e) => e.remove(0),
             Err(e) => {
                 let mut reply = error(reference.as_ref(), e.code, &e.message);
                 if let Some(secs) = e.retry_after {

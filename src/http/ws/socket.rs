@@ -371,17 +371,21 @@ pub(crate) async fn close(ws: &mut Socket, how: Close) {
             })
             .await;
         }
-        Close::With(code, reason) => {
-            let frame = Frame::close(code.into(), reason);
-            let sent = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(frame)).await;
-            // Read to the peer's close or EOF so the closing handshake completes cleanly.
-            if matches!(sent, Ok(Ok(()))) {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    while ws.next_frame().await.is_ok() {}
-                })
-                .await;
-            }
-        }
+        Close::With(code, reason) => close_because(ws, code, reason).await,
+    }
+}
+
+/// Sends a close frame with `code` and `reason` (a message of the moment, say an app's
+/// refusal) and completes the closing handshake, bounded in time.
+pub(crate) async fn close_because(ws: &mut Socket, code: u16, reason: &str) {
+    let frame = Frame::close(code.into(), reason.as_bytes());
+    let sent = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(frame)).await;
+    // Read to the peer's close or EOF so the closing handshake completes cleanly.
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while ws.next_frame().await.is_ok() {}
+        })
+        .await;
     }
 }
 

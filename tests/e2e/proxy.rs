@@ -1,0 +1,273 @@
+//! Backend hooks: a real app (tests/proxy/app.py, which checks each request's signature
+//! with PyPI's `standardwebhooks`) decides who connects, what they may join and say, and
+//! answers RPCs.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::common::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The app on a free loopback port, killed on drop.
+struct App {
+    child: Child,
+    url: String,
+}
+
+impl App {
+    fn start() -> Option<App> {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy/app.py");
+        let ready = Command::new("python3")
+            .args(["-c", "import standardwebhooks"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ready {
+            dependency_missing(
+                "python3 with standardwebhooks (the backend hook tests' app)",
+                "pip install standardwebhooks (scripts/test puts it in target/venv)",
+            );
+            return None;
+        }
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("the app's port");
+        Some(App {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(connect_url: &str, app: &str) -> String {
+    format!(
+        "[auth]\napi_keys = [\"k\"]\njwt_secret = \"jwt-secret\"\n\
+         [proxy]\nconnect_url = \"{connect_url}\"\nsubscribe_url = \"{app}/subscribe\"\n\
+         subscribe_channels = [\"private:*\"]\npublish_url = \"{app}/publish\"\n\
+         publish_channels = [\"chat:*\"]\nrpc_url = \"{app}/rpc\"\ntimeout = \"1s\"\n\
+         secret = \"{SECRET}\"\n"
+    )
+}
+
+async fn ws_with_cookie(h: &Herald, query: &str, cookie: &str) -> Ws {
+    let mut request = h
+        .ws_url(&format!("/v1/ws{query}"))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", format!("session={cookie}").parse().unwrap());
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("WS connect timeout")
+        .expect("WS connect");
+    ws
+}
+
+async fn sse_status(h: &Herald, query: &str, cookie: &str) -> (u16, Value) {
+    let r = client()
+        .get(h.url(&format!("/v1/sse?{query}")))
+        .header("cookie", format!("session={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    if status == 200 {
+        return (status, Value::Null);
+    }
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_decides_who_connects_and_what_they_may_do() {
+    let Some(app) = App::start() else { return };
+    let h = Herald::start(&config(&format!("{}/connect", app.url), &app.url));
+
+    // Connect by cookie: the app's identity is the member, with its info.
+    let mut ws = ws_with_cookie(&h, "", "alice").await;
+    assert_eq!(ws_json(&mut ws).await["op"], "welcome");
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "room:1", "presence": true, "ref": 1}),
+    )
+    .await;
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+    assert_eq!(reply["presence"]["members"][0]["user"], "alice", "{reply}");
+    assert_eq!(
+        reply["presence"]["members"][0]["info"],
+        json!({"name": "Alice"})
+    );
+    // Channels the app did not grant are refused as a token's would be.
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "elsewhere", "ref": 2}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut ws).await["op"], "error");
+    // The subscribe hook, per channel.
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "private:secret", "ref": 3}),
+    )
+    .await;
+    let refused = ws_json(&mut ws).await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("proxy_refused")),
+        "{refused}"
+    );
+    assert!(
+        refused["message"].as_str().unwrap().contains("not for you"),
+        "{refused}"
+    );
+    ws_send(
+        &mut ws,
+        json!({"op": "subscribe", "channel": "private:ok", "ref": 4}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut ws).await["op"], "subscribed");
+
+    // Publish: kept, rewritten, refused; checked in history.
+    ws_send(
+        &mut ws,
+        json!({"op": "publish", "channel": "chat:1", "data": {"text": "hi"}, "ref": 5}),
+    )
+    .await;
+    let mut skipped = Vec::new();
+    let ack = ws_until_op(&mut ws, "ack", &mut skipped).await;
+    let rewritten = ack["seq"].as_u64().unwrap();
+    ws_send(
+        &mut ws,
+        json!({"op": "publish", "channel": "chat:1", "data": {"text": "bad"}, "ref": 6}),
+    )
+    .await;
+    let refused = ws_until_op(&mut ws, "error", &mut skipped).await;
+    assert_eq!(refused["code"], "proxy_refused", "{refused}");
+    ws_send(
+        &mut ws,
+        json!({"op": "publish", "channel": "room:1", "data": {"text": "as is"}, "ref": 7}),
+    )
+    .await;
+    let kept = ws_until_op(&mut ws, "ack", &mut skipped).await["seq"]
+        .as_u64()
+        .unwrap();
+    let page = get_json_as(&h, "/v1/events?channel=chat:1&channel=room:1", "k").await;
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "the refused one was never logged: {page}");
+    assert_eq!(events[0]["seq"], rewritten);
+    assert_eq!(events[0]["data"], json!({"text": "HI", "by": "alice"}));
+    assert_eq!(events[1]["seq"], kept);
+    assert_eq!(events[1]["data"], json!({"text": "as is"}));
+
+    // RPC round trip.
+    ws_send(
+        &mut ws,
+        json!({"op": "rpc", "method": "add", "data": {"a": 2, "b": 3}, "ref": "r1"}),
+    )
+    .await;
+    let answer = ws_until_op(&mut ws, "rpc", &mut skipped).await;
+    assert_eq!(answer, json!({"op": "rpc", "ref": "r1", "data": 5}));
+
+    // Refused at connect: WebSocket closes 1008 with the app's message; SSE gets 403.
+    let mut banned = ws_with_cookie(&h, "", "banned").await;
+    match ws_read(&mut banned).await {
+        WsRead::Closed(Some((1008, reason))) => assert!(reason.contains("banned"), "{reason}"),
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+    let (status, reply) = sse_status(&h, "channel=room:1", "banned").await;
+    assert_error(status, &reply, 403, "proxy_refused");
+    // SSE naming a refused channel: 403 naming it, before the stream starts.
+    let (status, reply) = sse_status(&h, "channel=room:1&channel=private:secret", "alice").await;
+    assert_error(status, &reply, 403, "proxy_refused");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("private:secret"),
+        "{reply}"
+    );
+    assert_eq!(sse_status(&h, "channel=room:1", "alice").await.0, 200);
+
+    // An HTTP publish with no credential goes through the same hooks.
+    let r = client()
+        .post(h.url("/v1/events"))
+        .header("cookie", "session=alice")
+        .json(&json!({"channel": "chat:2", "data": {"text": "via http"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let page = get_json_as(&h, "/v1/events?channel=chat:2", "k").await;
+    assert_eq!(
+        page["events"][0]["data"],
+        json!({"text": "VIA HTTP", "by": "alice"})
+    );
+    // API-key publishes never ask (the app would rewrite this one).
+    publish_as(
+        &h,
+        "k",
+        json!({"channel": "chat:3", "data": {"text": "raw"}}),
+    )
+    .await;
+    let page = get_json_as(&h, "/v1/events?channel=chat:3", "k").await;
+    assert_eq!(page["events"][0]["data"], json!({"text": "raw"}));
+}
+
+/// Fails closed, bounded in time: a slow app refuses within the timeout (+1 s) while another
+/// connection is served; a dead app refuses; a valid Herald token never asks the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_dead_app_refuses_in_time_and_tokens_skip_it() {
+    let Some(app) = App::start() else { return };
+    let h = Herald::start(&config(&format!("{}/slow", app.url), &app.url));
+    let token = mint_token(&h, "k", json!({"sub": "t", "sub_channels": ["*"]})).await;
+    let started = Instant::now();
+    let slow = {
+        let url = h.url("/v1/sse?channel=room:1");
+        tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("cookie", "session=alice")
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // Meanwhile a token holder is served at once (and never sent to the app).
+    let mut ws = ws_connect(&h, &format!("?token={token}")).await;
+    assert_eq!(ws_json(&mut ws).await["op"], "welcome");
+    let r = slow.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "proxy_unavailable", "{body}");
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_millis(900),
+        "refused after {took:?}"
+    );
+
+    // The app down: refused, by name.
+    drop(app);
+    let (status, reply) = sse_status(&h, "channel=room:1", "alice").await;
+    assert_error(status, &reply, 503, "proxy_unavailable");
+}
