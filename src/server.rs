@@ -136,6 +136,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         "http"
     };
     tracing::info!("listening on {scheme}://{addr}");
+    tracing::info!("operator console: {scheme}://{addr}/");
     acceptor.run(listener, router).await;
     let grace = acceptor.server.shutdown_grace;
     tracing::info!("shutting down: draining connections");
@@ -202,7 +203,9 @@ fn raise_open_files(config: &Config) {
         tracing::warn!(
             nofile,
             max_connections = config.limits.max_connections,
-            "open-file limit is below limits.max_connections"
+            "open-file limit is below limits.max_connections: connections past it are \
+             refused. Raise it with `ulimit -n` in the shell that starts Herald, or \
+             LimitNOFILE= in its systemd unit (contrib/systemd/herald.service sets 1048576)"
         );
     }
 }

@@ -86,6 +86,15 @@ pub struct EmbeddedLog {
 impl EmbeddedLog {
     /// Opens (or creates) the log in `dir` and starts its writer thread and retention timer.
     pub fn open(dir: &Path, config: &LogConfig) -> Result<Arc<EmbeddedLog>, LogError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(LogError::Storage(StoreError::Io {
+                what: format!("the data directory {}", dir.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "it is a file, not a directory (--data, HERALD_DATA, server.data)",
+                ),
+            }));
+        }
         std::fs::create_dir_all(dir).map_err(|source| {
             LogError::Storage(StoreError::Io {
                 what: dir.display().to_string(),

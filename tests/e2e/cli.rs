@@ -560,3 +560,30 @@ fn listen_takes_a_host_name_or_a_bare_port() {
         );
     }
 }
+
+/// Start-up errors say each cause once, and what to change.
+#[test]
+fn start_errors_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = herald_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&file)
+        .output_within();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not a directory"), "{err}");
+    let last = err.lines().last().unwrap();
+    assert_eq!(last.matches("a-file").count(), 1, "said once: {last}");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[server]\nlisten = 5\n").unwrap();
+    let out = herald_command()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output_within();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(last.matches("invalid type").count(), 1, "said once: {last}");
+}
