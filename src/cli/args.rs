@@ -121,6 +121,10 @@ pub(super) enum WebhookCommand {
         /// Channel or pattern to deliver (repeat for several).
         #[arg(long = "channel", required = true)]
         channels: Vec<String>,
+        /// The consumer the endpoint belongs to (managed with that owner's token, counted
+        /// against its endpoint cap).
+        #[arg(long)]
+        owner: Option<String>,
         #[command(flatten)]
         settings: EndpointSettings,
         #[command(flatten)]
@@ -225,6 +229,7 @@ pub(super) struct EndpointSettings {
     /// One delivery in flight, strictly in seq order (`--ordered false` to undo).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub(super) ordered: Option<bool>,
+    /// A note for people (shown in lists, the console and the portal).
     #[arg(long)]
     pub(super) description: Option<String>,
     /// At most this many attempts per second.

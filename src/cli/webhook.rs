@@ -33,6 +33,13 @@ pub(super) async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
         return Err(refused(status, &text));
     }
     let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if reply["secret"].is_string() {
+        // Said on stderr, so `--json` output stays one JSON value.
+        eprintln!(
+            "herald: the signing secret is shown only now; store it where the receiver can \
+             verify deliveries with it (`herald webhook rotate` makes a new one)"
+        );
+    }
     if client_args.json {
         println!("{}", serde_json::to_string_pretty(&reply).unwrap_or(text));
     } else {
@@ -68,10 +75,14 @@ fn request(command: WebhookCommand) -> Request {
         W::Add {
             url,
             channels,
+            owner,
             settings,
             client,
         } => {
             let mut body = json!({"url": url, "channels": channels});
+            if let Some(owner) = owner {
+                body["owner"] = owner.into();
+            }
             apply(&mut body, settings);
             let path = "/v1/webhooks".into();
             (client, Method::POST, path, Some(body), View::Endpoint)

@@ -126,6 +126,8 @@ async fn webhook_commands_manage_endpoints() {
             "cli",
             "--description",
             "from the CLI",
+            "--owner",
+            "acme",
             "--json",
         ],
         &h,
@@ -138,6 +140,11 @@ async fn webhook_commands_manage_endpoints() {
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = created["id"].as_str().unwrap().to_string();
     assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["owner"], "acme");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shown only now"),
+        "the secret's one showing is said"
+    );
 
     let out = herald(&["webhook", "list", "--json"], &h);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
