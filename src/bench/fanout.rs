@@ -43,6 +43,7 @@ pub struct FanoutArgs {
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// Which transport the connections use.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     pub transport: Transport,
     /// Events per second, in total.
@@ -82,6 +83,7 @@ pub struct FanoutArgs {
     /// event as its own `POST /pub?channel=` whose body is the event's data.
     #[arg(long)]
     pub nchan: bool,
+    /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
 }

@@ -16,6 +16,7 @@ use super::{raise_nofile, rss_kib, Sources, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct FloodArgs {
+    /// Herald's base URL.
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// Subscribers that connect and then never read.
@@ -36,8 +37,10 @@ pub struct FloodArgs {
     /// The server's pid, to read its RSS from /proc (same machine).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// API key, when the server has auth (HERALD_API_KEY).
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
 }

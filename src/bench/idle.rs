@@ -25,11 +25,13 @@ pub enum Transport {
 
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
+    /// Herald's base URL.
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
+    /// Which transport the connections use.
     #[arg(long, value_enum, default_value_t = Transport::Mix)]
     pub transport: Transport,
     /// How long to hold them once all are open.
@@ -51,6 +53,7 @@ pub struct IdleArgs {
     /// cost of many patterned subscriptions to everyone else's publishes).
     #[arg(long)]
     pub patterns: bool,
+    /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
 }

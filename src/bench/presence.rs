@@ -29,6 +29,7 @@ pub struct PresenceArgs {
     /// The joins are spread evenly over this window.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub over: Duration,
+    /// The channel used.
     #[arg(long, default_value = "bench.presence")]
     pub channel: String,
     /// The servers' pids, comma-separated, for their CPU time and RSS (same machine).
@@ -43,6 +44,7 @@ pub struct PresenceArgs {
     /// Give up waiting for the views to agree after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub patience: Duration,
+    /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
 }

@@ -22,6 +22,7 @@ pub struct PublishArgs {
     /// Events per request (1 = single-event publishes).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// How long to run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Bytes of padding in each event's data.
@@ -38,6 +39,7 @@ pub struct PublishArgs {
     /// The server's pid, to report its CPU time (same machine only).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
 }

@@ -41,7 +41,10 @@ pub(super) enum Command {
     /// Write a commented herald.toml with every setting at its default.
     Init(InitArgs),
     /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Print the manual page (roff): `herald man | man -l -`.
     Man,
 }
@@ -137,13 +140,16 @@ pub(super) enum WebhookCommand {
     },
     /// Show one endpoint, with how many deliveries it has pending.
     Get {
+        /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Change an endpoint: only what is given changes.
     Update {
+        /// The endpoint's id (`wh_...`).
         id: String,
+        /// Where to POST events from now on.
         #[arg(long)]
         url: Option<String>,
         /// Replaces the channels (repeat for several).
@@ -156,24 +162,28 @@ pub(super) enum WebhookCommand {
     },
     /// Delete an endpoint with its queue and attempt log.
     Delete {
+        /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Start delivering again (clears the reason it was disabled).
     Enable {
+        /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Stop delivering; events keep queueing from where it stopped when enabled again.
     Disable {
+        /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Send one signed test event now and show what came back.
     Test {
+        /// The endpoint's id (`wh_...`).
         id: String,
         /// The test event's type [default: webhook.test].
         #[arg(long = "type")]
@@ -183,6 +193,7 @@ pub(super) enum WebhookCommand {
     },
     /// Show an endpoint's delivery attempts, oldest first.
     Deliveries {
+        /// The endpoint's id (`wh_...`).
         id: String,
         /// Only attempts with this status: delivered, retrying, failed, disabled.
         #[arg(long)]
@@ -192,7 +203,9 @@ pub(super) enum WebhookCommand {
     },
     /// Re-send every matching event after a seq.
     Replay {
+        /// The endpoint's id (`wh_...`).
         id: String,
+        /// Re-send events after this seq.
         #[arg(long)]
         since: u64,
         #[command(flatten)]
@@ -204,6 +217,7 @@ pub(super) enum WebhookCommand {
         /// The endpoint (omit with --all).
         #[arg(required_unless_present = "all")]
         id: Option<String>,
+        /// Every endpoint.
         #[arg(long, conflicts_with = "id")]
         all: bool,
         /// RFC 3339 time, e.g. 2026-11-26T10:00:00Z.
@@ -214,6 +228,7 @@ pub(super) enum WebhookCommand {
     },
     /// Replace the signing secret; the old one keeps signing beside it for a while.
     Rotate {
+        /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -370,5 +385,32 @@ mod tests {
             let e = parse_listen(bad).unwrap_err();
             assert!(e.contains("HOST:PORT"), "{bad}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod help {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "herald", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }
