@@ -131,19 +131,19 @@ pub(super) enum WebhookCommand {
         #[command(flatten)]
         settings: EndpointSettings,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// List endpoints (secrets are never listed).
     List {
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Show one endpoint, with how many deliveries it has pending.
     Get {
         /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Change an endpoint: only what is given changes.
     Update {
@@ -158,28 +158,28 @@ pub(super) enum WebhookCommand {
         #[command(flatten)]
         settings: EndpointSettings,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Delete an endpoint with its queue and attempt log.
     Delete {
         /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Start delivering again (clears the reason it was disabled).
     Enable {
         /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Stop delivering; events keep queueing from where it stopped when enabled again.
     Disable {
         /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Send one signed test event now and show what came back.
     Test {
@@ -189,7 +189,7 @@ pub(super) enum WebhookCommand {
         #[arg(long = "type")]
         kind: Option<String>,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Show an endpoint's delivery attempts, oldest first.
     Deliveries {
@@ -199,7 +199,7 @@ pub(super) enum WebhookCommand {
         #[arg(long)]
         status: Option<String>,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Re-send every matching event after a seq.
     Replay {
@@ -209,7 +209,7 @@ pub(super) enum WebhookCommand {
         #[arg(long)]
         since: u64,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Re-queue the events whose delivery failed for good since a time (one endpoint, or
     /// every endpoint with --all).
@@ -224,14 +224,14 @@ pub(super) enum WebhookCommand {
         #[arg(long)]
         since: String,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
     /// Replace the signing secret; the old one keeps signing beside it for a while.
     Rotate {
         /// The endpoint's id (`wh_...`).
         id: String,
         #[command(flatten)]
-        client: ClientArgs,
+        client: WebhookClientArgs,
     },
 }
 
@@ -270,6 +270,16 @@ pub(super) struct ServeArgs {
     pub(super) redis: Option<String>,
 }
 
+/// How `herald webhook ...` talks to the server and prints its answer.
+#[derive(Args)]
+pub(super) struct WebhookClientArgs {
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+    /// Print the server's JSON reply as is (for scripts) instead of a table.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
 #[derive(Args)]
 pub(super) struct ClientArgs {
     /// Herald's base URL.
@@ -278,9 +288,6 @@ pub(super) struct ClientArgs {
     /// API key, sent as `Authorization: Bearer`.
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub(super) api_key: Option<String>,
-    /// Print the server's JSON reply as is (for scripts) instead of a table.
-    #[arg(long)]
-    pub(super) json: bool,
     /// Give up on a request the server has not answered in this long (`tail` and `forward`:
     /// on connecting, not on the stream).
     #[arg(long, env = "HERALD_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -7,7 +7,7 @@ use anyhow::bail;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::args::{ClientArgs, EndpointSettings, WebhookCommand};
+use super::args::{EndpointSettings, WebhookClientArgs, WebhookCommand};
 use super::client::{client, exchange, refused};
 
 /// How a reply is shown to a person.
@@ -21,14 +21,15 @@ enum View {
 }
 
 pub(super) async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
-    let (client_args, method, path, body, view) = request(command);
-    let (http, headers) = client(&client_args)?;
+    let (out, method, path, body, view) = request(command);
+    let client_args = &out.client;
+    let (http, headers) = client(client_args)?;
     let url = format!("{}{path}", client_args.server.trim_end_matches('/'));
     let mut request = http.request(method, &url).headers(headers);
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let (status, text) = exchange(&client_args, request, &url).await?;
+    let (status, text) = exchange(client_args, request, &url).await?;
     if !status.is_success() {
         return Err(refused(status, &text));
     }
@@ -40,7 +41,7 @@ pub(super) async fn webhook(command: WebhookCommand) -> anyhow::Result<()> {
              verify deliveries with it (`herald webhook rotate` makes a new one)"
         );
     }
-    if client_args.json {
+    if out.json {
         println!("{}", serde_json::to_string_pretty(&reply).unwrap_or(text));
     } else {
         let color = std::io::stdout().is_terminal();
@@ -66,7 +67,7 @@ fn text_of(v: &Value) -> String {
         .unwrap_or_else(|| v.to_string())
 }
 
-type Request = (ClientArgs, Method, String, Option<Value>, View);
+type Request = (WebhookClientArgs, Method, String, Option<Value>, View);
 
 fn request(command: WebhookCommand) -> Request {
     use WebhookCommand as W;
