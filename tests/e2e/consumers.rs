@@ -301,3 +301,48 @@ async fn an_owner_has_a_capped_number_of_endpoints_made_at_a_capped_rate() {
     let (status, _) = call("POST", h.url("/v1/webhooks"), "k-admin", Some(body)).await;
     assert_eq!(status, 201);
 }
+
+/// "`null` removes" a rate limit; `/v1/webhooks/health` shows a consumer token its owner's
+/// endpoints only (an API key, every one).
+#[tokio::test]
+async fn rate_limits_come_off_with_null_and_health_is_scoped_to_the_owner() {
+    let h = Herald::start(KEYED);
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let acme = acme_token(&h);
+    let body = json!({"url": receiver.url(), "channels": ["orders.acme.*"], "rate_limit": 5});
+    let (status, mine) = call("POST", h.url("/v1/webhooks"), &acme, Some(body)).await;
+    assert_eq!((status, &mine["rate_limit"]), (201, &json!(5)), "{mine}");
+    let id = mine["id"].as_str().unwrap().to_string();
+    let (status, other) = call(
+        "POST",
+        h.url("/v1/webhooks"),
+        "k-admin",
+        Some(json!({"url": receiver.url(), "channels": ["orders.*"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{other}");
+    let url = h.url(&format!("/v1/webhooks/{id}"));
+    let (status, patched) = call(
+        "PATCH",
+        url.clone(),
+        &acme,
+        Some(json!({"rate_limit": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    let (_, now) = call("GET", url, &acme, None).await;
+    assert_eq!(now["rate_limit"], Value::Null, "{now}");
+
+    let ids = |v: &Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, health) = call("GET", h.url("/v1/webhooks/health"), &acme, None).await;
+    assert_eq!(ids(&health), vec![id.clone()], "{health}");
+    let (_, all) = call("GET", h.url("/v1/webhooks/health"), "k-admin", None).await;
+    assert_eq!(ids(&all).len(), 2, "{all}");
+}

@@ -199,3 +199,58 @@ async fn the_old_secret_stops_signing_when_the_overlap_ends() {
     .await;
     assert!(single > 2, "the overlap ended at once");
 }
+
+/// "Failed requests log at info (4xx) and warn (5xx); successful ones at debug", each line
+/// with its request id, method, path and status. JSON lines make the levels exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_log_levels_follow_the_outcome() {
+    // A connect hook that points nowhere gives a 5xx on demand (503 proxy_unavailable).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/connect", dead.local_addr().unwrap());
+    drop(dead);
+    let h = Herald::start_with_env(
+        &format!(
+            "[server]\nlog_format = \"json\"\n[auth]\napi_keys = [\"k\"]\n\
+             [proxy]\nconnect_url = \"{dead_url}\"\n"
+        ),
+        &[("HERALD_LOG", "info,herald::http=debug")],
+    );
+    publish_as(&h, "k", json!({"channel": "ok", "data": 1})).await; // 201
+    http()
+        .get(h.url("/no-such-page-4714"))
+        .send()
+        .await
+        .unwrap(); // 404
+    let r = http()
+        .get(h.url("/v1/sse?channel=c&marker=5xx-4715"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The 503's line is the last of the three: once it is read, the others are too.
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !lines.iter().any(|l| l["status"] == 503) {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = h.stderr.recv_timeout(wait).expect("the 503's log line");
+        if let Ok(v) = serde_json::from_str(&line) {
+            lines.push(v);
+        }
+    }
+    let level_of = |status: u64| -> String {
+        let line = lines
+            .iter()
+            .find(|l| l["status"] == status)
+            .unwrap_or_else(|| panic!("no line for {status}: {lines:#?}"));
+        assert!(
+            line["request_id"].is_string()
+                && line["method"].is_string()
+                && line["path"].is_string(),
+            "{line}"
+        );
+        line["level"].as_str().unwrap().to_string()
+    };
+    assert_eq!(level_of(201), "DEBUG");
+    assert_eq!(level_of(404), "INFO");
+    assert_eq!(level_of(503), "WARN");
+}

@@ -772,3 +772,32 @@ async fn long_pusher_names_are_reachable_from_both_sides() {
     let e = frame(&mut ws).await;
     assert_eq!(e["data"], json!({"n": 2}), "{e} (seq {seq})");
 }
+
+/// `/batch_events` takes up to 10 events, as Pusher's does; more is refused whole.
+#[tokio::test]
+async fn batch_events_take_up_to_ten() {
+    let h = Herald::start(APP);
+    let batch = |n: usize| {
+        let events: Vec<Value> = (0..n)
+            .map(|i| json!({"name": "e", "channel": format!("c{i}"), "data": "{}"}))
+            .collect();
+        json!({ "batch": events }).to_string()
+    };
+    for (n, want) in [(10, 200), (11, 400)] {
+        let body = batch(n);
+        let r = client()
+            .post(h.url(&pusher_signed("/apps/1234/batch_events", &body)))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{n} events");
+    }
+    let page = get_json(h.url("/v1/events?channel=pusher/1234/*&limit=100")).await;
+    assert_eq!(
+        page_seqs(&page).len(),
+        10,
+        "the refused batch stored nothing: {page}"
+    );
+}
