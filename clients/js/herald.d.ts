@@ -82,6 +82,9 @@ export interface Client {
   subscribe<T = unknown>(channel: string, options: SubscribeOptions, onEvent: (event: HeraldEvent<T>) => void): Subscription;
   /** Resolves to the seq once the event is durable. */
   publish(channel: string, data: unknown, options?: PublishOptions): Promise<number>;
+  /** Asks the app behind Herald (`proxy.rpc_url`) over the WebSocket; resolves to its answer,
+   * rejects with Herald's code (`proxy_refused`, `proxy_unavailable`, `not_connected`). */
+  rpc<T = unknown>(method: string, data?: unknown): Promise<T>;
   /** Pages of history, oldest first. */
   history(channel: string, options?: { after?: number; limit?: number }): AsyncIterable<HeraldEvent[]>;
   /** Closes sockets, streams and timers. */

@@ -103,6 +103,7 @@ class Client {
     this.subs = new Set();
     this.listeners = {};
     this.pending = new Map(); // ref -> {msg, resolve, reject, http}
+    this.calls = new Map(); // rpc ref -> {resolve, reject}
     this.nextRef = 1;
     this.attempt = 0;
     this.timers = new Set();
@@ -192,6 +193,9 @@ class Client {
       if (this.ws !== ws) return;
       this.ws = null;
       this.welcomed = false;
+      // An RPC's answer would have come on this socket: the caller decides whether to ask again.
+      for (const call of this.calls.values()) call.reject(Object.assign(new Error("connection lost before the answer"), { code: "disconnected" }));
+      this.calls.clear();
       if (this.closed) return;
       this._setState("disconnected");
       if (!opened) this._probe(u.toString().replace(/^ws/, "http"));
@@ -254,8 +258,22 @@ class Client {
       case "presence":
         for (const sub of this.subs) if (sub.channel === m.channel) sub.presence(m);
         break;
+      case "rpc": {
+        const call = this.calls.get(m.ref);
+        if (call) {
+          this.calls.delete(m.ref);
+          call.resolve(m.data);
+        }
+        break;
+      }
       case "ack":
       case "error": {
+        const call = m.ref !== undefined && this.calls.get(m.ref);
+        if (call) {
+          this.calls.delete(m.ref);
+          call.reject(Object.assign(new Error(m.message), { code: m.code }));
+          break;
+        }
         const p = m.ref !== undefined && this.pending.get(m.ref);
         if (p && !p.http) {
           if (m.op === "ack") this._settle(m.ref, m.seq);
@@ -496,6 +514,19 @@ class Client {
     throw Object.assign(new Error(reply.error?.message || r.statusText), { code: reply.error?.code, status: r.status, retry });
   }
 
+  /** Asks the app behind Herald (its `proxy.rpc_url`) over the WebSocket; resolves to its
+   * answer. Needs the WebSocket open (not the SSE fallback). */
+  rpc(method, data) {
+    return new Promise((resolve, reject) => {
+      if (!(this.ws && this.welcomed)) {
+        return reject(Object.assign(new Error("rpc needs an open WebSocket"), { code: "not_connected" }));
+      }
+      const ref = "rpc" + this.nextRef++;
+      this.calls.set(ref, { resolve, reject });
+      this._wsSend({ op: "rpc", method, data, ref });
+    });
+  }
+
   /** Pages of history after `after`, oldest first. */
   async *history(channel, opts = {}) {
     let after = opts.after ?? 0;
@@ -522,6 +553,8 @@ class Client {
       ws.close(1000);
     }
     this._closeSources();
+    for (const call of this.calls.values()) call.reject(Object.assign(new Error("client closed"), { code: "closed" }));
+    this.calls.clear();
     for (const ref of [...this.pending.keys()]) this._settle(ref, null, Object.assign(new Error("client closed"), { code: "closed" }));
     this._setState("disconnected");
   }

@@ -271,3 +271,46 @@ async fn a_slow_or_dead_app_refuses_in_time_and_tokens_skip_it() {
     let (status, reply) = sse_status(&h, "channel=room:1", "alice").await;
     assert_error(status, &reply, 503, "proxy_unavailable");
 }
+
+/// The JavaScript client's `rpc()`: a round trip to the app, and the app's refusal with its
+/// code (Node, with the `ws` package the client's tests use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_client_calls_the_app() {
+    let Some(app) = App::start() else { return };
+    if !crate::client::node_ready() {
+        return;
+    }
+    let h = Herald::start(&format!(
+        "[proxy]\nrpc_url = \"{}/rpc\"\nsecret = \"{SECRET}\"\n",
+        app.url
+    ));
+    let client = crate::client::client_dir();
+    let script = format!(
+        r#"import WebSocket from "ws";
+        import {{ connect }} from "{}";
+        const c = connect("{}", {{ WebSocket, transport: "ws" }});
+        await new Promise((r) => c.on("connected", r));
+        const sum = await c.rpc("add", {{ a: 20, b: 22 }});
+        const refused = await c.rpc("nope", {{}}).then(() => "taken", (e) => e.code);
+        console.log(JSON.stringify({{ sum, refused }}));
+        c.close();"#,
+        client.join("herald.js").display(),
+        h.url("").trim_end_matches('/')
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--input-type=module", "-e", &script])
+            .current_dir(client)
+            .output_within()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v, json!({"sum": 42, "refused": "proxy_refused"}));
+}
