@@ -51,6 +51,26 @@ async function page(browser, origin, setup) {
   return p;
 }
 
+/** A page whose WebSockets reach the server until `cut()`, which closes them all and refuses
+ * new ones until `restore()`. */
+async function cuttable(browser) {
+  const state = { outage: false, sockets: [] };
+  const p = await page(browser, base, (p) =>
+    p.routeWebSocket(/\/v1\/ws/, (ws) => {
+      if (state.outage) return ws.close();
+      state.sockets.push(ws);
+      ws.connectToServer();
+    }),
+  );
+  p.cut = async () => {
+    state.outage = true;
+    for (const ws of state.sockets) ws.close();
+    await until("the drop", () => p.evaluate(() => client.state !== "connected"));
+  };
+  p.restore = () => (state.outage = false);
+  return p;
+}
+
 const scenarios = {
   // A publish made before the client has found out that WebSockets cannot open goes over
   // HTTP once it falls back, rather than waiting for a WebSocket forever.
@@ -98,25 +118,15 @@ const scenarios = {
   // The same over WebSocket: the socket is cut and cannot come back for 2 s.
   async "publish during a WebSocket outage"(browser) {
     const channel = `cp.wsoutage.${Date.now()}`;
-    let outage = false;
-    const sockets = [];
-    const p = await page(browser, base, (p) =>
-      p.routeWebSocket(/\/v1\/ws/, (ws) => {
-        if (outage) return ws.close();
-        sockets.push(ws);
-        ws.connectToServer();
-      }),
-    );
+    const p = await cuttable(browser);
     await p.evaluate(() => {
       window.client = herald.connect(location.origin, { transport: "ws" });
     });
     await until("connected", () => p.evaluate(() => client.state === "connected"));
-    outage = true;
-    for (const ws of sockets) ws.close();
-    await until("the drop", () => p.evaluate(() => client.state !== "connected"));
+    await p.cut();
     const pending = p.evaluate((channel) => client.publish(channel, 1).then((seq) => ({ seq }), (e) => ({ error: e.message })), channel);
     await new Promise((r) => setTimeout(r, 2000));
-    outage = false;
+    p.restore();
     const result = await pending;
     if (!result.seq) throw new Error("publish failed: " + result.error);
     const stored = await history(channel);
@@ -128,25 +138,15 @@ const scenarios = {
   // welcome gave: events published while it was cut off still arrive.
   async "a live subscription misses nothing across a drop"(browser) {
     const channel = `cp.live.${Date.now()}`;
-    let outage = false;
-    const sockets = [];
-    const p = await page(browser, base, (p) =>
-      p.routeWebSocket(/\/v1\/ws/, (ws) => {
-        if (outage) return ws.close();
-        sockets.push(ws);
-        ws.connectToServer();
-      }),
-    );
+    const p = await cuttable(browser);
     await p.evaluate((channel) => {
       window.client = herald.connect(location.origin, { transport: "ws" });
       client.subscribe(channel, (e) => got.push(e.seq));
     }, channel);
     await until("connected", () => p.evaluate(() => client.state === "connected"));
-    outage = true;
-    for (const ws of sockets) ws.close();
-    await until("the drop", () => p.evaluate(() => client.state !== "connected"));
+    await p.cut();
     const sent = [await post(channel, 1), await post(channel, 2), await post(channel, 3)];
-    outage = false;
+    p.restore();
     await until("the events published during the drop", () => p.evaluate((n) => got.length >= n, sent.length));
     const got = await p.evaluate(() => got);
     if (JSON.stringify(got) !== JSON.stringify(sent)) throw new Error(`got ${got}, sent ${sent}`);

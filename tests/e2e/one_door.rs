@@ -10,7 +10,7 @@ use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::pusher::{pusher_signed, APP};
+use crate::pusher::{pusher_post, APP};
 
 const CONFIG: &str = "[[hooks]]\nchannels = [\"in/*\"]\nverify = \"none\"\n";
 
@@ -182,14 +182,7 @@ async fn feed(
         "data": json!({"n": n}).to_string(),
         "socket_id": case.id,
     });
-    let body = trigger.to_string();
-    let r = http
-        .post(h.url(&pusher_signed("/apps/1234/events", &body)))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = pusher_post(h, "/apps/1234/events", trigger.to_string()).await;
     match r.status().as_u16() {
         200 => acked += 1,
         400 | 413 => {}

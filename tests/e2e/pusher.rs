@@ -678,6 +678,17 @@ async fn apps_are_isolated() {
     }
 }
 
+/// POSTs `body` to the Pusher HTTP API at `path`, signed as the SDKs sign.
+pub async fn pusher_post(h: &Herald, path: &str, body: String) -> reqwest::Response {
+    client()
+        .post(h.url(&pusher_signed(path, &body)))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `pusher:signin`'s auth for `user_data` on `socket_id` (computed here, not by Herald).
 fn signin_auth(socket_id: &str, user_data: &str) -> String {
     use hmac::Mac;
@@ -705,16 +716,8 @@ async fn a_client_cannot_unsubscribe_from_its_own_termination() {
     send_text(&mut ws, "{\"event\":\"pusher:ping\",\"data\":{}}").await;
     assert_eq!(frame(&mut ws).await["event"], "pusher:pong");
     let path = "/apps/1234/users/u%2B1%40example.com/terminate_connections";
-    let r = client()
-        .post(h.url(&pusher_signed(
-            path.replace("%2B", "+").replace("%40", "@").as_str(),
-            "{}",
-        )))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let path = path.replace("%2B", "+").replace("%40", "@");
+    let r = pusher_post(&h, &path, "{}".into()).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     loop {
         match ws_read(&mut ws).await {
@@ -752,13 +755,7 @@ async fn long_pusher_names_are_reachable_from_both_sides() {
     );
     // Triggered from the Pusher side: both hear it.
     let body = json!({"name": "hello", "channel": name, "data": "{\"n\":1}"}).to_string();
-    let r = client()
-        .post(h.url(&pusher_signed("/apps/1234/events", &body)))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = pusher_post(&h, "/apps/1234/events", body).await;
     assert_eq!(r.status(), 200);
     let e = frame(&mut ws).await;
     assert_eq!(
@@ -785,13 +782,7 @@ async fn batch_events_take_up_to_ten() {
     };
     for (n, want) in [(10, 200), (11, 400)] {
         let body = batch(n);
-        let r = client()
-            .post(h.url(&pusher_signed("/apps/1234/batch_events", &body)))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = pusher_post(&h, "/apps/1234/batch_events", body).await;
         assert_eq!(r.status().as_u16(), want, "{n} events");
     }
     let page = get_json(h.url("/v1/events?channel=pusher/1234/*&limit=100")).await;

@@ -161,25 +161,34 @@ async fn websockets_upgrade_over_tls() {
     assert_eq!(saw, ["ack", "event"]);
 }
 
+/// A second CA and certificate (in the returned dir), and a client that trusts only it;
+/// checks the server does not serve it yet.
+async fn next_certificate(h: &Herald) -> (tempfile::TempDir, reqwest::Client) {
+    let next = tempfile::tempdir().unwrap();
+    assert!(make_certs(next.path()));
+    let new_client = https_client(&next.path().join("ca.pem"), false);
+    let url = format!("https://{}/healthz", h.addr());
+    assert!(new_client.get(&url).send().await.is_err(), "not yet");
+    (next, new_client)
+}
+
+/// Waits until the server answers a client that trusts only the new certificate.
+async fn serves_the_new_certificate(h: &Herald, new_client: &reqwest::Client) {
+    let url = format!("https://{}/healthz", h.addr());
+    crate::webhooks::eventually("the new certificate", WAIT, async || {
+        let r = new_client.get(&url).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_certificate_is_taken_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let Some(h) = tls_herald(dir.path()) else {
         return;
     };
-    let base = format!("https://{}", h.addr());
-    // A second CA and certificate, written over the served files.
-    let next = tempfile::tempdir().unwrap();
-    assert!(make_certs(next.path()));
-    let new_client = https_client(&next.path().join("ca.pem"), false);
-    assert!(
-        new_client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_err(),
-        "not yet"
-    );
+    let (next, new_client) = next_certificate(&h).await;
     // Written with the old files' modification times, so the file watch sees no change:
     // only the SIGHUP can make the server take them.
     for f in ["redis.pem", "redis.key"] {
@@ -199,15 +208,7 @@ async fn a_new_certificate_is_taken_on_sighup() {
         .unwrap()
         .success();
     assert!(ok);
-    crate::webhooks::eventually("the new certificate", WAIT, async || {
-        let r = new_client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
+    serves_the_new_certificate(&h, &new_client).await;
 }
 
 /// Ten EventSource streams from one page over h2, all open at once and all receiving
@@ -367,28 +368,9 @@ async fn a_new_certificate_is_taken_when_the_files_change() {
     let Some(h) = tls_herald(dir.path()) else {
         return;
     };
-    let base = format!("https://{}", h.addr());
-    let next = tempfile::tempdir().unwrap();
-    assert!(make_certs(next.path()));
-    let new_client = https_client(&next.path().join("ca.pem"), false);
-    assert!(
-        new_client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_err(),
-        "not yet"
-    );
+    let (next, new_client) = next_certificate(&h).await;
     for f in ["redis.pem", "redis.key"] {
         std::fs::copy(next.path().join(f), dir.path().join(f)).unwrap();
     }
-    crate::webhooks::eventually("the new certificate", WAIT, async || {
-        let r = new_client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
+    serves_the_new_certificate(&h, &new_client).await;
 }

@@ -340,33 +340,8 @@ impl RedisQueue {
         status: Option<AttemptStatus>,
         limit: usize,
     ) -> Result<Vec<Attempt>, StoreError> {
-        let mut out = Vec::new();
-        let mut from = after.saturating_add(1);
-        loop {
-            let reply: Value = redis::cmd("XRANGE")
-                .arg(self.key_of("attempts", id))
-                .arg(format!("{from}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(StoreError::from)?;
-            let records = stream_records(&reply)?;
-            let done = records.len() < 500;
-            for (n, attempt) in records {
-                from = n + 1;
-                if status.is_none_or(|s| s == attempt.status) {
-                    out.push(attempt);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
-            }
-            if done {
-                return Ok(out);
-            }
-        }
+        self.scan_attempts(id, Scan::After(after), status, limit)
+            .await
     }
 
     /// The newest attempts first (`XREVRANGE`): what a poll of the newest needs, without
@@ -377,13 +352,36 @@ impl RedisQueue {
         status: Option<AttemptStatus>,
         limit: usize,
     ) -> Result<Vec<Attempt>, StoreError> {
+        self.scan_attempts(id, Scan::Newest, status, limit).await
+    }
+
+    /// Reads an endpoint's attempt log in pages of 500, forward from a number or back from
+    /// the end, keeping up to `limit` of the given status.
+    async fn scan_attempts(
+        &self,
+        id: &str,
+        scan: Scan,
+        status: Option<AttemptStatus>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, StoreError> {
         let mut out = Vec::new();
-        let mut to = "+".to_string();
+        // The next page's bound: from it up (forward), from it down (back).
+        let mut bound = match scan {
+            Scan::After(after) => Some(after.saturating_add(1)),
+            Scan::Newest => None,
+        };
         loop {
-            let reply: Value = redis::cmd("XREVRANGE")
-                .arg(self.key_of("attempts", id))
-                .arg(&to)
-                .arg("-")
+            let mut cmd = match scan {
+                Scan::After(_) => redis::cmd("XRANGE"),
+                Scan::Newest => redis::cmd("XREVRANGE"),
+            };
+            cmd.arg(self.key_of("attempts", id));
+            match (scan, bound) {
+                (Scan::After(_), Some(b)) => cmd.arg(format!("{b}-0")).arg("+"),
+                (Scan::Newest, Some(b)) => cmd.arg(format!("{b}-0")).arg("-"),
+                (_, None) => cmd.arg("+").arg("-"),
+            };
+            let reply: Value = cmd
                 .arg("COUNT")
                 .arg(500)
                 .query_async(&mut self.conn.clone())
@@ -392,10 +390,11 @@ impl RedisQueue {
             let records = stream_records(&reply)?;
             let done = records.len() < 500;
             for (n, attempt) in records {
-                if n == 0 {
-                    return Ok(out);
-                }
-                to = format!("{}-0", n - 1);
+                bound = match scan {
+                    Scan::After(_) => Some(n + 1),
+                    Scan::Newest if n == 0 => return Ok(out),
+                    Scan::Newest => Some(n - 1),
+                };
                 if status.is_none_or(|s| s == attempt.status) {
                     out.push(attempt);
                     if out.len() >= limit {
@@ -474,4 +473,11 @@ fn stream_records(v: &Value) -> Result<Vec<(u64, Attempt)>, StoreError> {
             Ok((n, attempt))
         })
         .collect()
+}
+
+/// Which way an attempt log is read.
+#[derive(Clone, Copy)]
+enum Scan {
+    After(u64),
+    Newest,
 }
