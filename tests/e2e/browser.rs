@@ -123,7 +123,7 @@ async fn the_dashboard_follows_events_in_a_real_browser_across_a_server_restart(
     let Some((chromium, script)) = browser() else {
         return;
     };
-    let mut h = Herald::start("[server]\nsse_retry = \"300ms\"\n");
+    let mut h = Herald::start_restartable("[server]\nsse_retry = \"300ms\"\n");
     publish_one(&h, "demo", json!({"n": 1})).await;
     let (status, _) = publish(
         &h,

@@ -62,7 +62,7 @@ async fn publish_then_tail_with_since() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_resumes_after_a_server_restart() {
-    let mut h = Herald::start("");
+    let mut h = Herald::start_restartable("");
     publish_one(&h, "t", serde_json::json!(1)).await;
     let addr = h.url("");
     let mut tail = herald_command()

@@ -176,7 +176,7 @@ async fn publish_n(h: &Herald, channel: &str, n: usize) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_sees_every_event_once_in_order_across_a_server_kill() {
-    let mut h = Herald::start("");
+    let mut h = Herald::start_restartable("");
     let port = url::Url::parse(&h.url("/")).unwrap().port().unwrap();
     let Some(mut page) = Page::open(&h, "plain", "c.restart", "").await else {
         return;

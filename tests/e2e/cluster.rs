@@ -25,26 +25,6 @@ pub struct Redis {
     args: Vec<String>,
 }
 
-/// A free loopback port below the kernel's ephemeral range. Redis is killed and restarted on
-/// its port while nodes keep reconnecting to it; a port from the ephemeral range can be
-/// handed to one of those reconnecting sockets (a TCP self-connect), and Redis then cannot
-/// bind it again.
-pub fn free_port() -> u16 {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (from, to) = (low.saturating_sub(12_000).max(1024), low.saturating_sub(1));
-    loop {
-        let mut b = [0u8; 2];
-        getrandom::fill(&mut b).unwrap();
-        let port = from + u16::from_le_bytes(b) % (to - from);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 impl Redis {
     /// Starts Redis (a test without redis-server fails, naming the package).
     pub fn start() -> Option<Redis> {

@@ -37,8 +37,18 @@ impl Herald {
         Self::start_with_env(toml, &[])
     }
 
+    /// Starts Herald on a port below the kernel's ephemeral range, for a test that restarts it
+    /// on the same port: an ephemeral port could meanwhile be handed to some client socket.
+    pub fn start_restartable(toml: &str) -> Herald {
+        Self::start_on(toml, &[], free_port())
+    }
+
     /// Starts Herald with extra environment variables.
     pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Herald {
+        Self::start_on(toml, env, 0)
+    }
+
+    fn start_on(toml: &str, env: &[(&str, &str)], port: u16) -> Herald {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let config = dir.path().join("herald.toml");
@@ -47,7 +57,7 @@ impl Herald {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr, stderr, startup_log) = spawn_on(0, &data, &config, &env);
+        let (child, addr, stderr, startup_log) = spawn_on(port, &data, &config, &env);
         Herald {
             startup_log,
             env,
@@ -648,4 +658,24 @@ pub async fn publish_as(h: &Herald, key: &str, body: Value) -> u64 {
         .unwrap();
     assert_eq!(r.status(), 201);
     r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap()
+}
+
+/// A free loopback port below the kernel's ephemeral range. Redis is killed and restarted on
+/// its port while nodes keep reconnecting to it; a port from the ephemeral range can be
+/// handed to one of those reconnecting sockets (a TCP self-connect), and Redis then cannot
+/// bind it again.
+pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1024), low.saturating_sub(1));
+    loop {
+        let mut b = [0u8; 2];
+        getrandom::fill(&mut b).unwrap();
+        let port = from + u16::from_le_bytes(b) % (to - from);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

@@ -127,7 +127,7 @@ async fn a_token_is_refused_before_its_nbf() {
 /// runs; what was captured meanwhile is replayed, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_resumes_after_the_server_restarts() {
-    let mut h = Herald::start("[[hooks]]\nchannels = [\"in\"]\nverify = \"none\"\n");
+    let mut h = Herald::start_restartable("[[hooks]]\nchannels = [\"in\"]\nverify = \"none\"\n");
     let hook = |h: &Herald, body: &'static str| {
         let url = h.url("/v1/hooks/in");
         async move {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cluster::{free_port, Redis};
+use crate::cluster::Redis;
 use crate::common::*;
 use crate::webhooks::eventually;
 
