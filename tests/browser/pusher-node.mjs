@@ -121,10 +121,14 @@ const scenarios = {
     bad.bind("secret", () => (leaked = true));
     const error = await next(bad, "pusher:subscription_error");
     assert(error[0].status === 401 || error[0].type === "AuthError", "error " + JSON.stringify(error[0]));
+    // A marker the forged socket does get, triggered after the secret: once it is in, the
+    // secret would have been too had the refused subscription been kept.
+    const [mark] = await subscribe(forged, "after-the-secret");
     const got = next(ch, "secret");
+    const marked = next(mark, "mark");
     await server.trigger("private-orders", "secret", { n: 1 });
-    await got;
-    await new Promise((r) => setTimeout(r, 200));
+    await server.trigger("after-the-secret", "mark", {});
+    await Promise.all([got, marked]);
     assert(!leaked, "a forged subscription received an event");
     assert(forged.connection.state === "connected", "the connection survives a refused subscription");
   },
@@ -163,7 +167,10 @@ const scenarios = {
     const [data, meta] = await got;
     assert(eq(data, { on: true }), "client event " + JSON.stringify(data));
     assert(meta && meta.user_id === "ca", "user_id " + JSON.stringify(meta));
-    await new Promise((r) => setTimeout(r, 200));
+    // A marker on the same channel from the other side: it comes after an echo would have.
+    const marked = next(cha, "client-mark");
+    assert(chb.trigger("client-mark", {}), "trigger refused by pusher-js");
+    await marked;
     assert(!echoed, "a client event came back to its sender");
   },
 
