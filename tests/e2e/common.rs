@@ -556,11 +556,16 @@ pub fn dependency_missing(what: &str, install: &str) -> bool {
 /// Like `Command::output`, but never waits past `WAIT`: a command that hangs is killed and
 /// fails the test instead of hanging the suite.
 pub trait OutputWithin {
-    fn output_within(&mut self) -> std::process::Output;
+    fn output_within(&mut self) -> std::process::Output {
+        self.output_within_for(WAIT)
+    }
+
+    /// The same with a bound of its own (a script of many scenarios gets more).
+    fn output_within_for(&mut self, wait: Duration) -> std::process::Output;
 }
 
 impl OutputWithin for Command {
-    fn output_within(&mut self) -> std::process::Output {
+    fn output_within_for(&mut self, wait: Duration) -> std::process::Output {
         use std::io::Read;
         let mut child = self
             .stdin(Stdio::null())
@@ -577,7 +582,7 @@ impl OutputWithin for Command {
         };
         let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
         let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
-        let status = wait_within(&mut child, WAIT);
+        let status = wait_within(&mut child, wait);
         std::process::Output {
             status,
             stdout: stdout.join().expect("stdout reader"),
