@@ -34,6 +34,9 @@ export interface ConnectOptions {
   /** How long a publish waits and retries (same id) while no connection takes it before it
    * rejects with code "publish_timeout" (default 30000). */
   publishTimeoutMs?: number;
+  /** A page on another origin (listed in Herald's server.allowed_origins) sends its cookies,
+   * for Herald's backend hooks to ask the app who it is. */
+  withCredentials?: boolean;
   /** Implementations for runtimes without globals (older Node). */
   WebSocket?: unknown;
   EventSource?: unknown;

@@ -341,7 +341,9 @@ class Client {
       if (sub.opts.info) params.push(["info", JSON.stringify(sub.opts.info)]);
     }
     const url = this._url("/v1/sse", params).toString();
-    const es = new this.EventSource(url);
+    // withCredentials: a page on another origin sends its cookies (Herald's backend hooks
+    // then ask the app who it is).
+    const es = new this.EventSource(url, { withCredentials: !!this.opts.withCredentials });
     this.sources.set(sub, es);
     let opened = false;
     es.onopen = () => {
@@ -496,7 +498,8 @@ class Client {
     const send = () => {
       const headers = { "content-type": "application/json" };
       if (this.token) headers.authorization = "Bearer " + this.token;
-      return this.fetch(this.base + "/v1/events", { method: "POST", headers, body: JSON.stringify(body) });
+      const credentials = this.opts.withCredentials ? "include" : "same-origin";
+      return this.fetch(this.base + "/v1/events", { method: "POST", headers, credentials, body: JSON.stringify(body) });
     };
     let r;
     try {

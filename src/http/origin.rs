@@ -149,8 +149,14 @@ pub fn cors(state: &AppState) -> tower_http::cors::CorsLayer {
             list.iter().any(|o| o == origin) || (open && is_loopback_origin(origin))
         })
     };
+    // With a connect hook, a page on an allowed origin may send its cookies (the app's
+    // session is the identity): credentials, never for "*", which would let any site in.
+    let credentials = state.proxy.as_ref().is_some_and(|p| p.asks_connect())
+        && !allowed.is_empty()
+        && !allowed.iter().any(|o| o == "*");
     CorsLayer::new()
         .allow_origin(origin)
+        .allow_credentials(credentials)
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,

@@ -314,3 +314,35 @@ async fn the_javascript_client_calls_the_app() {
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v, json!({"sum": 42, "refused": "proxy_refused"}));
 }
+
+/// A page on an allowed origin may send cookies to a Herald with a connect hook (CORS with
+/// credentials); "*" never gets credentials.
+#[tokio::test]
+async fn allowed_origins_may_send_cookies_when_the_app_decides() {
+    let h = Herald::start(
+        "[auth]\napi_keys = [\"k\"]\n[server]\nallowed_origins = [\"https://app.example\"]\n\
+         [proxy]\nconnect_url = \"http://127.0.0.1:9/connect\"\n",
+    );
+    let r = client()
+        .get(h.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    let wildcard = Herald::start(
+        "[auth]\napi_keys = [\"k\"]\n[server]\nallowed_origins = [\"*\"]\n\
+         [proxy]\nconnect_url = \"http://127.0.0.1:9/connect\"\n",
+    );
+    let r = client()
+        .get(wildcard.url("/healthz"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-credentials"));
+}
