@@ -257,8 +257,14 @@ async fn a_node_follows_a_sentinel_failover_and_loses_nothing_acknowledged() {
         roles.contains(&"master".to_string()),
         "a replica was promoted: {roles:?}"
     );
-    // Every acknowledged event is in history with its acknowledged seq, once.
-    let page = get_json(h.url("/v1/events?channel=ha&limit=1000")).await;
+    // Every acknowledged event is in history with its acknowledged seq, once (a read, like
+    // a publish, may get a 503 while a node catches up with the change of primary: retried).
+    let url = h.url("/v1/events?channel=ha&limit=1000");
+    let page = eventually("a history read", WAIT, async || {
+        let page = get_json(&url).await;
+        page["events"].is_array().then_some(page)
+    })
+    .await;
     let stored = page_seqs(&page);
     let mut want = acked.clone();
     want.sort_unstable();

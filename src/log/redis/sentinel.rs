@@ -143,16 +143,22 @@ async fn watch_primary(s: Sentinels, tx: watch::Sender<Primary>, stop: Cancellat
     }
 }
 
-/// The primary the first answering Sentinel names, if that server says it is one.
+/// The primary a Sentinel names, if that server says it is one. Sentinels learn of a
+/// failover one after another: one may still name the dead primary while another names the
+/// promoted replica, so each is asked in turn until one names a server that is a master.
 async fn find_primary(s: &Sentinels) -> Option<SocketAddr> {
+    let mut tried = Vec::new();
     for sentinel in &s.addrs {
         let Ok(Some(addr)) = tokio::time::timeout(ASK, ask_sentinel(s, sentinel)).await else {
             continue;
         };
-        return match tokio::time::timeout(ASK, is_master(s, addr)).await {
-            Ok(true) => Some(addr),
-            _ => None,
-        };
+        if tried.contains(&addr) {
+            continue;
+        }
+        tried.push(addr);
+        if let Ok(true) = tokio::time::timeout(ASK, is_master(s, addr)).await {
+            return Some(addr);
+        }
     }
     None
 }
