@@ -338,7 +338,18 @@ async fn operator_counters_follow_publishes_refusals_and_limits() {
         .await,
         201
     );
-    assert_eq!(send(json!({"channel": "c", "data": 3}), "k").await, 429);
+    // The bucket refills one token a second: a slow box may see a publish or two through
+    // before the refusal. Each one that got through is counted below.
+    let mut accepted = 2;
+    loop {
+        match send(json!({"channel": "c", "data": 3}), "k").await {
+            201 if accepted < 10 => accepted += 1,
+            status => {
+                assert_eq!(status, 429, "after {accepted} accepted");
+                break;
+            }
+        }
+    }
     assert_eq!(send(json!({"channel": "c", "data": 4}), "wrong").await, 401);
     let text = get_text(h.url("/metrics")).await;
     let value = |prefix: &str| -> f64 {
@@ -351,7 +362,7 @@ async fn operator_counters_follow_publishes_refusals_and_limits() {
     };
     assert_eq!(
         value(r#"herald_events_published_total{ingest="http"}"#),
-        2.0
+        f64::from(accepted)
     );
     assert_eq!(value(r#"herald_rate_limited_total{limit="publish"}"#), 1.0);
     assert_eq!(

@@ -12,8 +12,9 @@ use crate::common::*;
 use crate::presence::{member, next_presence, users};
 use crate::webhooks::eventually;
 
-/// Fast heartbeats so a dead node is noticed within a second or two.
-const FAST: &str = "[presence]\nheartbeat = \"200ms\"\nnode_timeout = \"1500ms\"\n";
+/// Fast heartbeats so a dead node is noticed within seconds, with a timeout thirteen
+/// heartbeats long so a live node on a loaded box is never taken for dead.
+const FAST: &str = "[presence]\nheartbeat = \"300ms\"\nnode_timeout = \"4s\"\n";
 
 /// What a node says about a channel's members: user -> connections.
 async fn members_on(node: &Herald, channel: &str) -> BTreeMap<String, u64> {

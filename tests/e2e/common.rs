@@ -566,28 +566,34 @@ pub trait OutputWithin {
 
 impl OutputWithin for Command {
     fn output_within_for(&mut self, wait: Duration) -> std::process::Output {
-        use std::io::Read;
-        let mut child = self
+        let child = self
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        let drain = |mut pipe: Box<dyn Read + Send>| {
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let _ = pipe.read_to_end(&mut out);
-                out
-            })
-        };
-        let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
-        let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
-        let status = wait_within(&mut child, wait);
-        std::process::Output {
-            status,
-            stdout: stdout.join().expect("stdout reader"),
-            stderr: stderr.join().expect("stderr reader"),
-        }
+        output_of(child, wait)
+    }
+}
+
+/// A spawned child's output (stdout and stderr piped), waiting at most `wait`: past it, the
+/// child is killed and the test fails.
+pub fn output_of(mut child: Child, wait: Duration) -> std::process::Output {
+    use std::io::Read;
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_within(&mut child, wait);
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
 }
 

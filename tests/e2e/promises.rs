@@ -164,7 +164,7 @@ async fn forward_resumes_after_the_server_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_secret_stops_signing_when_the_overlap_ends() {
     use crate::webhooks::{Receiver, Reply};
-    let h = Herald::start("[webhooks]\nallow_private = true\nrotation_overlap = \"1s\"\n");
+    let h = Herald::start("[webhooks]\nallow_private = true\nrotation_overlap = \"4s\"\n");
     let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
     let (status, ep) = create_webhook(&h, json!({"url": receiver.url(), "channels": ["r"]})).await;
     assert_eq!(status, 201, "{ep}");
@@ -184,7 +184,8 @@ async fn the_old_secret_stops_signing_when_the_overlap_ends() {
     publish_one(&h, "r", json!(1)).await;
     let first = eventually("the first delivery", WAIT, async || signatures(0)).await;
     assert_eq!(first, 2, "both secrets sign during the overlap");
-    // Publish until a delivery carries one signature: the overlap (1 s) has ended.
+    // Publish until a delivery carries one signature: the overlap has ended. 4 s is far above
+    // the milliseconds the first two deliveries take, so both fall inside it.
     let mut n = 1;
     let single = eventually(
         "a delivery signed by the new secret only",

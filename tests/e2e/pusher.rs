@@ -169,6 +169,7 @@ fn verify_with_the_sdk(
         .args([key, secret])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     child
@@ -177,9 +178,13 @@ fn verify_with_the_sdk(
         .unwrap()
         .write_all(Value::from(input).to_string().as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_of(child, WAIT);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}");
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .flat_map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();

@@ -325,7 +325,7 @@ print("OK %d" % len(requests))
         .unwrap()
         .write_all(serde_json::to_string(&payload).unwrap().as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_of(child, WAIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     if stdout.contains("MISSING") {
         dependency_missing(

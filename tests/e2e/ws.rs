@@ -262,6 +262,8 @@ impl tokio::io::AsyncWrite for CountingStream {
 /// is even published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_delay_sends_events_close_together_in_one_write() {
+    // Three acknowledged publishes take milliseconds; the delay (the largest allowed) leaves
+    // a wide margin.
     let h = Herald::start("[websocket]\nwrite_delay = \"1s\"\n");
     let reads = std::sync::Arc::new(std::sync::Mutex::new(0));
     let stream = CountingStream {
