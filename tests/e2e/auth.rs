@@ -1,7 +1,6 @@
 //! Auth end to end: API keys, scoped tokens, expiry, public channels, safe defaults.
 
 use serde_json::{json, Value};
-use std::process::Command;
 
 use crate::common::*;
 
@@ -282,7 +281,7 @@ async fn es256_public_key_verifies_tokens_signed_by_the_private_key() {
     let dir = tempfile::tempdir().unwrap();
     let private = dir.path().join("k.pem");
     let public = dir.path().join("pub.pem");
-    let openssl = |args: &[&str]| Command::new("openssl").args(args).status();
+    let openssl = |args: &[&str]| tool("openssl").args(args).status();
     let generated = openssl(&[
         "genpkey",
         "-algorithm",

@@ -65,7 +65,7 @@ impl Driver {
 
     /// Starts `node script args...`.
     pub fn spawn(script: &std::path::Path, args: &[String]) -> Driver {
-        let mut child = tokio::process::Command::new("node")
+        let mut child = tokio::process::Command::from(tool("node"))
             .arg(script)
             .args(args)
             .stdin(Stdio::piped())

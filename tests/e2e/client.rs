@@ -14,10 +14,7 @@ pub(crate) fn client_dir() -> PathBuf {
 }
 
 pub(crate) fn node_ready() -> bool {
-    let ok = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok()
+    let ok = tool("node").arg("--version").output().is_ok()
         && client_dir().join("node_modules/ws").is_dir();
     if !ok {
         dependency_missing(
@@ -71,7 +68,7 @@ async fn node_tests_of_the_client() {
     let small = Herald::start("[log]\nmax_events = 5\ntrim_interval = \"50ms\"\n");
     let (url, small_url) = (h.url(""), small.url(""));
     let out = tokio::task::spawn_blocking(move || {
-        let child = std::process::Command::new("node")
+        let child = tool("node")
             .args(["--test", "--test-reporter=spec", "test/client.test.mjs"])
             .current_dir(client_dir())
             .env("HERALD_URL", url.trim_end_matches('/'))
@@ -86,9 +83,7 @@ async fn node_tests_of_the_client() {
         std::thread::spawn(move || tx.send(child.wait_with_output()));
         rx.recv_timeout(std::time::Duration::from_secs(120))
             .unwrap_or_else(|_| {
-                let _ = std::process::Command::new("kill")
-                    .arg(id.to_string())
-                    .status();
+                let _ = tool("kill").arg(id.to_string()).status();
                 panic!("the client's Node tests ran over 120 s")
             })
             .expect("node output")

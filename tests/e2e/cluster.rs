@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,7 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = tool("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--appendonly", if self.persist { "yes" } else { "no" }])
             .args(["--appendfsync", "always", "--save", ""])
@@ -915,7 +915,7 @@ async fn a_node_cut_off_longer_than_retention_sends_its_subscribers_to_resume() 
     let mut skipped = Vec::new();
     ws_until_op(&mut ws, "subscribed", &mut skipped).await;
     let signal = |sig: &str| {
-        let ok = Command::new("kill")
+        let ok = tool("kill")
             .args([sig, &b.pid().to_string()])
             .status()
             .unwrap()
@@ -1088,7 +1088,7 @@ async fn an_ordered_endpoint_gets_one_delivery_at_a_time_from_the_whole_cluster(
 /// A CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` CLI.
 pub fn make_certs(dir: &std::path::Path) -> bool {
     let run = |args: &[&str]| {
-        Command::new("openssl")
+        tool("openssl")
             .args(args)
             .current_dir(dir)
             .stdout(Stdio::null())
@@ -1151,7 +1151,7 @@ async fn nodes_reach_redis_over_tls_and_refuse_an_unknown_certificate() {
         return;
     }
     let port = free_port();
-    let mut redis = Command::new("redis-server")
+    let mut redis = tool("redis-server")
         .args([
             "--bind",
             "127.0.0.1",
@@ -1406,7 +1406,7 @@ fn redis_usable() -> Result<(), String> {
 
 fn redis_check(path: Option<&std::ffi::OsStr>) -> Result<(), String> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-redis");
-    let mut command = Command::new("bash");
+    let mut command = tool("bash");
     command.arg(script);
     if let Some(path) = path {
         command.env("PATH", path);

@@ -225,7 +225,7 @@ async fn a_node_taken_for_dead_brings_its_members_back_when_it_returns() {
     let (_frozen, _) = member(&cluster[1], "room:z", "frozen", json!({})).await;
     assert_eq!(next_presence(&mut watcher).await.0, ["frozen"]);
     let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
+        let ok = tool("kill")
             .args([sig, &cluster[1].pid().to_string()])
             .status()
             .unwrap()

@@ -115,7 +115,7 @@ impl Herald {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
+        let status = tool("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("kill");
@@ -216,7 +216,14 @@ const INHERITED_ENV: [&str; 6] = ["PATH", "HOME", "TMPDIR", "LANG", "RUST_BACKTR
 /// The `herald` binary with a cleared environment plus [`INHERITED_ENV`]; a test adds what it
 /// means to set.
 pub fn herald_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    tool(env!("CARGO_BIN_EXE_herald"))
+}
+
+/// Any other program a test runs (node, python3, redis-server, ...), with the same cleared
+/// environment as [`herald_command`]: a developer's proxy or `NODE_OPTIONS` must not change
+/// what is tested. `PATH` is kept, so the test virtualenv's tools are found.
+pub fn tool(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
     command.env_clear();
     for name in INHERITED_ENV {
         if let Some(value) = std::env::var_os(name) {

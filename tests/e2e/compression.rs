@@ -273,7 +273,7 @@ async fn node_ws_client_negotiates_and_reads_compressed_events() {
           }
         });
     "#;
-    let mut child = tokio::process::Command::new("node")
+    let mut child = tokio::process::Command::from(tool("node"))
         .arg("-e")
         .arg(script)
         .current_dir(&dir)

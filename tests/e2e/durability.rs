@@ -168,11 +168,7 @@ async fn sigterm_closes_clients_drains_and_exits_zero() {
 /// time (each acknowledged before the next is sent). strace watches the real process: no
 /// test hook stands between the setting and the disk.
 async fn syncs_during_publishes(durability: &str, n: usize) -> Option<usize> {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
+    if tool("strace").arg("-V").output().is_err() {
         dependency_missing("strace", "apt-get install -y strace");
         return None;
     }
@@ -181,7 +177,7 @@ async fn syncs_during_publishes(durability: &str, n: usize) -> Option<usize> {
     ));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("strace.txt");
-    let mut strace = std::process::Command::new("strace")
+    let mut strace = tool("strace")
         .args([
             "-f",
             "-e",

@@ -3,7 +3,7 @@
 //! in `contrib/prometheus/` load and evaluate cleanly, and every query of the Grafana
 //! dashboard in `contrib/grafana/` is valid PromQL over series Herald exports.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use serde_json::{json, Value};
 
@@ -53,7 +53,7 @@ fn start_prometheus(target: std::net::SocketAddr) -> Option<Prometheus> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let child = Command::new(bin)
+    let child = tool(bin)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",

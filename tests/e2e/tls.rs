@@ -216,7 +216,7 @@ async fn a_new_certificate_is_taken_on_sighup() {
             .set_modified(before)
             .unwrap();
     }
-    let ok = std::process::Command::new("kill")
+    let ok = tool("kill")
         .args(["-HUP", &h.pid().to_string()])
         .status()
         .unwrap()
@@ -238,7 +238,7 @@ async fn chromium_holds_ten_event_streams_to_one_origin_over_http2() {
         return;
     };
     let base = format!("https://{}/", h.addr());
-    let mut child = tokio::process::Command::new("node")
+    let mut child = tokio::process::Command::from(tool("node"))
         .arg(dashboard.with_file_name("h2-browser.mjs"))
         .args([base.as_str(), chromium.to_str().unwrap(), "10"])
         .stdin(std::process::Stdio::piped())

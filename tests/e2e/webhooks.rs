@@ -305,7 +305,7 @@ for r in requests:
     wh.verify(r["body"].encode(), r["headers"])
 print("OK %d" % len(requests))
 "#;
-    let mut child = match std::process::Command::new("python3")
+    let mut child = match tool("python3")
         .args(["-c", script, secret])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
