@@ -790,3 +790,113 @@ async fn batch_events_take_up_to_ten() {
         "the refused batch stored nothing: {page}"
     );
 }
+
+/// Pusher's close and error codes as README lists them, each from what causes it: 4301 for
+/// client events past 10 a second (the connection stays), 4100 for a presence channel past
+/// `presence.list_limit`, 4201 for a client that leaves `pusher:ping` unanswered, 4200 when
+/// the server shuts down. (4001, 4007 and 4009 have tests of their own above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushers_close_and_error_codes_come_from_their_causes() {
+    let config = format!("[pusher]\nactivity_timeout = 1\n{APP}[presence]\nlist_limit = 1\n");
+    let mut h = Herald::start(&config);
+    let subscribe = |channel: &str, socket_id: &str, channel_data: Option<&str>| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"app-secret").unwrap();
+        let signed = match channel_data {
+            Some(d) => format!("{socket_id}:{channel}:{d}"),
+            None => format!("{socket_id}:{channel}"),
+        };
+        mac.update(signed.as_bytes());
+        let auth = format!("app-key:{}", hex::encode(mac.finalize().into_bytes()));
+        let mut data = json!({"channel": channel, "auth": auth});
+        if let Some(d) = channel_data {
+            data["channel_data"] = d.into();
+        }
+        json!({"event": "pusher:subscribe", "data": data}).to_string()
+    };
+    // One connection that answers pings (each `frame` read is followed by a pong when asked).
+    let connect = async || {
+        let mut ws = pusher_ws(&h, "/app/app-key?protocol=7").await;
+        let hello = frame(&mut ws).await;
+        let id = hello["data"]["socket_id"].as_str().unwrap().to_string();
+        (ws, id)
+    };
+    let next_but_pings = async |ws: &mut Ws| loop {
+        let f = frame(ws).await;
+        if f["event"] == "pusher:ping" {
+            send_text(ws, "{\"event\":\"pusher:pong\",\"data\":{}}").await;
+            continue;
+        }
+        return f;
+    };
+
+    // 4100: the second member of a presence channel whose list holds one.
+    let (mut first, first_id) = connect().await;
+    let one = json!({"user_id": "one"}).to_string();
+    send_text(&mut first, &subscribe("presence-room", &first_id, Some(&one))).await;
+    let ok = next_but_pings(&mut first).await;
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded", "{ok}");
+    let (mut second, second_id) = connect().await;
+    let two = json!({"user_id": "two"}).to_string();
+    send_text(&mut second, &subscribe("presence-room", &second_id, Some(&two))).await;
+    let refused = next_but_pings(&mut second).await;
+    assert_eq!(
+        (refused["event"].as_str(), refused["data"]["status"].as_u64()),
+        (Some("pusher:subscription_error"), Some(4100)),
+        "{refused}"
+    );
+    drop(second);
+
+    // 4301: client events past 10 a second are refused one by one; the connection stays.
+    send_text(&mut first, &subscribe("private-talk", &first_id, None)).await;
+    let ok = next_but_pings(&mut first).await;
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded", "{ok}");
+    for i in 0..30 {
+        let e = json!({"event": "client-say", "channel": "private-talk", "data": {"i": i}});
+        send_text(&mut first, &e.to_string()).await;
+    }
+    let limited = next_but_pings(&mut first).await;
+    assert_eq!(
+        (limited["event"].as_str(), limited["data"]["code"].as_u64()),
+        (Some("pusher:error"), Some(4301)),
+        "{limited}"
+    );
+    send_text(&mut first, "{\"event\":\"pusher:ping\",\"data\":{}}").await;
+    loop {
+        let f = next_but_pings(&mut first).await;
+        if f["event"] == "pusher:pong" {
+            break;
+        }
+        assert_eq!(f["data"]["code"], 4301, "{f}");
+    }
+
+    // 4201: a client that never answers the server's ping (activity_timeout = 1 s here).
+    let (mut silent, _) = connect().await;
+    let ping = frame(&mut silent).await;
+    assert_eq!(ping["event"], "pusher:ping", "{ping}");
+    match ws_read(&mut silent).await {
+        WsRead::Closed(c) => assert_eq!(c.map(|c| c.0), Some(4201), "pong missed"),
+        WsRead::Json(m) => panic!("expected the close, got {m}"),
+    }
+
+    // 4200: the server shuts down; pusher-js reconnects at once on this code. The client
+    // reads (answering pings) while the server stops, so it can finish the close handshake.
+    let (last, _) = connect().await;
+    let closed = tokio::spawn(close_code_answering_pings(last));
+    let status = tokio::task::block_in_place(|| h.terminate());
+    assert!(status.success(), "{status:?}");
+    assert_eq!(closed.await.unwrap(), Some(4200), "shutdown");
+}
+
+/// Reads until the server closes, answering `pusher:ping`; the close code.
+async fn close_code_answering_pings(mut ws: Ws) -> Option<u16> {
+    loop {
+        match ws_read(&mut ws).await {
+            WsRead::Json(m) if m["event"] == "pusher:ping" => {
+                send_text(&mut ws, "{\"event\":\"pusher:pong\",\"data\":{}}").await
+            }
+            WsRead::Json(_) => continue,
+            WsRead::Closed(c) => return c.map(|c| c.0),
+        }
+    }
+}
