@@ -778,6 +778,11 @@ async fn a_redis_restart_heals_by_itself_and_loses_no_acknowledged_event() {
     }
     let (status, reply) = publish(&cluster[0], json!({"channel": "a", "data": 0})).await;
     assert_error(status, &reply, 503, "log_unavailable");
+    let failures = metric(&cluster[0], "herald_redis_append_failures_total").await;
+    assert!(
+        failures >= Some(1.0),
+        "the refused group is counted: {failures:?}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart();
     let (acked, refused) = load.finish().await;

@@ -273,6 +273,15 @@ pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
         .expect("text body")
 }
 
+/// One sample of the node's `/metrics`: `series` is the name with its labels as exposed
+/// (`herald_x{a="b"}`), `None` when the node does not expose it.
+pub async fn metric(h: &Herald, series: &str) -> Option<f64> {
+    let text = get_text(h.url("/metrics")).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
 /// POSTs `body` to /v1/events; returns the status and the JSON reply.
 pub async fn publish(h: &Herald, body: Value) -> (u16, Value) {
     let r = http()

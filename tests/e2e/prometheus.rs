@@ -156,6 +156,11 @@ async fn prometheus_scrapes_the_documented_series_after_a_known_load() {
     );
     assert_eq!(prom.value("herald_webhook_queue_depth").await, Some(0.0));
     assert_eq!(prom.value("herald_log_head").await, Some(30.0));
+    assert_eq!(prom.value("herald_log_oldest").await, Some(1.0));
+    assert_eq!(
+        prom.value("herald_webhook_delivery_seconds_count").await,
+        Some(30.0)
+    );
 
     // The alert rules loaded, evaluate without error, and none fires on a healthy server.
     let rules: Value = eventually("the alert rules evaluated", WAIT, async || {

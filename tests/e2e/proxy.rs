@@ -232,6 +232,19 @@ async fn the_app_decides_who_connects_and_what_they_may_do() {
     .await;
     let page = get_json_as(&h, "/v1/events?channel=chat:3", "k").await;
     assert_eq!(page["events"][0]["data"], json!({"text": "raw"}));
+
+    // Every call is counted by hook and outcome, and timed by hook.
+    let calls = |hook: &str, outcome: &str| {
+        format!("herald_proxy_calls_total{{hook=\"{hook}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(metric(&h, &calls("rpc", "ok")).await, Some(1.0));
+    assert_eq!(
+        metric(&h, "herald_proxy_seconds_count{hook=\"rpc\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(metric(&h, &calls("publish", "refused")).await, Some(1.0));
+    let refused = metric(&h, &calls("connect", "refused")).await;
+    assert!(refused >= Some(2.0), "banned on WS and SSE: {refused:?}");
 }
 
 /// Fails closed, bounded in time: a slow app refuses within the timeout (+1 s) while another

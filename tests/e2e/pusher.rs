@@ -833,15 +833,29 @@ async fn pushers_close_and_error_codes_come_from_their_causes() {
     // 4100: the second member of a presence channel whose list holds one.
     let (mut first, first_id) = connect().await;
     let one = json!({"user_id": "one"}).to_string();
-    send_text(&mut first, &subscribe("presence-room", &first_id, Some(&one))).await;
+    send_text(
+        &mut first,
+        &subscribe("presence-room", &first_id, Some(&one)),
+    )
+    .await;
     let ok = next_but_pings(&mut first).await;
-    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded", "{ok}");
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
     let (mut second, second_id) = connect().await;
     let two = json!({"user_id": "two"}).to_string();
-    send_text(&mut second, &subscribe("presence-room", &second_id, Some(&two))).await;
+    send_text(
+        &mut second,
+        &subscribe("presence-room", &second_id, Some(&two)),
+    )
+    .await;
     let refused = next_but_pings(&mut second).await;
     assert_eq!(
-        (refused["event"].as_str(), refused["data"]["status"].as_u64()),
+        (
+            refused["event"].as_str(),
+            refused["data"]["status"].as_u64()
+        ),
         (Some("pusher:subscription_error"), Some(4100)),
         "{refused}"
     );
@@ -850,7 +864,10 @@ async fn pushers_close_and_error_codes_come_from_their_causes() {
     // 4301: client events past 10 a second are refused one by one; the connection stays.
     send_text(&mut first, &subscribe("private-talk", &first_id, None)).await;
     let ok = next_but_pings(&mut first).await;
-    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded", "{ok}");
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
     for i in 0..30 {
         let e = json!({"event": "client-say", "channel": "private-talk", "data": {"i": i}});
         send_text(&mut first, &e.to_string()).await;

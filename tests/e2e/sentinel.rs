@@ -279,12 +279,17 @@ async fn a_node_follows_a_sentinel_failover_and_loses_nothing_acknowledged() {
         seen.push(e.id.unwrap());
     }
     assert_eq!(seen, want, "the subscriber saw each event once, in order");
-    let metrics = get_text(nodes[1].url("/metrics")).await;
+    let node = &nodes[1];
+    let failovers = metric(node, "herald_redis_failovers_total").await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("herald_redis_failovers_total") && !l.ends_with(" 0")),
-        "the failover is counted"
+        failovers >= Some(1.0),
+        "the failover is counted: {failovers:?}"
+    );
+    assert_eq!(metric(node, "herald_redis_primary_up").await, Some(1.0));
+    let without = metric(node, "herald_redis_without_primary_seconds_total").await;
+    assert!(
+        without > Some(0.0),
+        "the time without a primary is counted: {without:?}"
     );
     eprintln!(
         "publishing resumed {:?} after the primary was killed",
@@ -368,6 +373,10 @@ async fn paused_replicas_hold_acknowledgements_back() {
         );
         assert_eq!(reply["error"]["code"], "outcome_unknown");
     }
+    assert!(
+        metric(&h, "herald_redis_unconfirmed_total").await >= Some(3.0),
+        "each unconfirmed group is counted"
+    );
     signal("-CONT");
     let (status, reply) = eventually("the replicas back", WAIT, async || {
         let (status, _, reply) = publish_with(&h, &body).await;

@@ -106,6 +106,7 @@ fn local_url(data_url: &str, local: SocketAddr) -> Result<String, LogError> {
 async fn watch_primary(s: Sentinels, tx: watch::Sender<Primary>, stop: CancellationToken) {
     let mut lost_at = tx.borrow().is_none().then(std::time::Instant::now);
     metrics::gauge!("herald_redis_primary_up").set(if lost_at.is_none() { 1.0 } else { 0.0 });
+    metrics::gauge!("herald_redis_without_primary_seconds_total").increment(0.0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -120,8 +121,10 @@ async fn watch_primary(s: Sentinels, tx: watch::Sender<Primary>, stop: Cancellat
             Some(addr) => {
                 let without = lost_at.take().map(|t| t.elapsed());
                 if let Some(d) = without {
-                    metrics::counter!("herald_redis_without_primary_seconds_total")
-                        .increment(d.as_secs());
+                    // A gauge that only grows: a counter would drop the fraction of a second
+                    // most failovers take.
+                    metrics::gauge!("herald_redis_without_primary_seconds_total")
+                        .increment(d.as_secs_f64());
                 }
                 if before.is_some() || without.is_some() {
                     metrics::counter!("herald_redis_failovers_total").increment(1);
