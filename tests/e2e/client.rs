@@ -38,14 +38,56 @@ async fn the_server_serves_its_client_cacheably() {
     assert_eq!(h2["access-control-allow-origin"], "*");
     let etag = h2["etag"].to_str().unwrap().to_string();
     assert!(etag.contains(env!("CARGO_PKG_VERSION")), "{etag}");
-    let body = r.text().await.unwrap();
     assert_eq!(
-        body,
-        std::fs::read_to_string(client_dir().join("herald.js")).unwrap()
+        h2["cache-control"], "public, max-age=300, must-revalidate",
+        "README: ETag + Cache-Control"
     );
+    let body = r.text().await.unwrap();
+    let minified = std::fs::read_to_string(client_dir().join("herald.min.js")).unwrap();
+    assert_eq!(body, minified, "the committed minified build is served");
     let again = client()
         .get(h.url("/v1/client.js"))
         .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+
+    // A browser (which accepts gzip) gets it gzipped, under a tag of its own; what it
+    // downloads is the size the client's README states.
+    let r = client()
+        .get(h.url("/v1/client.js"))
+        .header("accept-encoding", "gzip, deflate, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert_eq!(r.headers()["vary"], "accept-encoding");
+    let gz_tag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(gz_tag, etag);
+    let gz = r.bytes().await.unwrap();
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, minified);
+    let readme = std::fs::read_to_string(client_dir().join("README.md"))
+        .unwrap()
+        .replace('\n', " ");
+    let stated = readme
+        .split(" KB as a browser downloads it")
+        .next()
+        .and_then(|before| before.rsplit('(').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .expect("clients/js/README.md states `(N KB as a browser downloads it`");
+    let actual = gz.len() as f64 / 1000.0;
+    assert!(
+        (stated - actual).abs() < 0.1,
+        "clients/js/README.md says {stated} KB; a browser downloads {actual:.1} KB"
+    );
+    let again = client()
+        .get(h.url("/v1/client.js"))
+        .header("accept-encoding", "gzip")
+        .header("if-none-match", &gz_tag)
         .send()
         .await
         .unwrap();
@@ -313,7 +355,11 @@ async fn the_client_keeps_its_word_through_outages_in_chromium() {
 #[tokio::test]
 async fn a_live_event_stream_names_its_start_so_a_reconnect_loses_nothing() {
     let h = Herald::start("");
+    // An acknowledged event may still be on its way through the fan-out; a stream opened
+    // then may see it live. Wait until a probe has it, so `before` is behind the head.
+    let mut probe = Sse::connect(&h, "channel=c.live", None).await;
     let before = publish_one(&h, "c.live", serde_json::json!(0)).await;
+    assert_eq!(probe.next().await.unwrap().id, Some(before));
     let mut sse = Sse::connect(&h, "channel=c.live", None).await;
     let during = publish_one(&h, "c.live", serde_json::json!(1)).await;
     assert_eq!(sse.next().await.unwrap().id, Some(during));

@@ -69,7 +69,8 @@ async fn two_tabs_of_one_user_are_one_member() {
         next_presence(&mut bob).await,
         (vec!["alice".into()], vec![], 2)
     );
-    let (tab2, reply) = member(&h, "room:1", "alice", json!({"name": "Alice"})).await;
+    // The second tab says something else about alice: the first connection's info stands.
+    let (tab2, reply) = member(&h, "room:1", "alice", json!({"name": "Alice (phone)"})).await;
     assert_eq!(reply["presence"]["count"], 2, "{reply}");
     let page = get_json(h.url("/v1/presence?channel=room:1")).await;
     let alice = page["members"]
@@ -80,7 +81,7 @@ async fn two_tabs_of_one_user_are_one_member() {
         .unwrap()
         .clone();
     assert_eq!(alice["connections"], 2, "{page}");
-    assert_eq!(alice["info"], json!({"name": "Alice"}));
+    assert_eq!(alice["info"], json!({"name": "Alice"}), "the first's info");
 
     // One tab closes: alice is still here. The next thing bob hears is carol's join, not a
     // leave of alice (the second tab's join told nothing either).

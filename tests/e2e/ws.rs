@@ -259,7 +259,8 @@ impl tokio::io::AsyncWrite for CountingStream {
 /// `websocket.write_delay`: events published one after another (each acknowledged before
 /// the next is sent) reach the subscriber in one write, because the connection waits that
 /// long for more before writing. Without the delay the first is written before the second
-/// is even published.
+/// is even published. It also shows a delay turns off the fan-out's direct write (README):
+/// that path would write each event as it is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_delay_sends_events_close_together_in_one_write() {
     // Three acknowledged publishes take milliseconds; the delay (the largest allowed) leaves

@@ -8,7 +8,7 @@ import WebSocket from "ws";
 import { EventSource } from "eventsource";
 import { connect, matches } from "../herald.js";
 import { proxy } from "./proxy.mjs";
-import { measure, BUDGET } from "./size.mjs";
+import { measure, minify, committed, BUDGET } from "./size.mjs";
 
 const BASE = process.env.HERALD_URL;
 assert.ok(BASE, "HERALD_URL must name a running Herald (tests/e2e/client.rs sets it)");
@@ -173,6 +173,13 @@ test("patterns match as Herald's do", () => {
 test(`size: minified + gzip within ${BUDGET} bytes`, async () => {
   const s = await measure();
   assert.ok(s.gzipped <= BUDGET, JSON.stringify(s));
+});
+
+test("the committed herald.min.js (what Herald serves) is this build of herald.js", async () => {
+  const built = await minify();
+  const kept = committed();
+  assert.ok(kept, "clients/js/herald.min.js is missing: run `npm run build` in clients/js");
+  assert.ok(built.equals(kept), "clients/js/herald.min.js is stale: run `npm run build` in clients/js");
 });
 
 for (const transport of ["ws", "sse"]) {
