@@ -148,7 +148,7 @@ class Client {
     return this.token;
   }
 
-  /** Reconnects after a backoff with jitter (full jitter over the step). */
+  /** Reconnects after a backoff with jitter: a random wait between half the step and the step. */
   _retry(fn) {
     const step = BACKOFF_MS[Math.min(this.attempt++, BACKOFF_MS.length - 1)];
     this._later(step / 2 + Math.random() * step / 2, fn);
@@ -198,8 +198,15 @@ class Client {
       this.calls.clear();
       if (this.closed) return;
       this._setState("disconnected");
-      if (!opened) this._probe(u.toString().replace(/^ws/, "http"));
-      if (!opened && this.opts.transport !== "ws") return this._fallback();
+      if (!opened) {
+        const told = this._probe(u.toString().replace(/^ws/, "http"));
+        if (this.opts.transport !== "ws") return this._fallback();
+        // Refused (401, 403): the token may be what is wrong, so the retry asks for a new one.
+        if (this.opts.getToken) {
+          const again = () => this._retry(() => this._start());
+          return told.then((refusal) => refusal && this._freshToken(true)).then(again, again);
+        }
+      }
       const expired = e.code === 1008 && /token/.test(e.reason || "");
       if (expired || (e.code === 1008 && this.opts.getToken)) {
         return this._freshToken(true).then(() => this._start(), () => this._retry(() => this._start()));
@@ -380,7 +387,8 @@ class Client {
 
   /** A stream failed before opening: WebSocket and EventSource hide the status, so ask the
    * same URL with fetch. A refusal (401, 403, ...) is told as an `error` with Herald's code
-   * and message, and publishes waiting for a stream are refused with it. */
+   * and message, and publishes waiting for a stream are refused with it; it is also the
+   * promise's value (null when it was no refusal). */
   async _probe(url) {
     const abort = new AbortController();
     let r;
@@ -388,16 +396,18 @@ class Client {
       r = await this.fetch(url, { signal: abort.signal, headers: this.token ? { authorization: "Bearer " + this.token } : {} });
     } catch {
       // Down, or a refusal the browser will not let this page read (cross-origin).
-      return this._emit("error", Object.assign(new Error(`cannot reach ${this.base} (down, or refusing this page's origin: see server.allowed_origins)`), { code: "unreachable" }));
+      this._emit("error", Object.assign(new Error(`cannot reach ${this.base} (down, or refusing this page's origin: see server.allowed_origins)`), { code: "unreachable" }));
+      return null;
     }
     const body = r.ok ? {} : await r.json().catch(() => ({}));
     abort.abort();
     // Open (the failure was passing), a WebSocket URL asked without an upgrade, or the
     // server's own trouble: not a refusal.
-    if (r.ok || r.status >= 500 || body.error?.code === "websocket_required") return;
+    if (r.ok || r.status >= 500 || body.error?.code === "websocket_required") return null;
     const e = Object.assign(new Error(body.error?.message || "HTTP " + r.status), { code: body.error?.code || "http_" + r.status, status: r.status });
     this._emit("error", e);
     for (const [ref, p] of this.pending) if (!p.http) this._settle(ref, null, e);
+    return e;
   }
 
   /** Reconnects with a new token shortly before this one expires. */

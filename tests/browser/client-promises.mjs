@@ -191,6 +191,46 @@ const scenarios = {
     await p.close();
   },
 
+  // A token the server refuses is renewed through getToken, and the stream goes on with the
+  // new one (the backend here: this script, holding the API key).
+  ...Object.fromEntries(
+    ["ws", "sse"].map((transport) => [
+      `a refused token is renewed through getToken (${transport})`,
+      async (browser) => {
+        const minted = await fetch(keyed + "/v1/tokens", {
+          method: "POST",
+          headers: { authorization: "Bearer only-the-backend", "content-type": "application/json" },
+          body: JSON.stringify({ sub_channels: ["cp.*"] }),
+        });
+        if (minted.status !== 201 && minted.status !== 200) throw new Error("mint: " + minted.status);
+        const { token } = await minted.json();
+        const channel = `cp.renew.${transport}.${Date.now()}`;
+        const p = await page(browser, keyed);
+        await p.evaluate(
+          ({ transport, token, channel }) => {
+            window.asked = 0;
+            window.got = [];
+            const getToken = async () => (++window.asked === 1 ? "refused-token" : token);
+            window.client = herald.connect(location.origin, { transport, getToken });
+            client.subscribe(channel, (e) => got.push(e.data));
+          },
+          { transport, token, channel },
+        );
+        await until("connected", () => p.evaluate(() => client.state === "connected"));
+        const r = await fetch(keyed + "/v1/events", {
+          method: "POST",
+          headers: { authorization: "Bearer only-the-backend", "content-type": "application/json" },
+          body: JSON.stringify({ channel, data: "after renewal" }),
+        });
+        if (r.status !== 201) throw new Error("publish: " + r.status);
+        await until("the event", () => p.evaluate(() => got.includes("after renewal")));
+        const asked = await p.evaluate(() => asked);
+        if (asked < 2) throw new Error("getToken was asked " + asked + " times");
+        await p.close();
+      },
+    ]),
+  ),
+
   // A refusal (no credential on a server that needs one) is an `error` event with Herald's
   // code and message, and a publish waiting for a stream is refused, not left hanging; over
   // SSE too, where EventSource hides the status.

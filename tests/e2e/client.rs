@@ -347,7 +347,7 @@ async fn the_client_keeps_its_word_through_outages_in_chromium() {
     }
     let failed: Vec<&String> = results.iter().filter(|l| !l.starts_with("OK ")).collect();
     assert!(failed.is_empty(), "{failed:#?}");
-    assert_eq!(results.len(), 8, "every scenario ran: {results:#?}");
+    assert_eq!(results.len(), 10, "every scenario ran: {results:#?}");
 }
 
 /// A live event stream starts with the head it was registered at as its id (no event), so

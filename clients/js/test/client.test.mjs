@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import net from "node:net";
 import WebSocket from "ws";
 import { EventSource } from "eventsource";
 import { connect, matches } from "../herald.js";
@@ -168,6 +169,37 @@ test("patterns match as Herald's do", () => {
   assert.ok(!matches("user:*", "users:1"));
   assert.ok(!matches("*", "$notice"));
   assert.ok(matches("a.b", "a.b") && !matches("a.b", "aXb"));
+});
+
+test("reconnects back off with jitter: each wait at least half its step, growing, unlike another client's", async () => {
+  // A loopback port nobody listens on: every WebSocket is refused.
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+  const logs = [[], []];
+  const clients = logs.map((log) => {
+    class Logged extends WebSocket {
+      constructor(url) {
+        log.push(performance.now());
+        super(url);
+      }
+    }
+    return connect(`http://127.0.0.1:${port}`, { ...impls, WebSocket: Logged, transport: "ws" });
+  });
+  await until("five attempts each", () => logs.every((l) => l.length >= 5));
+  clients.forEach((c) => c.close());
+  const steps = [250, 500, 1000, 2000];
+  const waits = logs.map((l) => steps.map((_, i) => l[i + 1] - l[i]));
+  for (const w of waits) {
+    // Timers never fire early; a wait may be longer on a busy machine, so only the floor.
+    w.forEach((d, i) => assert.ok(d >= steps[i] / 2 - 2, `wait ${i}: ${d} ms, under half of ${steps[i]}: ${w}`));
+  }
+  // Jitter spreads each wait over half its step; without it two clients differ by noise.
+  const apart = waits[0].reduce((sum, d, i) => sum + Math.abs(d - waits[1][i]), 0);
+  assert.ok(apart > 20, `two clients waited alike (${apart} ms apart): no jitter`);
 });
 
 test(`size: minified + gzip within ${BUDGET} bytes`, async () => {
