@@ -8,6 +8,7 @@
 //   inspect PATTERN   -> WATCHING (the inspector's client is connected)
 //   captured N        -> REQUEST {"line","headers":{..},"body"} of the newest of >= N
 //   replay            -> REPLAYED <seq>
+//   cluster up|down   -> CLUSTER <pill text> [[node, heartbeat], ...] once the pill says so
 // and `ERROR <message>` on failure (any page error or console error included).
 import { commands, launch } from "./driver.mjs";
 
@@ -18,11 +19,13 @@ const next = stdin.next;
 const browser = await launch(executablePath);
 const table = (id) => page.$$eval(`#${id} tr`, (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
 let page;
+let outage = false;
 try {
   page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
   const problems = [];
   page.on("pageerror", (e) => problems.push(e.message));
-  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  // Once a test takes Redis down, the API's 503s are what it expects to see.
+  page.on("console", (m) => m.type() === "error" && !(outage && /status of 503/.test(m.text())) && problems.push(m.text()));
   page.on("request", (r) => key && r.url().includes(key) && problems.push("API key in a URL: " + r.url()));
   await page.goto(url);
   await page.fill("#token", key);
@@ -41,6 +44,12 @@ try {
       console.log("SHOT " + arg);
     } else if (command === "webhooks" || command === "channels") {
       console.log(command.toUpperCase() + " " + JSON.stringify(await table(command === "webhooks" ? "webhook-rows" : "channel-rows")));
+    } else if (command === "cluster") {
+      const want = arg === "up" ? "ok" : "bad";
+      outage = arg === "down";
+      await page.waitForSelector(`#cluster-pill.${want}:not([hidden])`, { timeout: 20000 });
+      await page.waitForSelector("#cluster:not([hidden])", { timeout: 20000 });
+      console.log(`CLUSTER ${await page.textContent("#cluster-pill")} ${JSON.stringify(await table("nodes"))}`);
     } else if (command === "inspect") {
       await page.fill("#inspect-channels", arg);
       await page.click("#inspect button");

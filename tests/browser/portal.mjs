@@ -6,6 +6,9 @@
 //   retry              -> RETRIED <result>  (the newest failed row's Retry button)
 //   test               -> TESTED <result>
 //   rotate             -> ROTATED <secret>
+//   edit URL CHANNELS RATE -> EDITED <result>  (the open endpoint's form; RATE "-" clears it)
+//   reload             -> RELOADED <address bar>  (the token comes from session storage)
+//   delete             -> DELETED <endpoints listed>  (accepting the confirmation)
 //   screenshot PATH    -> SHOT PATH
 // and `ERROR <message>` on failure. Any request URL holding the token is an error.
 import { commands, launch } from "./driver.mjs";
@@ -92,6 +95,23 @@ try {
       await result();
       await page.waitForFunction((b) => document.querySelector("#secret").textContent !== b, before);
       console.log("ROTATED " + (await page.textContent("#secret")));
+    } else if (command === "edit") {
+      await page.$eval("#action-result", (o) => (o.value = ""));
+      await page.fill("#edit-url", args[0]);
+      await page.fill("#edit-channels", args[1]);
+      await page.fill("#edit-rate", args[2] === "-" ? "" : args[2]);
+      await page.click("#edit button");
+      console.log("EDITED " + (await result()));
+    } else if (command === "reload") {
+      await page.reload();
+      await page.waitForSelector("#who.ok, #who.bad", { timeout: 20000 });
+      if (await page.$("#who.bad")) throw new Error("after a reload: " + (await page.textContent("#who")));
+      console.log("RELOADED " + page.url());
+    } else if (command === "delete") {
+      page.once("dialog", (d) => d.accept());
+      await page.click("#delete");
+      await page.waitForSelector("#detail[hidden]", { state: "attached", timeout: 10000 });
+      console.log("DELETED " + (await page.$$eval("#endpoint-rows tr", (trs) => trs.length)));
     } else if (command === "screenshot") {
       await page.screenshot({ path: args[0], fullPage: true });
       console.log("SHOT " + args[0]);

@@ -443,6 +443,27 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
     let line = driver.send("rotate").await;
     let rotated = line.strip_prefix("ROTATED ").unwrap();
     assert!(rotated.starts_with("whsec_") && rotated != secret, "{line}");
+
+    // Edit: a new URL, channels and a rate limit, then the limit cleared again.
+    let moved = format!("{}/moved", receiver.url());
+    let line = driver
+        .send(&format!("edit {moved} orders/eu/*,orders/us/* 5"))
+        .await;
+    assert_eq!(line, "EDITED saved");
+    let endpoint = get_json_as(&h, &format!("/v1/webhooks/{id}"), "admin-key").await;
+    assert_eq!(endpoint["url"], moved.as_str(), "{endpoint}");
+    assert_eq!(endpoint["channels"], json!(["orders/eu/*", "orders/us/*"]));
+    assert_eq!(endpoint["rate_limit"], 5, "{endpoint}");
+    assert_eq!(
+        driver.send(&format!("edit {moved} orders/* -")).await,
+        "EDITED saved"
+    );
+    let endpoint = get_json_as(&h, &format!("/v1/webhooks/{id}"), "admin-key").await;
+    assert_eq!(
+        endpoint["rate_limit"],
+        serde_json::Value::Null,
+        "{endpoint}"
+    );
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/browser");
     std::fs::create_dir_all(&artifacts).unwrap();
     driver
@@ -451,6 +472,21 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
             artifacts.join("portal.png").display()
         ))
         .await;
+
+    // Delete (confirmed), then a reload: the token comes back from the tab's session
+    // storage, never from the address bar.
+    assert_eq!(driver.send("delete").await, "DELETED 0");
+    let r = http()
+        .get(h.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth("admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "deleted");
+    assert_eq!(
+        driver.send("reload").await,
+        format!("RELOADED {}", h.url("/portal"))
+    );
     driver.finish().await;
 }
 
@@ -540,4 +576,44 @@ async fn the_portal_refuses_api_keys_and_frames_only_where_allowed() {
         "[server]\nportal_frame_ancestors = [\"https://a.example; script-src *\"]\n",
         "server.portal_frame_ancestors",
     );
+}
+
+/// In a cluster the console shows the nodes (this one marked) and whether Redis answers,
+/// and says so when Redis goes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_cluster_and_a_redis_outage() {
+    let Some((chromium, script)) = browser() else {
+        return;
+    };
+    let Some(mut redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let cluster = crate::cluster::nodes(&redis, 2, "[auth]\napi_keys = [\"console-key\"]\n");
+    let mut driver = Driver::spawn(
+        &script.with_file_name("console.mjs"),
+        &[
+            cluster[0].url("/"),
+            chromium.to_str().unwrap().to_string(),
+            "console-key".into(),
+        ],
+    );
+    assert_eq!(driver.line().await, "READY");
+    let line = driver.send("cluster up").await;
+    let rest = line
+        .strip_prefix("CLUSTER cluster: 2 nodes, Redis up ")
+        .unwrap_or_else(|| panic!("{line}"));
+    let rows: Vec<Vec<String>> = serde_json::from_str(rest).unwrap();
+    assert_eq!(rows.len(), 2, "{line}");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r[0].ends_with(" (this one)"))
+            .count(),
+        1,
+        "{line}"
+    );
+    assert!(rows.iter().all(|r| r[1].ends_with(" s ago")), "{line}");
+    redis.kill9();
+    let line = driver.send("cluster down").await;
+    assert!(line.starts_with("CLUSTER Redis down "), "{line}");
+    driver.finish().await;
 }
