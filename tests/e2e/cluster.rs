@@ -1577,4 +1577,12 @@ async fn the_newest_deliveries_are_read_from_the_end_of_the_log() {
         .collect();
     assert_eq!(times.len(), 2, "{one}");
     assert!(times[0] >= times[1], "{one}");
+    assert!(
+        one["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["endpoint"] == ids[0].as_str()),
+        "only the endpoint asked for: {one}"
+    );
 }

@@ -515,8 +515,34 @@ async fn retry_after_is_honoured_and_exhausted_retries_fail() {
     );
     assert_eq!(log[1]["status"], "delivered");
 
+    // A 503 with Retry-After is honoured the same way.
+    let busy = Receiver::start(|n, _| {
+        if n == 0 {
+            Reply::RetryAfter(503, 2)
+        } else {
+            Reply::Status(204)
+        }
+    })
+    .await;
+    let (_, ep503) = create_webhook(&h, json!({"url": busy.url(), "channels": ["r503"]})).await;
+    let id503 = ep503["id"].as_str().unwrap().to_string();
+    publish_one(&h, "r503", json!(1)).await;
+    let log = eventually("delivery after a 503's Retry-After", WAIT, async || {
+        let a = attempts(&h, &id503, "").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    let waited = at(&log[0]["next_attempt"])
+        .duration_since(at(&log[0]["time"]))
+        .unwrap();
+    assert_eq!(log[0]["status_code"], 503, "{log:?}");
+    assert!(
+        waited >= Duration::from_millis(1990),
+        "a 503's Retry-After: 2 must beat the 50ms schedule, got {waited:?}"
+    );
+
     // A 503 without Retry-After exhausts the schedule: 3 attempts, then failed (kept, visible).
-    publish_one(&h, "r", json!(2)).await;
+    let doomed = publish_one(&h, "r", json!(2)).await;
     let failed = eventually("failed", WAIT, async || {
         let a = attempts(&h, &id, "&status=failed").await;
         (!a.is_empty()).then_some(a)
@@ -524,7 +550,7 @@ async fn retry_after_is_honoured_and_exhausted_retries_fail() {
     .await;
     assert_eq!(
         (failed[0]["seq"].clone(), failed[0]["attempt"].clone()),
-        (json!(2), json!(3))
+        (json!(doomed), json!(3))
     );
 }
 
