@@ -74,7 +74,7 @@ pub struct Message<'a> {
     pub body: Bytes,
     pub secrets: Vec<&'a Secret>,
     /// A Pusher app's webhook: Pusher's signature headers as well.
-    pub pusher: Option<&'a super::store::PusherFormat>,
+    pub pusher: Option<&'a super::model::PusherFormat>,
 }
 
 /// The HTTP client for all deliveries: guarded DNS, no proxy, no redirects, a timeout per

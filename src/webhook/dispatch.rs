@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use super::deliver::{Message, Outcome};
 use super::endpoint::Live;
+use super::model::{Attempt, Endpoint, Finished, Resolution, Task};
 use super::queue::Want;
 use super::retry::{self, Decision};
-use super::store::{Attempt, Endpoint, Finished, Resolution, Task};
 use super::{WebhookError, Webhooks};
 use crate::event::{format_time, now_ms, EventRef};
 

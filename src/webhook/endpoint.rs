@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::model::Endpoint;
 use super::sign::Secret;
-use super::store::Endpoint;
 use super::WebhookError;
 use crate::event::{Filter, Pattern, NOTICE_MARK};
 

@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use serde_json::{json, Value};
 
-use super::store::{Endpoint, PusherFormat};
+use super::model::{Endpoint, PusherFormat};
 use crate::event::{Event, NOTICE_MARK};
 
 /// The body of `event` for `endpoint`.

@@ -10,6 +10,7 @@ mod enqueue;
 mod format;
 pub mod guard;
 mod health;
+pub mod model;
 mod notices;
 mod pusher;
 pub mod queue;
@@ -18,7 +19,6 @@ mod resolve;
 pub mod retry;
 mod runtime;
 pub mod sign;
-pub mod store;
 mod tools;
 
 use std::collections::{HashMap, HashSet};
@@ -43,10 +43,11 @@ use endpoint::{
 };
 pub use endpoint::{CreateEndpoint, UpdateEndpoint};
 use guard::{GuardError, Policy};
+pub use model::AttemptStatus;
+pub use model::{Attempt, Endpoint};
+pub use queue::WebhookStore;
 pub use queue::{Queue, RedisQueue};
-pub use retry::AttemptStatus;
 use sign::Secret;
-pub use store::{Attempt, Endpoint, WebhookStore};
 
 /// How often a cluster node re-reads the endpoints (other nodes change them).
 const REFRESH: Duration = Duration::from_secs(1);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
+use super::model::{Endpoint, PusherFormat};
 use super::sign::Secret;
-use super::store::{Endpoint, PusherFormat};
 use super::{now_ms, WebhookError, Webhooks};
 use crate::config::PusherApp;
 

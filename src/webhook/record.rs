@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::model::Finished;
 use super::queue::Queue;
-use super::store::Finished;
 use crate::store::StoreError;
 
 /// Most attempts written in one batch.

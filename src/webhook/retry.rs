@@ -4,45 +4,8 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::deliver::Outcome;
-
-/// An attempt's status in the attempt log (the wire strings are the lowercase names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttemptStatus {
-    /// 2xx.
-    Delivered,
-    /// Failed; another attempt is scheduled.
-    Retrying,
-    /// Failed with no retry left (or the event is gone from the log).
-    Failed,
-    /// The endpoint was disabled by this attempt (410, or failing too long).
-    Disabled,
-}
-
-impl AttemptStatus {
-    pub const ALL: [AttemptStatus; 4] = [
-        AttemptStatus::Delivered,
-        AttemptStatus::Retrying,
-        AttemptStatus::Failed,
-        AttemptStatus::Disabled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptStatus::Delivered => "delivered",
-            AttemptStatus::Retrying => "retrying",
-            AttemptStatus::Failed => "failed",
-            AttemptStatus::Disabled => "disabled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<AttemptStatus> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-}
+use super::model::AttemptStatus;
 
 /// What happens after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

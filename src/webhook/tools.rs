@@ -5,8 +5,7 @@ use serde_json::json;
 
 use super::deliver::Message;
 use super::endpoint::Live;
-use super::retry::AttemptStatus;
-use super::store::{Attempt, Finished, Resolution, Task};
+use super::model::{Attempt, AttemptStatus, Finished, Resolution, Task};
 use super::{WebhookError, Webhooks};
 use crate::event::{format_time, now_ms};
 

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use super::embedded::{Step, WebhookStore};
 use super::Want;
-use crate::webhook::store::{Step, Task, WebhookStore};
+use crate::webhook::model::Task;
 
 /// The single-node claim: a scan of the in-memory due index that seeks past busy endpoints.
 pub(super) fn claim(

@@ -12,13 +12,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod embedded;
 mod local;
 mod redis;
 
 pub use self::redis::RedisQueue;
-use super::retry::AttemptStatus;
-use super::store::{Attempt, Endpoint, Finished, Task, WebhookStore};
+use super::model::{Attempt, AttemptStatus, Endpoint, Finished, Task};
 use crate::store::StoreError;
+pub use embedded::WebhookStore;
 
 /// What the scheduler may start for one endpoint now.
 #[derive(Debug, Clone, Copy)]

@@ -11,8 +11,7 @@ use redis::{Script, Value};
 
 use super::Want;
 use crate::store::StoreError;
-use crate::webhook::retry::AttemptStatus;
-use crate::webhook::store::{Attempt, Endpoint, Resolution, Task};
+use crate::webhook::model::{Attempt, AttemptStatus, Endpoint, Resolution, Task};
 
 const ENQUEUE: &str = include_str!("enqueue.lua");
 const CLAIM: &str = include_str!("claim.lua");

@@ -19,88 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle};
-use serde::{Deserialize, Serialize};
 
-use super::retry::AttemptStatus;
 use crate::store::keys::{be_u32, be_u64, name_prefix, name_seq, split_name_seq};
 use crate::store::StoreError;
-
-/// An outgoing webhook endpoint, as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Endpoint {
-    pub id: String,
-    /// The consumer it belongs to: a token whose `webhooks.owner` is this manages it. None:
-    /// only admin credentials see it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    pub url: String,
-    pub channels: Vec<String>,
-    #[serde(default)]
-    pub types: Option<Vec<String>>,
-    /// Presence and occupancy notices wanted (`presence.join`, ...); none unless asked.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notifications: Vec<String>,
-    /// Delivered in Pusher's webhook format for this app (made from `[[pusher.apps]]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pusher: Option<PusherFormat>,
-    #[serde(default)]
-    pub description: String,
-    pub enabled: bool,
-    pub ordered: bool,
-    /// At most this many delivery attempts per second (per node), so a receiver that was
-    /// down is not flooded with its backlog. None: no limit beyond the in-flight caps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<u32>,
-    pub secret: String,
-    /// The secret before the last rotation, still used to sign until `previous_expires_ms`.
-    #[serde(default)]
-    pub previous_secret: Option<String>,
-    #[serde(default)]
-    pub previous_expires_ms: Option<u64>,
-    pub created_ms: u64,
-    /// When the current run of failures began; cleared by a success.
-    #[serde(default)]
-    pub failing_since_ms: Option<u64>,
-    #[serde(default)]
-    pub disabled_reason: Option<String>,
-}
-
-/// A Pusher app's webhook: `{"time_ms","events":[...]}` signed with the app secret
-/// (`X-Pusher-Key`, `X-Pusher-Signature`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PusherFormat {
-    pub app: String,
-    pub key: String,
-    pub secret: String,
-    /// Client events (`client_event` webhooks) are wanted too.
-    pub client_events: bool,
-}
-
-/// A pending delivery of one event to one endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Task {
-    pub seq: u64,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// The cluster claim this node holds on the task (none on a single node).
-    pub claim: Option<Arc<str>>,
-}
-
-/// One delivery attempt, as the attempt log shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Attempt {
-    pub id: u64,
-    pub seq: u64,
-    pub attempt: u32,
-    pub status: AttemptStatus,
-    pub status_code: Option<u16>,
-    pub error: Option<String>,
-    pub duration_ms: u64,
-    pub time: String,
-    pub time_ms: u64,
-    pub next_attempt: Option<String>,
-    pub response_body: Option<String>,
-}
+use crate::webhook::model::{Attempt, AttemptStatus, Endpoint, Finished, Resolution, Task};
 
 #[derive(Clone)]
 pub struct WebhookStore {
@@ -152,27 +74,6 @@ pub enum Step {
     Next,
     SkipEndpoint,
     Stop,
-}
-
-/// An attempt to record, with what it does to its task.
-#[derive(Clone)]
-pub struct Finished {
-    pub endpoint: String,
-    pub task: Task,
-    pub attempt: Attempt,
-    pub resolution: Resolution,
-}
-
-/// How a finished attempt changes the task.
-#[derive(Clone, Copy)]
-pub enum Resolution {
-    Delivered,
-    Retry {
-        next_at_ms: u64,
-    },
-    Failed,
-    /// Leave the task pending as is (the endpoint got disabled).
-    Keep,
 }
 
 /// `endpoint 0x00 seq`: the key of a task.
