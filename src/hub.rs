@@ -397,10 +397,6 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
     /// Counts this subscription under `transport` until it ends.
     pub fn counted(mut self, transport: crate::stats::Transport) -> Subscription {
         self.counted = Some(crate::stats::Held::subscription(transport));

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(e) = herald::http::api::parse_publish(data, &herald::config::LimitsConfig::default()) {
+    if let Err(e) = herald::fuzzing::parse_publish(data, &herald::config::LimitsConfig::default()) {
         assert!(e.status.is_client_error());
     }
 });

@@ -222,10 +222,6 @@ impl Auth {
         self.api_keys.is_empty() && self.verifier.is_none()
     }
 
-    pub fn has_api_keys(&self) -> bool {
-        !self.api_keys.is_empty()
-    }
-
     /// Identifies the caller from a bearer token, the `token` query parameter or (on reads)
     /// the cookie.
     pub fn authenticate(

@@ -17,8 +17,6 @@ use axum::http::HeaderMap;
 use axum::Extension;
 use std::sync::Arc;
 
-pub use crate::event::HOOK_TYPE;
-
 /// An event as a publisher sends it (HTTP body or WebSocket `publish`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

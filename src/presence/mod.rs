@@ -460,10 +460,6 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn channel(&self) -> &Arc<str> {
-        &self.channel
-    }
-
     /// The next update. A watcher that fell behind (or a backend resync) gets a fresh
     /// snapshot; a store error then ends the watch (`None`).
     pub async fn next(&mut self) -> Option<Update> {

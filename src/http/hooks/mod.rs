@@ -30,7 +30,7 @@ use crate::config::{HookConfig, HookVerify};
 use crate::event::{
     validate_channel, NewEvent, Pattern, Source, HOOK_ID_PREFIX, HOOK_TYPE, MAX_NAME_LEN,
 };
-pub use capture::{capture, restore, Restored};
+pub use capture::{capture, restore};
 use verify::Unsigned;
 
 #[derive(Debug, thiserror::Error)]

@@ -87,10 +87,6 @@ impl Apps {
         self.by_key.get(key)
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<PusherApp>> {
-        self.by_id.values()
-    }
-
     /// Starts keeping cache channels' last events (when there are apps at all).
     pub fn start(&self, hub: &Arc<crate::hub::Hub>, shutdown: tokio_util::sync::CancellationToken) {
         if !self.by_id.is_empty() {

@@ -40,7 +40,7 @@ pub mod socket;
 use super::wire::{Framing, Taker, Wire};
 pub use echo::echo;
 use message::{error, presence_message, text, with_ref};
-pub use message::{parse_client_message, ClientMessage, MessageError};
+pub use message::{parse_client_message, ClientMessage};
 pub(crate) use socket::{flush_or_end, FlushEnd};
 use socket::{received, Batch, Close, Received, Socket, Upgrade};
 use std::sync::Arc;
