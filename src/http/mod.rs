@@ -309,8 +309,8 @@ impl From<LogError> for ApiError {
                 );
                 out
             }
-            LogError::Uncertain(_) => {
-                tracing::error!(error = %e, "log halted");
+            LogError::Uncertain { ref source, .. } => {
+                tracing::error!(error = %e, cause = %source, "log halted");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "outcome_unknown",

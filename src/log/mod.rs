@@ -33,8 +33,13 @@ pub enum LogError {
     /// Making this append durable failed part-way: the events may or may not be on disk.
     /// The log halted (see `Halted`); a retry with the same ids after a restart is never
     /// doubled.
-    #[error("the event log could not make these events durable ({0})")]
-    Uncertain(String),
+    #[error("the event log could not make these events durable (its {step} failed)")]
+    Uncertain {
+        step: &'static str,
+        /// Shared: one failed commit answers every publish in its group.
+        #[source]
+        source: std::sync::Arc<StoreError>,
+    },
     /// An earlier storage failure left the store in a state nobody can vouch for, so the log
     /// accepts no more writes until the process restarts. Nothing was written.
     #[error("the event log stopped accepting writes after a storage failure")]

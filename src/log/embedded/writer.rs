@@ -129,7 +129,7 @@ impl Writer {
         if !committed.is_empty() {
             batch.insert(&s.meta, b"head", last.to_be_bytes());
             if let Err(e) = batch.commit() {
-                self.halt(group, "commit", e.to_string());
+                self.halt(group, "commit", e.into());
                 return;
             }
             self.assigned = last;
@@ -149,14 +149,17 @@ impl Writer {
     }
 
     /// Persists by the configured policy (or reports the injected fault).
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), StoreError> {
         let result = self
             .store
             .keyspace
             .persist(self.persist_mode())
-            .map_err(|e| e.to_string());
+            .map_err(StoreError::from);
         match &mut self.syncs_before_fault {
-            Some(0) => Err("injected sync failure (HERALD_TEST_FAIL_SYNC_AFTER)".into()),
+            Some(0) => Err(StoreError::Io {
+                what: "injected sync failure (HERALD_TEST_FAIL_SYNC_AFTER)".into(),
+                source: std::io::Error::other("fsync"),
+            }),
             Some(n) => {
                 *n -= 1;
                 result
@@ -172,15 +175,24 @@ impl Writer {
     /// was ever handed them. So the log stops for good: this group hears the truth (maybe
     /// stored), later appends are refused, `/readyz` fails, and a restart re-reads the store,
     /// where whatever did land is delivered to resuming subscribers and webhooks alike.
-    fn halt(&mut self, group: &mut Vec<(Vec<NewEvent>, Reply)>, step: &str, error: String) {
+    fn halt(
+        &mut self,
+        group: &mut Vec<(Vec<NewEvent>, Reply)>,
+        step: &'static str,
+        error: StoreError,
+    ) {
         self.halted.store(true, Ordering::Release);
         tracing::error!(
             error = %error,
             "the event log's {step} failed: it accepts no more writes; restart Herald once \
              the disk is healthy"
         );
+        let source = Arc::new(error);
         for (_, reply) in group.drain(..) {
-            let _ = reply.send(Err(LogError::Uncertain(format!("{step} failed: {error}"))));
+            let _ = reply.send(Err(LogError::Uncertain {
+                step,
+                source: source.clone(),
+            }));
         }
     }
 
