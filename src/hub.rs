@@ -20,7 +20,7 @@ mod patterns;
 mod queue;
 
 use patterns::PatternIndex;
-use queue::Queue;
+use queue::SubscriptionQueue;
 
 /// Events read from the log per catch-up page.
 const PAGE: usize = 512;
@@ -46,7 +46,7 @@ struct Registry {
 struct Sink {
     id: u64,
     filter: Arc<Filter>,
-    queue: Queue,
+    queue: SubscriptionQueue,
     /// Cancelled when the queue overflowed; the subscription then ends with [`Lagged`].
     lagged: CancellationToken,
     /// Set with `lagged`; a plain flag because dispatch reads it for every event.
@@ -213,7 +213,7 @@ impl Registry {
 }
 
 /// What the log tells the hub, in order.
-enum Notice {
+enum LogSignal {
     Committed(Vec<EventRef>),
     Lost,
 }
@@ -226,7 +226,7 @@ const DISPATCH_BACKLOG: usize = 1024;
 /// `send` each; on the log writer's thread that would delay every publisher's ack and the
 /// next group's commit by the whole fan-out.
 struct Dispatcher {
-    notices: std::sync::mpsc::SyncSender<Notice>,
+    notices: std::sync::mpsc::SyncSender<LogSignal>,
 }
 
 impl Dispatcher {
@@ -247,8 +247,8 @@ impl Dispatcher {
                     let mut next = Some(first);
                     while let Some(notice) = next.take() {
                         match notice {
-                            Notice::Committed(events) => batch.extend(events),
-                            Notice::Lost => {
+                            LogSignal::Committed(events) => batch.extend(events),
+                            LogSignal::Lost => {
                                 hub.dispatch(&batch);
                                 batch.clear();
                                 hub.drop_all();
@@ -266,7 +266,7 @@ impl Dispatcher {
         Dispatcher { notices: tx }
     }
 
-    fn send(&self, notice: Notice) {
+    fn send(&self, notice: LogSignal) {
         // The thread lives as long as the process (the hub and the log hold each other).
         let _ = self.notices.send(notice);
     }
@@ -274,12 +274,12 @@ impl Dispatcher {
 
 impl CommitListener for Dispatcher {
     fn lost(&self) {
-        self.send(Notice::Lost);
+        self.send(LogSignal::Lost);
     }
 
     fn committed(&self, events: &[EventRef]) {
         if !events.is_empty() {
-            self.send(Notice::Committed(events.to_vec()));
+            self.send(LogSignal::Committed(events.to_vec()));
         }
     }
 }
@@ -354,7 +354,7 @@ impl Sink {
         Sink {
             id,
             filter,
-            queue: Queue::new(queue_len),
+            queue: SubscriptionQueue::new(queue_len),
             lagged,
             dead: AtomicBool::new(false),
         }

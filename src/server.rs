@@ -24,7 +24,7 @@ use crate::hub::Hub;
 use crate::limits::{ConnectionLimits, RateLimiter, Refusal};
 use crate::log::{EmbeddedLog, Log, LogError, RedisLog};
 use crate::presence::{Notice, Presence, RedisPresence};
-use crate::webhook::{Queue, RedisQueue, WebhookError, WebhookStore, Webhooks};
+use crate::webhook::{DeliveryQueue, RedisQueue, WebhookError, WebhookStore, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -44,7 +44,7 @@ pub enum ServeError {
     #[error("cannot open the webhook store")]
     WebhookStore(#[from] crate::store::StoreError),
     #[error("incoming webhooks configuration")]
-    Hooks(#[from] crate::http::hooks::HookConfigError),
+    Hooks(#[from] crate::http::incoming::HookConfigError),
     #[error("Pusher apps configuration")]
     Pusher(#[from] crate::http::pusher::AppsError),
     #[error("TLS configuration")]
@@ -62,7 +62,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     check_ranges(&config)?;
     raise_open_files(&config);
     let auth = Arc::new(Auth::from_config(&config.auth)?);
-    let hooks = Arc::new(crate::http::hooks::HookRules::from_config(&config.hooks)?);
+    let hooks = Arc::new(crate::http::incoming::HookRules::from_config(
+        &config.hooks,
+    )?);
     let pusher = Arc::new(crate::http::pusher::Apps::from_config(&config.pusher)?);
     let proxy = crate::proxy::Proxy::from_config(&config.proxy)?;
     let tls = crate::tls::acceptor(
@@ -293,7 +295,7 @@ impl Acceptor {
 /// Where state lives: the log, the webhook queue and presence.
 struct Storage {
     log: Arc<dyn Log>,
-    queue: Queue,
+    queue: DeliveryQueue,
     presence: Arc<Presence>,
     /// Presence changes for the webhook side.
     notices: tokio::sync::mpsc::Receiver<Notice>,
@@ -303,7 +305,7 @@ struct Storage {
 async fn open_storage(config: &Config, stop: &CancellationToken) -> Result<Storage, ServeError> {
     if !config.redis.is_cluster() {
         let embedded = EmbeddedLog::open(&config.server.data, &config.log)?;
-        let queue = Queue::Local(WebhookStore::open(embedded.keyspace())?);
+        let queue = DeliveryQueue::Local(WebhookStore::open(embedded.keyspace())?);
         let (presence, notices) = Presence::local(config.presence.clone());
         return Ok(Storage {
             log: embedded,
@@ -365,7 +367,7 @@ async fn open_storage(config: &Config, stop: &CancellationToken) -> Result<Stora
         .redis
         .lease
         .max(config.webhooks.timeout + std::time::Duration::from_secs(2));
-    let queue = Queue::Shared(Box::new(RedisQueue::new(
+    let queue = DeliveryQueue::Shared(Box::new(RedisQueue::new(
         log.connection(),
         &config.redis.prefix,
         lease,

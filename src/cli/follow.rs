@@ -128,7 +128,7 @@ pub(super) async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             }
         };
         let seq = envelope.seq;
-        let request = match crate::http::hooks::restore(envelope.data.get()) {
+        let request = match crate::http::incoming::restore(envelope.data.get()) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("herald: seq {seq}: {e}; skipped");

@@ -4,7 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod console;
-pub mod hooks;
+pub mod incoming;
 pub mod origin;
 pub mod presence;
 pub mod pusher;
@@ -65,7 +65,7 @@ pub struct App {
     pub webhooks: Arc<Webhooks>,
     pub auth: Arc<Auth>,
     /// Who may post incoming webhooks without an API key, and how they sign.
-    pub hooks: Arc<hooks::HookRules>,
+    pub hooks: Arc<incoming::HookRules>,
     /// Publish rate per credential (per client IP without one).
     pub publish_rate: Arc<RateLimiter>,
     pub config: Arc<Config>,
@@ -135,8 +135,8 @@ pub fn app(state: AppState) -> Router {
             post(pusher::api::terminate),
         )
         // A wildcard: channel names may contain `/`.
-        .route("/v1/hooks/{*channel}", post(hooks::receive))
-        .route("/v1/events/{seq}/replay", post(hooks::replay))
+        .route("/v1/hooks/{*channel}", post(incoming::receive))
+        .route("/v1/events/{seq}/replay", post(incoming::replay))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
             "/v1/webhooks/{id}",

@@ -18,7 +18,7 @@ use crate::event::EventRef;
 /// subscriber that keeps up does not allocate per event.
 const KEEP: usize = 8;
 
-pub(crate) struct Queue {
+pub(crate) struct SubscriptionQueue {
     capacity: usize,
     inner: Mutex<Inner>,
 }
@@ -83,9 +83,9 @@ impl Inner {
 #[derive(Debug)]
 pub(crate) struct Full;
 
-impl Queue {
-    pub fn new(capacity: usize) -> Queue {
-        Queue {
+impl SubscriptionQueue {
+    pub fn new(capacity: usize) -> SubscriptionQueue {
+        SubscriptionQueue {
             capacity: capacity.max(1),
             inner: Mutex::default(),
         }
@@ -189,14 +189,14 @@ mod tests {
         Arc::new(Event::encode(seq, 0, &new))
     }
 
-    fn pop(q: &Queue) -> Poll<Option<u64>> {
+    fn pop(q: &SubscriptionQueue) -> Poll<Option<u64>> {
         let mut cx = Context::from_waker(Waker::noop());
         q.poll_pop(&mut cx).map(|e| e.map(|e| e.seq))
     }
 
     #[test]
     fn bounded_ordered_and_drained_after_close() {
-        let q = Queue::new(3);
+        let q = SubscriptionQueue::new(3);
         assert_eq!(pop(&q), Poll::Pending);
         for seq in 1..=3 {
             q.push(&[event(seq)]).unwrap();
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_drained_backlog_gives_its_storage_back() {
-        let q = Queue::new(1000);
+        let q = SubscriptionQueue::new(1000);
         assert_eq!(q.storage(), 0, "an idle queue holds no storage");
         for seq in 1..=500 {
             q.push(&[event(seq)]).unwrap();
@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn direct_delivery_never_overtakes_a_queued_or_unwritten_event() {
-        let q = Queue::new(100);
+        let q = SubscriptionQueue::new(100);
         let taker = Arc::new(Taker::default());
         q.set_direct(taker.clone(), 0);
 
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_run_that_would_overfill_the_queue_is_refused_whole() {
-        let q = Queue::new(3);
+        let q = SubscriptionQueue::new(3);
         q.push(&[event(1), event(2)]).unwrap();
         assert!(q.push(&[event(3), event(4)]).is_err());
         assert_eq!(pop(&q), Poll::Ready(Some(1)));
@@ -285,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_push_wakes_the_waiting_subscriber() {
-        let q = Arc::new(Queue::new(4));
+        let q = Arc::new(SubscriptionQueue::new(4));
         let waiting = tokio::spawn({
             let q = q.clone();
             async move {

@@ -46,7 +46,7 @@ use guard::{GuardError, Policy};
 pub use model::AttemptStatus;
 pub use model::{Attempt, Endpoint};
 pub use queue::WebhookStore;
-pub use queue::{Queue, RedisQueue};
+pub use queue::{DeliveryQueue, RedisQueue};
 use sign::Secret;
 
 /// How often a cluster node re-reads the endpoints (other nodes change them).
@@ -88,7 +88,7 @@ pub enum WebhookError {
 }
 
 pub struct Webhooks {
-    store: Arc<Queue>,
+    store: Arc<DeliveryQueue>,
     recorder: record::Recorder,
     hub: Arc<Hub>,
     config: WebhooksConfig,
@@ -118,7 +118,7 @@ pub struct Webhooks {
 impl Webhooks {
     /// Loads endpoints and starts their enqueuers and the scheduler.
     pub async fn start(
-        store: Queue,
+        store: DeliveryQueue,
         hub: Arc<Hub>,
         config: WebhooksConfig,
         attempt_retention: Duration,

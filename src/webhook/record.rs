@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::model::Finished;
-use super::queue::Queue;
+use super::queue::DeliveryQueue;
 use crate::store::StoreError;
 
 /// Most attempts written in one batch.
@@ -24,7 +24,7 @@ pub(super) struct Recorder {
 impl Recorder {
     /// Starts the writer on the current runtime. It is not tracked: it must outlive the
     /// attempts that shutdown waits for, and it stops with the delivery runtime.
-    pub(super) fn start(store: Arc<Queue>, capacity: usize) -> Recorder {
+    pub(super) fn start(store: Arc<DeliveryQueue>, capacity: usize) -> Recorder {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         tokio::spawn(write(store, rx));
         Recorder { tx }
@@ -40,7 +40,7 @@ impl Recorder {
     }
 }
 
-async fn write(store: Arc<Queue>, mut rx: mpsc::Receiver<(Finished, Reply)>) {
+async fn write(store: Arc<DeliveryQueue>, mut rx: mpsc::Receiver<(Finished, Reply)>) {
     let mut pending = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut pending, BATCH).await > 0 {
         let (finished, replies): (Vec<Finished>, Vec<Reply>) = pending.drain(..).unzip();

@@ -30,30 +30,30 @@ pub struct Want {
     pub ordered: bool,
 }
 
-pub enum Queue {
+pub enum DeliveryQueue {
     Local(WebhookStore),
     Shared(Box<RedisQueue>),
 }
 
-impl Queue {
+impl DeliveryQueue {
     /// Queued tasks and the earliest due time, where this node can tell cheaply (its own
     /// store's in-memory index; a cluster's queue is Redis's to count).
     pub fn queue_stats(&self) -> Option<(usize, Option<u64>)> {
         match self {
-            Queue::Local(s) => Some(s.queue_stats()),
-            Queue::Shared(_) => None,
+            DeliveryQueue::Local(s) => Some(s.queue_stats()),
+            DeliveryQueue::Shared(_) => None,
         }
     }
 
     /// Whether endpoints can change under us (other nodes): then the service re-reads them.
     pub fn is_shared(&self) -> bool {
-        matches!(self, Queue::Shared(_))
+        matches!(self, DeliveryQueue::Shared(_))
     }
 
     pub async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         match self {
-            Queue::Local(s) => blocking(s, |s| s.endpoints()).await,
-            Queue::Shared(r) => r.endpoints().await,
+            DeliveryQueue::Local(s) => blocking(s, |s| s.endpoints()).await,
+            DeliveryQueue::Shared(r) => r.endpoints().await,
         }
     }
 
@@ -61,18 +61,18 @@ impl Queue {
     /// single node's set changes only through this node, so it has none.
     pub async fn endpoints_version(&self) -> Result<Option<u64>, StoreError> {
         match self {
-            Queue::Local(_) => Ok(None),
-            Queue::Shared(r) => r.endpoints_version().await.map(Some),
+            DeliveryQueue::Local(_) => Ok(None),
+            DeliveryQueue::Shared(r) => r.endpoints_version().await.map(Some),
         }
     }
 
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let id = id.to_string();
                 blocking(s, move |s| s.endpoint(&id)).await
             }
-            Queue::Shared(r) => r.endpoint(id).await,
+            DeliveryQueue::Shared(r) => r.endpoint(id).await,
         }
     }
 
@@ -86,7 +86,7 @@ impl Queue {
         change: &(dyn Fn(&mut Endpoint) + Send + Sync),
     ) -> Result<Option<Endpoint>, StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let key = id.to_string();
                 let Some(mut endpoint) = blocking(s, move |s| s.endpoint(&key)).await? else {
                     return Ok(None);
@@ -96,7 +96,7 @@ impl Queue {
                 blocking(s, move |s| s.put_endpoint(&saved, None)).await?;
                 Ok(Some(endpoint))
             }
-            Queue::Shared(r) => r.modify(id, change).await,
+            DeliveryQueue::Shared(r) => r.modify(id, change).await,
         }
     }
 
@@ -106,31 +106,31 @@ impl Queue {
         cursor: Option<u64>,
     ) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let endpoint = endpoint.clone();
                 blocking(s, move |s| s.put_endpoint(&endpoint, cursor)).await
             }
-            Queue::Shared(r) => r.put_endpoint(endpoint, cursor).await,
+            DeliveryQueue::Shared(r) => r.put_endpoint(endpoint, cursor).await,
         }
     }
 
     pub async fn cursor(&self, id: &str) -> Result<u64, StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let id = id.to_string();
                 blocking(s, move |s| s.cursor(&id)).await
             }
-            Queue::Shared(r) => r.cursor(id).await,
+            DeliveryQueue::Shared(r) => r.cursor(id).await,
         }
     }
 
     pub async fn delete_endpoint(&self, id: &str) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let id = id.to_string();
                 blocking(s, move |s| s.delete_endpoint(&id)).await
             }
-            Queue::Shared(r) => r.delete_endpoint(id).await,
+            DeliveryQueue::Shared(r) => r.delete_endpoint(id).await,
         }
     }
 
@@ -145,11 +145,11 @@ impl Queue {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let (id, seqs) = (id.to_string(), seqs.to_vec());
                 blocking(s, move |s| s.enqueue(&id, &seqs, cursor, now_ms)).await
             }
-            Queue::Shared(r) => r.enqueue(id, seqs, cursor, now_ms).await,
+            DeliveryQueue::Shared(r) => r.enqueue(id, seqs, cursor, now_ms).await,
         }
     }
 
@@ -167,8 +167,8 @@ impl Queue {
         busy: impl Fn(&str, u64) -> bool,
     ) -> Option<Vec<(String, Task)>> {
         match self {
-            Queue::Local(s) => Some(local::claim(s, now_ms, wants, total, busy)),
-            Queue::Shared(_) => None,
+            DeliveryQueue::Local(s) => Some(local::claim(s, now_ms, wants, total, busy)),
+            DeliveryQueue::Shared(_) => None,
         }
     }
 
@@ -179,8 +179,8 @@ impl Queue {
         total: usize,
     ) -> Result<Vec<(String, Task)>, StoreError> {
         match self {
-            Queue::Local(_) => Ok(Vec::new()),
-            Queue::Shared(r) => r.claim(now_ms, wants, total).await,
+            DeliveryQueue::Local(_) => Ok(Vec::new()),
+            DeliveryQueue::Shared(r) => r.claim(now_ms, wants, total).await,
         }
     }
 
@@ -192,23 +192,23 @@ impl Queue {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
-            Queue::Local(_) => Ok(()),
-            Queue::Shared(r) => r.release(claims, now_ms).await,
+            DeliveryQueue::Local(_) => Ok(()),
+            DeliveryQueue::Shared(r) => r.release(claims, now_ms).await,
         }
     }
 
     /// One endpoint's queued tasks and the earliest due time among them.
     pub async fn endpoint_queue(&self, id: &str) -> Result<(usize, Option<u64>), StoreError> {
         match self {
-            Queue::Local(s) => Ok(s.endpoint_queue(id)),
-            Queue::Shared(r) => r.endpoint_queue(id).await,
+            DeliveryQueue::Local(s) => Ok(s.endpoint_queue(id)),
+            DeliveryQueue::Shared(r) => r.endpoint_queue(id).await,
         }
     }
 
     pub async fn pending_count(&self, id: &str) -> Result<usize, StoreError> {
         match self {
-            Queue::Local(s) => Ok(s.pending_count(id)),
-            Queue::Shared(r) => r.pending_count(id).await,
+            DeliveryQueue::Local(s) => Ok(s.pending_count(id)),
+            DeliveryQueue::Shared(r) => r.pending_count(id).await,
         }
     }
 
@@ -217,9 +217,9 @@ impl Queue {
     /// claim.
     pub async fn finish(&self, mut finished: Vec<Finished>) -> Result<(), StoreError> {
         match self {
-            Queue::Local(s) => blocking(s, move |s| s.finish(&mut finished)).await,
+            DeliveryQueue::Local(s) => blocking(s, move |s| s.finish(&mut finished)).await,
             // Concurrent calls on the multiplexed connection go out as one pipeline.
-            Queue::Shared(r) => {
+            DeliveryQueue::Shared(r) => {
                 let calls = finished
                     .into_iter()
                     .map(|f| r.finish(f.endpoint, f.task, f.attempt, f.resolution));
@@ -236,11 +236,11 @@ impl Queue {
         limit: usize,
     ) -> Result<Vec<Attempt>, StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let id = id.to_string();
                 blocking(s, move |s| s.attempts(&id, after, status, limit)).await
             }
-            Queue::Shared(r) => r.attempts(id, after, status, limit).await,
+            DeliveryQueue::Shared(r) => r.attempts(id, after, status, limit).await,
         }
     }
 
@@ -251,18 +251,18 @@ impl Queue {
         limit: usize,
     ) -> Result<Vec<Attempt>, StoreError> {
         match self {
-            Queue::Local(s) => {
+            DeliveryQueue::Local(s) => {
                 let id = id.to_string();
                 blocking(s, move |s| s.attempts_newest(&id, status, limit)).await
             }
-            Queue::Shared(r) => r.attempts_newest(id, status, limit).await,
+            DeliveryQueue::Shared(r) => r.attempts_newest(id, status, limit).await,
         }
     }
 
     pub async fn trim_attempts(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         match self {
-            Queue::Local(s) => blocking(s, move |s| s.trim_attempts(cutoff_ms)).await,
-            Queue::Shared(r) => r.trim_attempts(cutoff_ms).await,
+            DeliveryQueue::Local(s) => blocking(s, move |s| s.trim_attempts(cutoff_ms)).await,
+            DeliveryQueue::Shared(r) => r.trim_attempts(cutoff_ms).await,
         }
     }
 }

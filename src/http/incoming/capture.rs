@@ -139,7 +139,7 @@ fn encode_body(body: &[u8]) -> (&'static str, String) {
 mod tests {
     use super::*;
 
-    use crate::http::hooks::verify::tests::headers;
+    use crate::http::incoming::verify::tests::headers;
 
     #[test]
     fn bodies_keep_their_exact_bytes() {

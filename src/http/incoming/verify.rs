@@ -200,7 +200,7 @@ pub(super) mod tests {
         .remove(0)
     }
 
-    pub(in crate::http::hooks) fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+    pub(in crate::http::incoming) fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(*k, v.parse().unwrap());
