@@ -42,7 +42,7 @@ pub use echo::echo;
 use message::{error, presence_message, text, with_ref};
 pub use message::{parse_client_message, ClientMessage};
 pub(crate) use socket::{flush_or_end, FlushEnd};
-use socket::{received, Batch, Close, Received, Socket, Upgrade};
+use socket::{received, write_items, Close, ItemStream, Received, Socket, Upgrade, Writer};
 use std::sync::Arc;
 use yawc::{Frame, OpCode};
 
@@ -149,8 +149,6 @@ pub async fn upgrade(
     });
     Ok(response)
 }
-
-type ItemStream = BoxStream<'static, Result<Item, SubscriptionError>>;
 
 type UpdateStream = BoxStream<'static, Update>;
 
@@ -302,35 +300,14 @@ impl Session {
         channel: String,
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
-        let mut next = Some((channel, first));
-        let mut batch = Batch::new(self.app.config.websocket.write_delay);
-        while let Some((channel, item)) = next.take() {
-            let message = match item {
-                Ok(Item::Event(event)) => {
-                    crate::stats::get().delivered(crate::stats::Transport::Ws, 1);
-                    Frame::text(event.ws_text())
-                }
-                Ok(Item::Reset { oldest }) => {
-                    text(json!({"op": "reset", "channel": channel, "oldest": oldest}))
-                }
-                Err(SubscriptionError::Lagged) => return Err(slow_consumer()),
-                Err(SubscriptionError::Log(e)) => {
-                    tracing::error!(error = %e, "WebSocket subscription failed");
-                    return Err(Close::with(CLOSE_INTERNAL, "internal error"));
-                }
-            };
-            if !batch.fits(message.payload().len()) {
-                self.flush().await?;
-                batch.flushed();
-            }
-            if batch.feed(&mut self.ws, message).await? {
-                next = self.subs.next().now_or_never().flatten();
-                if next.is_none() && batch.linger().await {
-                    next = self.subs.next().now_or_never().flatten();
-                }
-            }
-        }
-        self.flush().await?;
+        let writer = Writer {
+            ws: &mut self.ws,
+            subs: &mut self.subs,
+            lagged: &self.lagged,
+            shutdown: &self.app.shutdown,
+            write_delay: self.app.config.websocket.write_delay,
+        };
+        write_items(writer, (channel, first), event_frame, flush_ended).await?;
         self.release();
         Ok(())
     }
@@ -356,11 +333,7 @@ impl Session {
     async fn flush(&mut self) -> Result<(), Close> {
         flush_or_end(&mut self.ws, &self.lagged, &self.app.shutdown)
             .await
-            .map_err(|end| match end {
-                FlushEnd::Failed => Close::Fail,
-                FlushEnd::Slow => slow_consumer(),
-                FlushEnd::Shutdown => Close::with(CLOSE_GOING_AWAY, "server shutting down"),
-            })
+            .map_err(flush_ended)
     }
 
     async fn send(&mut self, value: Value) -> Result<(), Close> {
@@ -636,4 +609,34 @@ fn items(subscription: Subscription, occupant: Option<Occupant>) -> ItemStream {
         Some((item, (s, o)))
     })
     .boxed()
+}
+
+/// The frame `/v1/ws` sends for a subscription's item, or the close it causes.
+fn event_frame(
+    channel: &str,
+    item: Result<Item, SubscriptionError>,
+) -> Result<Option<Frame>, Close> {
+    match item {
+        Ok(Item::Event(event)) => {
+            crate::stats::get().delivered(crate::stats::Transport::Ws, 1);
+            Ok(Some(Frame::text(event.ws_text())))
+        }
+        Ok(Item::Reset { oldest }) => Ok(Some(text(
+            json!({"op": "reset", "channel": channel, "oldest": oldest}),
+        ))),
+        Err(SubscriptionError::Lagged) => Err(slow_consumer()),
+        Err(SubscriptionError::Log(e)) => {
+            tracing::error!(error = %e, "WebSocket subscription failed");
+            Err(Close::with(CLOSE_INTERNAL, "internal error"))
+        }
+    }
+}
+
+/// The close a flush that could not finish gets.
+fn flush_ended(end: FlushEnd) -> Close {
+    match end {
+        FlushEnd::Failed => Close::Fail,
+        FlushEnd::Slow => slow_consumer(),
+        FlushEnd::Shutdown => Close::with(CLOSE_GOING_AWAY, "server shutting down"),
+    }
 }

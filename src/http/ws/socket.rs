@@ -314,6 +314,69 @@ pub(crate) async fn flush_or_end(
     .await
 }
 
+/// A session's hub subscriptions, by the channel name the protocol uses.
+pub(crate) type ItemStream = futures_util::stream::BoxStream<
+    'static,
+    Result<crate::hub::Item, crate::hub::SubscriptionError>,
+>;
+
+/// What a session lends [`write_items`]: its socket, its subscriptions and what ends a flush.
+pub(crate) struct Writer<'a> {
+    pub ws: &'a mut Socket,
+    pub subs: &'a mut tokio_stream::StreamMap<String, ItemStream>,
+    pub lagged: &'a CancellationToken,
+    pub shutdown: &'a CancellationToken,
+    pub write_delay: Duration,
+}
+
+/// Both protocols' event writing: `first` and whatever else the subscriptions have ready
+/// (up to a batch), fed and flushed once, so a subscriber behind by ten events costs one
+/// write, not ten. `frame` is the protocol's: the frame an item becomes for this socket
+/// (None: nothing to send), or the close it causes; `ended`, the close a flush that could
+/// not finish gets.
+pub(crate) async fn write_items(
+    w: Writer<'_>,
+    first: (
+        String,
+        Result<crate::hub::Item, crate::hub::SubscriptionError>,
+    ),
+    mut frame: impl FnMut(
+        &str,
+        Result<crate::hub::Item, crate::hub::SubscriptionError>,
+    ) -> Result<Option<Frame>, Close>,
+    ended: fn(FlushEnd) -> Close,
+) -> Result<(), Close> {
+    use futures_util::StreamExt;
+    let Writer {
+        ws,
+        subs,
+        lagged,
+        shutdown,
+        write_delay,
+    } = w;
+    let mut next = Some(first);
+    let mut batch = Batch::new(write_delay);
+    while let Some((channel, item)) = next.take() {
+        let room = match frame(&channel, item)? {
+            Some(message) => {
+                if !batch.fits(message.payload().len()) {
+                    flush_or_end(ws, lagged, shutdown).await.map_err(ended)?;
+                    batch.flushed();
+                }
+                batch.feed(ws, message).await?
+            }
+            None => true,
+        };
+        if room {
+            next = subs.next().now_or_never().flatten();
+            if next.is_none() && batch.linger().await {
+                next = subs.next().now_or_never().flatten();
+            }
+        }
+    }
+    flush_or_end(ws, lagged, shutdown).await.map_err(ended)
+}
+
 /// How a session ends.
 pub(crate) enum Close {
     /// Send this close frame, then wait (bounded) for the peer's.

@@ -14,7 +14,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::Extension;
 use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,9 @@ use super::message::{self, data_as, ClientFrame, PusherEvent, SubscribeData};
 mod channels;
 mod client;
 use crate::config::PusherApp;
-use crate::http::ws::socket::{self, received, Batch, Close, Received, Socket, Upgrade};
+use crate::http::ws::socket::{
+    self, received, write_items, Close, ItemStream, Received, Socket, Upgrade, Writer,
+};
 use crate::http::{query_pairs, AppState, Connection};
 use crate::hub::{Item, SubscriptionError};
 use crate::limits::Bucket;
@@ -99,7 +101,6 @@ pub async fn upgrade(
     });
     response
 }
-type ItemStream = BoxStream<'static, Result<Item, SubscriptionError>>;
 
 struct Session {
     app: AppState,
@@ -234,67 +235,31 @@ impl Session {
         channel: String,
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
-        let mut next = Some((channel, first));
-        let mut batch = Batch::new(self.app.config.websocket.write_delay);
-        while let Some((channel, item)) = next.take() {
-            let room = match self.frame(&channel, item)? {
-                Some(frame) => {
-                    crate::stats::get().delivered(crate::stats::Transport::Pusher, 1);
-                    if !batch.fits(frame.len()) {
-                        self.flush().await?;
-                        batch.flushed();
-                    }
-                    batch.feed(&mut self.ws, Frame::text(frame)).await?
-                }
-                None => true,
-            };
-            if room {
-                next = self.subs.next().now_or_never().flatten();
-                if next.is_none() && batch.linger().await {
-                    next = self.subs.next().now_or_never().flatten();
-                }
+        let writer = Writer {
+            ws: &mut self.ws,
+            subs: &mut self.subs,
+            lagged: &self.lagged,
+            shutdown: &self.app.shutdown,
+            write_delay: self.app.config.websocket.write_delay,
+        };
+        let socket_id = self.socket_id.as_str();
+        let frame = |channel: &str, item| {
+            let frame = frame_for(socket_id, channel, item)?;
+            if frame.is_some() {
+                crate::stats::get().delivered(crate::stats::Transport::Pusher, 1);
             }
-        }
-        self.flush().await
+            Ok(frame.map(Frame::text))
+        };
+        write_items(writer, (channel, first), frame, flush_ended).await
     }
 
     /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
     /// (a peer that stops reading would otherwise hold the task here forever).
     async fn flush(&mut self) -> Result<(), Close> {
-        use crate::http::ws::{flush_or_end, FlushEnd};
-        flush_or_end(&mut self.ws, &self.lagged, &self.app.shutdown)
+        crate::http::ws::flush_or_end(&mut self.ws, &self.lagged, &self.app.shutdown)
             .await
-            .map_err(|end| match end {
-                FlushEnd::Failed => Close::Fail,
-                FlushEnd::Slow => Close::with(RECONNECT, "slow consumer"),
-                FlushEnd::Shutdown => Close::with(RECONNECT, "server shutting down"),
-            })
+            .map_err(flush_ended)
     }
-
-    /// The frame this socket gets for an item (none for its own triggers and for names in
-    /// Pusher's namespaces).
-    fn frame(
-        &self,
-        channel: &str,
-        item: Result<Item, SubscriptionError>,
-    ) -> Result<Option<Bytes>, Close> {
-        let event = match item {
-            Ok(Item::Event(e)) => e,
-            // Pusher has no way to say "events were lost": a client reconnects and, with no
-            // cursor in the protocol, starts from now.
-            Ok(Item::Reset { .. }) => return Ok(None),
-            Err(SubscriptionError::Lagged) => return Err(Close::with(RECONNECT, "slow consumer")),
-            Err(SubscriptionError::Log(e)) => {
-                tracing::error!(error = %e, "Pusher subscription failed");
-                return Err(Close::with(RECONNECT, "internal error"));
-            }
-        };
-        Ok(event
-            .extension(|e| PusherEvent::of(e, channel))
-            .filter(|p| p.skip_socket.as_deref() != Some(self.socket_id.as_str()))
-            .and_then(|p| p.frame.clone()))
-    }
-
     async fn on_frame(&mut self, frame: Frame) -> Result<(), Close> {
         let text = match frame.opcode() {
             // yawc checked it is UTF-8.
@@ -359,4 +324,38 @@ fn items(subscription: crate::hub::Subscription, occupant: Occupant) -> ItemStre
         Some((item, (s, o)))
     })
     .boxed()
+}
+
+/// The close a flush that could not finish gets (Pusher's code: reconnect).
+fn flush_ended(end: crate::http::ws::FlushEnd) -> Close {
+    use crate::http::ws::FlushEnd;
+    match end {
+        FlushEnd::Failed => Close::Fail,
+        FlushEnd::Slow => Close::with(RECONNECT, "slow consumer"),
+        FlushEnd::Shutdown => Close::with(RECONNECT, "server shutting down"),
+    }
+}
+
+/// The frame a socket gets for an item: none for its own triggers and for names in Pusher's
+/// namespaces; the item's close for a subscription that failed.
+fn frame_for(
+    socket_id: &str,
+    channel: &str,
+    item: Result<Item, SubscriptionError>,
+) -> Result<Option<Bytes>, Close> {
+    let event = match item {
+        Ok(Item::Event(e)) => e,
+        // Pusher has no way to say "events were lost": a client reconnects and, with no
+        // cursor in the protocol, starts from now.
+        Ok(Item::Reset { .. }) => return Ok(None),
+        Err(SubscriptionError::Lagged) => return Err(Close::with(RECONNECT, "slow consumer")),
+        Err(SubscriptionError::Log(e)) => {
+            tracing::error!(error = %e, "Pusher subscription failed");
+            return Err(Close::with(RECONNECT, "internal error"));
+        }
+    };
+    Ok(event
+        .extension(|e| PusherEvent::of(e, channel))
+        .filter(|p| p.skip_socket.as_deref() != Some(socket_id))
+        .and_then(|p| p.frame.clone()))
 }
