@@ -300,13 +300,7 @@ impl Session {
         channel: String,
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
-        let writer = Writer {
-            ws: &mut self.ws,
-            subs: &mut self.subs,
-            lagged: &self.lagged,
-            shutdown: &self.app.shutdown,
-            write_delay: self.app.config.websocket.write_delay,
-        };
+        let writer = Writer::new(&mut self.ws, &mut self.subs, &self.lagged, &self.app);
         write_items(writer, (channel, first), event_frame, flush_ended).await?;
         self.release();
         Ok(())

@@ -322,11 +322,28 @@ pub(crate) type ItemStream = futures_util::stream::BoxStream<
 
 /// What a session lends [`write_items`]: its socket, its subscriptions and what ends a flush.
 pub(crate) struct Writer<'a> {
-    pub ws: &'a mut Socket,
-    pub subs: &'a mut tokio_stream::StreamMap<String, ItemStream>,
-    pub lagged: &'a CancellationToken,
-    pub shutdown: &'a CancellationToken,
-    pub write_delay: Duration,
+    ws: &'a mut Socket,
+    subs: &'a mut tokio_stream::StreamMap<String, ItemStream>,
+    lagged: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+    write_delay: Duration,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(
+        ws: &'a mut Socket,
+        subs: &'a mut tokio_stream::StreamMap<String, ItemStream>,
+        lagged: &'a CancellationToken,
+        app: &'a crate::http::AppState,
+    ) -> Writer<'a> {
+        Writer {
+            ws,
+            subs,
+            lagged,
+            shutdown: &app.shutdown,
+            write_delay: app.config.websocket.write_delay,
+        }
+    }
 }
 
 /// Both protocols' event writing: `first` and whatever else the subscriptions have ready

@@ -235,13 +235,7 @@ impl Session {
         channel: String,
         first: Result<Item, SubscriptionError>,
     ) -> Result<(), Close> {
-        let writer = Writer {
-            ws: &mut self.ws,
-            subs: &mut self.subs,
-            lagged: &self.lagged,
-            shutdown: &self.app.shutdown,
-            write_delay: self.app.config.websocket.write_delay,
-        };
+        let writer = Writer::new(&mut self.ws, &mut self.subs, &self.lagged, &self.app);
         let socket_id = self.socket_id.as_str();
         let frame = |channel: &str, item| {
             let frame = frame_for(socket_id, channel, item)?;
