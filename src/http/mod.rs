@@ -171,11 +171,23 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(compression())
         .layer(guard)
         .layer(cors)
         // Outermost, so refusals by the layers inside carry an id too.
         .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
+}
+
+/// gzip or brotli for what a client accepts: JSON answers, the console's files. Never event
+/// streams (each event would wait in the encoder; the predicate skips `text/event-stream`),
+/// nor what is already encoded (the client's precompressed file) or under 32 bytes.
+fn compression() -> tower_http::compression::CompressionLayer {
+    tower_http::compression::CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .no_deflate()
+        .no_zstd()
 }
 
 async fn not_found() -> ApiError {

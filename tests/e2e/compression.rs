@@ -311,3 +311,72 @@ async fn node_ws_client_negotiates_and_reads_compressed_events() {
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     assert!(status.unwrap().unwrap().success());
 }
+
+/// HTTP answers are compressed for a client that accepts it (JSON, the console's files),
+/// never an event stream, and never for a client that did not ask.
+#[tokio::test]
+async fn answers_are_compressed_when_accepted_and_event_streams_never() {
+    let h = Herald::start("");
+    for i in 0..20 {
+        publish_one(
+            &h,
+            "zip",
+            json!({"text": "the same words again and again", "i": i}),
+        )
+        .await;
+    }
+    let get = |path: &str, accept: Option<&'static str>| {
+        let mut r = client().get(h.url(path));
+        if let Some(a) = accept {
+            r = r.header("accept-encoding", a);
+        }
+        r.send()
+    };
+    let plain = get("/v1/events?channel=zip", None).await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+
+    let gz = get("/v1/events?channel=zip", Some("gzip")).await.unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let gz = gz.bytes().await.unwrap();
+    let mut json_text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut json_text)
+        .unwrap();
+    assert_eq!(json_text.as_bytes(), &plain[..], "the same answer, gzipped");
+    assert!(
+        gz.len() < plain.len() / 2,
+        "{} of {}",
+        gz.len(),
+        plain.len()
+    );
+
+    let br = get("/v1/events?channel=zip", Some("br")).await.unwrap();
+    assert_eq!(br.headers()["content-encoding"], "br");
+    assert!(br.bytes().await.unwrap().len() < plain.len() / 2);
+
+    let console = get("/ui/console.js", Some("gzip, br")).await.unwrap();
+    assert_eq!(console.status(), 200);
+    assert!(console.headers().get("content-encoding").is_some());
+
+    // An event stream is written event by event, never through an encoder.
+    let stream = get("/v1/sse?channel=zip&since=0", Some("gzip, br"))
+        .await
+        .unwrap();
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert!(
+        stream.headers().get("content-encoding").is_none(),
+        "{:?}",
+        stream.headers()
+    );
+    let mut stream = stream.bytes_stream();
+    let first = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut stream))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(first.to_vec()).expect("plain text");
+    assert!(text.contains("id:") || text.contains("retry:"), "{text}");
+}
