@@ -191,13 +191,19 @@ pub(super) enum WebhookCommand {
         #[command(flatten)]
         client: WebhookClientArgs,
     },
-    /// Show an endpoint's delivery attempts, oldest first.
+    /// Show an endpoint's delivery attempts, oldest first, a page at a time.
     Deliveries {
         /// The endpoint's id (`wh_...`).
         id: String,
         /// Only attempts with this status: delivered, retrying, failed, disabled.
         #[arg(long)]
         status: Option<String>,
+        /// Attempts after this attempt id (the previous page says which to give).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Attempts per page (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
         #[command(flatten)]
         client: WebhookClientArgs,
     },

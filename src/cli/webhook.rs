@@ -14,7 +14,8 @@ use super::client::{client, exchange, refused};
 enum View {
     Endpoint,
     Endpoints,
-    Deliveries,
+    /// A page of attempts, asked for with this limit.
+    Deliveries(u32),
     Attempt,
     Recovered,
     Line(String),
@@ -130,10 +131,16 @@ fn request(command: WebhookCommand) -> Request {
             let path = format!("/v1/webhooks/{id}/test");
             (client, Method::POST, path, Some(body), View::Attempt)
         }
-        W::Deliveries { id, status, client } => {
-            let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
-            let path = format!("/v1/webhooks/{id}/deliveries{query}");
-            (client, Method::GET, path, None, View::Deliveries)
+        W::Deliveries {
+            id,
+            status,
+            after,
+            limit,
+            client,
+        } => {
+            let status = status.map(|s| format!("&status={s}")).unwrap_or_default();
+            let path = format!("/v1/webhooks/{id}/deliveries?after={after}&limit={limit}{status}");
+            (client, Method::GET, path, None, View::Deliveries(limit))
         }
         W::Replay { id, since, client } => {
             let path = format!("/v1/webhooks/{id}/replay");
@@ -200,7 +207,7 @@ fn render(view: &View, reply: &Value, color: bool) -> String {
             let head = ["ID", "STATE", "URL", "CHANNELS", "OWNER", "DESCRIPTION"];
             table(&head, &rows)
         }
-        View::Deliveries => {
+        View::Deliveries(limit) => {
             let rows: Vec<Vec<String>> = list(&reply["deliveries"])
                 .map(|a| {
                     vec![
@@ -218,7 +225,12 @@ fn render(view: &View, reply: &Value, color: bool) -> String {
             let head = [
                 "ID", "SEQ", "ATTEMPT", "STATUS", "CODE", "MS", "TIME", "ERROR",
             ];
-            table(&head, &rows)
+            let mut out = table(&head, &rows);
+            // A full page may have more behind it.
+            if rows.len() >= *limit as usize {
+                out.push_str(&format!("more: --after {}\n", text(&reply["next"])));
+            }
+            out
         }
         View::Attempt => {
             let outcome = match reply["status_code"].as_u64() {

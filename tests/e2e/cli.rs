@@ -400,6 +400,29 @@ async fn webhook_commands_print_tables_for_people() {
         attempts.lines().next().unwrap().starts_with("ID") && attempts.contains("delivered"),
         "{attempts}"
     );
+    // Pages: two more attempts make three; a page of two says how to get the rest.
+    for _ in 0..2 {
+        assert!(run(&["webhook", "test", &id]).0);
+    }
+    let (_, first, _) = run(&["webhook", "deliveries", &id, "--limit", "2"]);
+    let more = first
+        .lines()
+        .find_map(|l| l.strip_prefix("more: "))
+        .unwrap_or_else(|| panic!("a full page says there may be more: {first}"));
+    assert_eq!(first.lines().count(), 4, "head, two rows, more: {first}");
+    let after: Vec<&str> = more.split(' ').collect();
+    assert_eq!(after[0], "--after", "{first}");
+    let (_, rest, _) = run(&[
+        "webhook",
+        "deliveries",
+        &id,
+        "--limit",
+        "2",
+        "--after",
+        after[1],
+    ]);
+    assert_eq!(rest.lines().count(), 2, "head and the last row: {rest}");
+    assert!(!rest.contains("more:"), "{rest}");
     let (ok, recovered, err) = run(&[
         "webhook",
         "recover",
