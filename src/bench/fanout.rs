@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    cpu_secs, find_u64, histogram, now_ns, percentiles, raise_nofile, rss_kib, Sources, Target,
+    cpu_secs, find_u64, histogram, now_ns, percentiles, raise_nofile, rss_kib, Run, Sources, Target,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,6 +32,15 @@ pub enum Transport {
     Pusher,
     /// `/v1/ws` offering permessage-deflate (the server needs `[websocket] compression`).
     WsDeflate,
+}
+
+impl Transport {
+    /// The name as given on the command line (`ws-deflate`), for reports.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +92,9 @@ pub struct FanoutArgs {
     /// event as its own `POST /pub?channel=` whose body is the event's data.
     #[arg(long)]
     pub nchan: bool,
+    /// An API key for the publishes and the subscriptions (a server with `auth.api_keys`).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
@@ -142,6 +154,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             t => t,
         };
         let key = pusher_key.clone();
+        let auth = args.api_key.clone();
         let ctx = (
             gate.clone(),
             sources.clone(),
@@ -171,6 +184,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
                 total: &total,
                 stop,
                 confirms: !nchan,
+                auth: auth.as_deref(),
             };
             match kind {
                 Transport::Sse => subscribe_sse(ctx, &channel).await,
@@ -202,67 +216,119 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     let cpu_start = args.server_pid.and_then(cpu_secs);
     let wire_start = loopback_bytes();
 
-    // Publish: one batch per 10 ms tick.
+    // Publish open-loop: one batch per 10 ms tick on a fixed schedule, each sent without
+    // waiting for the one before, and stamped with its scheduled time, so a slow ack never
+    // holds back the next publish or hides its own delay (coordinated omission). The
+    // publisher's backlog (requests sent and not yet answered) is reported.
     let http = reqwest::Client::new();
-    let pad = padding(args.payload, args.realistic);
+    let pad = Arc::new(padding(args.payload, args.realistic));
     let ticks_per_sec = 100u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1000 / ticks_per_sec));
-    let mut published = 0u64;
-    let mut per_channel_count = vec![0u64; channels];
+    let tick_len = Duration::from_millis(1000 / ticks_per_sec);
+    let published = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let most_in_flight = Arc::new(AtomicU64::new(0));
+    let per_channel_count: Arc<Vec<AtomicU64>> =
+        Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
     let publish_start = Instant::now();
+    let start_ns = now_ns();
+    let run = {
+        let (published, delivered, in_flight) =
+            (published.clone(), received_total.clone(), in_flight.clone());
+        Run::start(args.duration, move || {
+            format!(
+                "published {}, delivered {}, publishes in flight {}",
+                published.load(Ordering::Relaxed),
+                delivered.load(Ordering::Relaxed),
+                in_flight.load(Ordering::Relaxed)
+            )
+        })
+    };
+    let mut tick = tokio::time::interval(tick_len);
     let mut owed = 0f64;
+    let mut scheduled = 0u64;
+    let mut ticks = 0u64;
     let mut sent_batches = 0usize;
-    let mut last_progress = Instant::now();
-    while publish_start.elapsed() < args.duration {
-        tick.tick().await;
+    let mut publishes = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = run.over() => break,
+            _ = tick.tick() => {}
+        }
+        // The time this tick was due, whenever the loop gets to it (a late loop catches up
+        // with the missed ticks at once, each keeping its own due time).
+        let due_ns = start_ns + ticks * tick_len.as_nanos() as u64;
+        ticks += 1;
         owed += args.rate as f64 / ticks_per_sec as f64;
         let n = owed.floor() as usize;
         if n == 0 {
             continue;
         }
         owed -= n as f64;
-        let t = now_ns();
+        let first = scheduled;
+        scheduled += n as u64;
         let batch: Vec<Value> = (0..n)
             .map(|k| {
-                let c = (published as usize + k) % channels;
-                json!({"channel": channel_of(c), "data": {"t": t, "i": published as usize + k, "p": pad}})
+                let i = first as usize + k;
+                json!({"channel": channel_of(i % channels), "data": {"t": due_ns, "i": i, "p": *pad}})
             })
             .collect();
         // Publishes rotate over the nodes of a cluster too.
         sent_batches += 1;
-        let target = &targets[sent_batches % targets.len()];
-        if args.nchan {
-            publish_nchan(&http, &target.base, batch).await?;
-            for k in 0..n {
-                per_channel_count[(published as usize + k) % channels] += 1;
+        let base = targets[sent_batches % targets.len()].base.clone();
+        let (http, key, nchan) = (http.clone(), args.api_key.clone(), args.nchan);
+        let (published, failed, counts) =
+            (published.clone(), failed.clone(), per_channel_count.clone());
+        let (in_flight, most) = (in_flight.clone(), most_in_flight.clone());
+        let now_in_flight = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        most.fetch_max(now_in_flight, Ordering::Relaxed);
+        publishes.spawn(async move {
+            let ok = if nchan {
+                publish_nchan(&http, &base, batch).await.is_ok()
+            } else {
+                let mut request = http.post(format!("{base}/v1/events")).json(&batch);
+                if let Some(k) = &key {
+                    request = request.bearer_auth(k);
+                }
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => true,
+                    Ok(r) => {
+                        eprintln!(
+                            "publish failed: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        eprintln!("publish failed: {e}");
+                        false
+                    }
+                }
+            };
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            if ok {
+                for k in 0..n {
+                    counts[(first as usize + k) % channels].fetch_add(1, Ordering::Relaxed);
+                }
+                published.fetch_add(n as u64, Ordering::Relaxed);
+            } else {
+                failed.fetch_add(n as u64, Ordering::Relaxed);
             }
-            published += n as u64;
-            continue;
-        }
-        let r = http
-            .post(format!("{}/v1/events", target.base))
-            .json(&batch)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "publish failed: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-        }
-        for k in 0..n {
-            per_channel_count[(published as usize + k) % channels] += 1;
-        }
-        published += n as u64;
-        if last_progress.elapsed() > Duration::from_secs(5) {
-            last_progress = Instant::now();
-            eprintln!(
-                "{scenario}: published {published}, delivered {}",
-                received_total.load(Ordering::Relaxed)
-            );
-        }
+        });
+        // Reap what has finished, so the set holds only what is in flight.
+        while publishes.try_join_next().is_some() {}
     }
+    // The publishes still in flight finish (each is bounded by the client's own timeouts).
+    while publishes.join_next().await.is_some() {}
+    let interrupted = run.interrupted();
+    let published = published.load(Ordering::Relaxed);
+    let failed_events = failed.load(Ordering::Relaxed);
+    let most_in_flight = most_in_flight.load(Ordering::Relaxed);
+    let per_channel_count: Vec<u64> = per_channel_count
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
     let publish_secs = publish_start.elapsed().as_secs_f64();
     let expected: u64 = if per_channel {
         (0..args.subscribers)
@@ -301,7 +367,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     }
     let lost = expected.saturating_sub(received);
     let report = json!({
-        "scenario": scenario, "transport": format!("{:?}", args.transport).to_lowercase(),
+        "scenario": scenario, "transport": args.transport.name(),
         "subscribers": args.subscribers, "rate": args.rate, "duration_s": publish_secs,
         "published": published, "expected": expected, "delivered": received, "lost": lost,
         "subscribers_short": short, "disconnected": disconnected, "out_of_order": disorder,
@@ -313,15 +379,21 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         "deliveries_per_server_cpu_s": cpu.map(|c| received as f64 / c.max(1e-9)),
         "loopback_bytes": wire,
         "loopback_bytes_per_delivery": wire.map(|w| w as f64 / received.max(1) as f64),
+        "open_loop": true, "failed_publishes": failed_events,
+        "most_publishes_in_flight": most_in_flight, "interrupted": interrupted,
     });
     if args.json {
         println!("{report}");
     } else {
         let l = &report["latency"];
         println!(
-            "{scenario}: {} subscribers ({:?}), {published} events at {}/s for {publish_secs:.1}s: {received}/{expected} delivered = {:.0} deliveries/s, lost {lost}, out of order {disorder}, disconnected {disconnected}; latency p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
-            args.subscribers, args.transport, args.rate, received as f64 / publish_secs,
+            "{scenario}: {} subscribers ({}), {published} events at {}/s for {publish_secs:.1}s: {received}/{expected} delivered = {:.0} deliveries/s, lost {lost}, out of order {disorder}, disconnected {disconnected}; latency from the scheduled send p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+            args.subscribers, args.transport.name(), args.rate, received as f64 / publish_secs,
             l["p50_ms"], l["p90_ms"], l["p99_ms"], l["p999_ms"], l["max_ms"],
+        );
+        println!(
+            "{scenario}: publisher open-loop: at most {most_in_flight} publishes in flight, {failed_events} events refused{}",
+            if interrupted { "; interrupted (Ctrl-C): the figures cover the time before" } else { "" }
         );
         if let (Some(a), Some(b)) = (rss_start, rss_end) {
             println!("{scenario}: server RSS {a} KiB at start, {b} KiB at end");
@@ -339,8 +411,8 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             );
         }
     }
-    if lost > 0 || disorder > 0 {
-        bail!("{lost} deliveries lost, {disorder} out of order");
+    if lost > 0 || disorder > 0 || failed_events > 0 {
+        bail!("{lost} deliveries lost, {disorder} out of order, {failed_events} publishes refused");
     }
     Ok(())
 }
@@ -404,6 +476,8 @@ struct Ctx<'a> {
     /// The server confirms a WebSocket subscription (Herald does; nchan subscribes silently
     /// with the handshake).
     confirms: bool,
+    /// `--api-key`, sent as the handshake's `Authorization` (SSE and `/v1/ws`).
+    auth: Option<&'a str>,
 }
 
 async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
@@ -414,8 +488,15 @@ async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0);
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
+    if let Some(key) = ctx.auth {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse()?);
+    }
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
     // Ready once the server confirms the subscription.
     if ctx.confirms {
         loop {
@@ -578,10 +659,13 @@ async fn subscribe_sse(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let request = hyper::Request::get(format!("/v1/sse?channel={channel}"))
+    let mut request = hyper::Request::get(format!("/v1/sse?channel={channel}"))
         .header("host", &target.host)
-        .header("accept", "text/event-stream")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        .header("accept", "text/event-stream");
+    if let Some(key) = ctx.auth {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     if !response.status().is_success() {
         bail!("SSE refused: {}", response.status());

@@ -32,7 +32,7 @@ pub struct FloodArgs {
     #[arg(long)]
     pub ws: bool,
     /// How long to wait after the stuck ones are gone before the last memory reading.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long = "duration", visible_alias = "settle", default_value = "5s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
     /// The server's pid, to read its RSS from /proc (same machine).
     #[arg(long)]
@@ -56,11 +56,12 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
     let baseline = rss();
     let mut stuck = Vec::with_capacity(args.stuck);
     for _ in 0..args.stuck {
-        stuck.push(handshake(&sources, &target, &path, !args.ws).await?);
+        stuck.push(handshake(&sources, &target, &path, !args.ws, args.api_key.as_deref()).await?);
     }
     let received = Arc::new(AtomicU64::new(0));
     let healthy = {
-        let mut stream = handshake(&sources, &target, &path, !args.ws).await?;
+        let mut stream =
+            handshake(&sources, &target, &path, !args.ws, args.api_key.as_deref()).await?;
         let (received, want, ws) = (received.clone(), args.events, args.ws);
         tokio::spawn(async move {
             // Counts events by a marker each one carries once (SSE `id:` lines, WS `"op":"event"`).

@@ -23,6 +23,15 @@ pub enum Transport {
     Mix,
 }
 
+impl Transport {
+    /// The name as given on the command line, for reports.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
     /// Herald's base URL.
@@ -35,8 +44,11 @@ pub struct IdleArgs {
     #[arg(long, value_enum, default_value_t = Transport::Mix)]
     pub transport: Transport,
     /// How long to hold them once all are open.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long = "duration", visible_alias = "hold", default_value = "5s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
+    /// An API key, sent as each handshake's `Authorization` (a server with `auth.api_keys`).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// The server's pid, to read its RSS from /proc (same machine).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -102,10 +114,11 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             "/v1/{}?channel={channel}{token}",
             if sse { "sse" } else { "ws" },
         );
+        let key = args.api_key.clone();
         holders.push(tokio::spawn(async move {
             let stream = match tokio::time::timeout(
                 Duration::from_secs(15),
-                handshake(&sources, &target, &path, sse),
+                handshake(&sources, &target, &path, sse, key.as_deref()),
             )
             .await
             {
@@ -149,7 +162,13 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let opened = open.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = args.server_pid.and_then(rss_kib);
-    tokio::time::sleep(args.hold).await;
+    let run = {
+        let open = open.clone();
+        super::Run::start(args.hold, move || {
+            format!("{} connections open", open.load(Ordering::Relaxed))
+        })
+    };
+    run.over().await;
     let still_open = open.load(Ordering::Relaxed);
     for h in &holders {
         h.abort();
@@ -159,7 +178,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let report = json!({
-        "scenario": "idle", "transport": format!("{:?}", args.transport).to_lowercase(),
+        "scenario": "idle", "transport": args.transport.name(),
         "requested": args.connections, "opened": opened, "failed": failed.load(Ordering::Relaxed),
         "still_open_after_hold": still_open, "connect_seconds": connect_secs,
         "connects_per_sec": opened as f64 / connect_secs,
@@ -170,9 +189,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "idle: {opened}/{} connections ({:?}) in {connect_secs:.1}s = {:.0} connects/s; {} still open after {:?}; server RSS {} -> {} KiB = {} KiB per connection",
+            "idle: {opened}/{} connections ({}) in {connect_secs:.1}s = {:.0} connects/s; {} still open after {:?}; server RSS {} -> {} KiB = {} KiB per connection",
             args.connections,
-            args.transport,
+            args.transport.name(),
             opened as f64 / connect_secs,
             still_open,
             args.hold,
@@ -197,17 +216,21 @@ pub(super) async fn handshake(
     target: &Target,
     path: &str,
     sse: bool,
+    api_key: Option<&str>,
 ) -> anyhow::Result<TcpStream> {
     let mut stream = sources.connect(target.addr).await?;
+    let auth = api_key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let request = if sse {
         format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{auth}\r\n",
             target.host
         )
     } else {
         format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n",
             target.host
         )
     };

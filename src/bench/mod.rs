@@ -12,8 +12,9 @@ pub mod publish;
 pub mod webhooks;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -166,6 +167,72 @@ pub fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
         any = true;
     }
     any.then_some(n)
+}
+
+/// How a measured phase ends: at its deadline, or early at Ctrl-C, after which the scenario
+/// reports what it measured so far (marked `interrupted`). Meanwhile a progress line goes to
+/// stderr once a second, so a long run shows it is alive and how it is going.
+#[derive(Clone)]
+pub struct Run {
+    over: tokio_util::sync::CancellationToken,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Run {
+    pub fn start(duration: Duration, progress: impl Fn() -> String + Send + 'static) -> Run {
+        let run = Run {
+            over: tokio_util::sync::CancellationToken::new(),
+            interrupted: Arc::new(AtomicBool::new(false)),
+        };
+        let r = run.clone();
+        let started = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            let second = Duration::from_secs(1);
+            let mut tick = tokio::time::interval_at(started + second, second);
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            loop {
+                tokio::select! {
+                    _ = r.over.cancelled() => return,
+                    _ = tokio::time::sleep_until(started + duration) => break,
+                    _ = &mut ctrl_c => {
+                        r.interrupted.store(true, Ordering::Relaxed);
+                        say("interrupted: reporting what was measured so far");
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        say(&format!("[{:>4}s] {}", started.elapsed().as_secs(), progress()));
+                    }
+                }
+            }
+            r.over.cancel();
+        });
+        run
+    }
+
+    pub fn is_over(&self) -> bool {
+        self.over.is_cancelled()
+    }
+
+    /// Resolves when the phase is over.
+    pub async fn over(&self) {
+        self.over.cancelled().await
+    }
+
+    /// Ends the phase (and its progress lines) before its deadline.
+    pub fn end(&self) {
+        self.over.cancel();
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+}
+
+/// A line to stderr that never fails the run (`eprintln!` panics once nobody reads stderr).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// p50/p90/p99/p99.9/max in milliseconds.

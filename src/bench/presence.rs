@@ -27,8 +27,11 @@ pub struct PresenceArgs {
     #[arg(long, default_value_t = 10_000)]
     pub members: usize,
     /// The joins are spread evenly over this window.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long = "duration", visible_alias = "over", default_value = "10s", value_parser = humantime::parse_duration)]
     pub over: Duration,
+    /// An API key, sent as each handshake's `Authorization` (a server with `auth.api_keys`).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// The channel used.
     #[arg(long, default_value = "bench.presence")]
     pub channel: String,
@@ -56,6 +59,7 @@ struct Shared {
     messages: AtomicU64,
     failed: AtomicUsize,
     joined: AtomicUsize,
+    api_key: Option<String>,
 }
 
 pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
@@ -70,6 +74,7 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
         messages: AtomicU64::new(0),
         failed: AtomicUsize::new(0),
         joined: AtomicUsize::new(0),
+        api_key: args.api_key.clone(),
     });
     // Everyone connected (and subscribed without presence) before the clock starts.
     let connected = Arc::new(Barrier::new(n + 1));
@@ -119,7 +124,17 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let deadline = Instant::now() + args.patience;
+    let run = {
+        let shared = shared.clone();
+        super::Run::start(args.patience, move || {
+            let agree = shared
+                .views
+                .iter()
+                .filter(|v| v.load(Ordering::Relaxed) == n as u64)
+                .count();
+            format!("{agree} of {n} views agree")
+        })
+    };
     let consistent = loop {
         let agree = shared
             .views
@@ -127,9 +142,10 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
             .filter(|v| v.load(Ordering::Relaxed) == n as u64)
             .count();
         if agree == n {
+            run.end();
             break Some(started.elapsed());
         }
-        if Instant::now() > deadline {
+        if run.is_over() {
             eprintln!(
                 "presence: only {agree} of {n} views agree after {:?}",
                 args.patience
@@ -203,8 +219,17 @@ impl Member {
             let config = WebSocketConfig::default()
                 .read_buffer_size(4 * 1024)
                 .write_buffer_size(0);
+            let mut request =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    url,
+                )?;
+            if let Some(key) = &shared.api_key {
+                request
+                    .headers_mut()
+                    .insert("authorization", format!("Bearer {key}").parse()?);
+            }
             let (mut ws, _) =
-                tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+                tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
             let plain = json!({"op": "subscribe", "channel": self.channel});
             ws.send(Message::Text(plain.to_string().into())).await?;
             until_op(&mut ws, "subscribed").await?;

@@ -9,7 +9,7 @@ use anyhow::bail;
 use serde_json::{json, Value};
 
 use super::webhooks::start_receiver;
-use super::{cpu_secs, histogram, percentiles, Target};
+use super::{cpu_secs, histogram, percentiles, Run, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -63,11 +63,22 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     let events = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let deadline = started + args.duration;
+    let run = {
+        let (events, failures) = (events.clone(), failures.clone());
+        Run::start(args.duration, move || {
+            let n = events.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            format!(
+                "{n} events acknowledged ({:.0}/s), {} failed requests",
+                n as f64 / secs,
+                failures.load(Ordering::Relaxed)
+            )
+        })
+    };
     let mut workers = Vec::new();
     for w in 0..args.concurrency.max(1) {
         let target = targets[w % targets.len()].clone();
-        let (events, failures) = (events.clone(), failures.clone());
+        let (events, failures, run) = (events.clone(), failures.clone(), run.clone());
         let channel = format!("{prefix}.{w}");
         let (batch, pad, key) = (
             args.batch.max(1),
@@ -81,7 +92,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
                 .expect("client");
             let url = format!("{}/v1/events", target.base);
             let mut latency = histogram();
-            while Instant::now() < deadline {
+            while !run.is_over() {
                 let body = if batch == 1 {
                     json!({"channel": channel, "data": {"p": pad}})
                 } else {
@@ -115,6 +126,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         latency.add(&w.await?).ok();
     }
     let secs = started.elapsed().as_secs_f64();
+    let interrupted = run.interrupted();
     let cpu = cpu_start
         .zip(args.server_pid.and_then(cpu_secs))
         .map(|(a, b)| b - a);
@@ -125,6 +137,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         "events": n, "seconds": secs, "events_per_sec": n as f64 / secs,
         "requests_per_sec": latency.len() as f64 / secs, "failed_requests": failed,
         "request_latency": percentiles(&latency), "server_cpu_seconds": cpu,
+        "interrupted": interrupted,
     });
     if let Some(hooks) = hooks {
         let during = hooks.received.load(Ordering::Relaxed);
@@ -145,6 +158,9 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
             report["request_latency"]["p99_ms"],
             cpu.map(|c| format!(", server CPU {c:.2}s")).unwrap_or_default(),
         );
+        if interrupted {
+            println!("publish: interrupted (Ctrl-C): the figures cover {secs:.1}s");
+        }
         if let Some(w) = report.get("webhooks") {
             println!(
                 "webhooks: {} endpoints: {} deliveries while publishing ({:.0}/s), {}/{} in all after {:.1}s",

@@ -26,9 +26,12 @@ pub struct WebhooksArgs {
     /// Events per publish request.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
-    /// Give up after this long.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    /// Give up waiting for the deliveries after this long.
+    #[arg(long = "duration", visible_alias = "timeout", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// An API key for creating the endpoints and publishing (a server with `auth.api_keys`).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// The server's pid, to report deliveries per server CPU-second (same machine only).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -41,7 +44,16 @@ pub struct WebhooksArgs {
 pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     let received = Arc::new(AtomicU64::new(0));
     let addr = start_receiver(received.clone()).await?;
-    let http = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().context("--api-key")?,
+        );
+    }
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let base = args.server.trim_end_matches('/').to_string();
     let channel = format!("bench.webhooks.{}", std::process::id());
     let mut ids = Vec::new();
@@ -90,10 +102,19 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         sent += n;
     }
     let published = started.elapsed();
-    let deadline = started + args.timeout;
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+    let run = {
+        let received = received.clone();
+        super::Run::start(args.timeout.saturating_sub(published), move || {
+            format!(
+                "{}/{expected} deliveries received",
+                received.load(Ordering::Relaxed)
+            )
+        })
+    };
+    while received.load(Ordering::Relaxed) < expected && !run.is_over() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    run.end();
     let elapsed = started.elapsed();
     let got = received.load(Ordering::Relaxed);
     let cpu = cpu_start

@@ -617,3 +617,135 @@ fn start_errors_say_each_cause_once() {
     assert!(!out.status.success());
     assert_eq!(last.matches("invalid type").count(), 1, "said once: {last}");
 }
+
+/// `herald bench` says how it is going once a second, and Ctrl-C (SIGINT) ends the run
+/// early with the results so far; every subcommand takes `--duration` and `--api-key`, and
+/// reports name transports as they are typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_shows_progress_stops_on_ctrl_c_and_takes_the_common_flags() {
+    use std::io::{BufRead, BufReader};
+    let h = Herald::start(
+        "[auth]\napi_keys = [\"bench-key\"]\n[log]\ndurability = \"os\"\n[webhooks]\nallow_private = true\n",
+    );
+    let mut child = herald_command()
+        .args([
+            "bench",
+            "publish",
+            "--concurrency",
+            "2",
+            "--duration",
+            "120s",
+        ])
+        .args(["--server", &h.url(""), "--api-key", "bench-key", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two progress lines, then Ctrl-C.
+    let stderr = child.stderr.take().unwrap();
+    let progress = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let line = lines.next().expect("stderr ended").unwrap();
+            if line.starts_with('[') && line.contains("events acknowledged") {
+                seen.push(line);
+            }
+        }
+        // Keep reading, as a terminal would.
+        std::thread::spawn(move || lines.for_each(drop));
+        seen
+    });
+    let seen = tokio::time::timeout(WAIT, progress).await.unwrap().unwrap();
+    assert!(seen[0].contains("1s]"), "{seen:?}");
+    let pid = child.id().to_string();
+    assert!(tool("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = output_of(child, WAIT);
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert!(report["events"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["seconds"].as_f64().unwrap() < 60.0, "{report}");
+
+    // The key goes with every subcommand's requests (the server refuses any without it).
+    let (url, pid) = (h.url(""), h.pid().to_string());
+    let runs: [&[&str]; 4] = [
+        &[
+            "idle",
+            "--connections",
+            "20",
+            "--transport",
+            "ws",
+            "--duration",
+            "1s",
+        ],
+        &[
+            "fanout",
+            "--subscribers",
+            "5",
+            "--transport",
+            "sse",
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+        ],
+        &[
+            "webhooks",
+            "--endpoints",
+            "1",
+            "--events",
+            "20",
+            "--duration",
+            "30s",
+        ],
+        &["presence", "--members", "5", "--duration", "1s"],
+    ];
+    for args in runs {
+        let out = herald_command()
+            .arg("bench")
+            .args(args)
+            .args(["--server", &url, "--api-key", "bench-key", "--json"])
+            .args(if args[0] == "idle" {
+                vec!["--server-pid", pid.as_str()]
+            } else {
+                vec![]
+            })
+            .output_within();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(t) = report.get("transport") {
+            assert_eq!(t, args[4], "{report}");
+        }
+    }
+    let out = herald_command()
+        .args([
+            "bench",
+            "fanout",
+            "--subscribers",
+            "2",
+            "--transport",
+            "ws-deflate",
+        ])
+        .args([
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "--server",
+            &url,
+            "--api-key",
+            "bench-key",
+        ])
+        .output_within();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("WsDeflate"), "{text}");
+}

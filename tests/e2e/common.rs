@@ -592,8 +592,8 @@ impl OutputWithin for Command {
     }
 }
 
-/// A spawned child's output (stdout and stderr piped), waiting at most `wait`: past it, the
-/// child is killed and the test fails.
+/// A spawned child's output (what of stdout and stderr is piped and not taken yet), waiting
+/// at most `wait`: past it, the child is killed and the test fails.
 pub fn output_of(mut child: Child, wait: Duration) -> std::process::Output {
     use std::io::Read;
     let drain = |mut pipe: Box<dyn Read + Send>| {
@@ -603,13 +603,16 @@ pub fn output_of(mut child: Child, wait: Duration) -> std::process::Output {
             out
         })
     };
-    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let stdout = child.stdout.take().map(|p| drain(Box::new(p)));
+    let stderr = child.stderr.take().map(|p| drain(Box::new(p)));
     let status = wait_within(&mut child, wait);
+    let read = |reader: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        reader.map_or_else(Vec::new, |r| r.join().expect("pipe reader"))
+    };
     std::process::Output {
         status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
+        stdout: read(stdout),
+        stderr: read(stderr),
     }
 }
 
