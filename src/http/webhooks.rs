@@ -290,6 +290,7 @@ pub async fn health(
         let mut v =
             serde_json::to_value(app.webhooks.health(&e.id).await?).unwrap_or_else(|_| json!({}));
         v["url"] = e.url.as_str().into();
+        v["description"] = e.description.as_str().into();
         v["owner"] = e.owner.clone().into();
         v["enabled"] = e.enabled.into();
         v["disabled_reason"] = e.disabled_reason.clone().into();

@@ -8,9 +8,10 @@
 //   inspect PATTERN   -> WATCHING (the inspector's client is connected)
 //   captured N        -> REQUEST {"line","headers":{..},"body"} of the newest of >= N
 //   replay            -> REPLAYED <seq>
+//   texts             -> TEXTS {"charts","channels","webhooks","placeholder"} (empty states)
 //   cluster up|down   -> CLUSTER <pill text> [[node, heartbeat], ...] once the pill says so
 // and `ERROR <message>` on failure (any page error or console error included).
-import { commands, launch } from "./driver.mjs";
+import { commands, launch, layout } from "./driver.mjs";
 
 const [url, executablePath, key] = process.argv.slice(2);
 const stdin = commands();
@@ -28,9 +29,16 @@ try {
   page.on("console", (m) => m.type() === "error" && !(outage && /status of 503/.test(m.text())) && problems.push(m.text()));
   page.on("request", (r) => key && r.url().includes(key) && problems.push("API key in a URL: " + r.url()));
   await page.goto(url);
-  await page.fill("#token", key);
-  await page.dispatchEvent("#token", "change");
-  await page.waitForFunction(() => Number(document.querySelector("#chart-published").dataset.points) > 0, null, { timeout: 20000 });
+  if (key) {
+    await page.fill("#token", key);
+    await page.dispatchEvent("#token", "change");
+  }
+  // Ready when the charts have drawn, or say why they cannot.
+  await page.waitForFunction(
+    () => Number(document.querySelector("#chart-published").dataset.points) > 0 || !document.querySelector("#charts-empty").hidden,
+    null,
+    { timeout: 20000 },
+  );
   console.log("READY");
   for (;;) {
     const [command, arg] = ((await next()) || "done").split(" ");
@@ -44,6 +52,22 @@ try {
       console.log("SHOT " + arg);
     } else if (command === "webhooks" || command === "channels") {
       console.log(command.toUpperCase() + " " + JSON.stringify(await table(command === "webhooks" ? "webhook-rows" : "channel-rows")));
+    } else if (command === "texts") {
+      // What the page says where it has nothing to show, once the tables have loaded.
+      await page.waitForSelector("#channel-rows tr", { timeout: 20000 }).catch(() => {});
+      await page.waitForSelector("#webhook-rows tr", { timeout: 20000 }).catch(() => {});
+      const text = (sel) => page.$eval(sel, (e) => (e.hidden ? null : e.textContent));
+      console.log("TEXTS " + JSON.stringify({
+        charts: await text("#charts-empty"),
+        channels: await text("#channel-rows"),
+        webhooks: await text("#webhook-rows"),
+        placeholder: await page.$eval("#token", (e) => e.placeholder),
+      }));
+    } else if (command === "width") {
+      // The window narrowed (or widened) to N px; then what a person would see wrong.
+      await page.setViewportSize({ width: Number(arg), height: 900 });
+      await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => r())));
+      console.log("LAYOUT " + JSON.stringify(await layout(page)));
     } else if (command === "cluster") {
       const want = arg === "up" ? "ok" : "bad";
       outage = arg === "down";

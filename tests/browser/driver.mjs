@@ -19,3 +19,33 @@ export function commands() {
     close: () => lines.close(),
   };
 }
+
+/** What a person would see wrong in a page's layout at its current width: a horizontal
+ * scroll (the page wider than the window), and words broken across two lines ("enabl/ed").
+ * Only plain words count: ids, URLs and channel names may wrap where they must. */
+export function layout(page) {
+  return page.evaluate(() => {
+    const broken = [];
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    while (walker.nextNode()) {
+      const node = walker.currentNode;
+      const el = node.parentElement;
+      if (!el || el.closest("[hidden], script, style, pre, textarea, code")) continue;
+      if (!el.getClientRects().length) continue; // not rendered
+      const re = /\S+/g;
+      let m;
+      while ((m = re.exec(node.textContent))) {
+        const word = m[0].replace(/^[^A-Za-z]+|[^A-Za-z]+$/g, "");
+        if (!/^[A-Za-z]{2,}$/.test(word)) continue;
+        const start = m.index + m[0].indexOf(word);
+        const range = document.createRange();
+        range.setStart(node, start);
+        range.setEnd(node, start + word.length);
+        const lines = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+        if (lines.size > 1) broken.push(`${word} (in ${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""})`);
+      }
+    }
+    const doc = document.documentElement;
+    return { overflow: doc.scrollWidth > doc.clientWidth ? doc.scrollWidth - doc.clientWidth : 0, broken };
+  });
+}

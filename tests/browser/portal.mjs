@@ -11,7 +11,7 @@
 //   delete             -> DELETED <endpoints listed>  (accepting the confirmation)
 //   screenshot PATH    -> SHOT PATH
 // and `ERROR <message>` on failure. Any request URL holding the token is an error.
-import { commands, launch } from "./driver.mjs";
+import { commands, launch, layout } from "./driver.mjs";
 
 const [url, executablePath, token] = process.argv.slice(2);
 const stdin = commands();
@@ -95,6 +95,11 @@ try {
       await result();
       await page.waitForFunction((b) => document.querySelector("#secret").textContent !== b, before);
       console.log("ROTATED " + (await page.textContent("#secret")));
+    } else if (command === "width") {
+      // The window narrowed (or widened) to N px; then what a person would see wrong.
+      await page.setViewportSize({ width: Number(args[0]), height: 900 });
+      await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => r())));
+      console.log("LAYOUT " + JSON.stringify(await layout(page)));
     } else if (command === "edit") {
       await page.$eval("#action-result", (o) => (o.value = ""));
       await page.fill("#edit-url", args[0]);

@@ -341,12 +341,7 @@ async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
     );
     let line = driver.send("captured 2").await;
     assert!(line.contains("POST /v1/hooks/gh/push"), "{line}");
-    driver
-        .send(&format!(
-            "screenshot {}",
-            artifacts.join("console-inspector.png").display()
-        ))
-        .await;
+    check_layout(&mut driver, "console").await;
     driver.finish().await;
 }
 
@@ -472,6 +467,7 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
             artifacts.join("portal.png").display()
         ))
         .await;
+    check_layout(&mut driver, "portal").await;
 
     // Delete (confirmed), then a reload: the token comes back from the tab's session
     // storage, never from the address bar.
@@ -615,5 +611,97 @@ async fn the_console_shows_the_cluster_and_a_redis_outage() {
     redis.kill9();
     let line = driver.send("cluster down").await;
     assert!(line.starts_with("CLUSTER Redis down "), "{line}");
+    driver.finish().await;
+}
+
+/// The widths a page is checked at: a laptop, a narrow window or tablet, a phone.
+const WIDTHS: [u32; 3] = [1280, 720, 390];
+
+/// At each width: a screenshot in `reports/browser/{name}-{width}.png` (looked at when the
+/// page changes), and what a person would see wrong (a horizontal scroll, a word broken
+/// across lines), all of it reported at once.
+async fn check_layout(driver: &mut Driver, name: &str) {
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/browser");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let mut problems = Vec::new();
+    for width in WIDTHS {
+        let line = driver.send(&format!("width {width}")).await;
+        let layout: serde_json::Value = serde_json::from_str(
+            line.strip_prefix("LAYOUT ")
+                .unwrap_or_else(|| panic!("{line}")),
+        )
+        .unwrap();
+        if layout["overflow"] != 0 {
+            problems.push(format!(
+                "{width} px: {} px of horizontal scroll",
+                layout["overflow"]
+            ));
+        }
+        if layout["broken"].as_array().is_some_and(|b| !b.is_empty()) {
+            problems.push(format!(
+                "{width} px: words broken across lines: {}",
+                layout["broken"]
+            ));
+        }
+        let shot = artifacts.join(format!("{name}-{width}.png"));
+        driver.send(&format!("screenshot {}", shot.display())).await;
+    }
+    assert!(problems.is_empty(), "{name}: {problems:#?}");
+}
+
+/// An empty console says why it is empty: the charts without a key on a server that needs
+/// one, tables with nothing in them; the key field says whether a key is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_console_says_why() {
+    let Some((chromium, script)) = browser() else {
+        return;
+    };
+    let texts = async |h: &Herald| -> serde_json::Value {
+        let mut driver = Driver::spawn(
+            &script.with_file_name("console.mjs"),
+            &[
+                h.url("/"),
+                chromium.to_str().unwrap().to_string(),
+                String::new(),
+            ],
+        );
+        assert_eq!(driver.line().await, "READY");
+        let line = driver.send("texts").await;
+        let texts = serde_json::from_str(line.strip_prefix("TEXTS ").expect(&line)).unwrap();
+        driver.finish().await;
+        texts
+    };
+    let keyed = Herald::start("[auth]\napi_keys = [\"k\"]\n");
+    let t = texts(&keyed).await;
+    assert_eq!(t["placeholder"], "required: an API key", "{t}");
+    assert!(
+        t["charts"]
+            .as_str()
+            .unwrap()
+            .contains("until you type an API key"),
+        "{t}"
+    );
+    let open = Herald::start("");
+    let t = texts(&open).await;
+    assert_eq!(t["placeholder"], "none needed (open server)", "{t}");
+    assert_eq!(t["charts"], serde_json::Value::Null, "the charts drew: {t}");
+    assert_eq!(t["channels"], "no channel has a subscriber now", "{t}");
+    assert!(
+        t["webhooks"]
+            .as_str()
+            .unwrap()
+            .starts_with("no webhook endpoints yet"),
+        "{t}"
+    );
+    let mut driver = Driver::spawn(
+        &script.with_file_name("console.mjs"),
+        &[
+            open.url("/"),
+            chromium.to_str().unwrap().to_string(),
+            String::new(),
+        ],
+    );
+    assert_eq!(driver.line().await, "READY");
+    check_layout(&mut driver, "console-empty").await;
     driver.finish().await;
 }

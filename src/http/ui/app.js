@@ -86,7 +86,9 @@ async function open(channels, fromStart) {
   es.onopen = () => setState("live", true);
   es.onerror = () => {
     if (es.readyState !== EventSource.CLOSED) return setState("reconnecting", false);
-    setState("closed", false);
+    // EventSource gives up only on a refusal (an expired token, say) or an answer that is
+    // not an event stream: say so, and try again with a fresh token.
+    setState("closed by the server (refused?); trying again in 2 s", false);
     // Refused (say, the session token expired): mint a new one and resume where we were.
     if (source === es) setTimeout(() => source === es && open(channels, fromStart), 2000);
   };

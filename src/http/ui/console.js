@@ -18,6 +18,10 @@ async function api(path, init = {}) {
 const COLORS = { sse: "#2a6fdb", ws: "#d9822b", pusher: "#7b4fc9", webhook: "#1f9d6b", ok: "#1f9d6b", failed: "#d0453b", value: "#2a6fdb" };
 const TRANSPORTS = ["sse", "ws", "pusher"];
 
+// Charts of a per-second rate also say their total over the window (a burst shows there
+// long after "now" is back to 0).
+const RATES = new Set(["published", "delivered", "webhooks"]);
+
 // Each chart: which series, read from a sample.
 const CHARTS = {
   connections: TRANSPORTS.map((t) => [t, (s) => s.connections[t]]),
@@ -40,7 +44,7 @@ function draw(name, samples, span) {
   const g = canvas.getContext("2d");
   g.scale(ratio, ratio);
   const max = Math.max(1, ...series.flatMap((s) => s.values.filter((v) => v != null))) * 1.1;
-  const left = 40, top = 6, bottom = h - 6, right = w - 6;
+  const left = 40, top = 6, bottom = h - 18, right = w - 6;
   const x = (i) => right - (samples.length - 1 - i) * ((right - left) / Math.max(1, span - 1));
   const y = (v) => bottom - (v / max) * (bottom - top);
   g.font = "10px system-ui";
@@ -54,6 +58,14 @@ function draw(name, samples, span) {
     g.stroke();
     g.fillText(fmt(v), 2, y(v) + 3);
   }
+  // The time axis: the window's start, its middle and now.
+  g.textAlign = "center";
+  for (const [at, label] of [[0, `-${Math.round(span / 60)}m`], [0.5, `-${+(span / 120).toFixed(1)}m`], [1, "now"]]) {
+    const px = left + at * (right - left);
+    g.textAlign = at === 0 ? "left" : at === 1 ? "right" : "center";
+    g.fillText(label, px, h - 4);
+  }
+  g.textAlign = "left";
   for (const s of series) {
     g.strokeStyle = COLORS[s.label];
     g.lineWidth = 1.5;
@@ -73,16 +85,32 @@ function draw(name, samples, span) {
   canvas.dataset.total = String(total);
   canvas.dataset.points = String(samples.length);
   const legend = canvas.nextElementSibling;
+  const shown = (v) => (v == null ? "–" : fmt(v));
   legend.replaceChildren(...series.map((s) => {
     const span = document.createElement("span");
     const swatch = document.createElement("i");
     swatch.style.background = COLORS[s.label];
-    span.append(swatch, `${s.label === "value" ? "now" : s.label} ${latest[s.label] == null ? "–" : fmt(latest[s.label])}`);
+    const values = s.values.filter((v) => v != null);
+    const peak = values.length ? Math.max(...values) : null;
+    const sum = values.reduce((a, v) => a + v, 0);
+    const label = s.label === "value" ? "" : s.label + ": ";
+    const extra = RATES.has(name) ? `, total ${fmt(sum)}` : "";
+    span.append(swatch, `${label}now ${shown(latest[s.label])}, peak ${shown(peak)}${extra}`);
     return span;
   }));
 }
 
-function rows(tbody, list, cells) {
+/** Fills a table body; an empty list gets one row saying so (`empty`). */
+function rows(tbody, list, cells, empty = "none") {
+  if (!list.length) {
+    const td = document.createElement("td");
+    td.colSpan = tbody.closest("table").querySelectorAll("th").length || 1;
+    td.className = "empty";
+    td.textContent = empty;
+    const tr = document.createElement("tr");
+    tr.append(td);
+    return tbody.replaceChildren(tr);
+  }
   tbody.replaceChildren(...list.map((item) => {
     const tr = document.createElement("tr");
     for (const [text, cls] of cells(item)) {
@@ -101,6 +129,7 @@ async function refreshStats() {
   try {
     const stats = await api(`/v1/stats?seconds=${SECONDS}`);
     $("stats-state").textContent = "";
+    $("charts-empty").hidden = true;
     for (const name of Object.keys(CHARTS)) draw(name, stats.samples, SECONDS);
     const c = stats.cluster;
     $("cluster").hidden = !c;
@@ -114,14 +143,15 @@ async function refreshStats() {
       ]);
     }
   } catch (e) {
-    $("stats-state").textContent = "(" + e.message + ": an API key sees the stats)";
+    $("charts-empty").textContent = `The charts are empty: ${e.message}. An API key sees the stats.`;
+    $("charts-empty").hidden = false;
   }
 }
 
 async function refreshChannels() {
   try {
     const v = await api("/v1/channels?limit=100");
-    rows($("channel-rows"), v.channels, (c) => [[c.channel], [String(c.subscribers), "num"], [String(c.members), "num"]]);
+    rows($("channel-rows"), v.channels, (c) => [[c.channel, "id"], [String(c.subscribers), "num"], [String(c.members), "num"]], "no channel has a subscriber now");
   } catch (e) {
     rows($("channel-rows"), [e.message], (m) => [[m, "bad-text"]]);
   }
@@ -131,13 +161,13 @@ async function refreshWebhooks() {
   try {
     const v = await api("/v1/webhooks/health");
     rows($("webhook-rows"), v.data, (e) => [
-      [`${e.id}\n${e.url}`],
+      [`${e.id}\n${e.url}${e.description ? "\n" + e.description : ""}`, "id"],
       e.enabled ? ["enabled", "ok-text"] : [`disabled: ${e.disabled_reason || "by hand"}`, "bad-text"],
       e.last_status ? [`${e.last_status}${e.last_status_code ? " " + e.last_status_code : ""}`, e.last_status === "delivered" ? "ok-text" : "bad-text"] : ["–"],
       [String(e.failure_streak ?? 0), "num"],
       [String(e.queue_depth), "num"],
       [e.oldest_pending_seconds ? `${e.oldest_pending_seconds.toFixed(1)} s` : "–", "num"],
-    ]);
+    ], "no webhook endpoints yet (herald webhook add, or POST /v1/webhooks)");
   } catch (e) {
     rows($("webhook-rows"), [e.message], (m) => [[m, "bad-text"]]);
   }
@@ -153,9 +183,12 @@ async function refresh() {
       return; // the server is away; the next round asks again
     }
   }
+  $("token").placeholder = open ? "none needed (open server)" : "required: an API key";
   // With auth on and no key typed yet, nothing to ask (it would only be refused).
   if (!open && !key()) {
-    $("stats-state").textContent = "(type an API key above to see the stats)";
+    $("charts-empty").textContent = "The charts are empty until you type an API key above: this server needs one.";
+    $("charts-empty").hidden = false;
+    for (const id of ["channel-rows", "webhook-rows"]) rows($(id), [], () => [], "an API key (above) shows these");
     return;
   }
   refreshStats();
