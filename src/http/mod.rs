@@ -145,6 +145,10 @@ pub fn app(state: AppState) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/events/{seq}",
+            get(webhooks::delivered_event),
+        )
         .route("/v1/webhooks/{id}/replay", post(webhooks::replay))
         .route("/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate))
         .route("/v1/webhooks/{id}/test", post(webhooks::test))

@@ -249,6 +249,29 @@ pub async fn replay(
         .into_response())
 }
 
+/// `GET /v1/webhooks/{id}/events/{seq}`: the event a delivery to this endpoint carried (its
+/// envelope, as the body was sent), so the portal can show what an attempt was about; 404
+/// for an event the endpoint does not take or the log no longer holds.
+pub async fn delivered_event(
+    State(app): State<AppState>,
+    manager: Manager,
+    Path((id, seq)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    let endpoint = manager.endpoint(&app, &id).await?;
+    match app.webhooks.delivered_event(endpoint, seq).await? {
+        Some(event) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            event.envelope().clone(),
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no event {seq} for this endpoint (not one it takes, or past retention)"),
+        )),
+    }
+}
+
 const MAX_ATTEMPTS_PAGE: usize = 1000;
 
 /// `GET /v1/webhooks/{id}/deliveries?status=S&after=N&limit=L`: the attempt log, oldest first.

@@ -321,6 +321,24 @@ impl Webhooks {
             .ok_or_else(|| WebhookError::NotFound(id.to_string()))
     }
 
+    /// The event a delivery to `endpoint` carried, for the portal's payload view: None
+    /// unless it is still in the log and is one this endpoint takes (so a consumer sees
+    /// only what its own endpoint was sent).
+    pub async fn delivered_event(
+        &self,
+        endpoint: Endpoint,
+        seq: u64,
+    ) -> Result<Option<crate::event::EventRef>, WebhookError> {
+        let live = Live::new(endpoint)?;
+        let Some(event) = self.hub.log().get(seq).await? else {
+            return Ok(None);
+        };
+        let (channel, kind) = (&*event.channel, event.kind.as_deref());
+        let notice = channel.as_bytes().first() == Some(&crate::event::NOTICE_MARK);
+        let taken = live.wants(channel, kind) && (notice || live.filter.matches(channel));
+        Ok(taken.then_some(event))
+    }
+
     pub async fn pending(&self, id: &str) -> Result<usize, WebhookError> {
         self.get(id).await?;
         Ok(self.store.pending_count(id).await?)

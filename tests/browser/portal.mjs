@@ -6,6 +6,8 @@
 //   retry              -> RETRIED <result>  (the newest failed row's Retry button)
 //   test               -> TESTED <result>
 //   rotate             -> ROTATED <secret>
+//   texts              -> TEXTS {"endpoints","scope","offered"} (what an empty page says)
+//   view               -> PAYLOAD {"title","body"} (the newest attempt's event)
 //   edit URL CHANNELS RATE -> EDITED <result>  (the open endpoint's form; RATE "-" clears it)
 //   reload             -> RELOADED <address bar>  (the token comes from session storage)
 //   delete             -> DELETED <endpoints listed>  (accepting the confirmation)
@@ -82,7 +84,7 @@ try {
       console.log("ATTEMPTS " + JSON.stringify(await rows()));
     } else if (command === "retry") {
       await page.$eval("#action-result", (o) => (o.value = ""));
-      await page.click('#attempt-rows tr[data-status="failed"] button');
+      await page.click('#attempt-rows tr[data-status="failed"] button.retry');
       console.log("RETRIED " + (await result()));
     } else if (command === "test") {
       await page.$eval("#action-result", (o) => (o.value = ""));
@@ -95,6 +97,18 @@ try {
       await result();
       await page.waitForFunction((b) => document.querySelector("#secret").textContent !== b, before);
       console.log("ROTATED " + (await page.textContent("#secret")));
+    } else if (command === "texts") {
+      await page.waitForSelector("#endpoint-rows tr", { timeout: 20000 });
+      console.log("TEXTS " + JSON.stringify({
+        endpoints: await page.textContent("#endpoint-rows"),
+        scope: await page.textContent("#scope"),
+        offered: await page.$$eval("#allowed-channels option", (os) => os.map((o) => o.value)),
+      }));
+    } else if (command === "view") {
+      await page.click("#attempt-rows button.view");
+      await page.waitForSelector("#payload-box:not([hidden])", { timeout: 10000 });
+      await page.waitForFunction(() => document.querySelector("#payload").textContent.trim() !== "", null, { timeout: 10000 });
+      console.log("PAYLOAD " + JSON.stringify({ title: await page.textContent("#payload-seq"), body: await page.textContent("#payload") }));
     } else if (command === "width") {
       // The window narrowed (or widened) to N px; then what a person would see wrong.
       await page.setViewportSize({ width: Number(args[0]), height: 900 });
@@ -116,7 +130,7 @@ try {
       page.once("dialog", (d) => d.accept());
       await page.click("#delete");
       await page.waitForSelector("#detail[hidden]", { state: "attached", timeout: 10000 });
-      console.log("DELETED " + (await page.$$eval("#endpoint-rows tr", (trs) => trs.length)));
+      console.log("DELETED " + (await page.$$eval("#endpoint-rows tr[data-id]", (trs) => trs.length)));
     } else if (command === "screenshot") {
       await page.screenshot({ path: args[0], fullPage: true });
       console.log("SHOT " + args[0]);

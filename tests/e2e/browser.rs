@@ -341,7 +341,7 @@ async fn the_console_charts_a_load_and_inspects_incoming_hooks() {
     );
     let line = driver.send("captured 2").await;
     assert!(line.contains("POST /v1/hooks/gh/push"), "{line}");
-    check_layout(&mut driver, "console").await;
+    check_layout(&mut driver, "console", &WIDTHS).await;
     driver.finish().await;
 }
 
@@ -389,6 +389,17 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
         "the token left the address bar"
     );
 
+    // Empty, it says so, and says what the token may follow (offered in the channel field).
+    let line = driver.send("texts").await;
+    let texts: serde_json::Value =
+        serde_json::from_str(line.strip_prefix("TEXTS ").expect(&line)).unwrap();
+    assert_eq!(
+        texts["endpoints"], "No endpoints yet: add one below.",
+        "{texts}"
+    );
+    assert_eq!(texts["scope"], "orders/*", "{texts}");
+    assert_eq!(texts["offered"], json!(["orders/*"]), "{texts}");
+
     let line = driver.send("add http://127.0.0.1:9/x billing").await;
     assert!(
         line.starts_with("REFUSED") && line.contains("channel_out_of_scope"),
@@ -428,6 +439,17 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
     let rows: Vec<Vec<String>> =
         serde_json::from_str(line.strip_prefix("ATTEMPTS ").unwrap()).unwrap();
     assert!(rows[0][3] == "delivered" && rows[0][4] == "204", "{line}");
+    assert!(
+        rows.iter().all(|r| !r[7].contains("Retry")),
+        "retried: no Retry button left: {line}"
+    );
+    // What the attempt carried: the event, with its type.
+    let line = driver.send("view").await;
+    let payload: serde_json::Value =
+        serde_json::from_str(line.strip_prefix("PAYLOAD ").expect(&line)).unwrap();
+    assert_eq!(payload["title"], "1 (order.paid) on orders/1", "{payload}");
+    let body: serde_json::Value = serde_json::from_str(payload["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["data"], json!({"total": 5}), "{payload}");
     assert_eq!(receiver.count(), 3);
 
     let line = driver.send("test").await;
@@ -467,7 +489,7 @@ async fn the_portal_lets_a_consumer_fix_a_failed_delivery() {
             artifacts.join("portal.png").display()
         ))
         .await;
-    check_layout(&mut driver, "portal").await;
+    check_layout(&mut driver, "portal", &PORTAL_WIDTHS).await;
 
     // Delete (confirmed), then a reload: the token comes back from the tab's session
     // storage, never from the address bar.
@@ -614,17 +636,19 @@ async fn the_console_shows_the_cluster_and_a_redis_outage() {
     driver.finish().await;
 }
 
-/// The widths a page is checked at: a laptop, a narrow window or tablet, a phone.
+/// The widths a page is checked at: a laptop, a narrow window or tablet, a phone; the portal
+/// also at 600 (the iframe a SaaS usually gives it).
 const WIDTHS: [u32; 3] = [1280, 720, 390];
+const PORTAL_WIDTHS: [u32; 4] = [1280, 720, 600, 390];
 
 /// At each width: a screenshot in `reports/browser/{name}-{width}.png` (looked at when the
 /// page changes), and what a person would see wrong (a horizontal scroll, a word broken
 /// across lines), all of it reported at once.
-async fn check_layout(driver: &mut Driver, name: &str) {
+async fn check_layout(driver: &mut Driver, name: &str, widths: &[u32]) {
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/browser");
     std::fs::create_dir_all(&artifacts).unwrap();
     let mut problems = Vec::new();
-    for width in WIDTHS {
+    for &width in widths {
         let line = driver.send(&format!("width {width}")).await;
         let layout: serde_json::Value = serde_json::from_str(
             line.strip_prefix("LAYOUT ")
@@ -702,6 +726,6 @@ async fn an_empty_console_says_why() {
         ],
     );
     assert_eq!(driver.line().await, "READY");
-    check_layout(&mut driver, "console-empty").await;
+    check_layout(&mut driver, "console-empty", &WIDTHS).await;
     driver.finish().await;
 }

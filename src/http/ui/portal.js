@@ -47,13 +47,43 @@ function cell(text, cls) {
   return td;
 }
 
-function button(text, onClick) {
+function button(text, onClick, cls) {
   const b = document.createElement("button");
   b.type = "button";
   b.textContent = text;
+  if (cls) b.className = cls;
   b.addEventListener("click", onClick);
   return b;
 }
+
+/** One row saying a table has nothing to show. */
+function emptyRow(tbody, text) {
+  const td = cell(text, "empty");
+  td.colSpan = tbody.closest("table").querySelectorAll("th").length;
+  const tr = document.createElement("tr");
+  tr.append(td);
+  tbody.replaceChildren(tr);
+}
+
+/** A message that goes away by itself after a while (unless another replaced it). */
+function say(out, text, ok) {
+  out.textContent = text;
+  out.className = ok ? "ok-text" : "bad-text";
+  clearTimeout(out.timer);
+  out.timer = setTimeout(() => {
+    if (out.textContent === text) out.textContent = "";
+  }, ok ? 6000 : 15000);
+}
+
+/** A time as a person reads it, in their zone, saying which. */
+const when = (iso) =>
+  new Date(iso).toLocaleString([], {
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+  });
+
+// Events retried from this page, so their Retry button stays gone while the new attempt runs.
+const retried = new Set();
 
 let endpoints = [];
 let current = null;
@@ -62,13 +92,16 @@ async function loadEndpoints() {
   const [all, health] = await Promise.all([api("/v1/webhooks"), api("/v1/webhooks/health")]);
   const byId = Object.fromEntries(health.data.map((h) => [h.id, h]));
   endpoints = all.webhooks;
-  $("endpoint-rows").replaceChildren(...endpoints.map((e) => {
+  if (!endpoints.length) emptyRow($("endpoint-rows"), "No endpoints yet: add one below.");
+  else $("endpoint-rows").replaceChildren(...endpoints.map((e) => {
     const h = byId[e.id] || {};
     const tr = document.createElement("tr");
     tr.dataset.id = e.id;
     const last = h.last_status ? `${h.last_status}${h.last_status_code ? " " + h.last_status_code : ""}` : "none yet";
+    const where = cell(e.url, "id");
+    if (e.description) where.append(Object.assign(document.createElement("div"), { className: "hint", textContent: e.description }));
     tr.append(
-      cell(e.url),
+      where,
       cell(e.channels.join(", ")),
       cell(e.types ? e.types.join(", ") : "all"),
       e.enabled ? cell("enabled", "ok-text") : cell("disabled", "bad-text"),
@@ -104,6 +137,8 @@ function open(id) {
   $("edit-url").value = e.url;
   $("edit-channels").value = e.channels.join(", ");
   $("edit-types").value = e.types ? e.types.join(", ") : "";
+  $("edit-description").value = e.description || "";
+  $("payload-box").hidden = true;
   $("edit-rate").value = e.rate_limit || "";
   $("edit-enabled").checked = e.enabled;
   $("action-result").textContent = "";
@@ -117,12 +152,13 @@ async function loadAttempts() {
   const v = await api(`/v1/webhooks/deliveries?endpoint=${encodeURIComponent(id)}&limit=50`);
   if (id !== current) return;
   const delivered = new Set(v.deliveries.filter((a) => a.status === "delivered").map((a) => a.seq));
+  if (!v.deliveries.length) return emptyRow($("attempt-rows"), "No delivery attempts yet: send a test event, or wait for the next event.");
   $("attempt-rows").replaceChildren(...v.deliveries.map((a) => {
     const tr = document.createElement("tr");
     tr.dataset.status = a.status;
-    const status = a.status + (a.next_attempt ? ` (next ${a.next_attempt.slice(11, 19)})` : "");
+    const status = a.status + (a.next_attempt ? ` (next ${new Date(a.next_attempt).toLocaleTimeString()})` : "");
     tr.append(
-      cell(a.time.replace("T", " ").slice(0, 19)),
+      cell(when(a.time)),
       cell(a.seq === 0 ? "test" : String(a.seq), "num"),
       cell(String(a.attempt), "num"),
       cell(status, a.status === "delivered" ? "ok-text" : "bad-text"),
@@ -131,23 +167,41 @@ async function loadAttempts() {
       cell(a.response_body || ""),
       document.createElement("td"),
     );
-    // An event whose delivery failed for good can be sent again (with fresh retries).
-    if (a.status === "failed" && a.seq !== 0 && !delivered.has(a.seq)) {
-      tr.lastChild.append(button("Retry", () => act(`/v1/webhooks/${id}/recover`, { since: a.time }, (r) => `retrying ${r.recovering}`)));
+    // An event whose delivery failed for good can be sent again (with fresh retries); once
+    // asked, the button goes.
+    if (a.status === "failed" && a.seq !== 0 && !delivered.has(a.seq) && !retried.has(a.seq)) {
+      tr.lastChild.append(button("Retry", (ev) => {
+        retried.add(a.seq);
+        ev.target.remove();
+        act(`/v1/webhooks/${id}/recover`, { since: a.time }, (r) => `retrying ${r.recovering}`);
+      }, "retry"));
     }
+    if (a.seq !== 0) tr.lastChild.append(button("View", () => showPayload(id, a.seq), "view"));
     return tr;
   }));
+}
+
+/** The event an attempt carried, as the endpoint was sent it. */
+async function showPayload(id, seq) {
+  const box = $("payload-box");
+  $("payload-seq").textContent = String(seq);
+  try {
+    const event = await api(`/v1/webhooks/${id}/events/${seq}`);
+    $("payload-seq").textContent = `${seq}${event.type ? " (" + event.type + ")" : ""} on ${event.channel}`;
+    $("payload").textContent = JSON.stringify(event, null, 2);
+  } catch (e) {
+    $("payload").textContent = e.message;
+  }
+  box.hidden = false;
 }
 
 async function act(path, body, done) {
   const out = $("action-result");
   try {
     const v = await api(path, { method: "POST", body: JSON.stringify(body || {}) });
-    out.textContent = done(v);
-    out.className = "ok-text";
+    say(out, done(v), true);
   } catch (e) {
-    out.textContent = e.message;
-    out.className = "bad-text";
+    say(out, e.message, false);
   }
   refresh();
 }
@@ -163,14 +217,12 @@ $("add").addEventListener("submit", async (ev) => {
   try {
     const e = await api("/v1/webhooks", { method: "POST", body: JSON.stringify(body) });
     $("add").reset(); // (this empties the form's output too, so it goes first)
-    out.textContent = "added " + e.id;
-    out.className = "ok-text";
+    say(out, "added " + e.id, true);
     showSecret(e);
     await loadEndpoints();
     open(e.id);
   } catch (e) {
-    out.textContent = e.message;
-    out.className = "bad-text";
+    say(out, e.message, false);
   }
 });
 
@@ -184,15 +236,14 @@ $("edit").addEventListener("submit", async (ev) => {
     types: types.length ? types : null,
     rate_limit: rate > 0 ? rate : null,
     enabled: $("edit-enabled").checked,
+    description: $("edit-description").value.trim(),
   };
   const out = $("action-result");
   try {
     await api(`/v1/webhooks/${current}`, { method: "PATCH", body: JSON.stringify(body) });
-    out.textContent = "saved";
-    out.className = "ok-text";
+    say(out, "saved", true);
   } catch (e) {
-    out.textContent = e.message;
-    out.className = "bad-text";
+    say(out, e.message, false);
   }
   refresh();
 });
@@ -212,7 +263,8 @@ $("delete").addEventListener("click", async () => {
 
 function refresh() {
   loadEndpoints().catch((e) => ($("who").textContent = e.message));
-  loadAttempts().catch(() => {});
+  // A failure here is this page's own bug: let the console (and the tests) see it.
+  loadAttempts().catch((e) => console.error("attempts:", e));
 }
 
 if (!isToken(token)) {
@@ -224,6 +276,18 @@ if (!isToken(token)) {
   const c = claims();
   $("who").textContent = c.webhooks ? `${c.webhooks.owner}` : "token";
   $("who").className = "pill ok";
+  // What this token may follow, said and offered in the channel fields.
+  const scope = (c.webhooks && c.webhooks.channels) || [];
+  $("scope").textContent = scope.length ? scope.join(", ") : "any channel";
+  $("allowed-channels").replaceChildren(...scope.map((p) => Object.assign(document.createElement("option"), { value: p })));
+  $("copy-secret").addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText($("secret").textContent);
+      say($("copied"), "copied", true);
+    } catch {
+      say($("copied"), "select it and copy by hand", false);
+    }
+  });
   refresh();
   setInterval(refresh, 2000);
 }
