@@ -233,9 +233,24 @@ async fn a_node_follows_a_sentinel_failover_and_loses_nothing_acknowledged() {
     .await;
     primary.kill9();
     *killed.lock().unwrap() = Some(std::time::Instant::now());
+    // While there is no writable primary, readiness says so (balancers route elsewhere).
+    eventually(
+        "/readyz to answer 503 without a primary",
+        WAIT,
+        async || {
+            let r = http().get(h.url("/readyz")).send().await.ok()?;
+            (r.status() == 503).then_some(())
+        },
+    )
+    .await;
     for p in publishers {
         p.await.unwrap();
     }
+    eventually("/readyz to answer 200 again", WAIT, async || {
+        let r = http().get(h.url("/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
     let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), 240);
     assert!(
