@@ -359,3 +359,26 @@ async fn allowed_origins_may_send_cookies_when_the_app_decides() {
         .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-credentials"));
 }
+
+/// An app that answers with something other than the JSON Herald asked for is an app that
+/// cannot decide: the request is refused (fail closed) with the reason, never let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_json_refuses() {
+    let Some(app) = App::start() else { return };
+    let h = Herald::start(&config(&format!("{}/broken", app.url), &app.url));
+    let (status, reply) = sse_status(&h, "channel=room:1", "alice").await;
+    assert_error(status, &reply, 503, "proxy_unavailable");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not JSON"),
+        "{reply}"
+    );
+    let failed = metric(
+        &h,
+        "herald_proxy_calls_total{hook=\"connect\",outcome=\"failed\"}",
+    )
+    .await;
+    assert_eq!(failed, Some(1.0));
+}
