@@ -48,6 +48,25 @@ node() { # port extra-config
   wait_ready "http://127.0.0.1:$1"
 }
 
+three_nodes() { # first-port extra-config -> the three URLs, comma-separated (in NODES)
+  NODES=""
+  for p in "$1" $(($1 + 1)) $(($1 + 2)); do
+    node "$p" "[redis]\nurl = \"redis://127.0.0.1:6499\"\n$2"
+    NODES="${NODES:+$NODES,}http://127.0.0.1:$p"
+  done
+}
+
+replica() { # a replica of :6499 on :6500, in sync
+  redis 6500 6499
+  until redis-cli -p 6500 info replication | grep -q 'master_link_status:up'; do sleep 0.1; done
+}
+
+stop_all() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  pids=()
+}
+
 run() { # label servers batch [redis-pid]
   local before after report
   [ -n "${4:-}" ] && before=$(cpu_of "$4")
@@ -67,24 +86,18 @@ for batch in 1 100; do
 
   redis 6499
   rpid=$REDIS_PID
-  for p in 8191 8192 8193; do node "$p" "[redis]\nurl = \"redis://127.0.0.1:6499\"\n"; done
-  run "3 nodes, one Redis" "http://127.0.0.1:8191,http://127.0.0.1:8192,http://127.0.0.1:8193" "$batch" "$rpid"
-  redis 6500 6499
-  until redis-cli -p 6500 info replication | grep -q 'master_link_status:up'; do sleep 0.1; done
-  for p in 8194 8195 8196; do node "$p" "[redis]\nurl = \"redis://127.0.0.1:6499\"\nmin_replicas = 1\n"; done
-  run "3 nodes, one Redis, min_replicas = 1" "http://127.0.0.1:8194,http://127.0.0.1:8195,http://127.0.0.1:8196" "$batch" "$rpid"
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  pids=()
+  three_nodes 8191 ""
+  run "3 nodes, one Redis" "$NODES" "$batch" "$rpid"
+  replica
+  three_nodes 8194 "min_replicas = 1\n"
+  run "3 nodes, one Redis, min_replicas = 1" "$NODES" "$batch" "$rpid"
+  stop_all
   # Durable by replication instead of by each fsync: AOF fsync every second on both, and an
   # ack only once the replica has the group.
   FSYNC=everysec redis 6499
   rpid=$REDIS_PID
-  FSYNC=everysec redis 6500 6499
-  until redis-cli -p 6500 info replication | grep -q 'master_link_status:up'; do sleep 0.1; done
-  for p in 8194 8195 8196; do node "$p" "[redis]\nurl = \"redis://127.0.0.1:6499\"\nmin_replicas = 1\n"; done
-  run "3 nodes, everysec + min_replicas = 1" "http://127.0.0.1:8194,http://127.0.0.1:8195,http://127.0.0.1:8196" "$batch" "$rpid"
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  pids=()
+  FSYNC=everysec replica
+  three_nodes 8194 "min_replicas = 1\n"
+  run "3 nodes, everysec + min_replicas = 1" "$NODES" "$batch" "$rpid"
+  stop_all
 done

@@ -680,7 +680,8 @@ async fn an_empty_console_says_why() {
     let Some((chromium, script)) = browser() else {
         return;
     };
-    let texts = async |h: &Herald| -> serde_json::Value {
+    // The console of `h` with no key typed, ready.
+    let console = async |h: &Herald| -> Driver {
         let mut driver = Driver::spawn(
             &script.with_file_name("console.mjs"),
             &[
@@ -690,6 +691,10 @@ async fn an_empty_console_says_why() {
             ],
         );
         assert_eq!(driver.line().await, "READY");
+        driver
+    };
+    let texts = async |h: &Herald| -> serde_json::Value {
+        let mut driver = console(h).await;
         let line = driver.send("texts").await;
         let texts = serde_json::from_str(line.strip_prefix("TEXTS ").expect(&line)).unwrap();
         driver.finish().await;
@@ -717,15 +722,7 @@ async fn an_empty_console_says_why() {
             .starts_with("no webhook endpoints yet"),
         "{t}"
     );
-    let mut driver = Driver::spawn(
-        &script.with_file_name("console.mjs"),
-        &[
-            open.url("/"),
-            chromium.to_str().unwrap().to_string(),
-            String::new(),
-        ],
-    );
-    assert_eq!(driver.line().await, "READY");
+    let mut driver = console(&open).await;
     check_layout(&mut driver, "console-empty", &WIDTHS).await;
     driver.finish().await;
 }
