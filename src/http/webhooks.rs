@@ -255,8 +255,15 @@ pub async fn replay(
 pub async fn delivered_event(
     State(app): State<AppState>,
     manager: Manager,
-    Path((id, seq)): Path<(String, u64)>,
+    Path((id, seq)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    // Parsed here, not by the extractor, so a bad seq gets the JSON error like any other.
+    let seq: u64 = seq.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_seq",
+            format!("{seq:?} is not a seq (a whole number)"),
+        )
+    })?;
     let endpoint = manager.endpoint(&app, &id).await?;
     match app.webhooks.delivered_event(endpoint, seq).await? {
         Some(event) => Ok((

@@ -346,3 +346,70 @@ async fn rate_limits_come_off_with_null_and_health_is_scoped_to_the_owner() {
     let (_, all) = call("GET", h.url("/v1/webhooks/health"), "k-admin", None).await;
     assert_eq!(ids(&all).len(), 2, "{all}");
 }
+
+/// `GET /v1/webhooks/{id}/events/{seq}` shows a consumer the event its endpoint was sent,
+/// and nothing else: not an event on a channel it does not take, not another owner's
+/// endpoint, and a seq that is not a number gets the JSON error.
+#[tokio::test]
+async fn an_endpoint_shows_only_the_events_it_takes() {
+    let h = Herald::start(KEYED);
+    let acme = acme_token(&h);
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let (status, ep) = call(
+        "POST",
+        h.url("/v1/webhooks"),
+        &acme,
+        Some(json!({"url": receiver.url(), "channels": ["orders.acme.*"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{ep}");
+    let id = ep["id"].as_str().unwrap().to_string();
+    let mine = publish_as(
+        &h,
+        "k-admin",
+        json!({"channel": "orders.acme.1", "type": "paid", "data": 1}),
+    )
+    .await;
+    let other = publish_as(
+        &h,
+        "k-admin",
+        json!({"channel": "orders.globex.1", "data": 2}),
+    )
+    .await;
+    let event = |seq: &str| {
+        call(
+            "GET",
+            h.url(&format!("/v1/webhooks/{id}/events/{seq}")),
+            &acme,
+            None,
+        )
+    };
+    let (status, body) = event(&mine.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["seq"].as_u64(), body["type"].as_str()),
+        (Some(mine), Some("paid"))
+    );
+    let (status, body) = event(&other.to_string()).await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = event("not-a-seq").await;
+    assert_error(status, &body, 400, "invalid_seq");
+    // Another owner's token: as if the endpoint did not exist.
+    let globex = token(
+        &h,
+        &[
+            "--webhook-owner",
+            "globex",
+            "--webhook-channel",
+            "orders.globex.*",
+        ],
+    );
+    let (status, body) = call(
+        "GET",
+        h.url(&format!("/v1/webhooks/{id}/events/{mine}")),
+        &globex,
+        None,
+    )
+    .await;
+    assert_error(status, &body, 404, "not_found");
+}
