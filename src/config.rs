@@ -107,6 +107,9 @@ pub struct ServerConfig {
     pub sse_retry: Duration,
     /// Events buffered per subscription before its connection counts as slow.
     pub send_queue: usize,
+    /// Threads that fan events out to subscribers (each connection is served by one of
+    /// them); 0: one per core.
+    pub dispatch_threads: usize,
     /// Serve `/v1/ws/echo` for the Autobahn conformance suite.
     pub ws_echo: bool,
     /// Browser origins allowed to call the API and open WebSockets (`*`: any). Empty: the
@@ -154,6 +157,7 @@ impl Default for ServerConfig {
             heartbeat: Duration::from_secs(15),
             sse_retry: Duration::from_secs(2),
             send_queue: 1024,
+            dispatch_threads: 0,
             ws_echo: false,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),

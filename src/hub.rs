@@ -1,10 +1,12 @@
 //! Fan-out: live subscriptions by channel and pattern, and resume (history, then live).
 //!
-//! The log hands each committed group, in seq order, to the hub's dispatch thread, which
-//! pushes a refcounted [`EventRef`] into every matching subscription's bounded queue
-//! (`queue.rs`) or gives it to a caught-up subscriber's [`Direct`] taker. It never waits on a subscriber: a full queue marks that subscription lagged
-//! and its connection is closed, to resume from its cursor. Transports never read the log
-//! themselves; they hold a [`Subscription`].
+//! The log hands each committed group, in seq order, to the hub's dispatch threads. Live
+//! subscriptions are split over them in shards (every subscription of one connection in the
+//! same shard); each thread pushes a refcounted [`EventRef`] into every matching
+//! subscription of its shard's bounded queue (`queue.rs`) or gives it to a caught-up
+//! subscriber's [`Direct`] taker. It never waits on a subscriber: a full queue marks that
+//! subscription lagged and its connection is closed, to resume from its cursor. Transports
+//! never read the log themselves; they hold a [`Subscription`].
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -27,12 +29,20 @@ const PAGE: usize = 512;
 
 pub struct Hub {
     log: Arc<dyn Log>,
-    registry: RwLock<Registry>,
-    /// Last seq handed to subscribers. Read under the registry's write lock, it splits every
-    /// event into "in the log before registration" and "will be queued live".
-    dispatched: AtomicU64,
+    /// One per dispatch thread. Every event goes to every shard, in seq order; a
+    /// subscription lives in one, so it is only ever dispatched to by one thread.
+    shards: Box<[Shard]>,
     next_id: AtomicU64,
     queue_len: usize,
+}
+
+/// The subscriptions one dispatch thread serves.
+struct Shard {
+    registry: RwLock<Registry>,
+    /// Last seq this shard handed to its subscribers. Read under the registry's write lock,
+    /// it splits every event into "in the log before registration" and "will be queued
+    /// live".
+    dispatched: AtomicU64,
 }
 
 #[derive(Default)]
@@ -66,6 +76,9 @@ pub trait Direct: Send + Sync {
     fn offer(&self, events: &[EventRef]) -> bool;
     /// The subscriber took an event from its queue; hold off until it says it wrote it.
     fn claim(&self);
+    /// Which connection this is: takers with the same key are served by one dispatch
+    /// thread, so a connection has one writer however many subscriptions it holds.
+    fn key(&self) -> usize;
 }
 
 /// What a subscription yields, in seq order.
@@ -88,30 +101,47 @@ pub enum SubscriptionError {
 }
 
 impl Hub {
-    pub fn new(log: Arc<dyn Log>, queue_len: usize) -> Arc<Hub> {
-        let hub = Hub::unlistening(log.clone(), queue_len);
+    /// A hub with `threads` dispatch threads (at least one).
+    pub fn new(log: Arc<dyn Log>, queue_len: usize, threads: usize) -> Arc<Hub> {
+        let hub = Hub::unlistening(log.clone(), queue_len, threads);
         log.set_listener(Arc::new(Dispatcher::start(hub.clone())));
         hub
     }
 
-    /// A hub that dispatches on the log's own thread, for tests that drive commits at
-    /// exact points of a subscriber's catch-up.
+    /// A hub that dispatches every shard on the log's own thread, for tests that drive
+    /// commits at exact points of a subscriber's catch-up.
     #[cfg(test)]
-    fn inline(log: Arc<dyn Log>, queue_len: usize) -> Arc<Hub> {
-        let hub = Hub::unlistening(log.clone(), queue_len);
+    fn inline(log: Arc<dyn Log>, queue_len: usize, shards: usize) -> Arc<Hub> {
+        let hub = Hub::unlistening(log.clone(), queue_len, shards);
         log.set_listener(Arc::new(Inline(hub.clone())));
         hub
     }
 
-    fn unlistening(log: Arc<dyn Log>, queue_len: usize) -> Arc<Hub> {
+    fn unlistening(log: Arc<dyn Log>, queue_len: usize, shards: usize) -> Arc<Hub> {
         let head = log.bounds().head;
+        let shards = (0..shards.max(1))
+            .map(|_| Shard {
+                registry: RwLock::default(),
+                dispatched: AtomicU64::new(head),
+            })
+            .collect();
         Arc::new(Hub {
             log,
-            registry: RwLock::default(),
-            dispatched: AtomicU64::new(head),
+            shards,
             next_id: AtomicU64::new(1),
             queue_len: queue_len.max(1),
         })
+    }
+
+    /// The shard a subscription joins: its connection's (with a [`Direct`] taker, whose
+    /// writes must come from one thread), else its own, spread by id.
+    fn shard_of(&self, id: u64, direct: Option<&Arc<dyn Direct>>) -> usize {
+        let key = match direct {
+            // Keys are addresses: mix the bits so aligned ones spread over every shard.
+            Some(d) => (d.key() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32,
+            None => id,
+        };
+        (key % self.shards.len() as u64) as usize
     }
 
     pub fn log(&self) -> &Arc<dyn Log> {
@@ -142,6 +172,18 @@ impl Hub {
         since: Option<u64>,
         lagged: CancellationToken,
     ) -> Subscription {
+        self.subscribe_direct(filter, since, lagged, None)
+    }
+
+    /// [`Hub::subscribe`], and once caught up the hub hands live events to `direct` (see
+    /// [`Direct`]); the subscription joins the dispatch shard of `direct`'s connection.
+    pub fn subscribe_direct(
+        self: &Arc<Self>,
+        filter: Filter,
+        since: Option<u64>,
+        lagged: CancellationToken,
+        direct: Option<Arc<dyn Direct>>,
+    ) -> Subscription {
         let mut sub = Subscription {
             hub: self.clone(),
             filter: Arc::new(filter),
@@ -151,7 +193,7 @@ impl Hub {
             buffer: VecDeque::new(),
             lagged,
             counted: None,
-            direct: None,
+            direct,
         };
         if since.is_none() {
             sub.register_live_only();
@@ -159,8 +201,14 @@ impl Hub {
         sub
     }
 
-    fn register(&self, filter: &Arc<Filter>, lagged: &CancellationToken) -> (u64, Arc<Sink>, u64) {
+    fn register(
+        &self,
+        filter: &Arc<Filter>,
+        lagged: &CancellationToken,
+        direct: Option<&Arc<dyn Direct>>,
+    ) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shard_of(id, direct);
         let sink = Arc::new(Sink::new(
             id,
             filter.clone(),
@@ -168,7 +216,10 @@ impl Hub {
             self.queue_len,
         ));
         let live = sink.clone();
-        let mut reg = self.registry.write().expect("hub registry lock");
+        let mut reg = self.shards[shard]
+            .registry
+            .write()
+            .expect("hub registry lock");
         if filter.has_patterns() {
             reg.patterned.insert(sink);
         } else {
@@ -179,20 +230,41 @@ impl Hub {
                     .push(sink.clone());
             }
         }
-        let head = self.dispatched.load(Ordering::Acquire);
-        (id, live, head)
+        let head = self.shards[shard].dispatched.load(Ordering::Acquire);
+        Registered {
+            id,
+            shard,
+            sink: live,
+            head,
+        }
     }
 
-    fn unregister(&self, id: u64, filter: &Filter) {
-        let mut reg = self.registry.write().expect("hub registry lock");
+    fn unregister(&self, shard: usize, id: u64, filter: &Filter) {
+        let mut reg = self.shards[shard]
+            .registry
+            .write()
+            .expect("hub registry lock");
         reg.remove(id, filter);
     }
 
     /// Number of live subscriptions (for metrics and tests).
     pub fn subscriptions(&self) -> usize {
-        let reg = self.registry.read().expect("hub registry lock");
-        reg.patterned.len() + reg.by_channel.values().map(Vec::len).sum::<usize>()
+        self.shards
+            .iter()
+            .map(|shard| {
+                let reg = shard.registry.read().expect("hub registry lock");
+                reg.patterned.len() + reg.by_channel.values().map(Vec::len).sum::<usize>()
+            })
+            .sum()
     }
+}
+
+/// A subscription just made live: where it lives, and the head it must read history up to.
+struct Registered {
+    id: u64,
+    shard: usize,
+    sink: Arc<Sink>,
+    head: u64,
 }
 
 impl Registry {
@@ -213,62 +285,73 @@ impl Registry {
 }
 
 /// What the log tells the hub, in order.
+#[derive(Clone)]
 enum LogSignal {
-    Committed(Vec<EventRef>),
+    Committed(Arc<[EventRef]>),
     Lost,
 }
 
-/// Committed groups waiting for dispatch; past this the log's writer waits.
+/// Committed groups waiting for dispatch, per thread; past this the log's writer waits.
 const DISPATCH_BACKLOG: usize = 1024;
 
-/// The log's listener: hands each committed group to a thread of its own, which dispatches
-/// them in order. Dispatch writes to caught-up subscribers' sockets (`http/wire.rs`), a
-/// `send` each; on the log writer's thread that would delay every publisher's ack and the
-/// next group's commit by the whole fan-out.
+/// The log's listener: hands each committed group to every dispatch thread, each of which
+/// dispatches them in order to its shard. Dispatch writes to caught-up subscribers' sockets
+/// (`http/wire.rs`), a `send` each; on the log writer's thread that would delay every
+/// publisher's ack and the next group's commit by the whole fan-out, and one thread would
+/// be the ceiling of a many-core machine.
 struct Dispatcher {
-    notices: std::sync::mpsc::SyncSender<LogSignal>,
+    threads: Vec<std::sync::mpsc::SyncSender<LogSignal>>,
 }
 
 impl Dispatcher {
     fn start(hub: Arc<Hub>) -> Dispatcher {
-        let (tx, rx) = std::sync::mpsc::sync_channel(DISPATCH_BACKLOG);
-        std::thread::Builder::new()
-            .name("herald-dispatch".into())
-            .spawn(move || {
-                // Whatever piled up while the last dispatch ran goes out as one: runs of
-                // events on a channel grow, and a subscriber gets a run in one write. So a
-                // fan-out that falls behind catches up in fewer, larger writes instead of
-                // falling further behind.
-                // Bounded well below a subscriber's queue: a run longer than what the queue
-                // holds would cut even a subscriber that keeps up.
-                let most = (hub.queue_len / 2).clamp(1, 1024);
-                let mut batch = Vec::new();
-                while let Ok(first) = rx.recv() {
-                    let mut next = Some(first);
-                    while let Some(notice) = next.take() {
-                        match notice {
-                            LogSignal::Committed(events) => batch.extend(events),
-                            LogSignal::Lost => {
-                                hub.dispatch(&batch);
-                                batch.clear();
-                                hub.drop_all();
-                            }
-                        }
-                        if batch.len() < most {
-                            next = rx.try_recv().ok();
-                        }
-                    }
-                    hub.dispatch(&batch);
-                    batch.clear();
-                }
+        let threads = (0..hub.shards.len())
+            .map(|shard| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(DISPATCH_BACKLOG);
+                let hub = hub.clone();
+                std::thread::Builder::new()
+                    .name(format!("herald-dispatch-{shard}"))
+                    .spawn(move || dispatch_loop(&hub, shard, &rx))
+                    .expect("spawn a dispatch thread");
+                tx
             })
-            .expect("spawn the dispatch thread");
-        Dispatcher { notices: tx }
+            .collect();
+        Dispatcher { threads }
     }
 
     fn send(&self, notice: LogSignal) {
-        // The thread lives as long as the process (the hub and the log hold each other).
-        let _ = self.notices.send(notice);
+        for thread in &self.threads {
+            // A thread lives as long as the process (the hub and the log hold each other).
+            let _ = thread.send(notice.clone());
+        }
+    }
+}
+
+/// One dispatch thread: whatever piled up while the last dispatch ran goes out as one, so
+/// runs of events on a channel grow and a subscriber gets a run in one write; a fan-out
+/// that falls behind catches up in fewer, larger writes instead of falling further behind.
+fn dispatch_loop(hub: &Hub, shard: usize, rx: &std::sync::mpsc::Receiver<LogSignal>) {
+    // Bounded well below a subscriber's queue: a run longer than what the queue holds would
+    // cut even a subscriber that keeps up.
+    let most = (hub.queue_len / 2).clamp(1, 1024);
+    let mut batch = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(notice) = next.take() {
+            match notice {
+                LogSignal::Committed(events) => batch.extend(events.iter().cloned()),
+                LogSignal::Lost => {
+                    hub.dispatch(shard, &batch);
+                    batch.clear();
+                    hub.drop_all(shard);
+                }
+            }
+            if batch.len() < most {
+                next = rx.try_recv().ok();
+            }
+        }
+        hub.dispatch(shard, &batch);
+        batch.clear();
     }
 }
 
@@ -279,7 +362,7 @@ impl CommitListener for Dispatcher {
 
     fn committed(&self, events: &[EventRef]) {
         if !events.is_empty() {
-            self.send(LogSignal::Committed(events.to_vec()));
+            self.send(LogSignal::Committed(events.into()));
         }
     }
 }
@@ -290,22 +373,27 @@ struct Inline(Arc<Hub>);
 #[cfg(test)]
 impl CommitListener for Inline {
     fn lost(&self) {
-        self.0.drop_all();
+        for shard in 0..self.0.shards.len() {
+            self.0.drop_all(shard);
+        }
     }
 
     fn committed(&self, events: &[EventRef]) {
-        self.0.dispatch(events);
+        for shard in 0..self.0.shards.len() {
+            self.0.dispatch(shard, events);
+        }
     }
 }
 
 impl Hub {
-    /// Pushes each event to every matching subscription, in seq order.
-    fn dispatch(&self, events: &[EventRef]) {
+    /// Pushes each event to every matching subscription of `shard`, in seq order.
+    fn dispatch(&self, shard: usize, events: &[EventRef]) {
         let Some(last) = events.last() else { return };
+        let shard = &self.shards[shard];
         let mut dropped: Vec<(u64, Arc<Filter>)> = Vec::new();
         let mut candidates = Vec::new();
         {
-            let reg = self.registry.read().expect("hub registry lock");
+            let reg = shard.registry.read().expect("hub registry lock");
             // Events in a row on one channel go to the same subscribers: each gets the run
             // at once (one write for a subscriber written to directly).
             for run in events.chunk_by(|a, b| a.channel == b.channel) {
@@ -326,10 +414,10 @@ impl Hub {
                     }
                 }
             }
-            self.dispatched.store(last.seq, Ordering::Release);
+            shard.dispatched.store(last.seq, Ordering::Release);
         }
         if !dropped.is_empty() {
-            let mut reg = self.registry.write().expect("hub registry lock");
+            let mut reg = shard.registry.write().expect("hub registry lock");
             for (id, filter) in dropped {
                 reg.remove(id, &filter);
             }
@@ -338,9 +426,13 @@ impl Hub {
 }
 
 impl Hub {
-    /// Drops every live subscription as lagged, so each resumes from its own cursor.
-    fn drop_all(&self) {
-        let mut reg = self.registry.write().expect("hub registry lock");
+    /// Drops every live subscription of `shard` as lagged, so each resumes from its own
+    /// cursor.
+    fn drop_all(&self, shard: usize) {
+        let mut reg = self.shards[shard]
+            .registry
+            .write()
+            .expect("hub registry lock");
         let mut all = std::mem::take(&mut *reg);
         let patterned = all.patterned.drain();
         for sink in patterned.iter().chain(all.by_channel.values().flatten()) {
@@ -374,6 +466,7 @@ enum State {
     CatchUp,
     Live {
         id: u64,
+        shard: usize,
         sink: Arc<Sink>,
     },
     Ended,
@@ -403,12 +496,6 @@ impl Subscription {
         self
     }
 
-    /// Lets the hub hand live events to `direct` once this subscription is caught up.
-    pub fn direct(mut self, direct: Arc<dyn Direct>) -> Subscription {
-        self.direct = Some(direct);
-        self
-    }
-
     /// Where the subscription stands: the last seq handed over (for a live-only one, the
     /// head when it was registered).
     pub fn cursor(&self) -> u64 {
@@ -416,9 +503,15 @@ impl Subscription {
     }
 
     fn register_live_only(&mut self) {
-        let (id, sink, head) = self.hub.register(&self.filter, &self.lagged);
-        self.cursor = head;
-        self.state = State::Live { id, sink };
+        let r = self
+            .hub
+            .register(&self.filter, &self.lagged, self.direct.as_ref());
+        self.cursor = r.head;
+        self.state = State::Live {
+            id: r.id,
+            shard: r.shard,
+            sink: r.sink,
+        };
     }
 
     /// The next item in seq order. Cancel-safe: every state change happens after an await
@@ -446,9 +539,15 @@ impl Subscription {
                 State::Ended => return Err(SubscriptionError::Lagged),
                 State::CatchUp => {
                     if self.read_page(None).await? {
-                        let (id, sink, head) = self.hub.register(&self.filter, &self.lagged);
-                        self.state = State::Live { id, sink };
-                        self.fill_to = Some(head);
+                        let r = self
+                            .hub
+                            .register(&self.filter, &self.lagged, self.direct.as_ref());
+                        self.state = State::Live {
+                            id: r.id,
+                            shard: r.shard,
+                            sink: r.sink,
+                        };
+                        self.fill_to = Some(r.head);
                     }
                 }
                 State::Live { sink, .. } => {
@@ -497,8 +596,8 @@ impl Subscription {
     }
 
     fn end(&mut self) {
-        if let State::Live { id, .. } = std::mem::replace(&mut self.state, State::Ended) {
-            self.hub.unregister(id, &self.filter);
+        if let State::Live { id, shard, .. } = std::mem::replace(&mut self.state, State::Ended) {
+            self.hub.unregister(shard, id, &self.filter);
         }
     }
 }

@@ -81,7 +81,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         presence,
         notices,
     } = open_storage(&config, &shutdown).await?;
-    let hub = Hub::new(log.clone(), config.server.send_queue);
+    let hub = Hub::new(
+        log.clone(),
+        config.server.send_queue,
+        dispatch_threads(config.server.dispatch_threads),
+    );
     let webhooks = Webhooks::start(
         webhook_store,
         hub.clone(),
@@ -516,4 +520,12 @@ async fn serve_tls(
         hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(c)
     };
     drive(connection, stop, &kill, &shutdown, server.shutdown_grace).await;
+}
+
+/// `server.dispatch_threads`, with 0 meaning one per core the process may use.
+fn dispatch_threads(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }

@@ -110,14 +110,13 @@ pub async fn stream(
         .collect();
     // A slow consumer cancels the connection's kill token: its socket is likely full, so the
     // only sure way to free the server's buffers is to drop the connection.
-    let mut subscription = app
-        .hub
-        .subscribe(filter, since, conn.kill.clone())
-        .counted(crate::stats::Transport::Sse);
     // On the direct path the hub writes caught-up events to the socket itself.
-    if let Some(Extension(wire)) = wire {
-        subscription = subscription.direct(wire.taker(typed));
-    }
+    let direct =
+        wire.map(|Extension(wire)| wire.taker(typed) as std::sync::Arc<dyn crate::hub::Direct>);
+    let subscription = app
+        .hub
+        .subscribe_direct(filter, since, conn.kill.clone(), direct)
+        .counted(crate::stats::Transport::Sse);
     // A live stream (no cursor) starts with the head it was registered at as its id (in the
     // `retry:` frame, which carries no data, so no event fires): should it drop before any
     // event, EventSource resumes from there, and nothing published meanwhile is lost.

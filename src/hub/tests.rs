@@ -5,23 +5,23 @@ use super::*;
 use crate::log::memory::MemoryLog;
 
 tokio::task_local! {
-    /// Whether `hub()` dispatches on the dispatch thread (as `serve` does) or inline on the
-    /// log's thread; every hand-over test runs both ways (`both!`).
-    static ON_THREAD: bool;
+    /// How `hub()` dispatches: inline on the log's thread (0), or on that many dispatch
+    /// threads (as `serve` does); every hand-over test runs each way (`both!`).
+    static THREADS: usize;
 }
 
 fn hub(queue: usize) -> (Arc<MemoryLog>, Arc<Hub>) {
     let log = MemoryLog::new();
-    let hub = if ON_THREAD.try_with(|t| *t).unwrap_or(false) {
-        Hub::new(log.clone(), queue)
-    } else {
-        Hub::inline(log.clone(), queue)
+    let hub = match THREADS.try_with(|t| *t).unwrap_or(0) {
+        0 => Hub::inline(log.clone(), queue, 3),
+        threads => Hub::new(log.clone(), queue, threads),
     };
     (log, hub)
 }
 
-/// A test run twice: with dispatch inline (commits meet the catch-up at exact points) and on
-/// the dispatch thread (the races the server has).
+/// A test run with dispatch inline (commits meet the catch-up at exact points; three
+/// shards, dispatched one after another), on one dispatch thread and on four (the races
+/// the server has).
 macro_rules! both {
     ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
         mod $name {
@@ -30,11 +30,15 @@ macro_rules! both {
             async fn body() $body
             #[tokio::test]
             async fn inline() {
-                ON_THREAD.scope(false, body()).await
+                THREADS.scope(0, body()).await
             }
             #[tokio::test]
             async fn on_the_dispatch_thread() {
-                ON_THREAD.scope(true, body()).await
+                THREADS.scope(1, body()).await
+            }
+            #[tokio::test]
+            async fn on_four_dispatch_threads() {
+                THREADS.scope(4, body()).await
             }
         }
     };
@@ -82,7 +86,11 @@ fn catching_up(queue: usize) -> (Arc<MemoryLog>, Arc<Hub>, Subscription) {
 /// Waits until the hub has handed on everything up to `seq` (at once when inline).
 async fn dispatched(hub: &Hub, seq: u64) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while hub.dispatched.load(Ordering::Acquire) < seq {
+    while hub
+        .shards
+        .iter()
+        .any(|s| s.dispatched.load(Ordering::Acquire) < seq)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never dispatched {seq}"
@@ -148,7 +156,7 @@ async fn a_cursor_at_the_head_gets_only_what_comes_next() {
     log.commit("a");
     assert_eq!(until(&mut at_head, 5).await, ["5"]);
     let live = until(&mut live, 5).await;
-    if ON_THREAD.try_with(|t| *t).unwrap_or(false) {
+    if THREADS.try_with(|t| *t).unwrap_or(0) > 0 {
         // Live from what the dispatch thread had handed on at registration: events acked just
         // before may still come (in order, once), never one of another channel.
         assert_eq!(live.last().map(String::as_str), Some("5"), "{live:?}");
@@ -246,7 +254,7 @@ async fn a_subscriber_that_lags_mid_catch_up_ends_after_a_gapless_prefix() {
 #[tokio::test]
 async fn the_dispatch_thread_delivers_every_commit_in_order() {
     let log = MemoryLog::new();
-    let hub = Hub::new(log.clone(), 10_000);
+    let hub = Hub::new(log.clone(), 10_000, 4);
     let mut live = subscribe(&hub, &["a*"], None);
     let writer = std::thread::spawn({
         let log = log.clone();
@@ -289,6 +297,10 @@ impl Direct for Taker {
     fn claim(&self) {
         *self.busy.lock().unwrap() = true;
     }
+
+    fn key(&self) -> usize {
+        self as *const Taker as usize
+    }
 }
 
 both! {
@@ -296,7 +308,8 @@ async fn history_on_its_way_out_is_never_overtaken_by_a_handed_over_event() {
     let (log, hub) = hub(64);
     commit_n(&log, "a", 3);
     let taker = Arc::new(Taker::default());
-    let mut sub = subscribe(&hub, &["a"], Some(0)).direct(taker.clone());
+    let filter = Filter::parse(["a"]).unwrap();
+    let mut sub = hub.subscribe_direct(filter, Some(0), CancellationToken::new(), Some(taker.clone()));
     // The subscriber takes its history (a transport would be writing it out)...
     assert_eq!(until(&mut sub, 3).await, seqs(1..=3));
     // ...and looks for more, which installs the taker.
@@ -323,7 +336,7 @@ async fn history_on_its_way_out_is_never_overtaken_by_a_handed_over_event() {
 async fn subscribers_joining_during_writes_see_each_event_once_on_the_dispatch_thread() {
     const N: u64 = 3_000;
     let log = MemoryLog::new();
-    let hub = Hub::new(log.clone(), 10_000);
+    let hub = Hub::new(log.clone(), 10_000, 4);
     let writer = std::thread::spawn({
         let log = log.clone();
         move || {
@@ -357,4 +370,139 @@ async fn subscribers_joining_during_writes_see_each_event_once_on_the_dispatch_t
         r.await.unwrap();
     }
     writer.join().unwrap();
+}
+
+/// A connection for the sharded-dispatch test: like a WebSocket session, it has one busy
+/// flag for all its subscriptions and one record of what went out, whether the hub wrote it
+/// directly (from a dispatch thread) or its task wrote what it popped from a queue.
+#[derive(Default)]
+struct Connection {
+    busy: std::sync::Mutex<bool>,
+    sent: std::sync::Mutex<Vec<(Box<str>, u64)>>,
+    writers: std::sync::Mutex<std::collections::HashSet<std::thread::ThreadId>>,
+}
+
+impl Direct for Connection {
+    fn offer(&self, events: &[EventRef]) -> bool {
+        self.writers
+            .lock()
+            .unwrap()
+            .insert(std::thread::current().id());
+        let busy = self.busy.lock().unwrap();
+        if *busy {
+            return false;
+        }
+        let mut sent = self.sent.lock().unwrap();
+        sent.extend(events.iter().map(|e| (e.channel.clone(), e.seq)));
+        true
+    }
+
+    fn claim(&self) {
+        *self.busy.lock().unwrap() = true;
+    }
+
+    fn key(&self) -> usize {
+        self as *const Connection as usize
+    }
+}
+
+/// Sharded dispatch: 32 connections, each subscribed to 8 of 16 channels, on four dispatch
+/// threads, while groups of events are committed. Each connection is written by one thread
+/// only (however many subscriptions it has), every channel arrives whole and in order, and
+/// the connections are spread over more than one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_has_one_writer_and_each_channel_its_order() {
+    const CONNECTIONS: usize = 32;
+    const CHANNELS: usize = 16;
+    const GROUPS: usize = 400;
+    let log = MemoryLog::new();
+    let hub = Hub::new(log.clone(), 100_000, 4);
+    let channel = |i: usize| format!("c{}", i % CHANNELS);
+    let mut connections = Vec::new();
+    for c in 0..CONNECTIONS {
+        let conn = Arc::new(Connection::default());
+        let subs: Vec<Subscription> = (0..8)
+            .map(|k| {
+                let filter = Filter::parse([channel(c + k * 2).as_str()]).unwrap();
+                let direct: Arc<dyn Direct> = conn.clone();
+                hub.subscribe_direct(filter, None, CancellationToken::new(), Some(direct))
+            })
+            .collect();
+        // The connection's task: whatever its subscriptions pop, written in turn, then the
+        // hub may write again.
+        let streams = subs.into_iter().map(|sub| {
+            Box::pin(futures_util::stream::unfold(sub, |mut sub| async move {
+                let item = sub.next().await.ok()?;
+                Some((item, sub))
+            }))
+        });
+        let task = tokio::spawn({
+            let conn = conn.clone();
+            let mut all = futures_util::stream::select_all(streams);
+            async move {
+                use futures_util::StreamExt;
+                while let Some(Item::Event(e)) = all.next().await {
+                    conn.sent.lock().unwrap().push((e.channel.clone(), e.seq));
+                    *conn.busy.lock().unwrap() = false;
+                }
+            }
+        });
+        connections.push((conn, task));
+    }
+    // Groups of 1 to 7 events, channels in turn, from one writer thread.
+    let writer = std::thread::spawn({
+        let log = log.clone();
+        move || {
+            let mut per_channel: HashMap<String, Vec<u64>> = HashMap::new();
+            let mut n = 0;
+            for g in 0..GROUPS {
+                let names: Vec<String> = (0..g % 7 + 1).map(|i| channel(n + i)).collect();
+                n += names.len();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                for (name, seq) in names.iter().zip(log.commit_group(&refs)) {
+                    per_channel.entry(name.clone()).or_default().push(seq);
+                }
+            }
+            per_channel
+        }
+    });
+    let per_channel = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let mut all_writers = std::collections::HashSet::new();
+    for (c, (conn, task)) in connections.iter().enumerate() {
+        let mine: Vec<String> = (0..8).map(|k| channel(c + k * 2)).collect();
+        let want: usize = mine.iter().map(|m| per_channel[m].len()).sum();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while conn.sent.lock().unwrap().len() < want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connection {c} got {} of {want}",
+                conn.sent.lock().unwrap().len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let sent = conn.sent.lock().unwrap().clone();
+        for m in &mine {
+            let got: Vec<u64> = sent
+                .iter()
+                .filter(|(ch, _)| &**ch == m)
+                .map(|(_, seq)| *seq)
+                .collect();
+            assert_eq!(got, per_channel[m], "connection {c}, channel {m}");
+        }
+        let writers = conn.writers.lock().unwrap();
+        assert_eq!(
+            writers.len(),
+            1,
+            "connection {c} had {} writers",
+            writers.len()
+        );
+        all_writers.extend(writers.iter().copied());
+        task.abort();
+    }
+    assert!(
+        all_writers.len() > 1,
+        "the connections were spread over the dispatch threads"
+    );
 }

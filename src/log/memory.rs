@@ -37,15 +37,25 @@ impl MemoryLog {
 
     /// Commits one event on `channel` and returns its seq.
     pub fn commit(&self, channel: &str) -> u64 {
-        let new = NewEvent::new(
-            crate::event::Source::Publisher,
-            channel.into(),
-            None,
-            serde_json::value::RawValue::from_string("1".into()).expect("JSON"),
-            None,
-        )
-        .unwrap();
-        self.commit_all(vec![new])[0]
+        self.commit_group(&[channel])[0]
+    }
+
+    /// Commits one group, an event on each of `channels` in turn; returns their seqs.
+    pub fn commit_group(&self, channels: &[&str]) -> Vec<u64> {
+        let events = channels
+            .iter()
+            .map(|channel| {
+                NewEvent::new(
+                    crate::event::Source::Publisher,
+                    (*channel).into(),
+                    None,
+                    serde_json::value::RawValue::from_string("1".into()).expect("JSON"),
+                    None,
+                )
+                .unwrap()
+            })
+            .collect();
+        self.commit_all(events)
     }
 
     fn commit_all(&self, events: Vec<NewEvent>) -> Vec<u64> {

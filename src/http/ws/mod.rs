@@ -554,14 +554,14 @@ impl Session {
     fn add_subscription(&mut self, channel: String, filter: Filter, since: Option<u64>) {
         // An exact channel counts in its occupancy while subscribed (patterns do not).
         let occupant = (!filter.has_patterns()).then(|| self.app.presence.occupy(&channel));
-        let mut subscription = self
+        let direct = self.wire.as_ref().map(|wire| {
+            Arc::new(Taker::new(wire.clone(), Framing::Ws)) as Arc<dyn crate::hub::Direct>
+        });
+        let subscription = self
             .app
             .hub
-            .subscribe(filter, since, self.lagged.clone())
+            .subscribe_direct(filter, since, self.lagged.clone(), direct)
             .counted(crate::stats::Transport::Ws);
-        if let Some(wire) = &self.wire {
-            subscription = subscription.direct(Arc::new(Taker::new(wire.clone(), Framing::Ws)));
-        }
         self.subs.insert(channel, items(subscription, occupant));
     }
 
