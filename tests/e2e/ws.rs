@@ -364,3 +364,121 @@ async fn a_full_socket_keeps_events_whole_and_in_order_around_replies() {
     assert_eq!(events, want, "every event once, in order");
     assert_eq!(pongs, (0..BATCHES as u64).collect::<Vec<_>>());
 }
+
+/// Sharded dispatch (`dispatch_threads = 4`) with many channels and full sockets: four
+/// WebSocket connections, each subscribed to 12 of 24 channels (a subscription each, so a
+/// connection's subscriptions must share one writer) with a tiny receive window, and two
+/// SSE streams of 12 channels each, all stop reading while 11 MB of events pile up. Then
+/// every frame reads whole and every channel's events arrive once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_dispatch_keeps_each_channel_in_order_over_full_sockets() {
+    const CHANNELS: usize = 24;
+    const BATCHES: u64 = 30;
+    const PAD: usize = 16_000;
+    // Without fsync the log commits groups back to back, so dispatch threads overlap.
+    let h = Herald::start(
+        "[server]\nsend_queue = 100000\ndispatch_threads = 4\n[log]\ndurability = \"os\"\n",
+    );
+    let mine = |c: usize| -> Vec<String> {
+        (0..CHANNELS)
+            .filter(|i| i % 2 == c % 2)
+            .map(|i| format!("m{i}"))
+            .collect()
+    };
+    let mut sockets = Vec::new();
+    for c in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(h.addr()).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(h.ws_url("/v1/ws"), stream)
+            .await
+            .unwrap();
+        assert_eq!(text_json(&mut ws).await["op"], "welcome");
+        for channel in mine(c) {
+            let sub = json!({"op": "subscribe", "channel": channel}).to_string();
+            ws.send(Message::Text(sub.into())).await.unwrap();
+            assert_eq!(text_json(&mut ws).await["op"], "subscribed");
+        }
+        sockets.push(ws);
+    }
+    let mut streams = Vec::new();
+    for c in 0..2 {
+        let query: Vec<String> = mine(c).iter().map(|m| format!("channel={m}")).collect();
+        streams.push(Sse::connect(&h, &query.join("&"), None).await);
+    }
+    // All at once, so the log commits groups back to back and every dispatch thread has
+    // work queued while the others write.
+    let pad = "p".repeat(PAD);
+    let publishers: Vec<_> = (0..BATCHES)
+        .map(|n| {
+            let batch: Vec<Value> = (0..CHANNELS)
+                .map(|i| json!({"channel": format!("m{i}"), "data": {"n": n, "pad": pad}}))
+                .collect();
+            let url = h.url("/v1/events");
+            tokio::spawn(async move {
+                let r = http().post(url).json(&batch).send().await.unwrap();
+                assert_eq!(r.status(), 201);
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    // Per channel: seqs rising (each channel's order), and every batch once.
+    let check = |c: usize, got: &std::collections::BTreeMap<String, Vec<(u64, u64)>>| {
+        for m in mine(c) {
+            let events = got.get(&m).cloned().unwrap_or_default();
+            assert!(
+                events.windows(2).all(|w| w[0].0 < w[1].0),
+                "connection {c}, channel {m} out of order: {events:?}"
+            );
+            let mut batches: Vec<u64> = events.iter().map(|e| e.1).collect();
+            batches.sort_unstable();
+            assert_eq!(
+                batches,
+                (0..BATCHES).collect::<Vec<_>>(),
+                "connection {c}, {m}"
+            );
+        }
+    };
+    for (c, ws) in sockets.iter_mut().enumerate() {
+        let mut got: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+        // One deadline for the whole read: heartbeat pings must not keep a reader waiting
+        // for events that will never come.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for k in 0..BATCHES as usize * CHANNELS / 2 {
+            let m = loop {
+                use futures_util::StreamExt;
+                match tokio::time::timeout_at(deadline, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        break serde_json::from_str::<Value>(t.as_str()).unwrap()
+                    }
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                    other => panic!("connection {c}: {k} events, then {other:?}; got {got:?}"),
+                }
+            };
+            assert_eq!(m["op"], "event", "{m}");
+            assert_eq!(m["data"]["pad"].as_str().map(str::len), Some(PAD));
+            let channel = m["channel"].as_str().unwrap().to_string();
+            let seq = m["seq"].as_u64().unwrap();
+            got.entry(channel)
+                .or_default()
+                .push((seq, m["data"]["n"].as_u64().unwrap()));
+        }
+        check(c, &got);
+    }
+    for (c, sse) in streams.iter_mut().enumerate() {
+        let mut got: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+        for _ in 0..BATCHES as usize * CHANNELS / 2 {
+            let e = sse.next().await.expect("the stream stays");
+            let envelope: Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(envelope["data"]["pad"].as_str().map(str::len), Some(PAD));
+            let channel = envelope["channel"].as_str().unwrap().to_string();
+            let seq = envelope["seq"].as_u64().unwrap();
+            got.entry(channel)
+                .or_default()
+                .push((seq, envelope["data"]["n"].as_u64().unwrap()));
+        }
+        check(c, &got);
+    }
+}
