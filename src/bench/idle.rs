@@ -68,10 +68,18 @@ pub struct IdleArgs {
     /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
+    /// Also be the app behind the server's backend hooks: answer every POST at this
+    /// loopback address at once with `{"result":{"user":"bench"}}` (point the server's
+    /// `proxy.connect_url` here to measure the connect hook's cost).
+    #[arg(long, value_name = "ADDR")]
+    pub hook_app: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.server)?;
+    if let Some(addr) = args.hook_app {
+        serve_hook_app(addr).await?;
+    }
     let nofile = raise_nofile();
     if (nofile as usize) < args.connections + 100 {
         eprintln!(
@@ -84,6 +92,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let open = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    // Each handshake's time, from the connect to the server's answer.
+    let latency = Arc::new(std::sync::Mutex::new(super::histogram()));
     let token = args
         .token
         .as_deref()
@@ -115,7 +125,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             if sse { "sse" } else { "ws" },
         );
         let key = args.api_key.clone();
+        let latency = latency.clone();
         holders.push(tokio::spawn(async move {
+            let began = Instant::now();
             let stream = match tokio::time::timeout(
                 Duration::from_secs(15),
                 handshake(&sources, &target, &path, sse, key.as_deref()),
@@ -127,6 +139,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             };
             match stream {
                 Ok(mut stream) => {
+                    let took = began.elapsed().as_micros() as u64;
+                    let _ = latency.lock().expect("latency").record(took.max(1));
                     open_n.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
                     // Hold: read and discard (heartbeats) until the server or we end it.
@@ -177,11 +191,13 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         (Some(a), Some(b)) if opened > 0 => Some((b.saturating_sub(a)) as f64 / opened as f64),
         _ => None,
     };
+    let connect_latency = super::percentiles(&latency.lock().expect("latency"));
     let report = json!({
         "scenario": "idle", "transport": args.transport.name(),
         "requested": args.connections, "opened": opened, "failed": failed.load(Ordering::Relaxed),
         "still_open_after_hold": still_open, "connect_seconds": connect_secs,
-        "connects_per_sec": opened as f64 / connect_secs,
+        "connects_per_sec": opened as f64 / connect_secs, "connect_latency": connect_latency,
+        "concurrency": args.concurrency, "hook_app": args.hook_app.is_some(),
         "server_rss_before_kib": rss_before, "server_rss_after_kib": rss_after,
         "server_kib_per_connection": per_conn_kib, "sources": sources_count(&sources),
     });
@@ -189,10 +205,12 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "idle: {opened}/{} connections ({}) in {connect_secs:.1}s = {:.0} connects/s; {} still open after {:?}; server RSS {} -> {} KiB = {} KiB per connection",
+            "idle: {opened}/{} connections ({}) in {connect_secs:.1}s = {:.0} connects/s (handshake p50 {} ms, p99 {} ms); {} still open after {:?}; server RSS {} -> {} KiB = {} KiB per connection",
             args.connections,
             args.transport.name(),
             opened as f64 / connect_secs,
+            connect_latency["p50_ms"],
+            connect_latency["p99_ms"],
             still_open,
             args.hold,
             rss_before.map_or("?".into(), |v| v.to_string()),
@@ -256,4 +274,20 @@ pub(super) async fn handshake(
         );
     }
     Ok(stream)
+}
+
+/// The app behind the server's hooks, answering at once: what a hook costs Herald itself,
+/// with the app's own work taken out. Loopback only, like every bench target.
+async fn serve_hook_app(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!("--hook-app must be a loopback address, not {addr}");
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new().fallback(axum::routing::post(|| async {
+        axum::Json(json!({"result": {"user": "bench"}}))
+    }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
 }

@@ -382,3 +382,82 @@ async fn an_answer_that_is_not_json_refuses() {
     .await;
     assert_eq!(failed, Some(1.0));
 }
+
+/// Pusher client events go through the publish hook by their Herald name
+/// (`pusher/{app}/{channel}`): kept, stored as the app rewrote them, or refused with the
+/// app's message as a `pusher:error`, and then not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_client_events_ask_the_publish_hook() {
+    use crate::pusher::{auth_signature, frame, pusher_ws, send_text, APP};
+    let Some(app) = App::start() else { return };
+    let h = Herald::start(&format!(
+        "{APP}[proxy]\npublish_url = \"{}/publish\"\n\
+         publish_channels = [\"pusher/1234/private-chat*\"]\nsecret = \"{SECRET}\"\n",
+        app.url
+    ));
+    let mut ws = pusher_ws(&h, "/app/app-key?protocol=7").await;
+    let hello = frame(&mut ws).await;
+    let socket_id = hello["data"]["socket_id"].as_str().unwrap().to_string();
+    for channel in ["private-chat", "private-other"] {
+        let auth = format!(
+            "app-key:{}",
+            auth_signature("app-secret", &socket_id, channel)
+        );
+        let sub = json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}});
+        send_text(&mut ws, &sub.to_string()).await;
+        assert_eq!(
+            frame(&mut ws).await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    let send = |channel: &str, text: &str| {
+        json!({"event": "client-msg", "channel": channel, "data": {"text": text}}).to_string()
+    };
+    send_text(&mut ws, &send("private-chat", "bad")).await;
+    let refused = frame(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(
+        refused["data"]["message"], "watch your language",
+        "{refused}"
+    );
+    send_text(&mut ws, &send("private-chat", "hello")).await;
+    send_text(&mut ws, &send("private-other", "as is")).await;
+    let stored = |channel: &str| {
+        let url = h.url(&format!("/v1/events?channel=pusher/1234/{channel}"));
+        async move {
+            let page = get_json(url).await;
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["data"].clone())
+                .collect::<Vec<Value>>()
+        }
+    };
+    let chat = crate::webhooks::eventually("the kept event", WAIT, async || {
+        let got = stored("private-chat").await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(
+        chat,
+        [json!({"text": "HELLO", "by": null})],
+        "rewritten, once"
+    );
+    let other = crate::webhooks::eventually("the unasked event", WAIT, async || {
+        let got = stored("private-other").await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(
+        other,
+        [json!({"text": "as is"})],
+        "a channel the hook does not cover"
+    );
+    let calls = metric(
+        &h,
+        "herald_proxy_calls_total{hook=\"publish\",outcome=\"refused\"}",
+    )
+    .await;
+    assert_eq!(calls, Some(1.0));
+}

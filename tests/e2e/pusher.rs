@@ -302,7 +302,7 @@ async fn pusher_webhooks_are_durable_and_verify_with_the_sdk() {
     );
 }
 
-async fn pusher_ws(h: &Herald, path: &str) -> Ws {
+pub async fn pusher_ws(h: &Herald, path: &str) -> Ws {
     let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(h.ws_url(path)))
         .await
         .expect("connect timeout")
@@ -311,7 +311,7 @@ async fn pusher_ws(h: &Herald, path: &str) -> Ws {
 }
 
 /// The next frame's JSON, with `data` parsed when it is a string holding JSON.
-async fn frame(ws: &mut Ws) -> Value {
+pub async fn frame(ws: &mut Ws) -> Value {
     let mut v = ws_json(ws).await;
     if let Some(s) = v["data"].as_str() {
         if let Ok(inner) = serde_json::from_str::<Value>(s) {
@@ -321,7 +321,7 @@ async fn frame(ws: &mut Ws) -> Value {
     v
 }
 
-async fn send_text(ws: &mut Ws, text: &str) {
+pub async fn send_text(ws: &mut Ws, text: &str) {
     use futures_util::SinkExt;
     ws.send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
         .await
@@ -471,7 +471,7 @@ fn herald_now() -> u64 {
 }
 
 /// Pusher's channel auth signature, computed independently of Herald's code.
-fn auth_signature(secret: &str, socket_id: &str, channel: &str) -> String {
+pub fn auth_signature(secret: &str, socket_id: &str, channel: &str) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{socket_id}:{channel}").as_bytes());

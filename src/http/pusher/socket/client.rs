@@ -61,6 +61,12 @@ impl Session {
         {
             return self.send(message::error(None, &e.message)).await;
         }
+        let asker = user.or(self.user.as_deref()).map(str::to_string);
+        let (proxy, max) = (self.app.proxy.clone(), self.pusher.max_event_bytes);
+        let event = match vet_client_event(proxy, event, asker, max).await {
+            Ok(event) => event,
+            Err(m) => return self.send(message::error(None, &m)).await,
+        };
         if let Err(e) = self.app.hub.publish(vec![event], "pusher").await {
             tracing::warn!(error = %e, "client event not stored");
             return self
@@ -106,5 +112,32 @@ impl Session {
         self.terminate = Some(plain(ends));
         self.user = Some(user);
         self.send(message::signin_success(&d.user_data)).await
+    }
+}
+
+/// The publish hook, for a client event on a channel whose Herald name is in
+/// `proxy.publish_channels`: kept, stored with the app's data instead, or refused with the
+/// app's message (as a `pusher:error`, like Pusher's own refusals). `user`: the presence
+/// member or signed-in user sending it.
+async fn vet_client_event(
+    proxy: Option<std::sync::Arc<crate::proxy::Proxy>>,
+    event: NewEvent,
+    user: Option<String>,
+    max_bytes: usize,
+) -> Result<NewEvent, String> {
+    let Some(proxy) = proxy.filter(|p| p.asks_publish(event.channel())) else {
+        return Ok(event);
+    };
+    match proxy
+        .publish(user.as_deref(), event.channel(), event.kind(), event.data())
+        .await
+    {
+        Ok(None) => Ok(event),
+        Ok(Some(data)) if data.get().len() > max_bytes => {
+            Err(format!("The app's data is over {max_bytes} bytes"))
+        }
+        Ok(Some(data)) => Ok(event.with_data(data)),
+        Err(crate::proxy::ProxyError::Refused { message, .. }) => Err(message),
+        Err(e) => Err(format!("proxy_unavailable: {e}")),
     }
 }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Same binary, same run: fan-out with every subscriber on one dispatch thread against
+# `server.dispatch_threads` at its default (one per core), alternating, a fresh server each
+# time. The open-loop publisher (`herald bench fanout`) measures latency from each event's
+# scheduled send time. Loopback only; stops by itself.
+#
+#   bash bench/dispatch-ab.sh                       # 2,000 subscribers x 200/s, 256 B, WS and SSE
+#   ROUNDS=5 SUBSCRIBERS=1000 RATE=400 bash bench/dispatch-ab.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS="${ROUNDS:-3}"
+SUBSCRIBERS="${SUBSCRIBERS:-2000}"
+RATE="${RATE:-200}"
+PAYLOAD="${PAYLOAD:-256}"
+DURATION="${DURATION:-10s}"
+PORT="${PORT:-18090}"
+
+cargo build --release --quiet --bin herald
+work=$(mktemp -d)
+server=""
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" || true
+export HERALD_URL="http://127.0.0.1:$PORT"
+
+echo "cores: $(nproc); $SUBSCRIBERS subscribers x $RATE/s x $PAYLOAD B, $DURATION each"
+for round in $(seq "$ROUNDS"); do
+  for threads in 1 0; do
+    for transport in ws sse; do
+      cat > "$work/herald.toml" <<TOML
+[server]
+idle_timeout = "1h"
+dispatch_threads = $threads
+[limits]
+max_connections_per_ip = 1000000
+max_connections = 1000000
+publish_rate = 0
+TOML
+      rm -rf "$work/data"
+      ./target/release/herald serve --listen "127.0.0.1:$PORT" --data "$work/data" \
+        --config "$work/herald.toml" 2> "$work/herald.log" &
+      server=$!
+      for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
+      result=$(./target/release/herald bench fanout --subscribers "$SUBSCRIBERS" --rate "$RATE" \
+        --payload "$PAYLOAD" --duration "$DURATION" --transport "$transport" \
+        --server-pid "$server" 2>/dev/null | tail -1)
+      kill "$server"; wait "$server" 2>/dev/null || true; server=""
+      echo "round $round dispatch_threads=$threads $transport $result"
+    done
+  done
+done

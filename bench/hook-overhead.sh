@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# What the connect hook costs: the same connection storm (`herald bench idle`) against a
+# server without backend hooks and one whose `proxy.connect_url` points at an app that
+# answers at once (the bench itself, `--hook-app`), alternating, a fresh server each time.
+# Connections carry no credential (open mode), so every one of them asks the app.
+# Loopback only; stops by itself.
+#
+#   bash bench/hook-overhead.sh                   # 5,000 connections, 64 handshakes in flight
+#   ROUNDS=5 CONNECTIONS=10000 CONCURRENCY=256 bash bench/hook-overhead.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS="${ROUNDS:-3}"
+CONNECTIONS="${CONNECTIONS:-5000}"
+CONCURRENCY="${CONCURRENCY:-64}"
+TRANSPORT="${TRANSPORT:-mix}"
+PORT="${PORT:-18090}"
+APP="${APP:-127.0.0.1:18201}"
+
+cargo build --release --quiet --bin herald
+work=$(mktemp -d)
+server=""
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" || true
+export HERALD_URL="http://127.0.0.1:$PORT"
+
+for round in $(seq "$ROUNDS"); do
+  for hook in off on; do
+    cat > "$work/herald.toml" <<TOML
+[server]
+idle_timeout = "1h"
+[limits]
+max_connections_per_ip = 1000000
+max_connections = 1000000
+TOML
+    if [ "$hook" = on ]; then
+      printf '[proxy]\nconnect_url = "http://%s/connect"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n' \
+        "$APP" >> "$work/herald.toml"
+    fi
+    rm -rf "$work/data"
+    ./target/release/herald serve --listen "127.0.0.1:$PORT" --data "$work/data" \
+      --config "$work/herald.toml" 2> "$work/herald.log" &
+    server=$!
+    for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
+    result=$(./target/release/herald bench idle --connections "$CONNECTIONS" \
+      --concurrency "$CONCURRENCY" --transport "$TRANSPORT" --duration 1s --hook-app "$APP" \
+      --server-pid "$server" 2>/dev/null | tail -1)
+    kill "$server"; wait "$server" 2>/dev/null || true; server=""
+    echo "round $round hook=$hook $result"
+  done
+done
