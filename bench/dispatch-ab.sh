@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Same binary, same run: fan-out with every subscriber on one dispatch thread against
-# `server.dispatch_threads` at its default (one per core), alternating, a fresh server each
+# `server.dispatch_threads = 2`, alternating, a fresh server each
 # time. The open-loop publisher (`herald bench fanout`) measures latency from each event's
 # scheduled send time. Loopback only; stops by itself.
 #
@@ -30,7 +30,7 @@ export HERALD_URL="http://127.0.0.1:$PORT"
 
 echo "cores: $(nproc); $SUBSCRIBERS subscribers x $RATE/s x $PAYLOAD B, $DURATION each"
 for round in $(seq "$ROUNDS"); do
-  for threads in 1 0; do
+  for threads in 1 2; do
     for transport in ws sse; do
       cat > "$work/herald.toml" <<TOML
 [server]
@@ -48,7 +48,7 @@ TOML
       for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
       result=$(./target/release/herald bench fanout --subscribers "$SUBSCRIBERS" --rate "$RATE" \
         --payload "$PAYLOAD" --duration "$DURATION" --transport "$transport" \
-        --server-pid "$server" 2>/dev/null | tail -1)
+        --server-pid "$server" --json 2>/dev/null | tail -1)
       kill "$server"; wait "$server" 2>/dev/null || true; server=""
       echo "round $round dispatch_threads=$threads $transport $result"
     done

@@ -49,7 +49,7 @@ TOML
     for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
     result=$(./target/release/herald bench idle --connections "$CONNECTIONS" \
       --concurrency "$CONCURRENCY" --transport "$TRANSPORT" --duration 1s --hook-app "$APP" \
-      --server-pid "$server" 2>/dev/null | tail -1)
+      --server-pid "$server" --json 2>/dev/null | tail -1)
     kill "$server"; wait "$server" 2>/dev/null || true; server=""
     echo "round $round hook=$hook $result"
   done

@@ -108,7 +108,7 @@ pub struct ServerConfig {
     /// Events buffered per subscription before its connection counts as slow.
     pub send_queue: usize,
     /// Threads that fan events out to subscribers (each connection is served by one of
-    /// them); 0: one per core.
+    /// them); 0: half the cores, at least one.
     pub dispatch_threads: usize,
     /// Serve `/v1/ws/echo` for the Autobahn conformance suite.
     pub ws_echo: bool,

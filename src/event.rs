@@ -459,8 +459,7 @@ impl Event {
     /// The WebSocket text payload `{"op":"event",...envelope fields}`, built on first use and
     /// shared: cloning it is a refcount bump, so no subscriber re-encodes.
     pub fn ws_text(&self) -> Bytes {
-        let frame = self.ws_frame();
-        frame.slice(ws_header_len(frame.len())..)
+        ws_payload(self.ws_frame())
     }
 
     /// The same payload as a complete server-to-client text frame (FIN, unmasked, no
@@ -469,26 +468,37 @@ impl Event {
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame.get_or_init(|| {
             // The envelope always starts with `{"seq":`; splice `"op":"event",` after `{`.
-            let body = &self.envelope[1..];
-            let len = b"{\"op\":\"event\",".len() + body.len();
-            let mut out = Vec::with_capacity(len + 10);
-            out.push(0x81); // FIN + text
-            match len {
-                0..=125 => out.push(len as u8),
-                126..=0xffff => {
-                    out.push(126);
-                    out.extend_from_slice(&(len as u16).to_be_bytes());
-                }
-                _ => {
-                    out.push(127);
-                    out.extend_from_slice(&(len as u64).to_be_bytes());
-                }
-            }
-            out.extend_from_slice(b"{\"op\":\"event\",");
-            out.extend_from_slice(body);
-            Bytes::from(out)
+            ws_text_frame(&[b"{\"op\":\"event\",", &self.envelope[1..]])
         })
     }
+}
+
+/// A complete server-to-client WebSocket text frame (FIN, unmasked, no extension bits) of
+/// `parts` joined: what the hub writes straight to a caught-up subscriber's socket.
+pub fn ws_text_frame(parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(len + 10);
+    out.push(0x81); // FIN + text
+    match len {
+        0..=125 => out.push(len as u8),
+        126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    Bytes::from(out)
+}
+
+/// The payload of a frame made by [`ws_text_frame`], shared (no copy).
+pub fn ws_payload(frame: &Bytes) -> Bytes {
+    frame.slice(ws_header_len(frame.len())..)
 }
 
 /// The header length of an unmasked frame `total` bytes long, header included.

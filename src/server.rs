@@ -522,10 +522,13 @@ async fn serve_tls(
     drive(connection, stop, &kill, &shutdown, server.shutdown_grace).await;
 }
 
-/// `server.dispatch_threads`, with 0 meaning one per core the process may use.
+/// `server.dispatch_threads`, with 0 meaning half the cores the process may use, at least
+/// one: the runtime's workers (every connection's reads, replies and queued writes) need
+/// the rest. Measured on 2 cores, a second dispatch thread cost 10-25% more CPU per
+/// delivery and a higher p99 than one (BENCHMARKS.md, "Dispatch threads").
 fn dispatch_threads(configured: usize) -> usize {
     match configured {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         n => n,
     }
 }

@@ -146,14 +146,29 @@ impl Wire {
     }
 }
 
+/// Resolves when the hub left the tail of an event for the session to write; never without
+/// a shared socket.
+pub fn pending(wire: &Option<Arc<Wire>>) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match wire {
+        Some(wire) => wire.poll_pending(cx),
+        None => std::task::Poll::Pending,
+    })
+}
+
 /// How a wire frames events.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Framing {
     /// A WebSocket text frame per event.
     Ws,
     /// An SSE frame per event (with or without its `event:` line), as an HTTP/1.1 chunk
     /// unless the client speaks HTTP/1.0.
     Sse { typed: bool, chunked: bool },
+    /// A Pusher protocol frame per event on `channel` (its Pusher name), except those
+    /// `socket_id` triggered itself and Pusher's own namespaces, which it never sees.
+    Pusher {
+        socket_id: Arc<str>,
+        channel: Arc<str>,
+    },
 }
 
 /// Longest chunk-size line: 16 hex digits and CRLF.
@@ -170,10 +185,14 @@ impl Taker {
         Taker { wire, framing }
     }
 
-    fn frame<'a>(&self, event: &'a EventRef) -> &'a Bytes {
-        match self.framing {
-            Framing::Ws => event.ws_frame(),
-            Framing::Sse { typed, .. } => event.sse_frame_ref(typed),
+    /// The bytes `event` is written as; none for an event this subscriber does not get.
+    fn frame<'a>(&self, event: &'a EventRef) -> Option<&'a Bytes> {
+        match &self.framing {
+            Framing::Ws => Some(event.ws_frame()),
+            Framing::Sse { typed, .. } => Some(event.sse_frame_ref(*typed)),
+            Framing::Pusher { socket_id, channel } => event
+                .extension(|e| crate::http::pusher::PusherEvent::of(e, channel))
+                .and_then(|p| p.frame_for(socket_id)),
         }
     }
 
@@ -189,20 +208,24 @@ impl Taker {
         let mut total = 0;
         let written = match events {
             [one] if !chunked => {
-                total = self.frame(one).len();
-                stream.try_write(self.frame(one))
+                let Some(frame) = self.frame(one) else {
+                    return Some((0, 0));
+                };
+                total = frame.len();
+                stream.try_write(frame)
             }
             _ => {
                 let mut heads = [[0u8; CHUNK_HEAD]; MAX_RUN];
                 let mut head_lens = [0usize; MAX_RUN];
                 if chunked {
                     for (i, e) in events.iter().enumerate() {
-                        head_lens[i] = chunk_head(&mut heads[i], self.frame(e).len());
+                        let len = self.frame(e).map_or(0, |f| f.len());
+                        head_lens[i] = chunk_head(&mut heads[i], len);
                     }
                 }
                 let mut slices = Vec::with_capacity(events.len() * 3);
                 for (i, e) in events.iter().enumerate() {
-                    let frame = self.frame(e);
+                    let Some(frame) = self.frame(e) else { continue };
                     total += frame.len();
                     if chunked {
                         total += head_lens[i] + 2;
@@ -212,6 +235,9 @@ impl Taker {
                     } else {
                         slices.push(io::IoSlice::new(frame));
                     }
+                }
+                if total == 0 {
+                    return Some((0, 0));
                 }
                 stream.try_write_vectored(&slices)
             }
@@ -224,7 +250,7 @@ impl Taker {
     fn rest(&self, events: &[EventRef], written: usize) -> VecDeque<Bytes> {
         let mut parts = VecDeque::with_capacity(events.len() * 3);
         for e in events {
-            let frame = self.frame(e);
+            let Some(frame) = self.frame(e) else { continue };
             if self.chunked() {
                 let mut head = [0u8; CHUNK_HEAD];
                 let n = chunk_head(&mut head, frame.len());
@@ -267,11 +293,15 @@ impl Direct for Taker {
             drop(state);
             self.wire.session.wake();
         }
-        let transport = match self.framing {
-            Framing::Ws => crate::stats::Transport::Ws,
-            Framing::Sse { .. } => crate::stats::Transport::Sse,
+        let (transport, delivered) = match &self.framing {
+            Framing::Ws => (crate::stats::Transport::Ws, events.len()),
+            Framing::Sse { .. } => (crate::stats::Transport::Sse, events.len()),
+            Framing::Pusher { .. } => (
+                crate::stats::Transport::Pusher,
+                events.iter().filter(|e| self.frame(e).is_some()).count(),
+            ),
         };
-        crate::stats::get().delivered(transport, events.len() as u64);
+        crate::stats::get().delivered(transport, delivered as u64);
         true
     }
 

@@ -917,3 +917,75 @@ async fn close_code_answering_pings(mut ws: Ws) -> Option<u16> {
         }
     }
 }
+
+/// `/app/{key}` on a plain connection is written by the hub itself, like `/v1/ws`. A Pusher
+/// client with a tiny receive window that stops reading while 8 MB of events pile up reads
+/// every frame whole and in order afterwards, around its own pings' pongs; and the client
+/// event it triggered itself never comes back to it, while another socket gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pusher_socket_keeps_frames_whole_and_in_order() {
+    let h = Herald::start(&format!("{APP}[server]\nsend_queue = 100000\n"));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(h.addr()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        h.ws_url("/app/app-key?protocol=7"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let socket_id = frame(&mut ws).await["data"]["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut other = pusher_ws(&h, "/app/app-key?protocol=7").await;
+    let other_id = frame(&mut other).await["data"]["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (ws, id) in [(&mut ws, &socket_id), (&mut other, &other_id)] {
+        let auth = format!(
+            "app-key:{}",
+            auth_signature("app-secret", id, "private-big")
+        );
+        let sub =
+            json!({"event": "pusher:subscribe", "data": {"channel": "private-big", "auth": auth}});
+        send_text(ws, &sub.to_string()).await;
+        assert_eq!(
+            frame(ws).await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    // Its own client event first: the other socket gets it, this one never does.
+    let mine = json!({"event": "client-mine", "channel": "private-big", "data": {"n": -1}});
+    send_text(&mut ws, &mine.to_string()).await;
+    assert_eq!(frame(&mut other).await["event"], "client-mine");
+    const EVENTS: usize = 500;
+    const PAD: usize = 16_000;
+    let pad = "p".repeat(PAD);
+    for b in 0..EVENTS / 10 {
+        let run: Vec<Value> = (0..10)
+            .map(|i| json!({"channel": "pusher/1234/private-big", "data": {"n": b * 10 + i, "pad": pad}}))
+            .collect();
+        assert_eq!(publish(&h, json!(run)).await.0, 201);
+        send_text(&mut ws, r#"{"event":"pusher:ping","data":{}}"#).await;
+    }
+    let (mut got, mut pongs) = (Vec::new(), 0);
+    while got.len() < EVENTS || pongs < EVENTS / 10 {
+        let m = frame(&mut ws).await;
+        match m["event"].as_str() {
+            Some("message") => {
+                assert_eq!(m["channel"], "private-big");
+                assert_eq!(m["data"]["pad"].as_str().map(str::len), Some(PAD), "whole");
+                got.push(m["data"]["n"].as_i64().unwrap());
+            }
+            Some("pusher:pong") => pongs += 1,
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    let want: Vec<i64> = (0..EVENTS as i64).collect();
+    assert_eq!(
+        got, want,
+        "every event once, in order, and not its own client event"
+    );
+}

@@ -129,7 +129,9 @@ pub fn signin_success(user_data: &str) -> Frame {
 /// on the event) and shared.
 #[derive(Debug)]
 pub struct PusherEvent {
-    /// None for events a Pusher client must never see (names in Pusher's own namespaces).
+    /// The whole WebSocket frame (header included, for the hub's direct write; the
+    /// session's own writes take [`PusherEvent::text`]). None for events a Pusher client
+    /// must never see (names in Pusher's own namespaces).
     pub frame: Option<Bytes>,
     /// The socket that triggered it, which does not get it back.
     pub skip_socket: Option<Box<str>>,
@@ -187,8 +189,22 @@ impl PusherEvent {
             data,
             user_id: user,
         };
-        let frame = serde_json::to_string(&out).ok().map(Bytes::from);
+        let frame = serde_json::to_vec(&out)
+            .ok()
+            .map(|text| crate::event::ws_text_frame(&[&text]));
         PusherEvent { frame, skip_socket }
+    }
+
+    /// The frame's text, for a session writing it through its own WebSocket stack.
+    pub fn text(&self) -> Option<Bytes> {
+        self.frame.as_ref().map(crate::event::ws_payload)
+    }
+
+    /// The frame for `socket_id`: none for the socket that triggered the event.
+    pub fn frame_for(&self, socket_id: &str) -> Option<&Bytes> {
+        self.frame
+            .as_ref()
+            .filter(|_| self.skip_socket.as_deref() != Some(socket_id))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod socket;
 
 pub use crate::pusher::*;
 pub use cache::LastEvents;
+pub use message::PusherEvent;
 
 /// The apps, by id and by key.
 pub struct Apps {

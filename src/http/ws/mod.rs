@@ -274,7 +274,7 @@ impl Session {
                 Some((_, update)) = self.watches.next(), if !self.watches.is_empty() => {
                     self.feed_flush(presence_message(&update)).await?;
                 }
-                _ = pending(&self.wire) => {
+                _ = super::wire::pending(&self.wire) => {
                     // The hub's write of an event left its tail to us.
                     self.flush().await?;
                     self.release();
@@ -575,15 +575,6 @@ impl Session {
 /// The next publish acknowledged, if any are waiting.
 async fn next_ack(acks: &mut Option<FuturesUnordered<BoxFuture<'static, Frame>>>) -> Option<Frame> {
     acks.as_mut()?.next().await
-}
-
-/// Resolves when the hub left the tail of an event for the session to write; never without
-/// a shared socket.
-fn pending(wire: &Option<Arc<Wire>>) -> impl std::future::Future<Output = ()> + '_ {
-    std::future::poll_fn(move |cx| match wire {
-        Some(wire) => wire.poll_pending(cx),
-        None => std::task::Poll::Pending,
-    })
 }
 
 /// Resolves when the token's timer fires; never without one.

@@ -12,6 +12,7 @@ use super::super::{herald_channel, is_cache, signature_ok, valid_channel, Kind};
 use super::{items, Close, Session, OVER_CAPACITY};
 use crate::event::Filter;
 use crate::http::presence::updates;
+use crate::http::wire::{Framing, Taker};
 use crate::presence::{Identity, Update};
 
 impl Session {
@@ -124,10 +125,18 @@ impl Session {
             json!({})
         };
         let occupant = self.app.presence.occupy(&mapped);
+        // On a plain connection the hub writes caught-up events to the socket itself.
+        let direct = self.wire.as_ref().map(|wire| {
+            let framing = Framing::Pusher {
+                socket_id: self.socket_id.as_str().into(),
+                channel: name.as_str().into(),
+            };
+            Arc::new(Taker::new(wire.clone(), framing)) as Arc<dyn crate::hub::Direct>
+        });
         let subscription = self
             .app
             .hub
-            .subscribe(filter, None, self.lagged.clone())
+            .subscribe_direct(filter, None, self.lagged.clone(), direct)
             .counted(crate::stats::Transport::Pusher);
         self.subs
             .insert(name.clone(), items(subscription, occupant));
@@ -207,7 +216,7 @@ impl Session {
         let frame = last
             .as_ref()
             .and_then(|e| e.extension(|e| PusherEvent::of(e, name)))
-            .and_then(|p| p.frame.clone());
+            .and_then(PusherEvent::text);
         match frame {
             Some(f) => self.send(Frame::text(f)).await,
             None => self.send(message::cache_miss(name)).await,

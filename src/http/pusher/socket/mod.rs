@@ -78,7 +78,7 @@ pub async fn upgrade(
         Err(e) => return e.into_response(),
     };
     tokio::spawn(async move {
-        let Some((mut ws, _)) = socket.await else {
+        let Some((mut ws, wire)) = socket.await else {
             return;
         };
         // Pusher reports these on the open socket, then closes it.
@@ -97,7 +97,7 @@ pub async fn upgrade(
         }
         let pusher_app = pusher_app.expect("checked");
         // A task of its own, sized for the session (as Herald's own WebSocket does).
-        tokio::spawn(Session::new(app, pusher_app, ws, conn, guard).run());
+        tokio::spawn(Session::new(app, pusher_app, ws, wire, conn, guard).run());
     });
     response
 }
@@ -107,6 +107,9 @@ struct Session {
     pusher: Arc<PusherApp>,
     socket_id: String,
     ws: Socket,
+    /// The socket shared with the hub, which writes caught-up events to it itself
+    /// (`http/wire.rs`); `None` for TLS or compression.
+    wire: Option<Arc<crate::http::wire::Wire>>,
     /// By Pusher channel name.
     subs: StreamMap<String, ItemStream>,
     watches: StreamMap<String, BoxStream<'static, Update>>,
@@ -132,6 +135,7 @@ impl Session {
         app: AppState,
         pusher: Arc<PusherApp>,
         ws: Socket,
+        wire: Option<Arc<crate::http::wire::Wire>>,
         conn: Connection,
         task: tokio_util::task::task_tracker::TaskTrackerToken,
     ) -> Session {
@@ -145,6 +149,7 @@ impl Session {
             pusher,
             socket_id,
             ws,
+            wire,
             subs: StreamMap::new(),
             watches: StreamMap::new(),
             members: HashMap::new(),
@@ -209,6 +214,11 @@ impl Session {
                 Some((channel, update)) = self.watches.next(), if !self.watches.is_empty() => {
                     Box::pin(self.tell_members(&channel, update)).await?;
                 }
+                _ = crate::http::wire::pending(&self.wire) => {
+                    // The hub's write of an event left its tail to us.
+                    self.flush().await?;
+                    self.release();
+                }
                 frame = self.ws.next_frame() => match received(frame) {
                     Received::Frame(frame) => {
                         self.last_seen = tokio::time::Instant::now();
@@ -223,9 +233,20 @@ impl Session {
         }
     }
 
+    /// Feeds and flushes a message of the session's own. Never called while an event
+    /// taken from a queue is still unwritten.
     async fn send(&mut self, m: Frame) -> Result<(), Close> {
         self.ws.feed(m).await.map_err(|_| Close::Fail)?;
-        self.flush().await
+        self.flush().await?;
+        self.release();
+        Ok(())
+    }
+
+    /// Everything written and no event held: the hub may write events to the socket again.
+    fn release(&self) {
+        if let Some(wire) = &self.wire {
+            wire.release();
+        }
     }
 
     /// Writes one item and whatever else is ready (up to a batch), then flushes once, as
@@ -244,7 +265,9 @@ impl Session {
             }
             Ok(frame.map(Frame::text))
         };
-        write_items(writer, (channel, first), frame, flush_ended).await
+        write_items(writer, (channel, first), frame, flush_ended).await?;
+        self.release();
+        Ok(())
     }
 
     /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile
@@ -350,6 +373,6 @@ fn frame_for(
     };
     Ok(event
         .extension(|e| PusherEvent::of(e, channel))
-        .filter(|p| p.skip_socket.as_deref() != Some(socket_id))
-        .and_then(|p| p.frame.clone()))
+        .and_then(|p| p.frame_for(socket_id))
+        .map(crate::event::ws_payload))
 }
