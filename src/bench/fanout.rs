@@ -106,6 +106,10 @@ struct Seen {
     latency: Histogram<u64>,
     /// Seqs that went backwards or repeated (must stay 0).
     disorder: u64,
+    /// Pusher frames carry no seq, and an open-loop publisher's POSTs overlap, so they are
+    /// stored in no fixed order of their own numbers: what must hold is that every
+    /// subscriber of a channel gets the same order. This folds the order seen into one hash.
+    order: Option<u64>,
     disconnected: bool,
 }
 
@@ -352,6 +356,8 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let mut latency = histogram();
     let (mut received, mut disorder, mut disconnected, mut short) = (0u64, 0u64, 0usize, 0usize);
+    // Per channel: each complete subscriber's order hash, for subscribers without seqs.
+    let mut orders: std::collections::HashMap<usize, Vec<u64>> = Default::default();
     for (i, s) in subscribers.into_iter().enumerate() {
         let seen = s.await??;
         received += seen.received;
@@ -363,8 +369,13 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             published
         };
         short += (seen.received < want) as usize;
+        if let Some(order) = seen.order.filter(|_| seen.received == want) {
+            let channel = if per_channel { i % channels } else { 0 };
+            orders.entry(channel).or_default().push(order);
+        }
         latency.add(&seen.latency).ok();
     }
+    disorder += orders.values().map(|o| differing(o)).sum::<u64>();
     let lost = expected.saturating_sub(received);
     let report = json!({
         "scenario": scenario, "transport": args.transport.name(),
@@ -423,8 +434,15 @@ impl Seen {
             received: 0,
             latency: histogram(),
             disorder: 0,
+            order: None,
             disconnected: false,
         }
+    }
+
+    /// Folds one more event number into the order hash (FNV-1a over the numbers).
+    fn saw(&mut self, i: u64) {
+        let h = self.order.unwrap_or(0xcbf2_9ce4_8422_2325);
+        self.order = Some((h ^ i).wrapping_mul(0x0000_0100_0000_01b3));
     }
 }
 
@@ -554,7 +572,6 @@ async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Res
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
     let mut seen = Seen::new();
-    let mut last = None;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -563,10 +580,7 @@ async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Res
                     let text = t.as_bytes();
                     let Some(sent) = find_u64(text, br#"\"t\":"#) else { continue };
                     if let Some(i) = find_u64(text, br#"\"i\":"#) {
-                        if last.is_some_and(|l| i <= l) {
-                            seen.disorder += 1;
-                        }
-                        last = Some(i);
+                        seen.saw(i);
                     }
                     seen.received += 1;
                     total.fetch_add(1, Ordering::Relaxed);
@@ -699,4 +713,14 @@ async fn subscribe_sse(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
         }
     }
     Ok(seen)
+}
+
+/// How many of a channel's subscribers saw another order than the most common one.
+fn differing(orders: &[u64]) -> u64 {
+    let mut counts: std::collections::HashMap<u64, u64> = Default::default();
+    for o in orders {
+        *counts.entry(*o).or_default() += 1;
+    }
+    let most = counts.values().copied().max().unwrap_or(0);
+    orders.len() as u64 - most
 }

@@ -68,8 +68,8 @@ pub struct IdleArgs {
     /// Print the report as JSON (one object) instead of lines for people.
     #[arg(long)]
     pub json: bool,
-    /// Also be the app behind the server's backend hooks: answer every POST at this
-    /// loopback address at once with `{"result":{"user":"bench"}}` (point the server's
+    /// Also be the app behind the server's backend hooks: answer every POST at this loopback
+    /// address at once with `{"result":{"user":"bench","channels":["*"]}}` (point the server's
     /// `proxy.connect_url` here to measure the connect hook's cost).
     #[arg(long, value_name = "ADDR")]
     pub hook_app: Option<std::net::SocketAddr>,
@@ -284,7 +284,7 @@ async fn serve_hook_app(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = axum::Router::new().fallback(axum::routing::post(|| async {
-        axum::Json(json!({"result": {"user": "bench"}}))
+        axum::Json(json!({"result": {"user": "bench", "channels": ["*"]}}))
     }));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

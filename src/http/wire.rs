@@ -1,6 +1,7 @@
 //! A plain-TCP connection shared by its task and the hub's fan-out, so an event for a
 //! caught-up subscriber is written to the socket by the thread that dispatches it, without
-//! waking the connection's task at all. Used by `/v1/ws` sessions and direct SSE streams.
+//! waking the connection's task at all. Used by `/v1/ws` and `/app/{key}` (Pusher) sessions
+//! and direct SSE streams.
 //!
 //! Why: in a fan-out of 2,000 subscribers x 200 events/s, three quarters of Herald's user
 //! space CPU per delivery was the task's wake-up, its `select!` over every source, the

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The same open-loop fan-out measured by two generators that share no code: `herald bench
+# fanout` (Rust) and bench/crosscheck/fanout.js (Node.js + ws), alternating, a fresh server
+# each. Node's one thread cannot take Herald's full rate, so this runs at a load both
+# generators keep up with. Loopback only; stops by itself.
+#
+#   bash bench/crosscheck.sh                          # 500 subscribers x 200/s, 256 B, 10 s
+#   SUBSCRIBERS=250 RATE=400 TRANSPORTS="ws" bash bench/crosscheck.sh
+#
+# Needs Node.js and `npm ci` in bench/peers/node-ws (the script runs it if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS="${ROUNDS:-2}"
+SUBSCRIBERS="${SUBSCRIBERS:-500}"
+RATE="${RATE:-200}"
+PAYLOAD="${PAYLOAD:-256}"
+DURATION="${DURATION:-10}"
+TRANSPORTS="${TRANSPORTS:-ws sse}"
+PORT="${PORT:-18090}"
+
+cargo build --release --quiet --bin herald
+[ -d bench/peers/node-ws/node_modules/ws ] || (cd bench/peers/node-ws && npm ci --silent)
+work=$(mktemp -d)
+server=""
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" || true
+export HERALD_URL="http://127.0.0.1:$PORT"
+cat > "$work/herald.toml" <<TOML
+[server]
+idle_timeout = "1h"
+[limits]
+max_connections_per_ip = 1000000
+max_connections = 1000000
+publish_rate = 0
+TOML
+
+for round in $(seq "$ROUNDS"); do
+  for transport in $TRANSPORTS; do
+    for generator in herald node; do
+      rm -rf "$work/data"
+      ./target/release/herald serve --listen "127.0.0.1:$PORT" --data "$work/data" \
+        --config "$work/herald.toml" 2> "$work/herald.log" &
+      server=$!
+      for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
+      if [ "$generator" = herald ]; then
+        result=$(./target/release/herald bench fanout --subscribers "$SUBSCRIBERS" \
+          --rate "$RATE" --payload "$PAYLOAD" --duration "${DURATION}s" \
+          --transport "$transport" --json 2>/dev/null | tail -1)
+      else
+        result=$(URL="$HERALD_URL" SUBSCRIBERS="$SUBSCRIBERS" RATE="$RATE" PAYLOAD="$PAYLOAD" \
+          DURATION="$DURATION" TRANSPORT="$transport" node bench/crosscheck/fanout.js)
+      fi
+      kill "$server"; wait "$server" 2>/dev/null || true; server=""
+      echo "round $round $transport $generator $result"
+    done
+  done
+done
