@@ -15,7 +15,7 @@ CONNECTIONS="${CONNECTIONS:-5000}"
 CONCURRENCY="${CONCURRENCY:-64}"
 TRANSPORT="${TRANSPORT:-mix}"
 PORT="${PORT:-18090}"
-APP="${APP:-127.0.0.1:18201}"
+APP_PORT="${APP_PORT:-18201}"
 
 cargo build --release --quiet --bin herald
 work=$(mktemp -d)
@@ -27,10 +27,16 @@ cleanup() {
 }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" || true
-export HERALD_URL="http://127.0.0.1:$PORT"
-
+# Each run on ports of its own, its connections from 8 source addresses: tens of
+# thousands of closed connections wait out TIME_WAIT, and once they fill most of the
+# ephemeral ports new connects slow down (by 10x here), which would measure the kernel's
+# port search instead of the hook.
+run=0
 for round in $(seq "$ROUNDS"); do
   for hook in off on; do
+    run=$((run + 1))
+    export HERALD_URL="http://127.0.0.1:$((PORT + run))"
+    APP="127.0.0.1:$((APP_PORT + run))"
     cat > "$work/herald.toml" <<TOML
 [server]
 idle_timeout = "1h"
@@ -43,12 +49,12 @@ TOML
         "$APP" >> "$work/herald.toml"
     fi
     rm -rf "$work/data"
-    ./target/release/herald serve --listen "127.0.0.1:$PORT" --data "$work/data" \
+    ./target/release/herald serve --listen "127.0.0.1:$((PORT + run))" --data "$work/data" \
       --config "$work/herald.toml" 2> "$work/herald.log" &
     server=$!
     for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
     result=$(./target/release/herald bench idle --connections "$CONNECTIONS" \
-      --concurrency "$CONCURRENCY" --transport "$TRANSPORT" --duration 1s --hook-app "$APP" \
+      --concurrency "$CONCURRENCY" --transport "$TRANSPORT" --duration 1s --hook-app "$APP" --sources 8 \
       --server-pid "$server" --json 2>/dev/null | tail -1)
     kill "$server"; wait "$server" 2>/dev/null || true; server=""
     echo "round $round hook=$hook $result"
