@@ -19,17 +19,9 @@ DURATION="${DURATION:-10}"
 TRANSPORTS="${TRANSPORTS:-ws sse}"
 PORT="${PORT:-18090}"
 
-cargo build --release --quiet --bin herald
+. bench/lib.sh
+bench_init
 [ -d bench/peers/node-ws/node_modules/ws ] || (cd bench/peers/node-ws && npm ci --silent)
-work=$(mktemp -d)
-server=""
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)" || true
 export HERALD_URL="http://127.0.0.1:$PORT"
 cat > "$work/herald.toml" <<TOML
 [server]
@@ -43,11 +35,7 @@ TOML
 for round in $(seq "$ROUNDS"); do
   for transport in $TRANSPORTS; do
     for generator in herald node; do
-      rm -rf "$work/data"
-      ./target/release/herald serve --listen "127.0.0.1:$PORT" --data "$work/data" \
-        --config "$work/herald.toml" 2> "$work/herald.log" &
-      server=$!
-      for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
+      herald_start "$PORT" "$work/herald.toml"
       if [ "$generator" = herald ]; then
         result=$(./target/release/herald bench fanout --subscribers "$SUBSCRIBERS" \
           --rate "$RATE" --payload "$PAYLOAD" --duration "${DURATION}s" \
@@ -56,7 +44,7 @@ for round in $(seq "$ROUNDS"); do
         result=$(URL="$HERALD_URL" SUBSCRIBERS="$SUBSCRIBERS" RATE="$RATE" PAYLOAD="$PAYLOAD" \
           DURATION="$DURATION" TRANSPORT="$transport" node bench/crosscheck/fanout.js)
       fi
-      kill "$server"; wait "$server" 2>/dev/null || true; server=""
+      herald_stop
       echo "round $round $transport $generator $result"
     done
   done

@@ -16,16 +16,8 @@ PAYLOAD="${PAYLOAD:-256}"
 DURATION="${DURATION:-10s}"
 PORT="${PORT:-18090}"
 
-cargo build --release --quiet --bin herald
-work=$(mktemp -d)
-server=""
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)" || true
+. bench/lib.sh
+bench_init
 export HERALD_URL="http://127.0.0.1:$PORT"
 
 echo "cores: $(nproc); $SUBSCRIBERS subscribers x $RATE/s x $PAYLOAD B, $DURATION each"
@@ -41,15 +33,11 @@ max_connections_per_ip = 1000000
 max_connections = 1000000
 publish_rate = 0
 TOML
-      rm -rf "$work/data"
-      ./target/release/herald serve --listen "127.0.0.1:$PORT" --data "$work/data" \
-        --config "$work/herald.toml" 2> "$work/herald.log" &
-      server=$!
-      for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
+      herald_start "$PORT" "$work/herald.toml"
       result=$(./target/release/herald bench fanout --subscribers "$SUBSCRIBERS" --rate "$RATE" \
         --payload "$PAYLOAD" --duration "$DURATION" --transport "$transport" \
         --server-pid "$server" --json 2>/dev/null | tail -1)
-      kill "$server"; wait "$server" 2>/dev/null || true; server=""
+      herald_stop
       echo "round $round dispatch_threads=$threads $transport $result"
     done
   done

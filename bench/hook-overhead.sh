@@ -17,16 +17,9 @@ TRANSPORT="${TRANSPORT:-mix}"
 PORT="${PORT:-18090}"
 APP_PORT="${APP_PORT:-18201}"
 
-cargo build --release --quiet --bin herald
-work=$(mktemp -d)
-server=""
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)" || true
+. bench/lib.sh
+bench_init
+
 # Each run on ports of its own, its connections from 8 source addresses: tens of
 # thousands of closed connections wait out TIME_WAIT, and once they fill most of the
 # ephemeral ports new connects slow down (by 10x here), which would measure the kernel's
@@ -48,15 +41,11 @@ TOML
       printf '[proxy]\nconnect_url = "http://%s/connect"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n' \
         "$APP" >> "$work/herald.toml"
     fi
-    rm -rf "$work/data"
-    ./target/release/herald serve --listen "127.0.0.1:$((PORT + run))" --data "$work/data" \
-      --config "$work/herald.toml" 2> "$work/herald.log" &
-    server=$!
-    for _ in $(seq 50); do curl -fs "$HERALD_URL/readyz" >/dev/null && break; sleep 0.1; done
+    herald_start "$((PORT + run))" "$work/herald.toml"
     result=$(./target/release/herald bench idle --connections "$CONNECTIONS" \
       --concurrency "$CONCURRENCY" --transport "$TRANSPORT" --duration 1s --hook-app "$APP" --sources 8 \
       --server-pid "$server" --json 2>/dev/null | tail -1)
-    kill "$server"; wait "$server" 2>/dev/null || true; server=""
+    herald_stop
     echo "round $round hook=$hook $result"
   done
 done

@@ -156,6 +156,13 @@ pub fn pending(wire: &Option<Arc<Wire>>) -> impl std::future::Future<Output = ()
     })
 }
 
+/// [`Wire::release`] for a session that may have no shared socket.
+pub fn release(wire: &Option<Arc<Wire>>) {
+    if let Some(wire) = wire {
+        wire.release();
+    }
+}
+
 /// How a wire frames events.
 #[derive(Clone, Debug)]
 pub enum Framing {

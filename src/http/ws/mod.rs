@@ -317,9 +317,7 @@ impl Session {
 
     /// Everything written and no event held: the hub may write events to the socket again.
     fn release(&self) {
-        if let Some(wire) = &self.wire {
-            wire.release();
-        }
+        crate::http::wire::release(&self.wire);
     }
 
     /// Flushes, giving up if the connection is found slow or the server shuts down meanwhile

@@ -244,9 +244,7 @@ impl Session {
 
     /// Everything written and no event held: the hub may write events to the socket again.
     fn release(&self) {
-        if let Some(wire) = &self.wire {
-            wire.release();
-        }
+        crate::http::wire::release(&self.wire);
     }
 
     /// Writes one item and whatever else is ready (up to a batch), then flushes once, as

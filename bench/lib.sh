@@ -1,0 +1,30 @@
+# Shared by the bench scripts that run one Herald at a time: sourced, not run.
+#   bench_init               release build, a work dir, the open-file limit, cleanup on exit
+#   herald_start PORT CONF   a fresh server on 127.0.0.1:PORT (data in the work dir); sets $server
+#   herald_stop              stops it
+
+bench_init() {
+  cargo build --release --quiet --bin herald
+  work=$(mktemp -d)
+  server=""
+  trap 'herald_stop; rm -rf "$work"' EXIT
+  ulimit -n "$(ulimit -Hn)" || true
+}
+
+herald_start() {
+  rm -rf "$work/data"
+  ./target/release/herald serve --listen "127.0.0.1:$1" --data "$work/data" --config "$2" \
+    2> "$work/herald.log" &
+  server=$!
+  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done
+  echo "herald did not start on port $1: $(tail -3 "$work/herald.log")" >&2
+  return 1
+}
+
+herald_stop() {
+  if [ -n "${server:-}" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    server=""
+  fi
+}
