@@ -23,14 +23,7 @@ PORT="${PORT:-18090}"
 bench_init
 [ -d bench/peers/node-ws/node_modules/ws ] || (cd bench/peers/node-ws && npm ci --silent)
 export HERALD_URL="http://127.0.0.1:$PORT"
-cat > "$work/herald.toml" <<TOML
-[server]
-idle_timeout = "1h"
-[limits]
-max_connections_per_ip = 1000000
-max_connections = 1000000
-publish_rate = 0
-TOML
+bench_config
 
 for round in $(seq "$ROUNDS"); do
   for transport in $TRANSPORTS; do

@@ -24,15 +24,7 @@ echo "cores: $(nproc); $SUBSCRIBERS subscribers x $RATE/s x $PAYLOAD B, $DURATIO
 for round in $(seq "$ROUNDS"); do
   for threads in 1 2; do
     for transport in ws sse; do
-      cat > "$work/herald.toml" <<TOML
-[server]
-idle_timeout = "1h"
-dispatch_threads = $threads
-[limits]
-max_connections_per_ip = 1000000
-max_connections = 1000000
-publish_rate = 0
-TOML
+      bench_config "dispatch_threads = $threads"
       herald_start "$PORT" "$work/herald.toml"
       result=$(./target/release/herald bench fanout --subscribers "$SUBSCRIBERS" --rate "$RATE" \
         --payload "$PAYLOAD" --duration "$DURATION" --transport "$transport" \

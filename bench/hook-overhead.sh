@@ -30,13 +30,7 @@ for round in $(seq "$ROUNDS"); do
     run=$((run + 1))
     export HERALD_URL="http://127.0.0.1:$((PORT + run))"
     APP="127.0.0.1:$((APP_PORT + run))"
-    cat > "$work/herald.toml" <<TOML
-[server]
-idle_timeout = "1h"
-[limits]
-max_connections_per_ip = 1000000
-max_connections = 1000000
-TOML
+    bench_config
     if [ "$hook" = on ]; then
       printf '[proxy]\nconnect_url = "http://%s/connect"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n' \
         "$APP" >> "$work/herald.toml"

@@ -2,6 +2,7 @@
 #   bench_init               release build, a work dir, the open-file limit, cleanup on exit
 #   herald_start PORT CONF   a fresh server on 127.0.0.1:PORT (data in the work dir); sets $server
 #   herald_stop              stops it
+#   bench_config [LINE...]   writes $work/herald.toml: limits opened for load, LINEs under [server]
 
 bench_init() {
   cargo build --release --quiet --bin herald
@@ -27,4 +28,16 @@ herald_stop() {
     wait "$server" 2>/dev/null || true
     server=""
   fi
+}
+
+bench_config() {
+  {
+    echo '[server]'
+    echo 'idle_timeout = "1h"'
+    for line in "$@"; do echo "$line"; done
+    echo '[limits]'
+    echo 'max_connections_per_ip = 1000000'
+    echo 'max_connections = 1000000'
+    echo 'publish_rate = 0'
+  } > "$work/herald.toml"
 }

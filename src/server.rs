@@ -175,6 +175,13 @@ fn check_ranges(config: &Config) -> Result<(), ServeError> {
             humantime::format_duration(delay)
         )));
     }
+    let threads = config.server.dispatch_threads;
+    if threads > MAX_DISPATCH_THREADS {
+        return Err(ServeError::OutOfRange(format!(
+            "server.dispatch_threads is {threads}; it must be 0 (half the cores) to \
+             {MAX_DISPATCH_THREADS}"
+        )));
+    }
     let nice = config.webhooks.nice;
     if nice > 19 {
         return Err(ServeError::OutOfRange(format!(
@@ -522,11 +529,19 @@ async fn serve_tls(
     drive(connection, stop, &kill, &shutdown, server.shutdown_grace).await;
 }
 
+/// Every committed group goes to every dispatch thread, so threads past the cores only add
+/// hand-offs; the bound keeps a typo (an extra zero) from starting a thousand threads.
+const MAX_DISPATCH_THREADS: usize = 256;
+
 /// `server.dispatch_threads`, with 0 meaning half the cores the process may use, at least
 /// one: the runtime's workers (every connection's reads, replies and queued writes) need
 /// the rest. Measured on 2 cores, a second dispatch thread cost 10-25% more CPU per
 /// delivery and a higher p99 than one (BENCHMARKS.md, "Dispatch threads").
 fn dispatch_threads(configured: usize) -> usize {
+    debug_assert!(
+        configured <= MAX_DISPATCH_THREADS,
+        "checked in check_ranges"
+    );
     match configured {
         0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         n => n,

@@ -322,6 +322,10 @@ fn out_of_range_settings_are_refused_at_start() {
             "[websocket]\nwrite_delay = \"2s\"\n",
             "websocket.write_delay is 2s; it must be at most 1s",
         ),
+        (
+            "[server]\ndispatch_threads = 1000000\n",
+            "server.dispatch_threads is 1000000; it must be 0 (half the cores) to 256",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         assert_serve_refuses(dir.path(), toml, expected);

@@ -461,3 +461,46 @@ async fn pusher_client_events_ask_the_publish_hook() {
     .await;
     assert_eq!(calls, Some(1.0));
 }
+
+/// A Pusher client event that the publish hook covers fails closed when the app cannot be
+/// reached: the sender gets a `pusher:error` naming the cause, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_client_events_fail_closed_when_the_app_is_down() {
+    use crate::pusher::{auth_signature, frame, pusher_ws, send_text, APP};
+    // Nothing listens on the discard port: every call is refused at connect.
+    let h = Herald::start(&format!(
+        "{APP}[proxy]\npublish_url = \"http://127.0.0.1:9/publish\"\n\
+         publish_channels = [\"pusher/1234/private-chat*\"]\nsecret = \"{SECRET}\"\n"
+    ));
+    let mut ws = pusher_ws(&h, "/app/app-key?protocol=7").await;
+    let hello = frame(&mut ws).await;
+    let socket_id = hello["data"]["socket_id"].as_str().unwrap().to_string();
+    let auth = format!(
+        "app-key:{}",
+        auth_signature("app-secret", &socket_id, "private-chat")
+    );
+    let sub =
+        json!({"event": "pusher:subscribe", "data": {"channel": "private-chat", "auth": auth}});
+    send_text(&mut ws, &sub.to_string()).await;
+    assert_eq!(
+        frame(&mut ws).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let send = json!({"event": "client-msg", "channel": "private-chat", "data": {"text": "hi"}});
+    send_text(&mut ws, &send.to_string()).await;
+    let refused = frame(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    let message = refused["data"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("proxy_unavailable: the publish hook"),
+        "{refused}"
+    );
+    let failed = metric(
+        &h,
+        "herald_proxy_calls_total{hook=\"publish\",outcome=\"failed\"}",
+    )
+    .await;
+    assert_eq!(failed, Some(1.0));
+    let page = get_json(h.url("/v1/events?channel=pusher/1234/private-chat")).await;
+    assert_eq!(page["events"], json!([]), "{page}");
+}
