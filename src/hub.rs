@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -287,7 +288,8 @@ impl Registry {
 /// What the log tells the hub, in order.
 #[derive(Clone)]
 enum LogSignal {
-    Committed(Arc<[EventRef]>),
+    /// A group, and when it became durable.
+    Committed(Arc<[EventRef]>, Instant),
     Lost,
 }
 
@@ -335,13 +337,17 @@ fn dispatch_loop(hub: &Hub, shard: usize, rx: &std::sync::mpsc::Receiver<LogSign
     // cut even a subscriber that keeps up.
     let most = (hub.queue_len / 2).clamp(1, 1024);
     let mut batch = Vec::new();
+    let mut oldest = None;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(notice) = next.take() {
             match notice {
-                LogSignal::Committed(events) => batch.extend(events.iter().cloned()),
+                LogSignal::Committed(events, at) => {
+                    batch.extend(events.iter().cloned());
+                    oldest.get_or_insert(at);
+                }
                 LogSignal::Lost => {
-                    hub.dispatch(shard, &batch);
+                    timed_dispatch(hub, shard, &batch, oldest.take());
                     batch.clear();
                     hub.drop_all(shard);
                 }
@@ -350,9 +356,21 @@ fn dispatch_loop(hub: &Hub, shard: usize, rx: &std::sync::mpsc::Receiver<LogSign
                 next = rx.try_recv().ok();
             }
         }
-        hub.dispatch(shard, &batch);
+        timed_dispatch(hub, shard, &batch, oldest.take());
         batch.clear();
     }
+}
+
+/// Dispatches a batch and records where a delivery's time went on the server: waiting for
+/// the dispatch thread since the oldest group in it became durable, then the writes to the
+/// whole shard (the last subscriber's event waits for all the writes before it).
+fn timed_dispatch(hub: &Hub, shard: usize, batch: &[EventRef], committed: Option<Instant>) {
+    let Some(committed) = committed else { return };
+    let start = Instant::now();
+    hub.dispatch(shard, batch);
+    metrics::histogram!("herald_dispatch_wait_seconds")
+        .record(start.duration_since(committed).as_secs_f64());
+    metrics::histogram!("herald_dispatch_seconds").record(start.elapsed().as_secs_f64());
 }
 
 impl CommitListener for Dispatcher {
@@ -362,7 +380,7 @@ impl CommitListener for Dispatcher {
 
     fn committed(&self, events: &[EventRef]) {
         if !events.is_empty() {
-            self.send(LogSignal::Committed(events.into()));
+            self.send(LogSignal::Committed(events.into(), Instant::now()));
         }
     }
 }

@@ -80,6 +80,10 @@ async fn stats_follow_connections_publishes_and_deliveries() {
     assert_eq!(value(r#"herald_connections{transport="sse"}"#), 2.0);
     assert!(value("herald_commit_seconds_count") >= 1.0);
     assert_eq!(value("herald_commit_group_events_sum"), 5.0);
+    // Every group that reached the two streams went through a dispatch thread, timed.
+    let dispatches = value("herald_dispatch_seconds_count");
+    assert!(dispatches >= 1.0);
+    assert_eq!(value("herald_dispatch_wait_seconds_count"), dispatches);
     assert_eq!(value("herald_presence_members"), 0.0);
     drop((a, b));
     eventually(
