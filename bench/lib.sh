@@ -17,7 +17,12 @@ herald_start() {
   ./target/release/herald serve --listen "127.0.0.1:$1" --data "$work/data" --config "$2" \
     2> "$work/herald.log" &
   server=$!
-  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done
+  # Ready only if this server answers: another one left on the port would answer too.
+  for _ in $(seq 50); do
+    kill -0 "$server" 2>/dev/null || break
+    curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && kill -0 "$server" 2>/dev/null && return 0
+    sleep 0.1
+  done
   echo "herald did not start on port $1: $(tail -3 "$work/herald.log")" >&2
   return 1
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -100,10 +99,31 @@ pub struct FanoutArgs {
     pub json: bool,
 }
 
+/// Runs `work` to its end on a thread and current-thread runtime of its own.
+async fn apart<F>(work: F) -> anyhow::Result<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let output = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        anyhow::Ok(runtime.block_on(work))
+    });
+    output.await?
+}
+
 /// What one subscriber saw.
 struct Seen {
     received: u64,
-    latency: Histogram<u64>,
+    /// Received and not yet added to the run's total.
+    uncounted: u64,
+    /// Latencies (µs) not yet in the run's histogram. One histogram per subscriber was
+    /// 140 KB each: at 2,000 subscribers every sample was a cache miss on a core the server
+    /// needs too, so samples go to the one shared histogram a few hundred at a time.
+    pending: Vec<u64>,
+    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
     /// Seqs that went backwards or repeated (must stay 0).
     disorder: u64,
     /// Pusher frames carry no seq, and an open-loop publisher's POSTs overlap, so they are
@@ -130,14 +150,14 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         (true, n) => n,
     };
     // Channel c's name; publishes go to its Herald channel (the same unless Pusher).
-    let name_of = |c: usize| {
+    let name_of = move |c: usize| {
         if per_channel {
             format!("bench.{scenario}.{run_id}.{c}.e")
         } else {
             format!("bench.{scenario}.{run_id}")
         }
     };
-    let channel_of = |i: usize| {
+    let channel_of = move |i: usize| {
         if pusher {
             format!("pusher/{pusher_id}/{}", name_of(i))
         } else {
@@ -148,6 +168,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let ready = Arc::new(AtomicUsize::new(0));
     let received_total = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
     let mut subscribers = Vec::with_capacity(args.subscribers);
@@ -167,6 +188,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             received_total.clone(),
             stop_rx.clone(),
             args.nchan,
+            latency.clone(),
         );
         let c = i % channels;
         let channel = if pusher {
@@ -178,7 +200,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             channel_of(c)
         };
         subscribers.push(tokio::spawn(async move {
-            let (gate, sources, target, ready, total, stop, nchan) = ctx;
+            let (gate, sources, target, ready, total, stop, nchan, latency) = ctx;
             let permit = gate.acquire_owned().await.expect("gate");
             let ctx = Ctx {
                 sources: &sources,
@@ -189,6 +211,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
                 stop,
                 confirms: !nchan,
                 auth: auth.as_deref(),
+                latency,
             };
             match kind {
                 Transport::Sse => subscribe_sse(ctx, &channel).await,
@@ -224,7 +247,6 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     // waiting for the one before, and stamped with its scheduled time, so a slow ack never
     // holds back the next publish or hides its own delay (coordinated omission). The
     // publisher's backlog (requests sent and not yet answered) is reported.
-    let http = reqwest::Client::new();
     let pad = Arc::new(padding(args.payload, args.realistic));
     let ticks_per_sec = 100u64;
     let tick_len = Duration::from_millis(1000 / ticks_per_sec);
@@ -232,6 +254,9 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(AtomicU64::new(0));
     let most_in_flight = Arc::new(AtomicU64::new(0));
+    // From each publish's scheduled time to its ack: the server's ingest and commit, which a
+    // delivery's latency includes (its dispatch starts at the commit).
+    let acked = Arc::new(std::sync::Mutex::new(histogram()));
     let per_channel_count: Arc<Vec<AtomicU64>> =
         Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
     let publish_start = Instant::now();
@@ -248,83 +273,100 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             )
         })
     };
-    let mut tick = tokio::time::interval(tick_len);
-    let mut owed = 0f64;
-    let mut scheduled = 0u64;
-    let mut ticks = 0u64;
-    let mut sent_batches = 0usize;
-    let mut publishes = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = run.over() => break,
-            _ = tick.tick() => {}
-        }
-        // The time this tick was due, whenever the loop gets to it (a late loop catches up
-        // with the missed ticks at once, each keeping its own due time).
-        let due_ns = start_ns + ticks * tick_len.as_nanos() as u64;
-        ticks += 1;
-        owed += args.rate as f64 / ticks_per_sec as f64;
-        let n = owed.floor() as usize;
-        if n == 0 {
-            continue;
-        }
-        owed -= n as f64;
-        let first = scheduled;
-        scheduled += n as u64;
-        let batch: Vec<Value> = (0..n)
+    // The publisher has a thread and runtime of its own: on the subscribers' runtime each
+    // tick's send waited behind the thousands of reads the last events woke, so a busy
+    // subscriber side delayed the publishes themselves (and the schedule measured that).
+    let publisher = {
+        let (run, published, failed) = (run.clone(), published.clone(), failed.clone());
+        let (in_flight, most_in_flight) = (in_flight.clone(), most_in_flight.clone());
+        let (acked, per_channel_count) = (acked.clone(), per_channel_count.clone());
+        let (targets, channel_of) = (targets.clone(), channel_of.clone());
+        let (rate, key, nchan, pad) = (args.rate, args.api_key.clone(), args.nchan, pad.clone());
+        async move {
+            let http = reqwest::Client::new();
+            let mut tick = tokio::time::interval(tick_len);
+            let mut owed = 0f64;
+            let mut scheduled = 0u64;
+            let mut ticks = 0u64;
+            let mut sent_batches = 0usize;
+            let mut publishes = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = run.over() => break,
+                    _ = tick.tick() => {}
+                }
+                // The time this tick was due, whenever the loop gets to it (a late loop catches up
+                // with the missed ticks at once, each keeping its own due time).
+                let due_ns = start_ns + ticks * tick_len.as_nanos() as u64;
+                ticks += 1;
+                owed += rate as f64 / ticks_per_sec as f64;
+                let n = owed.floor() as usize;
+                if n == 0 {
+                    continue;
+                }
+                owed -= n as f64;
+                let first = scheduled;
+                scheduled += n as u64;
+                let batch: Vec<Value> = (0..n)
             .map(|k| {
                 let i = first as usize + k;
                 json!({"channel": channel_of(i % channels), "data": {"t": due_ns, "i": i, "p": *pad}})
             })
             .collect();
-        // Publishes rotate over the nodes of a cluster too.
-        sent_batches += 1;
-        let base = targets[sent_batches % targets.len()].base.clone();
-        let (http, key, nchan) = (http.clone(), args.api_key.clone(), args.nchan);
-        let (published, failed, counts) =
-            (published.clone(), failed.clone(), per_channel_count.clone());
-        let (in_flight, most) = (in_flight.clone(), most_in_flight.clone());
-        let now_in_flight = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        most.fetch_max(now_in_flight, Ordering::Relaxed);
-        publishes.spawn(async move {
-            let ok = if nchan {
-                publish_nchan(&http, &base, batch).await.is_ok()
-            } else {
-                let mut request = http.post(format!("{base}/v1/events")).json(&batch);
-                if let Some(k) = &key {
-                    request = request.bearer_auth(k);
-                }
-                match request.send().await {
-                    Ok(r) if r.status().is_success() => true,
-                    Ok(r) => {
-                        eprintln!(
-                            "publish failed: {} {}",
-                            r.status(),
-                            r.text().await.unwrap_or_default()
-                        );
-                        false
+                // Publishes rotate over the nodes of a cluster too.
+                sent_batches += 1;
+                let base = targets[sent_batches % targets.len()].base.clone();
+                let (http, key) = (http.clone(), key.clone());
+                let (published, failed, counts) =
+                    (published.clone(), failed.clone(), per_channel_count.clone());
+                let (in_flight, most, acked) =
+                    (in_flight.clone(), most_in_flight.clone(), acked.clone());
+                let now_in_flight = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                most.fetch_max(now_in_flight, Ordering::Relaxed);
+                publishes.spawn(async move {
+                    let ok = if nchan {
+                        publish_nchan(&http, &base, batch).await.is_ok()
+                    } else {
+                        let mut request = http.post(format!("{base}/v1/events")).json(&batch);
+                        if let Some(k) = &key {
+                            request = request.bearer_auth(k);
+                        }
+                        match request.send().await {
+                            Ok(r) if r.status().is_success() => true,
+                            Ok(r) => {
+                                eprintln!(
+                                    "publish failed: {} {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                );
+                                false
+                            }
+                            Err(e) => {
+                                eprintln!("publish failed: {e}");
+                                false
+                            }
+                        }
+                    };
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if ok {
+                        let us = (now_ns().saturating_sub(due_ns) / 1000).max(1);
+                        let _ = acked.lock().expect("ack lock").record(us);
+                        for k in 0..n {
+                            counts[(first as usize + k) % channels].fetch_add(1, Ordering::Relaxed);
+                        }
+                        published.fetch_add(n as u64, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        eprintln!("publish failed: {e}");
-                        false
-                    }
-                }
-            };
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-            if ok {
-                for k in 0..n {
-                    counts[(first as usize + k) % channels].fetch_add(1, Ordering::Relaxed);
-                }
-                published.fetch_add(n as u64, Ordering::Relaxed);
-            } else {
-                failed.fetch_add(n as u64, Ordering::Relaxed);
+                });
+                // Reap what has finished, so the set holds only what is in flight.
+                while publishes.try_join_next().is_some() {}
             }
-        });
-        // Reap what has finished, so the set holds only what is in flight.
-        while publishes.try_join_next().is_some() {}
-    }
-    // The publishes still in flight finish (each is bounded by the client's own timeouts).
-    while publishes.join_next().await.is_some() {}
+            // The publishes still in flight finish (each is bounded by the client's own timeouts).
+            while publishes.join_next().await.is_some() {}
+        }
+    };
+    apart(publisher).await?;
     let interrupted = run.interrupted();
     let published = published.load(Ordering::Relaxed);
     let failed_events = failed.load(Ordering::Relaxed);
@@ -354,7 +396,6 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         .zip(args.server_pid.and_then(cpu_secs))
         .map(|(a, b)| b - a);
     let _ = stop_tx.send(true);
-    let mut latency = histogram();
     let (mut received, mut disorder, mut disconnected, mut short) = (0u64, 0u64, 0usize, 0usize);
     // Per channel: each complete subscriber's order hash, for subscribers without seqs.
     let mut orders: std::collections::HashMap<usize, Vec<u64>> = Default::default();
@@ -373,7 +414,6 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             let channel = if per_channel { i % channels } else { 0 };
             orders.entry(channel).or_default().push(order);
         }
-        latency.add(&seen.latency).ok();
     }
     disorder += orders.values().map(|o| differing(o)).sum::<u64>();
     let lost = expected.saturating_sub(received);
@@ -384,7 +424,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         "subscribers_short": short, "disconnected": disconnected, "out_of_order": disorder,
         "deliveries_per_sec": received as f64 / publish_secs,
         "drain_s": drain_secs - publish_secs, "connect_s": connect_secs,
-        "latency": percentiles(&latency),
+        "latency": percentiles(&latency.lock().expect("latency lock")),
         "server_rss_start_kib": rss_start, "server_rss_end_kib": rss_end,
         "server_cpu_s": cpu,
         "deliveries_per_server_cpu_s": cpu.map(|c| received as f64 / c.max(1e-9)),
@@ -392,6 +432,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         "loopback_bytes_per_delivery": wire.map(|w| w as f64 / received.max(1) as f64),
         "open_loop": true, "failed_publishes": failed_events,
         "most_publishes_in_flight": most_in_flight, "interrupted": interrupted,
+        "ack_latency": percentiles(&acked.lock().expect("ack lock")),
     });
     if args.json {
         println!("{report}");
@@ -403,7 +444,8 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
             l["p50_ms"], l["p90_ms"], l["p99_ms"], l["p999_ms"], l["max_ms"],
         );
         println!(
-            "{scenario}: publisher open-loop: at most {most_in_flight} publishes in flight, {failed_events} events refused{}",
+            "{scenario}: publisher open-loop: at most {most_in_flight} publishes in flight, {failed_events} events refused; ack from the scheduled send p50 {} ms, p99 {} ms{}",
+            report["ack_latency"]["p50_ms"], report["ack_latency"]["p99_ms"],
             if interrupted { "; interrupted (Ctrl-C): the figures cover the time before" } else { "" }
         );
         if let (Some(a), Some(b)) = (rss_start, rss_end) {
@@ -428,15 +470,54 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Samples a subscriber holds before it takes the shared histogram's lock.
+const PENDING_SAMPLES: usize = 512;
+
 impl Seen {
-    fn new() -> Seen {
+    fn new(latency: Arc<std::sync::Mutex<Histogram<u64>>>) -> Seen {
         Seen {
             received: 0,
-            latency: histogram(),
+            uncounted: 0,
+            pending: Vec::with_capacity(PENDING_SAMPLES),
+            latency,
             disorder: 0,
             order: None,
             disconnected: false,
         }
+    }
+
+    /// One event received, sent (by the schedule) at `sent_ns`.
+    fn note(&mut self, sent_ns: u64) {
+        self.received += 1;
+        self.uncounted += 1;
+        self.pending
+            .push((now_ns().saturating_sub(sent_ns) / 1000).max(1));
+        if self.pending.len() == PENDING_SAMPLES {
+            self.flush_samples();
+        }
+    }
+
+    fn flush_samples(&mut self) {
+        let mut latency = self.latency.lock().expect("latency lock");
+        for &us in &self.pending {
+            let _ = latency.record(us);
+        }
+        self.pending.clear();
+    }
+
+    /// Adds what was received since the last count to the run's total (which the drain
+    /// waits on).
+    fn count(&mut self, total: &AtomicU64) {
+        if self.uncounted > 0 {
+            total.fetch_add(self.uncounted, Ordering::Relaxed);
+            self.uncounted = 0;
+        }
+    }
+
+    fn finish(mut self, total: &AtomicU64) -> Seen {
+        self.count(total);
+        self.flush_samples();
+        self
     }
 
     /// Folds one more event number into the order hash (FNV-1a over the numbers).
@@ -446,7 +527,7 @@ impl Seen {
     }
 }
 
-fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64, total: &AtomicU64) {
+fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64) {
     let Some(t) = find_u64(text, b"\"t\":") else {
         return;
     };
@@ -456,11 +537,42 @@ fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64, total: &AtomicU64) {
         }
         *last_seq = seq;
     }
-    seen.received += 1;
-    total.fetch_add(1, Ordering::Relaxed);
-    let _ = seen
-        .latency
-        .record((now_ns().saturating_sub(t) / 1000).max(1));
+    seen.note(t);
+}
+
+/// Feeds `on` each item of `stream` until the run stops, the stream ends, or `on` returns
+/// false (a broken connection). Everything already readable is handled before the run's
+/// total is updated: one shared count per wakeup instead of one per event, and no new stop
+/// future per event (both showed in profiles of the subscriber side, which shares the
+/// server's cores).
+async fn consume<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    mut stop: watch::Receiver<bool>,
+    mut seen: Seen,
+    total: &AtomicU64,
+    mut on: impl FnMut(&mut Seen, S::Item) -> bool,
+) -> Seen {
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    'wakeups: loop {
+        let mut item = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            item = stream.next() => item,
+        };
+        loop {
+            if !item.is_some_and(|it| on(&mut seen, it)) {
+                seen.disconnected = true;
+                break 'wakeups;
+            }
+            match futures_util::FutureExt::now_or_never(stream.next()) {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        seen.count(total);
+    }
+    seen.finish(total)
 }
 
 /// nchan takes one message per request, its body delivered as is.
@@ -483,6 +595,10 @@ async fn publish_nchan(
     Ok(())
 }
 
+/// A subscriber's read buffer: tungstenite zeroes all of it before each read, so 16 KiB
+/// was a 16 KiB memset per event per subscriber; a few frames fit in this.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// What every subscriber task gets.
 struct Ctx<'a> {
     sources: &'a Sources,
@@ -496,15 +612,17 @@ struct Ctx<'a> {
     confirms: bool,
     /// `--api-key`, sent as the handshake's `Authorization` (SSE and `/v1/ws`).
     auth: Option<&'a str>,
+    /// The run's one latency histogram.
+    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
 }
 
 async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
-    let (permit, mut stop) = (ctx.permit, ctx.stop);
+    let permit = ctx.permit;
     let stream = sources.connect(target.addr).await?;
     let url = format!("ws://{}/v1/ws?channel={channel}", target.host);
     let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0);
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
@@ -527,33 +645,31 @@ async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     }
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut seen = Seen::new();
     let mut last_seq = 0;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            message = ws.next() => match message {
-                Some(Ok(Message::Text(t))) => record(&mut seen, t.as_bytes(), &mut last_seq, total),
-                Some(Ok(_)) => {}
-                _ => { seen.disconnected = true; break; }
-            }
+    let seen = Seen::new(ctx.latency);
+    Ok(consume(&mut ws, ctx.stop, seen, total, |seen, message| {
+        match message {
+            Ok(Message::Text(t)) => record(seen, t.as_bytes(), &mut last_seq),
+            Ok(_) => {}
+            Err(_) => return false,
         }
-    }
-    Ok(seen)
+        true
+    })
+    .await)
 }
 
 /// A Pusher protocol subscriber: `/app/{key}`, `pusher:subscribe`, then events whose data is
 /// the published JSON as a string (so the numbers it carries appear with escaped quotes).
 async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Result<Seen> {
     let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
-    let (permit, mut stop) = (ctx.permit, ctx.stop);
+    let permit = ctx.permit;
     let stream = sources.connect(target.addr).await?;
     let url = format!(
         "ws://{}/app/{key}?protocol=7&client=bench&version=1",
         target.host
     );
     let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0);
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
@@ -571,33 +687,30 @@ async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Res
     }
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut seen = Seen::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            message = ws.next() => match message {
-                Some(Ok(Message::Text(t))) => {
-                    let text = t.as_bytes();
-                    let Some(sent) = find_u64(text, br#"\"t\":"#) else { continue };
+    let seen = Seen::new(ctx.latency);
+    Ok(consume(&mut ws, ctx.stop, seen, total, |seen, message| {
+        match message {
+            Ok(Message::Text(t)) => {
+                let text = t.as_bytes();
+                if let Some(sent) = find_u64(text, br#"\"t\":"#) {
                     if let Some(i) = find_u64(text, br#"\"i\":"#) {
                         seen.saw(i);
                     }
-                    seen.received += 1;
-                    total.fetch_add(1, Ordering::Relaxed);
-                    let _ = seen.latency.record((now_ns().saturating_sub(sent) / 1000).max(1));
+                    seen.note(sent);
                 }
-                Some(Ok(_)) => {}
-                _ => { seen.disconnected = true; break; }
             }
+            Ok(_) => {}
+            Err(_) => return false,
         }
-    }
-    Ok(seen)
+        true
+    })
+    .await)
 }
 
 /// `/v1/ws` through yawc's client, offering permessage-deflate; frames arrive inflated.
 async fn subscribe_ws_deflate(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
-    let (permit, mut stop) = (ctx.permit, ctx.stop);
+    let permit = ctx.permit;
     let stream = sources.connect(target.addr).await?;
     let url = format!("ws://{}/v1/ws?channel={channel}", target.host).parse()?;
     let options = yawc::Options::default().with_compression_level(yawc::CompressionLevel::fast());
@@ -610,21 +723,16 @@ async fn subscribe_ws_deflate(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<See
     }
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut seen = Seen::new();
     let mut last_seq = 0;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            frame = ws.next_frame() => match frame {
-                Ok(f) if f.opcode() == yawc::OpCode::Text => {
-                    record(&mut seen, f.payload(), &mut last_seq, total)
-                }
-                Ok(_) => {}
-                Err(_) => { seen.disconnected = true; break; }
-            }
+    let seen = Seen::new(ctx.latency);
+    // yawc's stream ends at an error.
+    Ok(consume(&mut ws, ctx.stop, seen, total, |seen, frame| {
+        if frame.opcode() == yawc::OpCode::Text {
+            record(seen, frame.payload(), &mut last_seq);
         }
-    }
-    Ok(seen)
+        true
+    })
+    .await)
 }
 
 /// The `p` field of each event: `payload` bytes of `x`, or with `realistic` an order's line
@@ -668,51 +776,34 @@ fn loopback_bytes() -> Option<u64> {
 
 async fn subscribe_sse(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
-    let (permit, mut stop) = (ctx.permit, ctx.stop);
-    let stream = sources.connect(target.addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut request = hyper::Request::get(format!("/v1/sse?channel={channel}"))
-        .header("host", &target.host)
-        .header("accept", "text/event-stream");
-    if let Some(key) = ctx.auth {
-        request = request.header("authorization", format!("Bearer {key}"));
-    }
-    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    if !response.status().is_success() {
-        bail!("SSE refused: {}", response.status());
-    }
+    let permit = ctx.permit;
+    let mut stream = sources.connect(target.addr).await?;
+    let path = format!("/v1/sse?channel={channel}");
+    let mut body = super::sse::open(&mut stream, &target.host, &path, ctx.auth).await?;
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut body = response.into_body();
-    let mut seen = Seen::new();
     let mut last_seq = 0;
-    let mut carry: Vec<u8> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    carry.extend_from_slice(&data);
-                    // Whole lines only: a frame may end mid-line.
-                    let mut start = 0;
-                    while let Some(end) = carry[start..].iter().position(|&b| b == b'\n') {
-                        let line = &carry[start..start + end];
-                        if line.starts_with(b"data: ") {
-                            record(&mut seen, line, &mut last_seq, total);
-                        }
-                        start += end + 1;
-                    }
-                    carry.drain(..start);
-                }
-                _ => { seen.disconnected = true; break; }
-            }
+    let mut seen = Seen::new(ctx.latency);
+    let mut reads = tokio_util::io::ReaderStream::with_capacity(stream, READ_BUFFER);
+    // What came with the response head first.
+    let alive = body.feed(&[], |line| {
+        if line.starts_with(b"data: ") {
+            record(&mut seen, line, &mut last_seq);
         }
+    });
+    if !alive {
+        seen.disconnected = true;
+        return Ok(seen.finish(total));
     }
-    Ok(seen)
+    Ok(consume(&mut reads, ctx.stop, seen, total, |seen, read| {
+        let Ok(bytes) = read else { return false };
+        body.feed(&bytes, |line| {
+            if line.starts_with(b"data: ") {
+                record(seen, line, &mut last_seq);
+            }
+        })
+    })
+    .await)
 }
 
 /// How many of a channel's subscribers saw another order than the most common one.

@@ -9,6 +9,7 @@ pub mod flood;
 pub mod idle;
 pub mod presence;
 pub mod publish;
+mod sse;
 pub mod webhooks;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -156,9 +157,10 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
 }
 
-/// Finds `"key":<digits>` in a JSON text without parsing it (the hot loop of a subscriber).
+/// Finds `"key":<digits>` in a JSON text without parsing it (the hot loop of a subscriber:
+/// a byte-by-byte search here was a tenth of the subscriber side's CPU; memchr's is SIMD).
 pub fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = memchr::memmem::find(text, key)? + key.len();
     let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
     let mut n: u64 = 0;
     let mut any = false;
