@@ -7,6 +7,10 @@
 #   bash bench/compare.sh                        # 1,000 WS subscribers, 1,000 events/s, 10 s
 #   SUBSCRIBERS=2000 RATE=200 PAYLOAD=256 TRANSPORT=sse bash bench/compare.sh
 #   WRITE_DELAY=10ms bash bench/compare.sh       # Herald with websocket.write_delay
+#   ROUNDS=3 bash bench/compare.sh               # 3 same-run rounds: median and worst ratio
+#
+# Every publisher sends one event per request (nchan takes one message per POST), open-loop
+# on a fixed schedule; latency is measured from each event's scheduled send.
 #
 # nchan: apt-get install -y nginx-light libnginx-mod-nchan. Node: apt-get install -y nodejs npm.
 set -euo pipefail
@@ -16,6 +20,7 @@ SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 RATE="${RATE:-1000}"
 DURATION="${DURATION:-10s}"
 PAYLOAD="${PAYLOAD:-64}"
+ROUNDS="${ROUNDS:-1}"
 TRANSPORT="${TRANSPORT:-ws}"
 WRITE_DELAY="${WRITE_DELAY:-0ms}"
 HERALD_PORT="${HERALD_PORT:-18090}"
@@ -69,23 +74,29 @@ fi
 sleep 1
 
 names=()
-for peer in "${peers[@]}"; do
-  read -r name url pid <<< "$peer"
-  extra=()
-  [ "$name" = nchan ] && extra=(--nchan)
-  ./target/release/herald bench fanout --server "$url" --server-pid "$pid" --subscribers "$SUBSCRIBERS" \
-    --rate "$RATE" --duration "$DURATION" --payload "$PAYLOAD" --transport "$TRANSPORT" "${extra[@]}" \
-    --json 2> "$work/$name.err" | tail -n 1 > "$work/$name.json" || {
-    cat "$work/$name.err" >&2
-    echo "{}" > "$work/$name.json"
-  }
-  names+=("$name")
+for peer in "${peers[@]}"; do read -r name _ <<< "$peer"; names+=("$name"); done
+for round in $(seq "$ROUNDS"); do
+  for peer in "${peers[@]}"; do
+    read -r name url pid <<< "$peer"
+    extra=(--single)
+    [ "$name" = nchan ] && extra=(--nchan)
+    ./target/release/herald bench fanout --server "$url" --server-pid "$pid" --subscribers "$SUBSCRIBERS" \
+      --rate "$RATE" --duration "$DURATION" --payload "$PAYLOAD" --transport "$TRANSPORT" "${extra[@]}" \
+      --json 2> "$work/$name.err" | tail -n 1 > "$work/$name.$round.json" || {
+      cat "$work/$name.err" >&2
+      echo "{}" > "$work/$name.$round.json"
+    }
+  done
 done
 
-python3 - "$work" "${names[@]}" <<'PY'
-import json, os, sys
-work, names = sys.argv[1], sys.argv[2:]
-runs = {n: json.load(open(os.path.join(work, n + ".json"))) for n in names}
+python3 - "$work" "$ROUNDS" "${names[@]}" <<'PY'
+import json, os, statistics, sys
+work, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def load(n, r):
+    try:
+        return json.load(open(os.path.join(work, "%s.%d.json" % (n, r))))
+    except ValueError:
+        return {}
 def g(d, *k):
     for x in k:
         d = d.get(x) if isinstance(d, dict) else None
@@ -98,21 +109,33 @@ rows = [
     ("per server CPU-s", per_cpu, True),
     ("p50 ms", lambda d: g(d, "latency", "p50_ms"), False),
     ("p99 ms", lambda d: g(d, "latency", "p99_ms"), False),
+    ("p99.9 ms", lambda d: g(d, "latency", "p999_ms"), False),
     ("lost", lambda d: g(d, "lost"), False),
     ("server RSS end KiB", lambda d: g(d, "server_rss_end_kib"), False),
 ]
-print("%-20s" % "fanout" + "".join("%14s" % n for n in names) +
-      "".join("%16s" % ("herald/" + n) for n in names[1:]))
-for label, get, higher in rows:
-    vals = [get(runs[n]) for n in names]
-    cells = "".join("%14s" % (v if v is not None else "-") for v in vals)
-    ratios = ""
-    for v in vals[1:]:
-        a = vals[0]
-        r = ""
-        if isinstance(a, (int, float)) and isinstance(v, (int, float)) and a and v:
-            r = "%.2fx" % ((a / v) if higher else (v / a))
-        ratios += "%16s" % r
-    print("%-20s" % label + cells + ratios)
+def ratio(a, v, higher):
+    if isinstance(a, (int, float)) and isinstance(v, (int, float)) and a and v:
+        return (a / v) if higher else (v / a)
+    return None
+efficiency = {n: [] for n in names[1:]}
+for r in range(1, rounds + 1):
+    runs = {n: load(n, r) for n in names}
+    print("%-20s" % ("fanout, round %d" % r) + "".join("%14s" % n for n in names) +
+          "".join("%16s" % ("herald/" + n) for n in names[1:]))
+    for label, get, higher in rows:
+        vals = [get(runs[n]) for n in names]
+        cells = "".join("%14s" % (v if v is not None else "-") for v in vals)
+        ratios = ""
+        for n, v in zip(names[1:], vals[1:]):
+            x = ratio(vals[0], v, higher)
+            ratios += "%16s" % ("%.2fx" % x if x else "")
+            if label == "per server CPU-s" and x:
+                efficiency[n].append(x)
+        print("%-20s" % label + cells + ratios)
+    print()
+for n, xs in efficiency.items():
+    if xs:
+        print("deliveries per server CPU-second, herald/%s: median %.2fx, worst %.2fx of %d round(s)"
+              % (n, statistics.median(xs), min(xs), len(xs)))
 print("(ratio > 1 means Herald is better)")
 PY

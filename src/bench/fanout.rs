@@ -91,6 +91,10 @@ pub struct FanoutArgs {
     /// event as its own `POST /pub?channel=` whose body is the event's data.
     #[arg(long)]
     pub nchan: bool,
+    /// Publish each event in a request of its own instead of one batch per tick: what a
+    /// comparison with nchan (one message per request) needs to be like for like.
+    #[arg(long)]
+    pub single: bool,
     /// An API key for the publishes and the subscriptions (a server with `auth.api_keys`).
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -282,6 +286,7 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
         let (acked, per_channel_count) = (acked.clone(), per_channel_count.clone());
         let (targets, channel_of) = (targets.clone(), channel_of.clone());
         let (rate, key, nchan, pad) = (args.rate, args.api_key.clone(), args.nchan, pad.clone());
+        let single = args.single;
         async move {
             let http = reqwest::Client::new();
             let mut tick = tokio::time::interval(tick_len);
@@ -324,28 +329,17 @@ pub async fn run(args: FanoutArgs, per_channel: bool) -> anyhow::Result<()> {
                 let now_in_flight = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 most.fetch_max(now_in_flight, Ordering::Relaxed);
                 publishes.spawn(async move {
+                    let key = key.as_deref();
                     let ok = if nchan {
                         publish_nchan(&http, &base, batch).await.is_ok()
+                    } else if single {
+                        let mut ok = true;
+                        for event in &batch {
+                            ok &= publish(&http, &base, key, event).await;
+                        }
+                        ok
                     } else {
-                        let mut request = http.post(format!("{base}/v1/events")).json(&batch);
-                        if let Some(k) = &key {
-                            request = request.bearer_auth(k);
-                        }
-                        match request.send().await {
-                            Ok(r) if r.status().is_success() => true,
-                            Ok(r) => {
-                                eprintln!(
-                                    "publish failed: {} {}",
-                                    r.status(),
-                                    r.text().await.unwrap_or_default()
-                                );
-                                false
-                            }
-                            Err(e) => {
-                                eprintln!("publish failed: {e}");
-                                false
-                            }
-                        }
+                        publish(&http, &base, key, &Value::Array(batch)).await
                     };
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                     if ok {
@@ -573,6 +567,29 @@ async fn consume<S: futures_util::Stream + Unpin>(
         seen.count(total);
     }
     seen.finish(total)
+}
+
+/// `POST /v1/events` of one event or a batch: whether it was acknowledged.
+async fn publish(http: &reqwest::Client, base: &str, key: Option<&str>, body: &Value) -> bool {
+    let mut request = http.post(format!("{base}/v1/events")).json(body);
+    if let Some(k) = key {
+        request = request.bearer_auth(k);
+    }
+    match request.send().await {
+        Ok(r) if r.status().is_success() => true,
+        Ok(r) => {
+            let status = r.status();
+            eprintln!(
+                "publish failed: {status} {}",
+                r.text().await.unwrap_or_default()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("publish failed: {e}");
+            false
+        }
+    }
 }
 
 /// nchan takes one message per request, its body delivered as is.
