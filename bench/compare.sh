@@ -7,6 +7,7 @@
 #   bash bench/compare.sh                        # 1,000 WS subscribers, 1,000 events/s, 10 s
 #   SUBSCRIBERS=2000 RATE=200 PAYLOAD=256 TRANSPORT=sse bash bench/compare.sh
 #   WRITE_DELAY=10ms bash bench/compare.sh       # Herald with websocket.write_delay
+#   DISPATCH_DELAY=5ms bash bench/compare.sh     # Herald with server.dispatch_delay
 #   ROUNDS=3 bash bench/compare.sh               # 3 same-run rounds: median and worst ratio
 #
 # Every publisher sends one event per request (nchan takes one message per POST), open-loop
@@ -23,6 +24,7 @@ PAYLOAD="${PAYLOAD:-64}"
 ROUNDS="${ROUNDS:-1}"
 TRANSPORT="${TRANSPORT:-ws}"
 WRITE_DELAY="${WRITE_DELAY:-0ms}"
+DISPATCH_DELAY="${DISPATCH_DELAY:-0ms}"
 HERALD_PORT="${HERALD_PORT:-18090}"
 NODE_PORT="${NODE_PORT:-18100}"
 NCHAN_PORT="${NCHAN_PORT:-18110}"
@@ -43,6 +45,7 @@ ulimit -n "$(ulimit -Hn)" || true
 cat > "$work/herald.toml" <<TOML
 [server]
 idle_timeout = "1h"
+dispatch_delay = "$DISPATCH_DELAY"
 [limits]
 max_connections_per_ip = 1000000
 publish_rate = 0

@@ -110,6 +110,11 @@ pub struct ServerConfig {
     /// Threads that fan events out to subscribers (each connection is served by one of
     /// them); 0: half the cores, at least one.
     pub dispatch_threads: usize,
+    /// How long a dispatch thread waits, from a group's commit, for more groups to send
+    /// with it: fewer writes per delivery (events published one at a time otherwise cost a
+    /// send each) for up to this much more latency. 0: send at once.
+    #[serde(with = "humantime_serde")]
+    pub dispatch_delay: Duration,
     /// Serve `/v1/ws/echo` for the Autobahn conformance suite.
     pub ws_echo: bool,
     /// Browser origins allowed to call the API and open WebSockets (`*`: any). Empty: the
@@ -158,6 +163,7 @@ impl Default for ServerConfig {
             sse_retry: Duration::from_secs(2),
             send_queue: 1024,
             dispatch_threads: 0,
+            dispatch_delay: Duration::ZERO,
             ws_echo: false,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),

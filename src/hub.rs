@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -102,10 +102,11 @@ pub enum SubscriptionError {
 }
 
 impl Hub {
-    /// A hub with `threads` dispatch threads (at least one).
-    pub fn new(log: Arc<dyn Log>, queue_len: usize, threads: usize) -> Arc<Hub> {
+    /// A hub with `threads` dispatch threads (at least one), each waiting up to `delay`
+    /// after a commit for more to send with it (`server.dispatch_delay`).
+    pub fn new(log: Arc<dyn Log>, queue_len: usize, threads: usize, delay: Duration) -> Arc<Hub> {
         let hub = Hub::unlistening(log.clone(), queue_len, threads);
-        log.set_listener(Arc::new(Dispatcher::start(hub.clone())));
+        log.set_listener(Arc::new(Dispatcher::start(hub.clone(), delay)));
         hub
     }
 
@@ -306,14 +307,14 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn start(hub: Arc<Hub>) -> Dispatcher {
+    fn start(hub: Arc<Hub>, delay: Duration) -> Dispatcher {
         let threads = (0..hub.shards.len())
             .map(|shard| {
                 let (tx, rx) = std::sync::mpsc::sync_channel(DISPATCH_BACKLOG);
                 let hub = hub.clone();
                 std::thread::Builder::new()
                     .name(format!("herald-dispatch-{shard}"))
-                    .spawn(move || dispatch_loop(&hub, shard, &rx))
+                    .spawn(move || dispatch_loop(&hub, shard, &rx, delay))
                     .expect("spawn a dispatch thread");
                 tx
             })
@@ -332,7 +333,12 @@ impl Dispatcher {
 /// One dispatch thread: whatever piled up while the last dispatch ran goes out as one, so
 /// runs of events on a channel grow and a subscriber gets a run in one write; a fan-out
 /// that falls behind catches up in fewer, larger writes instead of falling further behind.
-fn dispatch_loop(hub: &Hub, shard: usize, rx: &std::sync::mpsc::Receiver<LogSignal>) {
+fn dispatch_loop(
+    hub: &Hub,
+    shard: usize,
+    rx: &std::sync::mpsc::Receiver<LogSignal>,
+    delay: Duration,
+) {
     // Bounded well below a subscriber's queue: a run longer than what the queue holds would
     // cut even a subscriber that keeps up.
     let most = (hub.queue_len / 2).clamp(1, 1024);
@@ -340,11 +346,14 @@ fn dispatch_loop(hub: &Hub, shard: usize, rx: &std::sync::mpsc::Receiver<LogSign
     let mut oldest = None;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
+        let mut until = None;
         while let Some(notice) = next.take() {
             match notice {
                 LogSignal::Committed(events, at) => {
                     batch.extend(events.iter().cloned());
                     oldest.get_or_insert(at);
+                    // Counted from the commit: a thread already that late waits no more.
+                    until.get_or_insert(at + delay);
                 }
                 LogSignal::Lost => {
                     timed_dispatch(hub, shard, &batch, oldest.take());
@@ -354,6 +363,12 @@ fn dispatch_loop(hub: &Hub, shard: usize, rx: &std::sync::mpsc::Receiver<LogSign
             }
             if batch.len() < most {
                 next = rx.try_recv().ok();
+                let wait = until.map_or(Duration::ZERO, |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+                if next.is_none() && !wait.is_zero() {
+                    next = rx.recv_timeout(wait).ok();
+                }
             }
         }
         timed_dispatch(hub, shard, &batch, oldest.take());

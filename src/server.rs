@@ -85,6 +85,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         log.clone(),
         config.server.send_queue,
         dispatch_threads(config.server.dispatch_threads),
+        config.server.dispatch_delay,
     );
     let webhooks = Webhooks::start(
         webhook_store,
@@ -180,6 +181,13 @@ fn check_ranges(config: &Config) -> Result<(), ServeError> {
         return Err(ServeError::OutOfRange(format!(
             "server.dispatch_threads is {threads}; it must be 0 (half the cores) to \
              {MAX_DISPATCH_THREADS}"
+        )));
+    }
+    let linger = config.server.dispatch_delay;
+    if linger > Duration::from_secs(1) {
+        return Err(ServeError::OutOfRange(format!(
+            "server.dispatch_delay is {}; it must be at most 1s",
+            humantime::format_duration(linger)
         )));
     }
     let nice = config.webhooks.nice;

@@ -14,7 +14,7 @@ fn hub(queue: usize) -> (Arc<MemoryLog>, Arc<Hub>) {
     let log = MemoryLog::new();
     let hub = match THREADS.try_with(|t| *t).unwrap_or(0) {
         0 => Hub::inline(log.clone(), queue, 3),
-        threads => Hub::new(log.clone(), queue, threads),
+        threads => Hub::new(log.clone(), queue, threads, std::time::Duration::ZERO),
     };
     (log, hub)
 }
@@ -254,7 +254,7 @@ async fn a_subscriber_that_lags_mid_catch_up_ends_after_a_gapless_prefix() {
 #[tokio::test]
 async fn the_dispatch_thread_delivers_every_commit_in_order() {
     let log = MemoryLog::new();
-    let hub = Hub::new(log.clone(), 10_000, 4);
+    let hub = Hub::new(log.clone(), 10_000, 4, std::time::Duration::ZERO);
     let mut live = subscribe(&hub, &["a*"], None);
     let writer = std::thread::spawn({
         let log = log.clone();
@@ -336,7 +336,7 @@ async fn history_on_its_way_out_is_never_overtaken_by_a_handed_over_event() {
 async fn subscribers_joining_during_writes_see_each_event_once_on_the_dispatch_thread() {
     const N: u64 = 3_000;
     let log = MemoryLog::new();
-    let hub = Hub::new(log.clone(), 10_000, 4);
+    let hub = Hub::new(log.clone(), 10_000, 4, std::time::Duration::ZERO);
     let writer = std::thread::spawn({
         let log = log.clone();
         move || {
@@ -416,7 +416,7 @@ async fn each_connection_has_one_writer_and_each_channel_its_order() {
     const CHANNELS: usize = 16;
     const GROUPS: usize = 400;
     let log = MemoryLog::new();
-    let hub = Hub::new(log.clone(), 100_000, 4);
+    let hub = Hub::new(log.clone(), 100_000, 4, std::time::Duration::ZERO);
     let channel = |i: usize| format!("c{}", i % CHANNELS);
     let mut connections = Vec::new();
     for c in 0..CONNECTIONS {

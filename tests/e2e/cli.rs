@@ -323,6 +323,10 @@ fn out_of_range_settings_are_refused_at_start() {
             "websocket.write_delay is 2s; it must be at most 1s",
         ),
         (
+            "[server]\ndispatch_delay = \"2s\"\n",
+            "server.dispatch_delay is 2s; it must be at most 1s",
+        ),
+        (
             "[server]\ndispatch_threads = 1000000\n",
             "server.dispatch_threads is 1000000; it must be 0 (half the cores) to 256",
         ),

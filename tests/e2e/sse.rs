@@ -362,3 +362,41 @@ async fn a_full_socket_keeps_events_whole_and_in_order() {
         assert_eq!(got, want, "every event once, in order (chunked: {chunked})");
     }
 }
+
+/// With `server.dispatch_delay`, events committed apart within the delay go out to a
+/// subscriber together, one batch of the dispatch thread; without it, each commit is a batch
+/// of its own. Either way every event arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_delay_sends_events_published_apart_together() {
+    for (delay, batches) in [("1s", 1.0), ("0s", 3.0)] {
+        let h = Herald::start(&format!(
+            "[server]\ndispatch_threads = 1\ndispatch_delay = \"{delay}\"\n"
+        ));
+        let mut sse = Sse::connect(&h, "channel=linger", None).await;
+        let mut received = Vec::new();
+        // Each publish is acknowledged, so committed, before the next is sent. Without a
+        // delay each event is also received before the next publish, so no two commits can
+        // share a batch by the thread being late.
+        for i in 0..3 {
+            let (status, _) = publish(&h, json!({"channel": "linger", "data": i})).await;
+            assert_eq!(status, 201);
+            if delay == "0s" {
+                received.push(sse.next().await.expect("event"));
+            }
+        }
+        while received.len() < 3 {
+            received.push(sse.next().await.expect("event"));
+        }
+        for (i, event) in received.iter().enumerate() {
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(data["data"], i, "delay {delay}");
+        }
+        // The batch is timed once its last write is done, just after the event went out.
+        let counted = async || {
+            let n = metric(&h, "herald_dispatch_seconds_count").await?;
+            (n >= batches).then_some(n)
+        };
+        let dispatched = crate::webhooks::eventually("the batch counted", WAIT, counted).await;
+        assert_eq!(dispatched, batches, "delay {delay}");
+    }
+}
