@@ -342,9 +342,14 @@ fn dispatch_loop(
     // Bounded well below a subscriber's queue: a run longer than what the queue holds would
     // cut even a subscriber that keeps up.
     let most = (hub.queue_len / 2).clamp(1, 1024);
+    let mut incoming = Incoming {
+        rx,
+        pending: VecDeque::new(),
+        most,
+    };
     let mut batch = Vec::new();
     let mut oldest = None;
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = incoming.next() {
         let mut next = Some(first);
         let mut until = None;
         while let Some(notice) = next.take() {
@@ -356,33 +361,96 @@ fn dispatch_loop(
                     until.get_or_insert(at + delay);
                 }
                 LogSignal::Lost => {
-                    timed_dispatch(hub, shard, &batch, oldest.take());
+                    // Nothing after a loss may join what went before it: a subscriber
+                    // would skip the lost events and resume past them.
+                    timed_dispatch(hub, shard, &batch, oldest.take(), None);
                     batch.clear();
                     hub.drop_all(shard);
                 }
             }
             if batch.len() < most {
-                next = rx.try_recv().ok();
+                next = incoming.try_next();
                 let wait = until.map_or(Duration::ZERO, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
                 if next.is_none() && !wait.is_zero() {
-                    next = rx.recv_timeout(wait).ok();
+                    next = incoming.next_within(wait);
                 }
             }
         }
-        timed_dispatch(hub, shard, &batch, oldest.take());
+        timed_dispatch(hub, shard, &batch, oldest.take(), Some(&mut incoming));
         batch.clear();
+    }
+}
+
+/// A dispatch thread's signals, with those a pass over the shard looked at early.
+///
+/// A pass writes to every subscriber of the shard in turn, and with thousands of sockets it
+/// takes milliseconds. A group that commits meanwhile would wait for the pass to end and
+/// then for its own pass to reach each subscriber: up to two passes. Instead the pass looks
+/// for new groups as it goes and gives them to the subscribers it has not reached yet, in
+/// the same write (`Hub::dispatch`); the next pass gives them to the rest, and the queue
+/// drops what a subscriber already has. So an event waits at most about one pass, and no
+/// write is added.
+struct Incoming<'a> {
+    rx: &'a std::sync::mpsc::Receiver<LogSignal>,
+    /// Taken from `rx` during a pass, still to be dispatched to the whole shard, in order.
+    pending: VecDeque<LogSignal>,
+    most: usize,
+}
+
+impl Incoming<'_> {
+    fn next(&mut self) -> Option<LogSignal> {
+        self.pending.pop_front().or_else(|| self.rx.recv().ok())
+    }
+
+    fn try_next(&mut self) -> Option<LogSignal> {
+        self.pending.pop_front().or_else(|| self.rx.try_recv().ok())
+    }
+
+    fn next_within(&mut self, wait: Duration) -> Option<LogSignal> {
+        self.pending
+            .pop_front()
+            .or_else(|| self.rx.recv_timeout(wait).ok())
+    }
+
+    /// Appends to `run` the events of groups committed since the pass began, from the
+    /// `taken`th on, while each group is wholly on `channel` (the run's): a group on
+    /// another channel, or a loss, ends what a pass may take, since a pattern subscriber
+    /// of both channels must get them in seq order. Returns how many groups it took.
+    fn more_on(&mut self, channel: &str, taken: usize, run: &mut Vec<EventRef>) -> usize {
+        while let Ok(signal) = self.rx.try_recv() {
+            self.pending.push_back(signal);
+        }
+        let mut took = 0;
+        for signal in self.pending.iter().skip(taken) {
+            let LogSignal::Committed(events, _) = signal else {
+                break;
+            };
+            if run.len() + events.len() > self.most || events.iter().any(|e| &*e.channel != channel)
+            {
+                break;
+            }
+            run.extend(events.iter().cloned());
+            took += 1;
+        }
+        took
     }
 }
 
 /// Dispatches a batch and records where a delivery's time went on the server: waiting for
 /// the dispatch thread since the oldest group in it became durable, then the writes to the
 /// whole shard (the last subscriber's event waits for all the writes before it).
-fn timed_dispatch(hub: &Hub, shard: usize, batch: &[EventRef], committed: Option<Instant>) {
+fn timed_dispatch(
+    hub: &Hub,
+    shard: usize,
+    batch: &[EventRef],
+    committed: Option<Instant>,
+    incoming: Option<&mut Incoming>,
+) {
     let Some(committed) = committed else { return };
     let start = Instant::now();
-    hub.dispatch(shard, batch);
+    hub.dispatch(shard, batch, incoming);
     metrics::histogram!("herald_dispatch_wait_seconds")
         .record(start.duration_since(committed).as_secs_f64());
     metrics::histogram!("herald_dispatch_seconds").record(start.elapsed().as_secs_f64());
@@ -413,14 +481,16 @@ impl CommitListener for Inline {
 
     fn committed(&self, events: &[EventRef]) {
         for shard in 0..self.0.shards.len() {
-            self.0.dispatch(shard, events);
+            self.0.dispatch(shard, events, None);
         }
     }
 }
 
 impl Hub {
-    /// Pushes each event to every matching subscription of `shard`, in seq order.
-    fn dispatch(&self, shard: usize, events: &[EventRef]) {
+    /// Pushes each event to every matching subscription of `shard`, in seq order. With
+    /// `incoming`, the batch's last run also takes groups that commit during the pass
+    /// (`Incoming`), for the subscribers not yet written to.
+    fn dispatch(&self, shard: usize, events: &[EventRef], mut incoming: Option<&mut Incoming>) {
         let Some(last) = events.last() else { return };
         let shard = &self.shards[shard];
         let mut dropped: Vec<(u64, Arc<Filter>)> = Vec::new();
@@ -429,17 +499,31 @@ impl Hub {
             let reg = shard.registry.read().expect("hub registry lock");
             // Events in a row on one channel go to the same subscribers: each gets the run
             // at once (one write for a subscriber written to directly).
-            for run in events.chunk_by(|a, b| a.channel == b.channel) {
+            let runs: Vec<&[EventRef]> = events.chunk_by(|a, b| a.channel == b.channel).collect();
+            for (r, run) in runs.iter().enumerate() {
                 let channel = &run[0].channel;
                 let exact = reg.by_channel.get(&**channel).into_iter().flatten();
                 reg.patterned.candidates(channel, &mut candidates);
                 let patterned = candidates.iter().filter(|s| s.filter.matches(channel));
-                for sink in exact.chain(patterned) {
+                let mut later = match incoming.as_deref_mut() {
+                    Some(incoming) if r + 1 == runs.len() => Some((incoming, run.to_vec(), 0)),
+                    _ => None,
+                };
+                for (i, sink) in exact.chain(patterned).enumerate() {
                     // A lagged sink must get nothing more: a later event slipping in would
                     // hide the gap from the subscriber.
                     if sink.dead.load(Ordering::Relaxed) {
                         continue;
                     }
+                    let run = match &mut later {
+                        Some((incoming, longer, taken)) => {
+                            if i % LOOK_EVERY == LOOK_EVERY - 1 {
+                                *taken += incoming.more_on(channel, *taken, longer);
+                            }
+                            &longer[..]
+                        }
+                        None => run,
+                    };
                     if sink.queue.push(run).is_err() {
                         metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
                         sink.end();
@@ -457,6 +541,10 @@ impl Hub {
         }
     }
 }
+
+/// Subscribers written to between looks for groups committed during a pass: a look is a
+/// channel poll, a write a syscall.
+const LOOK_EVERY: usize = 32;
 
 impl Hub {
     /// Drops every live subscription of `shard` as lagged, so each resumes from its own

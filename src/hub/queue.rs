@@ -34,30 +34,35 @@ struct Inner {
     /// Set once the subscriber is caught up and can take events without its task. Used only
     /// while nothing is queued, so a handed-over event never overtakes a queued one.
     direct: Option<Arc<dyn Direct>>,
-    /// The subscriber's cursor as far as this queue knows: the seq it was caught up to when
-    /// `direct` was set, then the last event handed over or queued. An event at or below it
-    /// is a repeat (a cluster's engine can redeliver) and is dropped, as the subscription
-    /// itself drops such events from the queue.
+    /// The subscriber's cursor as far as this queue knows: the last event handed over or
+    /// queued (or, if later, the seq it was caught up to when `direct` was set). An event at
+    /// or below it is a repeat and is dropped, as the subscription itself drops such events
+    /// from the queue.
     cursor: u64,
+}
+
+/// `events` after `cursor`, in order: an event at or below it is a repeat (a cluster's engine
+/// can redeliver, and a dispatch pass may already have handed over an event that commits
+/// during it, see `Hub::dispatch`).
+fn after(events: &[EventRef], cursor: u64) -> std::borrow::Cow<'_, [EventRef]> {
+    if events.first().is_some_and(|e| e.seq > cursor)
+        && events.windows(2).all(|w| w[0].seq < w[1].seq)
+    {
+        return events.into();
+    }
+    let mut kept = Vec::new();
+    for e in events {
+        if e.seq > kept.last().map_or(cursor, |k: &EventRef| k.seq) {
+            kept.push(e.clone());
+        }
+    }
+    kept.into()
 }
 
 impl Inner {
     /// `push` for a subscriber that takes events directly while nothing is queued.
     fn push_direct(&mut self, events: &[EventRef], capacity: usize) -> Result<Option<Waker>, Full> {
-        let fresh: std::borrow::Cow<[EventRef]> =
-            if events.first().is_some_and(|e| e.seq > self.cursor)
-                && events.windows(2).all(|w| w[0].seq < w[1].seq)
-            {
-                events.into()
-            } else {
-                let mut kept = Vec::new();
-                for e in events {
-                    if e.seq > kept.last().map_or(self.cursor, |k: &EventRef| k.seq) {
-                        kept.push(e.clone());
-                    }
-                }
-                kept.into()
-            };
+        let fresh = after(events, self.cursor);
         let Some(last) = fresh.last() else {
             return Ok(None);
         };
@@ -109,10 +114,15 @@ impl SubscriptionQueue {
             if inner.direct.is_some() {
                 inner.push_direct(events, self.capacity)?
             } else {
-                if inner.items.len() + events.len() > self.capacity {
+                let fresh = after(events, inner.cursor);
+                let Some(last) = fresh.last() else {
+                    return Ok(());
+                };
+                if inner.items.len() + fresh.len() > self.capacity {
                     return Err(Full);
                 }
-                inner.items.extend(events.iter().cloned());
+                inner.cursor = last.seq;
+                inner.items.extend(fresh.iter().cloned());
                 inner.waker.take()
             }
         };
@@ -162,7 +172,7 @@ impl SubscriptionQueue {
     pub fn set_direct(&self, direct: Arc<dyn Direct>, cursor: u64) {
         let mut inner = self.lock();
         inner.direct = Some(direct);
-        inner.cursor = cursor;
+        inner.cursor = inner.cursor.max(cursor);
     }
 
     #[cfg(test)]

@@ -506,3 +506,76 @@ async fn each_connection_has_one_writer_and_each_channel_its_order() {
         "the connections were spread over the dispatch threads"
     );
 }
+
+/// A connection that records each write, and whose first write can run `during`: groups
+/// committing while a dispatch pass is under way.
+#[derive(Default)]
+struct Writes {
+    writes: std::sync::Mutex<Vec<Vec<u64>>>,
+    during: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Direct for Writes {
+    fn offer(&self, events: &[EventRef]) -> bool {
+        if let Some(during) = self.during.lock().unwrap().take() {
+            during();
+        }
+        let seqs = events.iter().map(|e| e.seq).collect();
+        self.writes.lock().unwrap().push(seqs);
+        true
+    }
+
+    fn claim(&self) {}
+
+    fn key(&self) -> usize {
+        self as *const Writes as usize
+    }
+}
+
+/// Groups that commit during a pass go to the subscribers the pass has not reached yet, in
+/// the same write; the rest get them in the next pass. Nobody gets an event twice or out of
+/// order, and a group on another channel stops the pass from taking later ones (a
+/// subscriber of both channels would get them out of seq order).
+#[tokio::test]
+async fn a_pass_gives_groups_committed_during_it_to_the_subscribers_it_has_not_reached() {
+    const SUBSCRIBERS: usize = 100;
+    let log = MemoryLog::new();
+    let hub = Hub::new(log.clone(), 1_000, 1, std::time::Duration::ZERO);
+    let mut subs = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let conn = Arc::new(Writes::default());
+        let filter = Filter::parse(["a", "b"]).unwrap();
+        let direct: Arc<dyn Direct> = conn.clone();
+        let mut sub = hub.subscribe_direct(filter, None, CancellationToken::new(), Some(direct));
+        // Looking for an event installs the taker.
+        let quiet = std::time::Duration::from_millis(5);
+        assert!(tokio::time::timeout(quiet, sub.next()).await.is_err());
+        subs.push(sub);
+        conns.push(conn);
+    }
+    // The pass's first write: a2, then b3 (another channel), then a4 commit.
+    *conns[0].during.lock().unwrap() = Some(Box::new({
+        let log = log.clone();
+        move || {
+            log.commit("a");
+            log.commit("b");
+            log.commit("a");
+        }
+    }));
+    log.commit("a");
+    dispatched(&hub, 4).await;
+    for (i, conn) in conns.iter().enumerate() {
+        let writes = conn.writes.lock().unwrap().clone();
+        let all: Vec<u64> = writes.iter().flatten().copied().collect();
+        assert_eq!(all, [1, 2, 3, 4], "subscriber {i}: {writes:?}");
+    }
+    let first = conns[0].writes.lock().unwrap().clone();
+    assert_eq!(first, [vec![1], vec![2], vec![3], vec![4]]);
+    let last = conns[SUBSCRIBERS - 1].writes.lock().unwrap().clone();
+    assert_eq!(
+        last,
+        [vec![1, 2], vec![3], vec![4]],
+        "a2 went out with 1 to a subscriber the pass had not reached"
+    );
+}
