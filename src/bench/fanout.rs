@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -521,11 +523,18 @@ impl Seen {
     }
 }
 
+/// The keys `record` looks for, each searcher built once (building one per event showed in
+/// the subscriber side's profile).
+static T: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"t\":"));
+static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
+static QUOTED_T: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"\"t\":"#));
+static QUOTED_I: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"\"i\":"#));
+
 fn record(seen: &mut Seen, text: &[u8], last_seq: &mut u64) {
-    let Some(t) = find_u64(text, b"\"t\":") else {
+    let Some(t) = find_u64(text, &T) else {
         return;
     };
-    if let Some(seq) = find_u64(text, b"\"seq\":") {
+    if let Some(seq) = find_u64(text, &SEQ) {
         if seq <= *last_seq {
             seen.disorder += 1;
         }
@@ -636,41 +645,52 @@ struct Ctx<'a> {
 async fn subscribe_ws(ctx: Ctx<'_>, channel: &str) -> anyhow::Result<Seen> {
     let (sources, target, ready, total) = (ctx.sources, ctx.target, ctx.ready, ctx.total);
     let permit = ctx.permit;
-    let stream = sources.connect(target.addr).await?;
-    let url = format!("ws://{}/v1/ws?channel={channel}", target.host);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
-    if let Some(key) = ctx.auth {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {key}").parse()?);
-    }
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
-    // Ready once the server confirms the subscription.
-    if ctx.confirms {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => break,
-                Some(Ok(_)) => continue,
-                other => bail!("subscribe failed: {other:?}"),
-            }
+    let mut stream = sources.connect(target.addr).await?;
+    let path = format!("/v1/ws?channel={channel}");
+    let mut frames = super::ws::open(&mut stream, &target.host, &path, ctx.auth).await?;
+    let (reader, writer) = stream.into_split();
+    let mut reads = tokio_util::io::ReaderStream::with_capacity(reader, READ_BUFFER);
+    let mut last_seq = 0;
+    let mut seen = Seen::new(ctx.latency);
+    // A text handed on; until the server confirms the subscription, one that does so.
+    let mut confirmed = !ctx.confirms;
+    let mut on_text = |seen: &mut Seen, text: &[u8], confirmed: &mut bool| {
+        if *confirmed {
+            record(seen, text, &mut last_seq);
+        } else if memchr::memmem::find(text, b"\"subscribed\"").is_some() {
+            *confirmed = true;
         }
+    };
+    // Answers a ping: the pong is a few bytes, so a full socket (which would mean the
+    // server stopped reading) just drops it.
+    let answer = |fed: super::ws::Fed| match fed {
+        super::ws::Fed::Alive => true,
+        super::ws::Fed::Pong(pong) => {
+            let _ = writer.try_write(&pong);
+            true
+        }
+        super::ws::Fed::Ended => false,
+    };
+    let mut fed = frames.feed(&[], |t| on_text(&mut seen, t, &mut confirmed));
+    while !confirmed {
+        if !answer(fed) {
+            bail!("subscribe failed: the connection ended");
+        }
+        let Some(read) = reads.next().await else {
+            bail!("subscribe failed: the connection closed");
+        };
+        fed = frames.feed(&read?, |t| on_text(&mut seen, t, &mut confirmed));
     }
     drop(permit);
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut last_seq = 0;
-    let seen = Seen::new(ctx.latency);
-    Ok(consume(&mut ws, ctx.stop, seen, total, |seen, message| {
-        match message {
-            Ok(Message::Text(t)) => record(seen, t.as_bytes(), &mut last_seq),
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-        true
+    if !answer(fed) {
+        seen.disconnected = true;
+        return Ok(seen.finish(total));
+    }
+    Ok(consume(&mut reads, ctx.stop, seen, total, |seen, read| {
+        let Ok(bytes) = read else { return false };
+        let mut confirmed = true;
+        answer(frames.feed(&bytes, |t| on_text(seen, t, &mut confirmed)))
     })
     .await)
 }
@@ -709,8 +729,8 @@ async fn subscribe_pusher(ctx: Ctx<'_>, channel: &str, key: &str) -> anyhow::Res
         match message {
             Ok(Message::Text(t)) => {
                 let text = t.as_bytes();
-                if let Some(sent) = find_u64(text, br#"\"t\":"#) {
-                    if let Some(i) = find_u64(text, br#"\"i\":"#) {
+                if let Some(sent) = find_u64(text, &QUOTED_T) {
+                    if let Some(i) = find_u64(text, &QUOTED_I) {
                         seen.saw(i);
                     }
                     seen.note(sent);
