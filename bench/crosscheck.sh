@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The same open-loop fan-out measured by two generators that share no code: `herald bench
 # fanout` (Rust) and bench/crosscheck/fanout.js (Node.js + ws), alternating, a fresh server
-# each. Node's one thread cannot take Herald's full rate, so this runs at a load both
-# generators keep up with. Loopback only; stops by itself.
+# each. WORKERS=N spreads Node's subscribers over N worker threads (its one thread cannot
+# read the full rate). Loopback only; stops by itself.
 #
 #   bash bench/crosscheck.sh                          # 500 subscribers x 200/s, 256 B, 10 s
+#   SUBSCRIBERS=2000 WORKERS=2 bash bench/crosscheck.sh   # 400,000 deliveries/s
 #   SUBSCRIBERS=250 RATE=400 TRANSPORTS="ws" bash bench/crosscheck.sh
 #
 # Needs Node.js and `npm ci` in bench/peers/node-ws (the script runs it if needed).
@@ -17,6 +18,7 @@ RATE="${RATE:-200}"
 PAYLOAD="${PAYLOAD:-256}"
 DURATION="${DURATION:-10}"
 TRANSPORTS="${TRANSPORTS:-ws sse}"
+WORKERS="${WORKERS:-0}"
 PORT="${PORT:-18090}"
 
 . bench/lib.sh
@@ -35,7 +37,8 @@ for round in $(seq "$ROUNDS"); do
           --transport "$transport" --json 2>/dev/null | tail -1)
       else
         result=$(URL="$HERALD_URL" SUBSCRIBERS="$SUBSCRIBERS" RATE="$RATE" PAYLOAD="$PAYLOAD" \
-          DURATION="$DURATION" TRANSPORT="$transport" node bench/crosscheck/fanout.js)
+          DURATION="$DURATION" TRANSPORT="$transport" WORKERS="$WORKERS" \
+          node bench/crosscheck/fanout.js)
       fi
       herald_stop
       echo "round $round $transport $generator $result"
