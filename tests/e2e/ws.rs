@@ -482,3 +482,54 @@ async fn sharded_dispatch_keeps_each_channel_in_order_over_full_sockets() {
         check(c, &got);
     }
 }
+
+/// Events published one after another while the hub writes to 300 subscribers of one channel:
+/// a pass over them takes long enough for more groups to commit, and the pass gives those
+/// to the subscribers it has not reached yet (the next pass skipping what a subscriber
+/// already has). Every subscriber still gets each event once, whole, in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_publishes_during_long_passes_reach_every_subscriber_once_in_order() {
+    const SUBSCRIBERS: usize = 300;
+    const EVENTS: u64 = 80;
+    let h = Herald::start(
+        "[server]\nsend_queue = 10000\n[log]\ndurability = \"os\"\n\
+         [limits]\nmax_connections_per_ip = 1000\npublish_rate = 0\n",
+    );
+    let mut subscribers = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut ws = ws_connect(&h, "?channel=one").await;
+        ws_until_op(&mut ws, "subscribed", &mut Vec::new()).await;
+        subscribers.push(ws);
+    }
+    // One after another, each acknowledged before the next: each is a group of its own,
+    // committed while the hub is still writing the one before to 300 sockets.
+    let pad = "p".repeat(512);
+    let client = http();
+    for n in 0..EVENTS {
+        let body = json!({"channel": "one", "data": {"n": n, "pad": pad}});
+        let r = client
+            .post(h.url("/v1/events"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    for (i, ws) in subscribers.iter_mut().enumerate() {
+        let mut seqs = Vec::new();
+        let mut ns = Vec::new();
+        for _ in 0..EVENTS {
+            let m = ws_json(ws).await;
+            assert_eq!(m["op"], "event", "subscriber {i}: {m}");
+            assert_eq!(m["data"]["pad"].as_str().map(str::len), Some(512));
+            seqs.push(m["seq"].as_u64().unwrap());
+            ns.push(m["data"]["n"].as_u64().unwrap());
+        }
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "subscriber {i} out of order or twice: {seqs:?}"
+        );
+        ns.sort_unstable();
+        assert_eq!(ns, (0..EVENTS).collect::<Vec<_>>(), "subscriber {i}");
+    }
+}
