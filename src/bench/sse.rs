@@ -25,40 +25,58 @@ pub async fn open(
     if let Some(key) = auth {
         request.push_str(&format!("authorization: Bearer {key}\r\n"));
     }
+    let (chunked, early) = exchange(stream, request, "SSE", |response| {
+        let status = response.code.unwrap_or(0);
+        if status != 200 {
+            bail!("SSE refused: {status}");
+        }
+        Ok(response.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("transfer-encoding")
+                && String::from_utf8_lossy(h.value)
+                    .to_ascii_lowercase()
+                    .contains("chunked")
+        }))
+    })
+    .await?;
+    let mut body = Body::new(chunked);
+    // Whatever of the body came with the head, fed by the first `feed`.
+    if chunked {
+        body.raw = early;
+    } else {
+        body.text = early;
+    }
+    Ok(body)
+}
+
+/// Writes a request's head (`request`, its lines without the blank one that ends it) and
+/// reads the response's, which `check` looks at; returns what it found and the bytes that
+/// came after the head. `what` names the protocol in errors.
+pub(super) async fn exchange<T>(
+    stream: &mut TcpStream,
+    mut request: String,
+    what: &str,
+    check: impl FnOnce(&httparse::Response) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Vec<u8>)> {
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::with_capacity(4096);
     loop {
         if head.len() > 64 * 1024 {
-            bail!("SSE response head over 64 KiB");
+            bail!("{what} response head over 64 KiB");
         }
         if stream.read_buf(&mut head).await? == 0 {
-            bail!("SSE: connection closed before the response head");
+            bail!("{what}: connection closed before the response head");
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(len) = response.parse(&head).context("SSE response")? else {
+        let httparse::Status::Complete(len) = response
+            .parse(&head)
+            .with_context(|| format!("{what} response"))?
+        else {
             continue;
         };
-        let status = response.code.unwrap_or(0);
-        if status != 200 {
-            bail!("SSE refused: {status}");
-        }
-        let chunked = response.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("transfer-encoding")
-                && String::from_utf8_lossy(h.value)
-                    .to_ascii_lowercase()
-                    .contains("chunked")
-        });
-        let mut body = Body::new(chunked);
-        // Whatever of the body came with the head, fed by the first `feed`.
-        let early = &head[len..];
-        if chunked {
-            body.raw.extend_from_slice(early);
-        } else {
-            body.text.extend_from_slice(early);
-        }
-        return Ok(body);
+        let found = check(&response)?;
+        return Ok((found, head.split_off(len)));
     }
 }
 

@@ -8,8 +8,7 @@
 //! pings are answered, and a masked, oversized or malformed frame ends the subscription as a
 //! disconnect. Pusher and permessage-deflate subscribers still use tungstenite.
 
-use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::bail;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
@@ -32,23 +31,7 @@ pub async fn open(
     if let Some(token) = auth {
         request.push_str(&format!("authorization: Bearer {token}\r\n"));
     }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(4096);
-    loop {
-        if head.len() > 64 * 1024 {
-            bail!("WebSocket response head over 64 KiB");
-        }
-        if stream.read_buf(&mut head).await? == 0 {
-            bail!("WebSocket: connection closed before the response head");
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(len) =
-            response.parse(&head).context("WebSocket response")?
-        else {
-            continue;
-        };
+    let ((), early) = super::sse::exchange(stream, request, "WebSocket", |response| {
         let status = response.code.unwrap_or(0);
         if status != 101 {
             bail!("WebSocket upgrade refused: {status}");
@@ -61,10 +44,13 @@ pub async fn open(
         if accept != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
             bail!("WebSocket upgrade: wrong or missing Sec-WebSocket-Accept");
         }
-        let mut frames = Frames::default();
-        frames.buf.extend_from_slice(&head[len..]);
-        return Ok(frames);
-    }
+        Ok(())
+    })
+    .await?;
+    Ok(Frames {
+        buf: early,
+        ..Frames::default()
+    })
 }
 
 /// Server frames being decoded (RFC 6455 §5.2: a server's frames are never masked).
