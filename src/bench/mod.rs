@@ -6,12 +6,15 @@
 
 pub mod fanout;
 pub mod flood;
+mod head;
 pub mod idle;
 pub mod presence;
 pub mod publish;
 mod sse;
 pub mod webhooks;
 mod ws;
+
+use head::exchange;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -8,8 +8,7 @@
 //! itself. What it must not do is cut corners on the stream: every chunk is decoded and
 //! checked, and a malformed one ends the subscription as a disconnect.
 
-use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::bail;
 use tokio::net::TcpStream;
 
 /// Sends `GET path` and reads the response head: a decoder for the body, fed whatever of
@@ -25,7 +24,7 @@ pub async fn open(
     if let Some(key) = auth {
         request.push_str(&format!("authorization: Bearer {key}\r\n"));
     }
-    let (chunked, early) = exchange(stream, request, "SSE", |response| {
+    let (chunked, early) = super::exchange(stream, request, "SSE", |response| {
         let status = response.code.unwrap_or(0);
         if status != 200 {
             bail!("SSE refused: {status}");
@@ -46,38 +45,6 @@ pub async fn open(
         body.text = early;
     }
     Ok(body)
-}
-
-/// Writes a request's head (`request`, its lines without the blank one that ends it) and
-/// reads the response's, which `check` looks at; returns what it found and the bytes that
-/// came after the head. `what` names the protocol in errors.
-pub(super) async fn exchange<T>(
-    stream: &mut TcpStream,
-    mut request: String,
-    what: &str,
-    check: impl FnOnce(&httparse::Response) -> anyhow::Result<T>,
-) -> anyhow::Result<(T, Vec<u8>)> {
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(4096);
-    loop {
-        if head.len() > 64 * 1024 {
-            bail!("{what} response head over 64 KiB");
-        }
-        if stream.read_buf(&mut head).await? == 0 {
-            bail!("{what}: connection closed before the response head");
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(len) = response
-            .parse(&head)
-            .with_context(|| format!("{what} response"))?
-        else {
-            continue;
-        };
-        let found = check(&response)?;
-        return Ok((found, head.split_off(len)));
-    }
 }
 
 /// A response body being decoded: HTTP/1.1 chunks (or the bytes as they are, without

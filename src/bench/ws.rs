@@ -31,7 +31,7 @@ pub async fn open(
     if let Some(token) = auth {
         request.push_str(&format!("authorization: Bearer {token}\r\n"));
     }
-    let ((), early) = super::sse::exchange(stream, request, "WebSocket", |response| {
+    let ((), early) = super::exchange(stream, request, "WebSocket", |response| {
         let status = response.code.unwrap_or(0);
         if status != 101 {
             bail!("WebSocket upgrade refused: {status}");
